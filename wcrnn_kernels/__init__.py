@@ -1,0 +1,20 @@
+"""wcrnn_kernels: fused weakly coupled residual recurrent networks (WCRNNs).
+
+    x_t = R(x_{t-1}) + gamma * phi(W_hh x_{t-1} + W_ih s_t + b)
+
+``FusedWCRNN`` is a drop-in for ``torch.nn.RNN``; ``wcrnn_chain`` is the fused single-layer op;
+``wcrnn_layer_ref`` / ``wcrnn_chain_ref`` are the plain-PyTorch specification; ``available_backends()``
+says which backends run here.
+"""
+from .backends import BackendUnavailableError, available_backends
+from .module import FusedWCRNN
+from .ops import wcrnn_chain
+from .reference import wcrnn_chain_ref, wcrnn_layer_ref
+from .residual import RES_DENSE, RES_DIAG, RES_ROT, RESIDUAL_KINDS, canonical_residual
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "FusedWCRNN", "wcrnn_chain", "wcrnn_chain_ref", "wcrnn_layer_ref", "available_backends",
+    "BackendUnavailableError", "canonical_residual", "RESIDUAL_KINDS", "RES_DIAG", "RES_ROT", "RES_DENSE",
+]

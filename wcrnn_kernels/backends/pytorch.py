@@ -1,0 +1,93 @@
+"""The "torch" backend: the forward chain and the analytic backward chain in plain PyTorch ops.
+
+This is the executable template every kernel follows (DESIGN.md section 5) and the fallback on any
+device. It runs without autograd: the forward writes x_1..x_T into one preallocated output, the backward
+runs the delta chain in reverse. float16 / bfloat16 inputs are computed with float32 state and
+accumulation, like the GPU kernels, and cast back on output.
+"""
+from __future__ import annotations
+
+import torch
+
+from ..residual import apply_residual, apply_residual_transpose
+from . import register_backend
+
+
+def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+
+
+def _valid_mask(T, lengths, device):
+    """(T, B, 1) bool: step t (0-based) is inside row b's sequence."""
+    if lengths is None:
+        return None
+    return (torch.arange(T, device=device)[:, None] < lengths[None, :]).unsqueeze(-1)
+
+
+def phi(a, nonlin):
+    return torch.tanh(a) if nonlin == 0 else torch.relu(a)
+
+
+def phi_prime(a, nonlin):
+    if nonlin == 0:
+        y = torch.tanh(a)
+        return 1.0 - y * y
+    return (a > 0).to(a.dtype)
+
+
+class TorchBackend:
+    name = "torch"
+
+    def availability(self):
+        return True, "plain PyTorch ops; runs on every device"
+
+    def supports(self, device, dtype, hidden_size):
+        return None
+
+    def chain_fwd(self, u, x0, w_hh, res_kind, res, gamma, lengths, nonlin):
+        T, B, H = u.shape
+        cd = _compute_dtype(u.dtype)
+        w_t = w_hh.to(cd).t()
+        res, gamma = res.to(cd), gamma.to(cd)
+        out = torch.empty((T, B, H), dtype=u.dtype, device=u.device)
+        valid = _valid_mask(T, lengths, u.device)
+        x = x0.to(cd)
+        for t in range(T):
+            a = torch.addmm(u[t].to(cd), x, w_t)
+            x_new = apply_residual(res_kind, res, x) + gamma * phi(a, nonlin)
+            if valid is None:
+                x = x_new
+                out[t] = x
+            else:
+                x = torch.where(valid[t], x_new, x)
+                out[t] = torch.where(valid[t], x, 0.0)
+        return out, x.to(u.dtype)
+
+    def chain_bwd(self, grad_out, grad_hn, a, w_hh, res_kind, res, gamma, lengths, nonlin, need_delta):
+        T, B, H = a.shape
+        cd = _compute_dtype(a.dtype)
+        w = w_hh.to(cd)
+        res, gamma = res.to(cd), gamma.to(cd)
+        valid = _valid_mask(T, lengths, a.device)
+        g = a  # g_t overwrites a_t once a_t has been used
+        deltas = torch.empty_like(a) if need_delta else None
+        delta = grad_hn.to(cd).clone()
+        for t in range(T - 1, -1, -1):
+            if valid is None:
+                delta = delta + grad_out[t].to(cd)
+                g_t = gamma * phi_prime(a[t].to(cd), nonlin) * delta
+                d_t = delta
+                delta = apply_residual_transpose(res_kind, res, delta) + g_t @ w
+            else:
+                v = valid[t]
+                delta = delta + torch.where(v, grad_out[t].to(cd), 0.0)
+                g_t = torch.where(v, gamma * phi_prime(a[t].to(cd), nonlin) * delta, 0.0)
+                d_t = torch.where(v, delta, 0.0)
+                delta = torch.where(v, apply_residual_transpose(res_kind, res, delta) + g_t @ w, delta)
+            g[t] = g_t
+            if need_delta:
+                deltas[t] = d_t
+        return g, delta.to(a.dtype), deltas
+
+
+register_backend(TorchBackend())

@@ -1,0 +1,199 @@
+"""The fused op: one layer, one direction of the WCRNN chain, with its hand-derived backward.
+
+    output, h_n = wcrnn_chain(u, x0, w_hh, res_kind, res, gamma, lengths, nonlinearity, backend)
+
+``u`` is the precomputed input projection (both biases included), so only the sequential chain of
+DESIGN.md section 5 lives here. The op is registered with ``torch.library`` as ``wcrnn_kernels::chain``
+(a custom op with a fake implementation and an autograd formula), and its backward is the custom op
+``wcrnn_kernels::chain_bwd``; both are opaque to ``torch.compile``, so ``fullgraph=True`` works.
+
+Reading order: the two custom ops, their fake implementations, the autograd registration, then the public
+function ``wcrnn_chain`` that validates its arguments and picks the backend.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+from .backends import get_backend, resolve_backend
+from .backends.pytorch import phi
+from .reference import wcrnn_chain_ref
+from .residual import (NONLIN_CODES, RES_DENSE, RES_DIAG, RES_ROT, canonical_shape, swap_pairs)
+
+_EMPTY = (0,)
+
+
+def _compute_dtype(dtype):
+    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+
+
+@torch.library.custom_op("wcrnn_kernels::chain", mutates_args=())
+def _chain(u: Tensor, x0: Tensor, w_hh: Tensor, res: Tensor, gamma: Tensor, lengths: Optional[Tensor],
+           res_kind: int, nonlin: int, backend: str) -> tuple[Tensor, Tensor]:
+    return get_backend(backend).chain_fwd(u, x0, w_hh, res_kind, res, gamma, lengths, nonlin)
+
+
+@torch.library.custom_op("wcrnn_kernels::chain_bwd", mutates_args=())
+def _chain_bwd(grad_out: Tensor, grad_hn: Tensor, u: Tensor, x0: Tensor, out: Tensor, w_hh: Tensor,
+               res: Tensor, gamma: Tensor, lengths: Optional[Tensor], res_kind: int, nonlin: int,
+               backend: str, need_w: bool, need_res: bool, need_gamma: bool
+               ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    T, B, H = u.shape
+    cd = _compute_dtype(u.dtype)
+    u_c, x0_c, out_c, w_c = u.to(cd), x0.to(cd), out.to(cd), w_hh.to(cd)
+    # a_t = u_t + W_hh x_{t-1}, recomputed for all t by one large GEMM over the saved states
+    # instead of being stored by the forward (DESIGN.md section 5).
+    a = torch.empty((T, B, H), dtype=cd, device=u.device)
+    torch.addmm(u_c[0], x0_c, w_c.t(), out=a[0])
+    if T > 1:
+        torch.addmm(u_c[1:].reshape(-1, H), out_c[:-1].reshape(-1, H), w_c.t(), out=a[1:].view(-1, H))
+    phi_a = phi(a, nonlin) if need_gamma else None  # a is scratch for the backend from here on
+    g, dx0, delta = get_backend(backend).chain_bwd(
+        grad_out.to(cd), grad_hn.to(cd), a, w_c, res_kind, res.to(cd), gamma.to(cd), lengths, nonlin,
+        need_res or need_gamma)
+
+    def pair_sum(left, right_x0, right_out):
+        # sum_t left_t^T x_{t-1} over t and batch, with x_{t-1} = x0 at t = 1 and output[t-2] after
+        r = left[0].t() @ right_x0
+        if T > 1:
+            r = r + left[1:].reshape(-1, H).t() @ right_out[:-1].reshape(-1, H)
+        return r
+
+    def prod_sum(d, x0_, out_):
+        r = (d[0] * x0_).sum(0)
+        if T > 1:
+            r = r + (d[1:] * out_[:-1]).sum((0, 1))
+        return r
+
+    empty = u.new_empty(_EMPTY)
+    grad_w = pair_sum(g, x0_c, out_c).to(w_hh.dtype) if need_w else empty
+    grad_gamma = (delta * phi_a).sum((0, 1)).to(gamma.dtype) if need_gamma else empty
+    if not need_res:
+        grad_res = empty
+    elif res_kind == RES_DIAG:
+        grad_res = prod_sum(delta, x0_c, out_c).to(res.dtype)
+    elif res_kind == RES_ROT:
+        grad_res = torch.stack((prod_sum(delta, x0_c, out_c),
+                                prod_sum(delta, swap_pairs(x0_c), swap_pairs(out_c)))).to(res.dtype)
+    else:
+        grad_res = pair_sum(delta, x0_c, out_c).to(res.dtype)
+    return g.to(u.dtype), dx0.to(x0.dtype), grad_w, grad_res, grad_gamma
+
+
+@_chain.register_fake
+def _chain_fake(u, x0, w_hh, res, gamma, lengths, res_kind, nonlin, backend):
+    return torch.empty_like(u), torch.empty_like(x0)
+
+
+@_chain_bwd.register_fake
+def _chain_bwd_fake(grad_out, grad_hn, u, x0, out, w_hh, res, gamma, lengths, res_kind, nonlin, backend,
+                    need_w, need_res, need_gamma):
+    def maybe(t, need):
+        return torch.empty_like(t) if need else u.new_empty(_EMPTY)
+    return (torch.empty_like(u), torch.empty_like(x0), maybe(w_hh, need_w), maybe(res, need_res),
+            maybe(gamma, need_gamma))
+
+
+def _setup_context(ctx, inputs, output):
+    u, x0, w_hh, res, gamma, lengths, res_kind, nonlin, backend = inputs
+    ctx.save_for_backward(u, x0, output[0], w_hh, res, gamma, lengths)
+    ctx.meta = (res_kind, nonlin, backend)
+
+
+def _backward(ctx, grad_out, grad_hn):
+    u, x0, out, w_hh, res, gamma, lengths = ctx.saved_tensors
+    res_kind, nonlin, backend = ctx.meta
+    need = ctx.needs_input_grad
+    grad_out = torch.zeros_like(out) if grad_out is None else grad_out.contiguous()
+    grad_hn = torch.zeros_like(x0) if grad_hn is None else grad_hn.contiguous()
+    gu, gx0, gw, gres, ggamma = _chain_bwd(grad_out, grad_hn, u, x0, out, w_hh, res, gamma, lengths,
+                                           res_kind, nonlin, backend, need[2], need[3], need[4])
+    return (gu, gx0 if need[1] else None, gw if need[2] else None, gres if need[3] else None,
+            ggamma if need[4] else None, None, None, None, None)
+
+
+torch.library.register_autograd("wcrnn_kernels::chain", _backward, setup_context=_setup_context)
+
+
+def _check_tensor(name, t, ndim, shape_desc):
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{name}: expected a tensor {shape_desc}, got {type(t).__name__}")
+    if t.dim() != ndim:
+        raise ValueError(f"{name}: expected a {ndim}-D tensor {shape_desc}, got shape {tuple(t.shape)}")
+
+
+def wcrnn_chain(u: Tensor, x0: Tensor, w_hh: Tensor, res_kind: int, res: Tensor, gamma, lengths=None,
+                nonlinearity: str = "tanh", backend: str = "auto") -> tuple[Tensor, Tensor]:
+    """The WCRNN chain x_t = R(x_{t-1}) + gamma * phi(u_t + W_hh x_{t-1}), t = 1..T.
+
+    Args:
+        u: (T, B, H) input projection W_ih s_t + b_ih + b_hh for every step.
+        x0: (B, H) initial state.
+        w_hh: (H, H) recurrent weights.
+        res_kind, res: canonical residual (``residual.RES_DIAG`` with res (H,), ``RES_ROT`` with (2, H),
+            ``RES_DENSE`` with (H, H)); ``residual.canonical_residual`` builds them from a user kind.
+        gamma: a number, a 0-d tensor or (H,) coupling.
+        lengths: optional (B,) integer tensor, 0 <= L_b <= T; steps past L_b keep the state and output 0.
+        nonlinearity: "tanh" or "relu".
+        backend: "auto", "reference", "torch", or a compiled backend (see ``available_backends()``).
+
+    Returns:
+        output (T, B, H) with output[t] = x_{t+1} (zero past the length) and h_n (B, H) = x_{L_b}.
+        Differentiable in u, x0, w_hh, res and gamma.
+    """
+    _check_tensor("u", u, 3, "(T, B, H)")
+    T, B, H = u.shape
+    if T == 0:
+        raise RuntimeError("Expected sequence length to be larger than 0 in RNN (u has T = 0 steps)")
+    if not u.is_floating_point():
+        raise ValueError(f"u: expected a floating-point tensor, got dtype {u.dtype}")
+    _check_tensor("x0", x0, 2, "(B, H)")
+    _check_tensor("w_hh", w_hh, 2, "(H, H)")
+    if tuple(x0.shape) != (B, H):
+        raise ValueError(f"x0: expected shape (B, H) = {(B, H)} to match u {tuple(u.shape)}, "
+                         f"got {tuple(x0.shape)}")
+    if tuple(w_hh.shape) != (H, H):
+        raise ValueError(f"w_hh: expected shape (H, H) = {(H, H)}, got {tuple(w_hh.shape)}")
+    if res_kind not in (RES_DIAG, RES_ROT, RES_DENSE):
+        raise ValueError(f"res_kind: expected 0 (diagonal), 1 (rotation pairs) or 2 (dense), got {res_kind!r}")
+    if res_kind == RES_ROT and H % 2:
+        raise ValueError(f"res: rotation pairs need an even hidden size, got H = {H}")
+    if not isinstance(res, torch.Tensor) or tuple(res.shape) != canonical_shape(res_kind, H):
+        got = tuple(res.shape) if isinstance(res, torch.Tensor) else type(res).__name__
+        raise ValueError(f"res: res_kind {res_kind} expects shape {canonical_shape(res_kind, H)}, got {got}")
+    if nonlinearity not in NONLIN_CODES:
+        raise ValueError(f"nonlinearity: expected 'tanh' or 'relu', got {nonlinearity!r}")
+    if not isinstance(gamma, torch.Tensor):
+        gamma = torch.tensor(float(gamma), dtype=u.dtype, device=u.device)
+    if gamma.numel() != 1 and tuple(gamma.shape) != (H,):
+        raise ValueError(f"gamma: expected a number or a tensor of shape () or ({H},), got {tuple(gamma.shape)}")
+    for name, t in (("x0", x0), ("w_hh", w_hh), ("res", res), ("gamma", gamma)):
+        if t.dtype != u.dtype:
+            raise ValueError(f"{name}: dtype {t.dtype} does not match u's dtype {u.dtype}")
+        if t.device != u.device:
+            raise ValueError(f"{name}: device {t.device} does not match u's device {u.device}")
+    if lengths is not None:
+        lengths = _check_lengths(lengths, B, T, u.device)
+
+    name = resolve_backend(backend, u.device, u.dtype, H)
+    if name == "reference":
+        return wcrnn_chain_ref(u, x0, w_hh, res_kind, res, gamma, lengths, nonlinearity)
+    gamma = gamma.reshape(-1).expand(H) if gamma.numel() == 1 else gamma
+    return _chain(u.contiguous(), x0.contiguous(), w_hh.contiguous(), res.contiguous(), gamma.contiguous(),
+                  lengths, res_kind, NONLIN_CODES[nonlinearity], name)
+
+
+def _check_lengths(lengths, B, T, device):
+    if not isinstance(lengths, torch.Tensor):
+        lengths = torch.as_tensor(lengths)
+    if lengths.dim() != 1 or lengths.shape[0] != B:
+        raise ValueError(f"lengths: expected a 1-D tensor of B = {B} entries, got shape {tuple(lengths.shape)}")
+    if lengths.dtype.is_floating_point or lengths.dtype == torch.bool or lengths.is_complex():
+        raise ValueError(f"lengths: expected an integer tensor, got dtype {lengths.dtype}")
+    if not torch.compiler.is_compiling() and B > 0:
+        lo, hi = int(lengths.min()), int(lengths.max())
+        if lo < 0 or hi > T:
+            raise ValueError(f"lengths: every entry must lie in [0, T = {T}], got min {lo}, max {hi}")
+    return lengths.to(device=device, dtype=torch.int64).contiguous()

@@ -1,0 +1,69 @@
+"""The specification as code: the plain PyTorch time loop of one WCRNN layer in one direction.
+
+    a_t = W_ih s_t + b_ih + W_hh x_{t-1} + b_hh
+    x_t = R(x_{t-1}) + gamma * phi(a_t)                       t = 1..T
+
+Every backend is checked against this loop (autograd through it is the gradient oracle). It is written to
+be obviously right: one step is one line of arithmetic, the loop iterates with ``unbind`` (indexing a
+tensor per step would make autograd's backward quadratic in T), and lengths follow DESIGN.md section 4.
+It works for any floating dtype and device and is differentiable in every argument.
+"""
+from __future__ import annotations
+
+import torch
+
+from .residual import apply_residual, canonical_residual
+
+
+def _phi(a: torch.Tensor, nonlinearity: str) -> torch.Tensor:
+    if nonlinearity == "tanh":
+        return torch.tanh(a)
+    if nonlinearity == "relu":
+        return torch.relu(a)
+    raise ValueError(f"nonlinearity: expected 'tanh' or 'relu', got {nonlinearity!r}")
+
+
+def wcrnn_chain_ref(u, x0, w_hh, res_kind, res, gamma, lengths=None, nonlinearity="tanh"):
+    """The sequential chain on the fused-op boundary (DESIGN.md section 5), by autograd.
+
+    Shapes: u (T, B, H) precomputed input projection including both biases; x0 (B, H); w_hh (H, H);
+    res the canonical residual of ``res_kind`` (see ``residual.py``); gamma (H,) or a scalar;
+    lengths (B,) integer or None. Returns (output (T, B, H), h_n (B, H)).
+    """
+    T = u.shape[0]
+    x = x0
+    outs = []
+    if lengths is not None:
+        steps = torch.arange(T, device=u.device)
+        valid = (steps[:, None] < lengths.to(u.device)[None, :]).unsqueeze(-1)  # (T, B, 1)
+        valid_steps = valid.unbind(0)
+    for t, u_t in enumerate(u.unbind(0)):
+        x_new = apply_residual(res_kind, res, x) + gamma * _phi(u_t + x @ w_hh.t(), nonlinearity)
+        if lengths is None:
+            x = x_new
+            outs.append(x)
+        else:
+            v = valid_steps[t]
+            x = torch.where(v, x_new, x)
+            outs.append(torch.where(v, x, torch.zeros_like(x)))
+    output = torch.stack(outs) if outs else u.new_zeros(u.shape)
+    return output, x
+
+
+def wcrnn_layer_ref(input, x0, w_ih, w_hh, b_ih=None, b_hh=None, *, residual="scalar", r=1.0,
+                    theta=None, gamma=0.01, nonlinearity="tanh", lengths=None):
+    """One layer, one direction, time-major: input (T, B, I), x0 (B, H) -> (output (T, B, H), h_n (B, H)).
+
+    ``residual``/``r``/``theta`` are the user-facing parameters of DESIGN.md section 2 (r a number or a
+    tensor of the kind's shape, theta the rotation angles); gamma a number, a 0-d tensor or (H,).
+    """
+    H = w_hh.shape[0]
+    u = input @ w_ih.t()
+    if b_ih is not None:
+        u = u + b_ih
+    if b_hh is not None:
+        u = u + b_hh
+    res_kind, res = canonical_residual(residual, H, r, theta, dtype=input.dtype, device=input.device)
+    if not isinstance(gamma, torch.Tensor):
+        gamma = torch.tensor(float(gamma), dtype=input.dtype, device=input.device)
+    return wcrnn_chain_ref(u, x0, w_hh, res_kind, res, gamma, lengths, nonlinearity)
