@@ -1,1 +1,366 @@
-FusedWCRNN = None
+"""FusedWCRNN: a drop-in replacement for ``torch.nn.RNN`` that runs a WCRNN (DESIGN.md section 3).
+
+Per layer and direction the module computes the input projection with one large GEMM, turns its
+user-facing residual parameters into the canonical form with ordinary autograd ops, and hands the
+sequential chain to ``wcrnn_chain`` (which picks a backend). Everything ``nn.RNN`` accepts is accepted
+here with the same meaning: time-major or ``batch_first``, unbatched input, ``hx``, dropout between layers,
+bidirectional layers and ``PackedSequence`` in and out.
+"""
+from __future__ import annotations
+
+import math
+import numbers
+from typing import NamedTuple, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.nn.utils.rnn import PackedSequence
+
+from .backends import backend_names, get_backend
+from .ops import wcrnn_chain
+from .reference import wcrnn_layer_ref
+from .residual import NONLINEARITIES, RESIDUAL_KINDS, canonical_residual, check_residual_args
+
+
+class ChainWeights(NamedTuple):
+    """Everything one layer/direction's chain needs, with the residual in canonical form."""
+    w_ih: Tensor
+    w_hh: Tensor
+    bias: Optional[Tensor]  # b_ih + b_hh, or None without bias
+    res_kind: int
+    res: Tensor
+    gamma: Tensor  # (H,)
+    nonlinearity: str
+
+
+def _reverse_time(x: Tensor, lengths: Optional[Tensor]) -> Tensor:
+    """Reverse every sequence in time; with lengths, only each sequence's valid part (an involution)."""
+    if lengths is None:
+        return x.flip(0)
+    T, B = x.shape[:2]
+    t = torch.arange(T, device=x.device)[:, None]
+    L = lengths.to(x.device)[None, :]
+    idx = torch.where(t < L, L - 1 - t, t)  # (T, B)
+    return x.gather(0, idx.unsqueeze(-1).expand_as(x))
+
+
+class FusedWCRNN(nn.Module):
+    r"""Weakly coupled residual RNN with ``torch.nn.RNN``'s interface.
+
+    .. math::  x_t = R(x_{t-1}) + \gamma \, \phi(W_{ih} s_t + b_{ih} + W_{hh} x_{t-1} + b_{hh})
+
+    Args (beyond ``nn.RNN``'s ``input_size, hidden_size, num_layers, nonlinearity, bias, batch_first,
+    dropout, bidirectional``):
+        residual: ``"none"``, ``"scalar"``, ``"diagonal"``, ``"rotational"`` or ``"dense"`` (DESIGN.md section 2).
+        r: residual strength: a number, or a tensor of the kind's shape (() scalar, (H,) diagonal,
+            (H/2,) rotational magnitudes rho, (H, H) dense). A number means r*I for dense. Default 1
+            (the paper's critical network).
+        gamma: coupling, a number or an (H,) tensor. Default 0.01.
+        theta: rotational angles (H/2,); None draws them uniformly from [0, pi).
+        learn_residual, learn_gamma: make r/theta and gamma trainable ``nn.Parameter``s (default: buffers).
+        backend: ``"auto"`` (fastest available for the tensors' device), ``"reference"``, ``"torch"``,
+            ``"cpp"``, ``"triton"`` or ``"cuda"``. See ``wcrnn_kernels.available_backends()``.
+
+    Parameter names and default initialisation are ``nn.RNN``'s, so an ``nn.RNN`` state_dict loads;
+    residual and coupling live in ``r_l{k}``, ``theta_l{k}``, ``gamma_l{k}`` (``_reverse`` for the
+    second direction).
+    """
+
+    def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, nonlinearity: str = "tanh",
+                 bias: bool = True, batch_first: bool = False, dropout: float = 0.0,
+                 bidirectional: bool = False, residual: str = "scalar", r=1.0, gamma=0.01, theta=None,
+                 learn_residual: bool = False, learn_gamma: bool = False, backend: str = "auto",
+                 device=None, dtype=None):
+        super().__init__()
+        for name, v, lo in (("input_size", input_size, 0), ("hidden_size", hidden_size, 1),
+                            ("num_layers", num_layers, 1)):
+            if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < lo:
+                raise ValueError(f"{name}: expected an integer >= {lo}, got {v!r}")
+        if nonlinearity not in NONLINEARITIES:
+            raise ValueError(f"nonlinearity: expected 'tanh' or 'relu', got {nonlinearity!r}")
+        if not isinstance(dropout, numbers.Number) or not 0 <= dropout <= 1 or isinstance(dropout, bool):
+            raise ValueError(f"dropout: expected a number in [0, 1], got {dropout!r}")
+        if residual not in RESIDUAL_KINDS:
+            raise ValueError(f"residual: expected one of {RESIDUAL_KINDS}, got {residual!r}")
+        check_residual_args(residual, hidden_size, r, theta)
+        if isinstance(gamma, torch.Tensor):
+            if gamma.numel() != 1 and tuple(gamma.shape) != (hidden_size,):
+                raise ValueError(f"gamma: expected a number or a tensor of shape () or ({hidden_size},), "
+                                 f"got shape {tuple(gamma.shape)}")
+        elif isinstance(gamma, bool) or not isinstance(gamma, numbers.Real):
+            raise ValueError(f"gamma: expected a number or a tensor, got {type(gamma).__name__}")
+        if backend != "auto" and backend not in backend_names():
+            raise ValueError(f"backend: expected 'auto' or one of {backend_names()}, got {backend!r}")
+        if backend not in ("auto", "reference"):
+            ok, why = get_backend(backend).availability()
+            if not ok:
+                from .backends import BackendUnavailableError
+                raise BackendUnavailableError(f"backend={backend!r} is not available here: {why}")
+
+        self.input_size = int(input_size)
+        self.hidden_size = H = int(hidden_size)
+        self.num_layers = int(num_layers)
+        self.nonlinearity = nonlinearity
+        self.bias = bool(bias)
+        self.batch_first = bool(batch_first)
+        self.dropout = float(dropout)
+        self.bidirectional = bool(bidirectional)
+        self.residual = residual
+        self.learn_residual = bool(learn_residual)
+        self.learn_gamma = bool(learn_gamma)
+        self.backend = backend
+        self.proj_size = 0  # nn.RNN compatibility
+        num_dir = 2 if bidirectional else 1
+        fk = {"device": device, "dtype": dtype}
+
+        # nn.RNN's parameters, registered in nn.RNN's order so reset_parameters draws identical weights.
+        self._flat_weights_names = []
+        for layer in range(num_layers):
+            for d in range(num_dir):
+                sfx = f"_l{layer}" + ("_reverse" if d else "")
+                layer_in = input_size if layer == 0 else H * num_dir
+                names = [("weight_ih" + sfx, (H, layer_in)), ("weight_hh" + sfx, (H, H))]
+                if bias:
+                    names += [("bias_ih" + sfx, (H,)), ("bias_hh" + sfx, (H,))]
+                for n, shape in names:
+                    setattr(self, n, nn.Parameter(torch.empty(shape, **fk)))
+                    self._flat_weights_names.append(n)
+        self.reset_parameters()
+
+        # Residual and coupling, per layer and direction, after the weights (they do not shift the RNG
+        # stream that nn.RNN's initialisation uses).
+        for layer in range(num_layers):
+            for d in range(num_dir):
+                sfx = f"_l{layer}" + ("_reverse" if d else "")
+                self._register_state("gamma" + sfx, self._gamma_init(gamma, fk), learn_gamma)
+                if residual == "none":
+                    continue
+                self._register_state("r" + sfx, self._r_init(residual, r, fk), learn_residual)
+                if residual == "rotational":
+                    th = (theta.detach().clone().to(**{k: v for k, v in fk.items() if v is not None})
+                          if theta is not None else torch.rand(H // 2, **fk) * math.pi)
+                    self._register_state("theta" + sfx, th, learn_residual)
+
+    # ----------------------------------------------------------------------------------- construction
+    def _register_state(self, name, value, learnable):
+        if learnable:
+            setattr(self, name, nn.Parameter(value))
+        else:
+            self.register_buffer(name, value)
+
+    def _gamma_init(self, gamma, fk):
+        if isinstance(gamma, torch.Tensor):
+            g = gamma.detach().clone()
+            g = g.reshape(()) if g.numel() == 1 else g
+            dtype = fk["dtype"] or (g.dtype if g.is_floating_point() else torch.get_default_dtype())
+            return g.to(dtype=dtype, device=fk["device"] or g.device)
+        return torch.tensor(float(gamma), **fk)
+
+    def _r_init(self, kind, r, fk):
+        H = self.hidden_size
+        if isinstance(r, torch.Tensor) and r.numel() != 1:
+            return r.detach().clone().to(dtype=fk["dtype"] or r.dtype, device=fk["device"] or r.device)
+        val = float(r)
+        if kind == "scalar":
+            return torch.tensor(val, **fk)
+        if kind == "diagonal":
+            return torch.full((H,), val, **fk)
+        if kind == "rotational":
+            return torch.full((H // 2,), val, **fk)
+        return val * torch.eye(H, **fk)  # dense
+
+    def reset_parameters(self) -> None:
+        """nn.RNN's initialisation: every weight and bias uniform in [-1/sqrt(H), 1/sqrt(H)]."""
+        stdv = 1.0 / math.sqrt(self.hidden_size) if self.hidden_size > 0 else 0
+        for n in self._flat_weights_names:
+            nn.init.uniform_(getattr(self, n), -stdv, stdv)
+
+    def flatten_parameters(self) -> None:
+        """No-op, for nn.RNN compatibility (the fused op needs no flat weight buffer)."""
+
+    @property
+    def all_weights(self) -> list[list[Tensor]]:
+        per = 4 if self.bias else 2
+        ws = [getattr(self, n) for n in self._flat_weights_names]
+        return [ws[i:i + per] for i in range(0, len(ws), per)]
+
+    @classmethod
+    def from_rnn(cls, rnn: nn.RNN, **kwargs) -> "FusedWCRNN":
+        """A FusedWCRNN with ``rnn``'s configuration and a copy of its weights.
+
+        ``from_rnn(rnn, residual="none", gamma=1.0)`` computes exactly what ``rnn`` computes.
+        """
+        if not isinstance(rnn, nn.RNN):
+            raise TypeError(f"rnn: expected a torch.nn.RNN, got {type(rnn).__name__}")
+        if getattr(rnn, "proj_size", 0):
+            raise ValueError("rnn: nn.RNN with proj_size > 0 is not supported")
+        w = rnn.weight_ih_l0
+        cfg = dict(input_size=rnn.input_size, hidden_size=rnn.hidden_size, num_layers=rnn.num_layers,
+                   nonlinearity=rnn.nonlinearity, bias=rnn.bias, batch_first=rnn.batch_first,
+                   dropout=float(rnn.dropout), bidirectional=rnn.bidirectional, device=w.device, dtype=w.dtype)
+        cfg.update(kwargs)
+        model = cls(**cfg)
+        with torch.no_grad():
+            for n in model._flat_weights_names:
+                getattr(model, n).copy_(getattr(rnn, n))
+        return model
+
+    # ------------------------------------------------------------------------------------- forward
+    def _suffix(self, layer: int, direction: int) -> str:
+        return f"_l{layer}" + ("_reverse" if direction else "")
+
+    def chain_weights(self, layer: int = 0, direction: int = 0) -> ChainWeights:
+        """Weights of one layer/direction with the residual in canonical form (differentiable)."""
+        sfx = self._suffix(layer, direction)
+        w_ih, w_hh = getattr(self, "weight_ih" + sfx), getattr(self, "weight_hh" + sfx)
+        bias = getattr(self, "bias_ih" + sfx) + getattr(self, "bias_hh" + sfx) if self.bias else None
+        r = getattr(self, "r" + sfx, 0.0)
+        theta = getattr(self, "theta" + sfx, None)
+        res_kind, res = canonical_residual(self.residual, self.hidden_size, r, theta, dtype=w_hh.dtype,
+                                           device=w_hh.device)
+        gamma = getattr(self, "gamma" + sfx)
+        gamma = gamma.expand(self.hidden_size) if gamma.dim() == 0 else gamma
+        return ChainWeights(w_ih, w_hh, bias, res_kind, res, gamma, self.nonlinearity)
+
+    def _check_input(self, x: Tensor, hx: Optional[Tensor], batched: bool):
+        w = self.weight_ih_l0
+        if x.shape[-1] != self.input_size:
+            raise ValueError(f"input: expected input.size(-1) == input_size = {self.input_size}, "
+                             f"got {x.shape[-1]}")
+        if x.dtype != w.dtype:
+            raise ValueError(f"input: dtype {x.dtype} does not match the module's parameters ({w.dtype}); "
+                             f"convert the input with input.to({w.dtype}) or the model with model.to({x.dtype})")
+        if x.device != w.device:
+            raise ValueError(f"input: on {x.device} but the module's parameters are on {w.device}")
+        if hx is None:
+            return
+        if not isinstance(hx, torch.Tensor):
+            raise TypeError(f"hx: expected a tensor or None, got {type(hx).__name__}")
+        if not batched and hx.dim() != 2:
+            raise ValueError(f"hx: for unbatched 2-D input, hx should also be 2-D "
+                             f"(num_layers * num_directions, hidden_size), got a {hx.dim()}-D tensor")
+        if batched and hx.dim() != 3:
+            raise ValueError(f"hx: for batched 3-D input, hx should also be 3-D "
+                             f"(num_layers * num_directions, batch, hidden_size), got a {hx.dim()}-D tensor")
+        if hx.dtype != x.dtype:
+            raise ValueError(f"hx: dtype {hx.dtype} does not match the input's dtype {x.dtype}")
+        if hx.device != x.device:
+            raise ValueError(f"hx: on {hx.device} but the input is on {x.device}")
+
+    def forward(self, input, hx: Optional[Tensor] = None):
+        num_dir = 2 if self.bidirectional else 1
+        H = self.hidden_size
+        lengths = None
+        if isinstance(input, PackedSequence):
+            data, batch_sizes, sorted_indices, unsorted_indices = input
+            self._check_input(data, hx, batched=True)
+            T, B = batch_sizes.shape[0], int(batch_sizes[0])
+            # padded time-major layout in the packed (length-sorted) batch order
+            valid = torch.arange(B)[None, :] < batch_sizes[:, None]  # (T, B) on CPU
+            lengths = valid.sum(0)
+            valid = valid.to(data.device)
+            x = data.new_zeros((T, B, data.shape[-1]))
+            x[valid] = data
+            if hx is not None and sorted_indices is not None:
+                hx = hx.index_select(1, sorted_indices)
+            batched = True
+        else:
+            if not isinstance(input, torch.Tensor):
+                raise TypeError(f"input: expected a tensor or a PackedSequence, got {type(input).__name__}")
+            if input.dim() not in (2, 3):
+                raise ValueError(f"input: expected a 2-D (unbatched) or 3-D tensor, got {input.dim()}-D "
+                                 f"with shape {tuple(input.shape)}")
+            batched = input.dim() == 3
+            self._check_input(input, hx, batched)
+            if not batched:
+                x = input.unsqueeze(1)
+                hx = hx.unsqueeze(1) if hx is not None else None
+            else:
+                x = input.transpose(0, 1) if self.batch_first else input
+            T, B = x.shape[0], x.shape[1]
+        if T == 0:
+            raise RuntimeError("Expected sequence length to be larger than 0 in RNN")
+        expected_hx = (self.num_layers * num_dir, B, H)
+        if hx is not None and tuple(hx.shape) != expected_hx:
+            shown = expected_hx if batched else (expected_hx[0], H)
+            got = tuple(hx.shape) if batched else (hx.shape[0], hx.shape[2])
+            raise ValueError(f"hx: expected shape {shown}, got {got}")
+
+        if B == 0:
+            out = x.new_zeros((T, 0, num_dir * H))
+            h_n = x.new_zeros(expected_hx)
+        else:
+            out, h_n = self._run_layers(x, hx, lengths)
+
+        if isinstance(input, PackedSequence):
+            out = PackedSequence(out[valid], batch_sizes, sorted_indices, unsorted_indices)
+            if unsorted_indices is not None:
+                h_n = h_n.index_select(1, unsorted_indices)
+            return out, h_n
+        if not batched:
+            return out.squeeze(1), h_n.squeeze(1)
+        return (out.transpose(0, 1) if self.batch_first else out), h_n
+
+    def _run_layers(self, x: Tensor, hx: Optional[Tensor], lengths: Optional[Tensor]):
+        num_dir = 2 if self.bidirectional else 1
+        T, B = x.shape[:2]
+        if hx is None:
+            hx = x.new_zeros((self.num_layers * num_dir, B, self.hidden_size))
+        dev_lengths = lengths.to(x.device) if lengths is not None else None
+        h_n = []
+        layer_in = x
+        for layer in range(self.num_layers):
+            outs = []
+            for d in range(num_dir):
+                cw = self.chain_weights(layer, d)
+                inp = layer_in if d == 0 else _reverse_time(layer_in, dev_lengths)
+                x0 = hx[layer * num_dir + d]
+                if self.backend == "reference":
+                    out, h = self._reference_layer(inp, x0, layer, d, dev_lengths)
+                else:
+                    u = F.linear(inp, cw.w_ih, cw.bias)
+                    out, h = wcrnn_chain(u, x0, cw.w_hh, cw.res_kind, cw.res, cw.gamma, dev_lengths,
+                                         self.nonlinearity, self.backend)
+                outs.append(out if d == 0 else _reverse_time(out, dev_lengths))
+                h_n.append(h)
+            layer_in = outs[0] if num_dir == 1 else torch.cat(outs, dim=-1)
+            if self.dropout and self.training and layer < self.num_layers - 1:
+                layer_in = F.dropout(layer_in, self.dropout, training=True)
+        return layer_in, torch.stack(h_n)
+
+    def _reference_layer(self, inp, x0, layer, d, lengths):
+        # backend="reference": the specification itself, from the user-facing parameters
+        sfx = self._suffix(layer, d)
+        return wcrnn_layer_ref(
+            inp, x0, getattr(self, "weight_ih" + sfx), getattr(self, "weight_hh" + sfx),
+            getattr(self, "bias_ih" + sfx, None), getattr(self, "bias_hh" + sfx, None),
+            residual=self.residual, r=getattr(self, "r" + sfx, 0.0), theta=getattr(self, "theta" + sfx, None),
+            gamma=getattr(self, "gamma" + sfx), nonlinearity=self.nonlinearity, lengths=lengths)
+
+    def extra_repr(self) -> str:
+        s = f"{self.input_size}, {self.hidden_size}"
+        if self.num_layers != 1:
+            s += f", num_layers={self.num_layers}"
+        if self.nonlinearity != "tanh":
+            s += f", nonlinearity={self.nonlinearity!r}"
+        if not self.bias:
+            s += ", bias=False"
+        if self.batch_first:
+            s += ", batch_first=True"
+        if self.dropout:
+            s += f", dropout={self.dropout}"
+        if self.bidirectional:
+            s += ", bidirectional=True"
+        s += f", residual={self.residual!r}"
+        if self.residual != "none":
+            r = self.r_l0
+            s += f", r={r.item():g}" if r.numel() == 1 else f", r=<{tuple(r.shape)} tensor>"
+        g = self.gamma_l0
+        s += f", gamma={g.item():g}" if g.numel() == 1 else f", gamma=<{tuple(g.shape)} tensor>"
+        if self.learn_residual:
+            s += ", learn_residual=True"
+        if self.learn_gamma:
+            s += ", learn_gamma=True"
+        s += f", backend={self.backend!r}"
+        return s
