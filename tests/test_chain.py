@@ -1,0 +1,216 @@
+"""The fused op against its specification: autograd through the reference loop, gradcheck, cross-kind identities.
+
+Every chain backend that runs here is compared with the float64 reference on output, h_n and every gradient
+(u, x0, W_hh, the canonical residual, gamma), for every residual kind, both nonlinearities, with and without
+lengths, at awkward sizes. One shared upstream gradient feeds both output and h_n.
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from conftest import CHAIN_BACKENDS, assert_all_close, max_rel_err, require_backend
+from wcrnn_kernels import RES_DENSE, RES_DIAG, canonical_residual, wcrnn_chain, wcrnn_chain_ref
+
+pytestmark = pytest.mark.usefixtures("poison_empty")
+
+KINDS = ("none", "scalar", "diagonal", "rotational", "dense")
+# (T, B, H): T = 1, B = 1 and 3, H = 1, 3, 17, 130 (odd H become even for the rotational kind)
+SIZES = ((1, 1, 1), (4, 3, 3), (6, 3, 17), (3, 2, 130), (1, 3, 17), (9, 1, 3))
+
+
+def make_case(kind, T, B, H, dtype=torch.float64, lengths=False, seed=0):
+    """Random inputs for one chain: u, x0, w_hh, (res_kind, res), gamma, lengths."""
+    if kind == "rotational" and H % 2:
+        H += 1
+    g = torch.Generator().manual_seed(seed)
+
+    def rnd(*shape, scale=1.0):
+        return (torch.randn(*shape, generator=g, dtype=torch.float64) * scale).to(dtype)
+
+    r = {"none": 0.0, "scalar": 0.97, "diagonal": 0.8 + 0.25 * torch.rand(H, generator=g, dtype=torch.float64),
+         "rotational": 0.9 + 0.15 * torch.rand(H // 2, generator=g, dtype=torch.float64),
+         "dense": rnd(H, H, scale=0.9 / H ** 0.5).double()}[kind]
+    theta = torch.rand(H // 2, generator=g, dtype=torch.float64) * 3.0 if kind == "rotational" else None
+    res_kind, res = canonical_residual(kind, H, r, theta, dtype=dtype)
+    case = dict(
+        u=rnd(T, B, H), x0=rnd(B, H, scale=0.5), w_hh=rnd(H, H, scale=1.0 / H ** 0.5), res_kind=res_kind,
+        res=res.detach().clone(), gamma=(0.3 + 0.5 * torch.rand(H, generator=g, dtype=torch.float64)).to(dtype),
+        lengths=None)
+    if lengths:
+        L = torch.randint(0, T + 1, (B,), generator=g)
+        L[0] = T  # one full-length row, and (for B > 1) one empty row
+        if B > 1:
+            L[1] = 0
+        case["lengths"] = L
+    return case
+
+
+DIFF = ("u", "x0", "w_hh", "res", "gamma")
+
+
+def run_chain(case, backend, nonlinearity, upstream_seed=1):
+    """Forward, then backward of <output, G_out> + <h_n, G_h>; returns (output, h_n, *grads)."""
+    inputs = {k: (v.detach().clone().requires_grad_(True) if k in DIFF else v) for k, v in case.items()}
+    out, h_n = wcrnn_chain(inputs["u"], inputs["x0"], inputs["w_hh"], inputs["res_kind"], inputs["res"],
+                           inputs["gamma"], inputs["lengths"], nonlinearity, backend)
+    g = torch.Generator().manual_seed(upstream_seed)
+    g_out = torch.randn(out.shape, generator=g, dtype=torch.float64).to(out.dtype)
+    g_h = torch.randn(h_n.shape, generator=g, dtype=torch.float64).to(out.dtype)
+    grads = torch.autograd.grad((out * g_out).sum() + (h_n * g_h).sum(), [inputs[k] for k in DIFF])
+    return (out, h_n) + tuple(grads)
+
+
+NAMES = ("output", "h_n") + tuple("d" + k for k in DIFF)
+
+
+@pytest.mark.parametrize("backend", CHAIN_BACKENDS)
+@pytest.mark.parametrize("lengths", [False, True], ids=["full", "lengths"])
+@pytest.mark.parametrize("nonlinearity", ["tanh", "relu"])
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("T,B,H", SIZES)
+def test_backend_matches_reference_float64(backend, kind, nonlinearity, lengths, T, B, H):
+    require_backend(backend, hidden_size=H)
+    case = make_case(kind, T, B, H, lengths=lengths)
+    expected = run_chain(case, "reference", nonlinearity)
+    actual = run_chain(case, backend, nonlinearity)
+    assert_all_close(actual, expected, rtol=1e-10, names=NAMES)
+
+
+@pytest.mark.parametrize("backend", CHAIN_BACKENDS)
+@pytest.mark.parametrize("kind", KINDS)
+def test_float32_error_within_reference_float32_error(backend, kind):
+    """float32 kernels may be at most a small multiple worse than the reference's own float32 error."""
+    require_backend(backend, dtype=torch.float32, hidden_size=64)
+    case64 = make_case(kind, 50, 4, 64, lengths=True, seed=3)
+    case32 = {k: (v.float() if isinstance(v, torch.Tensor) and v.is_floating_point() else v)
+              for k, v in case64.items()}
+    exact = run_chain(case64, "reference", "tanh")
+    ref32 = run_chain(case32, "reference", "tanh")
+    got32 = run_chain(case32, backend, "tanh")
+    for n, e, r, a in zip(NAMES, exact, ref32, got32):
+        assert a.dtype == torch.float32
+        ref_err, err = max_rel_err(r, e), max_rel_err(a, e)
+        assert err <= 4 * ref_err + 1e-6, f"{n}: {backend} error {err:.2e} vs reference float32 {ref_err:.2e}"
+
+
+@pytest.mark.parametrize("backend", ["torch", "cpp"])
+@pytest.mark.parametrize("lengths", [False, True], ids=["full", "lengths"])
+@pytest.mark.parametrize("nonlinearity", ["tanh", "relu"])
+@pytest.mark.parametrize("kind", KINDS)
+def test_gradcheck(backend, kind, nonlinearity, lengths):
+    require_backend(backend, hidden_size=4)
+    case = make_case(kind, 4, 3, 4, lengths=lengths, seed=5)
+    if nonlinearity == "relu":  # keep pre-activations away from relu's kink, where finite differences lie
+        case["u"] = case["u"] + torch.sign(case["u"]) * 0.5
+    tensors = [case[k].detach().clone().requires_grad_(True) for k in DIFF]
+
+    def f(u, x0, w_hh, res, gamma):
+        return wcrnn_chain(u, x0, w_hh, case["res_kind"], res, gamma, case["lengths"], nonlinearity, backend)
+
+    assert torch.autograd.gradcheck(f, tensors, eps=1e-6, atol=1e-8, rtol=1e-6)
+
+
+def test_scalar_gamma_and_needs_input_grad():
+    """A 0-d gamma broadcasts; only requested gradients are computed, and they match the reference."""
+    case = make_case("scalar", 5, 3, 6)
+    w = case["w_hh"].clone().requires_grad_(True)
+    gamma = torch.tensor(0.4, dtype=torch.float64, requires_grad=True)
+    for backend in ("reference", "torch"):
+        out, h = wcrnn_chain(case["u"], case["x0"], w, case["res_kind"], case["res"], gamma, backend=backend)
+        gw, gg = torch.autograd.grad(out.sum() + h.sum(), [w, gamma])
+        if backend == "reference":
+            ref = (out, gw, gg)
+        else:
+            assert_all_close((out, gw, gg), ref, rtol=1e-12, names=("output", "dw_hh", "dgamma"))
+
+
+def test_residual_kinds_are_consistent():
+    """scalar == diagonal(r) == dense(r I) and rotational == dense(block rotation), through the op."""
+    T, B, H = 6, 2, 6
+    g = torch.Generator().manual_seed(0)
+    u = torch.randn(T, B, H, generator=g, dtype=torch.float64)
+    x0 = torch.randn(B, H, generator=g, dtype=torch.float64)
+    w = torch.randn(H, H, generator=g, dtype=torch.float64) / H ** 0.5
+    gamma = torch.full((H,), 0.2, dtype=torch.float64)
+
+    def chain(kind, r, theta=None):
+        rk, res = canonical_residual(kind, H, r, theta, dtype=torch.float64)
+        return wcrnn_chain(u, x0, w, rk, res, gamma, backend="torch")[0]
+
+    base = chain("scalar", 0.93)
+    torch.testing.assert_close(chain("diagonal", torch.full((H,), 0.93, dtype=torch.float64)), base)
+    torch.testing.assert_close(chain("dense", 0.93 * torch.eye(H, dtype=torch.float64)), base)
+    rho = torch.tensor([0.9, 1.0, 1.05], dtype=torch.float64)
+    theta = torch.tensor([0.3, 1.2, 2.9], dtype=torch.float64)
+    blocks = [rho[k] * torch.tensor([[theta[k].cos(), -theta[k].sin()], [theta[k].sin(), theta[k].cos()]],
+                                    dtype=torch.float64) for k in range(3)]
+    torch.testing.assert_close(chain("rotational", rho, theta), chain("dense", torch.block_diag(*blocks)))
+    assert not torch.allclose(chain("rotational", rho, theta), chain("rotational", rho, -theta))
+
+
+def test_lengths_semantics():
+    """Past its length a row keeps its state, outputs zero, and h_n is the state at its length."""
+    case = make_case("diagonal", 7, 3, 5)
+    L = torch.tensor([7, 3, 0])
+    out, h = wcrnn_chain(case["u"], case["x0"], case["w_hh"], case["res_kind"], case["res"], case["gamma"],
+                         L, backend="torch")
+    full, _ = wcrnn_chain(case["u"], case["x0"], case["w_hh"], case["res_kind"], case["res"], case["gamma"],
+                          backend="torch")
+    torch.testing.assert_close(out[:3, 1], full[:3, 1])
+    assert (out[3:, 1] == 0).all() and (out[:, 2] == 0).all()
+    torch.testing.assert_close(h[0], full[-1, 0])
+    torch.testing.assert_close(h[1], full[2, 1])
+    torch.testing.assert_close(h[2], case["x0"][2])
+
+
+def test_half_precision_torch_backend_tracks_float64():
+    """bf16/fp16 inputs run with float32 state: the result stays within the input rounding of float64."""
+    case = make_case("scalar", 20, 3, 16, seed=7)
+    exact = run_chain(case, "reference", "tanh")
+    for dtype in (torch.bfloat16, torch.float16):
+        c = {k: (v.to(dtype) if isinstance(v, torch.Tensor) and v.is_floating_point() else v)
+             for k, v in case.items()}
+        ref_lo = run_chain(c, "reference", "tanh")
+        got = run_chain(c, "torch", "tanh")
+        for n, e, r, a in zip(NAMES, exact, ref_lo, got):
+            assert a.dtype == dtype, n
+            assert max_rel_err(a, e) <= max(2 * max_rel_err(r, e), 1e-2), n
+
+
+def test_dense_residual_is_transposed_correctly():
+    """The column-vector convention: a forward chain link R[i+1, i] moves activity from unit i to i+1."""
+    H = 4
+    R = torch.zeros(H, H, dtype=torch.float64)
+    R[1, 0] = 1.0
+    x0 = torch.tensor([[1.0, 0, 0, 0]], dtype=torch.float64)
+    u = torch.zeros(1, 1, H, dtype=torch.float64)
+    w = torch.zeros(H, H, dtype=torch.float64)
+    gamma = torch.zeros(H, dtype=torch.float64)
+    for backend in ("reference", "torch"):
+        out, _ = wcrnn_chain(u, x0, w, RES_DENSE, R, gamma, backend=backend)
+        torch.testing.assert_close(out[0, 0], torch.tensor([0.0, 1.0, 0, 0], dtype=torch.float64))
+
+
+def test_reference_loop_does_not_index_per_step():
+    """The reference iterates with unbind: per-step indexing (SelectBackward nodes) makes backward O(T^2)."""
+    T = 12
+    u = torch.randn(T, 2, 8, dtype=torch.float64, requires_grad=True)
+    out, _ = wcrnn_chain_ref(u, torch.zeros(2, 8, dtype=torch.float64), torch.eye(8, dtype=torch.float64),
+                             RES_DIAG, torch.ones(8, dtype=torch.float64), torch.full((8,), 0.1, dtype=torch.float64))
+    seen, stack, names = set(), [out.grad_fn], []
+    while stack:
+        fn = stack.pop()
+        if fn is None or fn in seen:
+            continue
+        seen.add(fn)
+        names.append(type(fn).__name__)
+        stack.extend(f for f, _ in fn.next_functions)
+    assert "UnbindBackward0" in names
+    assert not [n for n in names if n.startswith(("SelectBackward", "SliceBackward", "IndexBackward"))]
+
+
+def test_poison_fixture_poisons(poison_empty):
+    """The NaN-poisoning fixture is live in this module: fresh allocations hold NaN, not zeros."""
+    assert torch.isnan(torch.empty(3)).all() and torch.isnan(torch.empty_like(torch.ones(2))).all()
+    assert torch.isnan(torch.ones(1).new_empty(4)).all()
