@@ -67,11 +67,13 @@ def _chain_bwd(grad_out: Tensor, grad_hn: Tensor, u: Tensor, x0: Tensor, out: Te
             r = r + (d[1:] * out_[:-1]).sum((0, 1))
         return r
 
-    empty = u.new_empty(_EMPTY)
-    grad_w = pair_sum(g, x0_c, out_c).to(w_hh.dtype) if need_w else empty
-    grad_gamma = (delta * phi_a).sum((0, 1)).to(gamma.dtype) if need_gamma else empty
+    def empty():  # outputs of a custom op may not alias each other: one fresh empty tensor each
+        return u.new_empty(_EMPTY)
+
+    grad_w = pair_sum(g, x0_c, out_c).to(w_hh.dtype) if need_w else empty()
+    grad_gamma = (delta * phi_a).sum((0, 1)).to(gamma.dtype) if need_gamma else empty()
     if not need_res:
-        grad_res = empty
+        grad_res = empty()
     elif res_kind == RES_DIAG:
         grad_res = prod_sum(delta, x0_c, out_c).to(res.dtype)
     elif res_kind == RES_ROT:

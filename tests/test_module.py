@@ -1,0 +1,206 @@
+"""FusedWCRNN: equivalence with nn.RNN, every gradient against the reference, nn.RNN's behaviours."""
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn as nn
+from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
+
+from conftest import CHAIN_BACKENDS, assert_all_close, require_backend
+from wcrnn_kernels import FusedWCRNN
+
+pytestmark = pytest.mark.usefixtures("poison_empty")
+
+F64 = torch.float64
+
+
+def grads_of(model, inputs, outputs, seed=11):
+    """Gradients of <output, G> + <h_n, G'> wrt the inputs and every parameter of the model (by name)."""
+    out, h_n = outputs
+    out_t = out.data if isinstance(out, PackedSequence) else out
+    g = torch.Generator().manual_seed(seed)
+    loss = (out_t * torch.randn(out_t.shape, generator=g, dtype=F64).to(out_t.dtype)).sum() + \
+        (h_n * torch.randn(h_n.shape, generator=g, dtype=F64).to(h_n.dtype)).sum()
+    names = [n for n, p in model.named_parameters()]
+    tensors = list(inputs) + [p for _, p in model.named_parameters()]
+    grads = torch.autograd.grad(loss, tensors, retain_graph=True)
+    return dict(zip([f"input{i}" for i in range(len(inputs))] + names, grads))
+
+
+RNN_CONFIGS = [
+    dict(num_layers=1),
+    dict(num_layers=2, batch_first=True),
+    dict(num_layers=3, bidirectional=True),
+    dict(num_layers=2, bias=False, nonlinearity="relu"),
+    dict(num_layers=2, bidirectional=True, batch_first=True, nonlinearity="relu"),
+]
+
+
+@pytest.mark.parametrize("backend", ["auto", "torch", "reference"])
+@pytest.mark.parametrize("with_hx", [False, True], ids=["no_hx", "hx"])
+@pytest.mark.parametrize("cfg", RNN_CONFIGS, ids=lambda c: "-".join(f"{k}={v}" for k, v in c.items()))
+def test_from_rnn_reproduces_nn_rnn(cfg, with_hx, backend):
+    torch.manual_seed(0)
+    rnn = nn.RNN(5, 7, **cfg).double()
+    model = FusedWCRNN.from_rnn(rnn, residual="none", gamma=1.0, backend=backend)
+    T, B = 6, 3
+    x = torch.randn((B, T, 5) if cfg.get("batch_first") else (T, B, 5), dtype=F64, requires_grad=True)
+    D = 2 if cfg.get("bidirectional") else 1
+    hx = torch.randn(cfg["num_layers"] * D, B, 7, dtype=F64, requires_grad=True) if with_hx else None
+    inputs = [x] + ([hx] if with_hx else [])
+    exp, act = rnn(x, hx), model(x, hx)
+    assert_all_close(act, exp, rtol=1e-12, names=("output", "h_n"))
+    ge, ga = grads_of(rnn, inputs, exp), grads_of(model, inputs, act)
+    assert set(ge) == set(ga)
+    assert_all_close([ga[k] for k in ge], list(ge.values()), rtol=1e-11, names=list(ge))
+
+
+@pytest.mark.parametrize("cfg", [dict(num_layers=1), dict(num_layers=2, bidirectional=True),
+                                 dict(num_layers=2, batch_first=True)])
+def test_packed_sequence_matches_nn_rnn(cfg):
+    torch.manual_seed(1)
+    rnn = nn.RNN(4, 6, **cfg).double()
+    model = FusedWCRNN.from_rnn(rnn, residual="none", gamma=1.0)
+    T, B = 7, 5
+    bf = cfg.get("batch_first", False)
+    x = torch.randn((B, T, 4) if bf else (T, B, 4), dtype=F64, requires_grad=True)
+    lengths = torch.tensor([3, 7, 1, 7, 5])  # unsorted, with ties
+    D = 2 if cfg.get("bidirectional") else 1
+    hx = torch.randn(cfg["num_layers"] * D, B, 6, dtype=F64, requires_grad=True)
+    packed = pack_padded_sequence(x, lengths, batch_first=bf, enforce_sorted=False)
+    exp, act = rnn(packed, hx), model(packed, hx)
+    assert isinstance(act[0], PackedSequence)
+    for field in ("batch_sizes", "sorted_indices", "unsorted_indices"):
+        assert torch.equal(getattr(act[0], field), getattr(exp[0], field)), field
+    assert_all_close((act[0].data, act[1]), (exp[0].data, exp[1]), rtol=1e-12, names=("output", "h_n"))
+    ge, ga = grads_of(rnn, [x, hx], exp), grads_of(model, [x, hx], act)
+    assert_all_close([ga[k] for k in ge], list(ge.values()), rtol=1e-11, names=list(ge))
+    padded, out_len = pad_packed_sequence(act[0], batch_first=bf)
+    assert torch.equal(out_len, lengths)
+
+
+def test_unbatched_input_matches_nn_rnn():
+    torch.manual_seed(2)
+    rnn = nn.RNN(3, 4, num_layers=2, bidirectional=True).double()
+    model = FusedWCRNN.from_rnn(rnn, residual="none", gamma=1.0)
+    x = torch.randn(5, 3, dtype=F64, requires_grad=True)
+    hx = torch.randn(4, 4, dtype=F64, requires_grad=True)
+    exp, act = rnn(x, hx), model(x, hx)
+    assert act[0].shape == (5, 8) and act[1].shape == (4, 4)
+    assert_all_close(act, exp, rtol=1e-12, names=("output", "h_n"))
+    ge, ga = grads_of(rnn, [x, hx], exp), grads_of(model, [x, hx], act)
+    assert_all_close([ga[k] for k in ge], list(ge.values()), rtol=1e-11, names=list(ge))
+
+
+KIND_ARGS = {
+    "none": dict(),
+    "scalar": dict(r=0.97),
+    "diagonal": dict(r="rand"),
+    "rotational": dict(r="rand"),
+    "dense": dict(r="rand"),
+}
+
+
+def make_wcrnn(kind, I, H, backend, seed=0, **kw):
+    torch.manual_seed(seed)
+    args = dict(KIND_ARGS[kind])
+    if args.get("r") == "rand":
+        shape = {"diagonal": (H,), "rotational": (H // 2,), "dense": (H, H)}[kind]
+        args["r"] = 0.9 + 0.1 * torch.rand(shape, dtype=F64) if kind != "dense" else \
+            0.9 * torch.linalg.qr(torch.randn(H, H, dtype=F64))[0]
+    model = FusedWCRNN(I, H, residual=kind, gamma=torch.linspace(0.2, 0.6, H, dtype=F64),
+                       learn_residual=kind != "none", learn_gamma=True, backend=backend, dtype=F64, **args, **kw)
+    return model
+
+
+@pytest.mark.parametrize("backend", CHAIN_BACKENDS)
+@pytest.mark.parametrize("lengths", [False, True], ids=["full", "packed"])
+@pytest.mark.parametrize("nonlinearity", ["tanh", "relu"])
+@pytest.mark.parametrize("kind", ["none", "scalar", "diagonal", "rotational", "dense"])
+@pytest.mark.parametrize("T,B,H", [(1, 1, 1), (5, 3, 3), (4, 3, 17), (3, 2, 130)])
+def test_module_every_gradient_matches_reference(backend, kind, nonlinearity, lengths, T, B, H):
+    """Output, h_n and the gradient of input, hx, W_ih, W_hh, both biases, learnable r/theta and gamma."""
+    require_backend(backend, hidden_size=H)
+    if kind == "rotational" and H % 2:
+        H += 1
+    kw = dict(num_layers=2, bidirectional=True, nonlinearity=nonlinearity)
+    ref = make_wcrnn(kind, 3, H, "reference", **kw)
+    model = make_wcrnn(kind, 3, H, backend, **kw)
+    model.load_state_dict(ref.state_dict())
+    x = torch.randn(T, B, 3, dtype=F64, requires_grad=True)
+    hx = 0.5 * torch.randn(4, B, H, dtype=F64)
+    hx.requires_grad_(True)
+    inp = x
+    if lengths:
+        L = torch.randint(1, T + 1, (B,))
+        L[0] = T
+        inp = pack_padded_sequence(x, L, enforce_sorted=False)
+    exp, act = ref(inp, hx), model(inp, hx)
+    to_t = (lambda o: o.data) if lengths else (lambda o: o)
+    assert_all_close((to_t(act[0]), act[1]), (to_t(exp[0]), exp[1]), rtol=1e-10, names=("output", "h_n"))
+    ge, ga = grads_of(ref, [x, hx], exp), grads_of(model, [x, hx], act)
+    expected_names = {"input0", "input1", "gamma_l0", "gamma_l1_reverse", "weight_hh_l1", "bias_hh_l0_reverse"}
+    assert expected_names <= set(ge)
+    if kind != "none":
+        assert {"r_l0", "r_l1_reverse"} <= set(ge)
+    if kind == "rotational":
+        assert "theta_l0" in ge
+    assert_all_close([ga[k] for k in ge], list(ge.values()), rtol=1e-10, names=list(ge))
+
+
+def test_same_seed_gives_nn_rnn_initialisation_and_state_dict_loads():
+    torch.manual_seed(3)
+    rnn = nn.RNN(4, 8, num_layers=2, bidirectional=True)
+    torch.manual_seed(3)
+    model = FusedWCRNN(4, 8, num_layers=2, bidirectional=True)
+    for name, p in rnn.named_parameters():
+        assert torch.equal(getattr(model, name), p), name
+    other = FusedWCRNN(4, 8, num_layers=2, bidirectional=True)
+    missing, unexpected = other.load_state_dict(rnn.state_dict(), strict=False)
+    assert not unexpected and all(k.startswith(("r_", "gamma_")) for k in missing)
+    for name, p in rnn.named_parameters():
+        assert torch.equal(getattr(other, name), p), name
+
+
+def test_residual_and_gamma_are_buffers_by_default_and_parameters_on_request():
+    m = FusedWCRNN(3, 6, residual="rotational", r=0.99)
+    assert {n for n, _ in m.named_parameters()} == {"weight_ih_l0", "weight_hh_l0", "bias_ih_l0", "bias_hh_l0"}
+    assert {n for n, _ in m.named_buffers()} == {"r_l0", "theta_l0", "gamma_l0"}
+    assert m.r_l0.shape == (3,) and m.theta_l0.shape == (3,) and m.gamma_l0.shape == ()
+    m = FusedWCRNN(3, 6, residual="dense", learn_residual=True, learn_gamma=True, gamma=torch.full((6,), 0.1))
+    params = dict(m.named_parameters())
+    assert params["r_l0"].shape == (6, 6) and torch.equal(params["r_l0"].detach(), torch.eye(6))
+    assert params["gamma_l0"].shape == (6,)
+    m = FusedWCRNN(3, 6, residual="none")
+    assert not hasattr(m, "r_l0")
+
+
+def test_dropout_only_in_training_and_between_layers():
+    torch.manual_seed(4)
+    m = FusedWCRNN(3, 5, num_layers=2, dropout=0.5, residual="none", gamma=1.0).double()
+    x = torch.randn(6, 2, 3, dtype=F64)
+    m.eval()
+    a, b = m(x)[0], m(x)[0]
+    assert torch.equal(a, b)
+    m.train()
+    torch.manual_seed(5)
+    c = m(x)[0]
+    assert not torch.allclose(a, c)
+    single = FusedWCRNN(3, 5, num_layers=1, dropout=0.5).double().train()
+    assert torch.equal(single(x)[0], single(x)[0])  # no dropout after the last layer
+
+
+def test_batch_zero_and_repr():
+    m = FusedWCRNN(3, 4, num_layers=2, bidirectional=True)
+    out, h = m(torch.zeros(5, 0, 3))
+    assert out.shape == (5, 0, 8) and h.shape == (4, 0, 4)
+    r = repr(m)
+    assert "FusedWCRNN(3, 4, num_layers=2, bidirectional=True, residual='scalar', r=1, gamma=0.01" in r
+    assert "backend='auto'" in r
+
+
+def test_module_moves_with_to_and_double():
+    m = FusedWCRNN(3, 4, residual="diagonal", r=torch.full((4,), 0.9)).double()
+    assert m.r_l0.dtype == F64 and m.gamma_l0.dtype == F64 and m.weight_hh_l0.dtype == F64
+    out, h = m(torch.randn(2, 1, 3, dtype=F64))
+    assert out.dtype == F64
