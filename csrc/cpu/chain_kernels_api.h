@@ -1,0 +1,73 @@
+// The boundary between the ATen-facing op (wcrnn_cpu.cpp) and the per-instruction-set kernels
+// (chain_kernels.h, compiled once per ISA by chain_isa_*.cpp). Plain C++ only: no ATen types cross it, so
+// the ISA translation units never include ATen headers under wide-vector target flags.
+#pragma once
+
+#include <cstdint>
+
+namespace wcrnn_cpu {
+
+// Canonical residual kinds and nonlinearities: the integer codes of wcrnn_kernels/residual.py.
+enum : int { kResDiag = 0, kResRot = 1, kResDense = 2 };
+enum : int { kTanh = 0, kRelu = 1 };
+
+// One forward chain: x_t = R(x_{t-1}) + gamma * phi(u_t + W_hh x_{t-1}), rows independent.
+// All tensors contiguous, row-major: u / out (T, B, H); x0 / h_n (B, H); lengths (B,) or null.
+// `packed` is what Kernels::pack wrote for (w_hh, res, gamma) with backward = false.
+template <typename T>
+struct FwdProblem {
+  const T* u;
+  const T* x0;
+  T* out;
+  T* h_n;
+  const int64_t* lengths;
+  int64_t steps, batch, hidden;
+  int res_kind, nonlin;
+  const T* packed;
+};
+
+// One backward delta chain (DESIGN.md section 5), rows independent:
+//   delta_t = e_t + carry;  g_t = gamma * phi'(a_t) * delta_t;  carry = R^T delta_t + W_hh^T g_t.
+// a_g (T, B, H) holds a_t on entry and g_t on return; delta (T, B, H) is written when non-null;
+// dx0 (B, H) receives the final carry. `packed` is Kernels::pack with backward = true.
+template <typename T>
+struct BwdProblem {
+  const T* grad_out;
+  const T* grad_hn;
+  T* a_g;
+  T* dx0;
+  T* delta;
+  const int64_t* lengths;
+  int64_t steps, batch, hidden;
+  int res_kind, nonlin;
+  const T* packed;
+};
+
+// The entry points of one ISA for one dtype. A caller packs once per call (single-threaded, O(H^2)),
+// then runs *_rows on disjoint row ranges, one per thread, each with its own workspace of
+// workspace_elems(rows) elements aligned to 64 bytes. *_rows run the whole time loop without
+// synchronisation and without allocating.
+template <typename T>
+struct Kernels {
+  int64_t (*packed_elems)(int64_t hidden, int res_kind, bool backward);
+  void (*pack)(const T* w_hh, const T* res, const T* gamma, int64_t hidden, int res_kind, bool backward,
+               T* packed);
+  int64_t (*workspace_elems)(int64_t hidden, int res_kind, bool backward, int64_t rows);
+  void (*forward_rows)(const FwdProblem<T>& p, int64_t row_begin, int64_t row_end, T* workspace);
+  void (*backward_rows)(const BwdProblem<T>& p, int64_t row_begin, int64_t row_end, T* workspace);
+};
+
+struct IsaTable {
+  const char* name;  // "default", "avx2" or "avx512"
+  Kernels<float> f32;
+  Kernels<double> f64;
+};
+
+// Defined by chain_isa_default.cpp (every platform) and, on x86-64, chain_isa_avx2.cpp / chain_isa_avx512.cpp.
+const IsaTable& isa_table_default();
+#if defined(__x86_64__) || defined(_M_X64)
+const IsaTable& isa_table_avx2();
+const IsaTable& isa_table_avx512();
+#endif
+
+}  // namespace wcrnn_cpu

@@ -1,0 +1,34 @@
+// The schemas of the wcrnn_C operator library: the ONE TORCH_LIBRARY block of the extension. The CPU
+// kernels (wcrnn_cpu.cpp) and the CUDA kernels (cuda/*.cu) register implementations of these ops with
+// TORCH_LIBRARY_IMPL(wcrnn_C, CPU / CUDA, m). Shapes and semantics: wcrnn_kernels/backends/__init__.py.
+//
+//   chain_fwd -> (output (T, B, H), h_n (B, H))
+//   chain_bwd -> (dx0 (B, H), delta (T, B, H) or an empty tensor when not need_delta); g is written into
+//                `a` in place (a holds the recomputed pre-activations on entry).
+//   cpu_info  -> a one-line description of the CPU kernels in this process (instruction set, threads).
+#include <Python.h>
+#include <torch/library.h>
+
+#include <string>
+
+namespace wcrnn_cpu {
+std::string cpu_info();  // wcrnn_cpu.cpp
+}
+
+TORCH_LIBRARY(wcrnn_C, m) {
+  m.def(
+      "chain_fwd(Tensor u, Tensor x0, Tensor w_hh, Tensor res, Tensor gamma, Tensor? lengths, int res_kind, "
+      "int nonlin) -> (Tensor, Tensor)");
+  m.def(
+      "chain_bwd(Tensor grad_out, Tensor grad_hn, Tensor(a!) a, Tensor w_hh, Tensor res, Tensor gamma, "
+      "Tensor? lengths, int res_kind, int nonlin, bool need_delta) -> (Tensor, Tensor)");
+  m.def("cpu_info() -> str", &wcrnn_cpu::cpu_info);
+}
+
+// setup.py builds this library as the Python extension module wcrnn_kernels._C; it is loaded with
+// torch.ops.load_library and has no Python-level contents, but a module init keeps it importable.
+extern "C" PyMODINIT_FUNC PyInit__C(void) {
+  static PyModuleDef module = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr, nullptr, nullptr, nullptr,
+                               nullptr};
+  return PyModule_Create(&module);
+}

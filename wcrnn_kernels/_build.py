@@ -1,0 +1,311 @@
+"""Find, build and load the compiled extension: the ``wcrnn_C`` operator library (CPU and CUDA kernels).
+
+``load_extension() -> (ok, reason)`` is the one entry point; every compiled backend ("cpp", "cuda") calls it.
+It loads the library into the process at most once and prefers, in order:
+
+1. the extension ``setup.py`` compiled at install time (``wcrnn_kernels/_C*.so``), only if the build
+   record beside it (``_C_build.json``) names this torch, this Python and, when the sources are at hand,
+   these sources - a library built against another torch is never loaded (it would fail with undefined
+   symbols, or worse, load and misbehave);
+2. a build on first use with ninja (``torch.utils.cpp_extension.load``) into a cache directory keyed by the
+   torch version, the Python version and a hash of the sources and flags. It is compiled once, announced by
+   one line on stderr, and reused by every later process.
+
+If neither works (no compiler, no ninja, ``WCRNN_NO_BUILD=1``), ``ok`` is False and ``reason`` says why and
+how to fix it; ``available_backends()`` shows that reason and the "torch" backend keeps working.
+
+One library: the C++ sources (``csrc/*.cpp``, ``csrc/cpu/*.cpp``) always, plus ``csrc/cuda/*.cu`` when torch
+has CUDA, nvcc is found and ``WCRNN_NO_CUDA`` is unset (archs from ``WCRNN_CUDA_ARCH``, default "8.0;9.0").
+``extension_info()`` says what was loaded, from where, and whether it carries CUDA kernels.
+
+Environment variables:
+    WCRNN_CACHE_DIR   root of the build cache (default ``$XDG_CACHE_HOME/wcrnn_kernels`` or
+                      ``~/.cache/wcrnn_kernels``)
+    WCRNN_NO_BUILD=1  never compile at run time (only an installed extension is used)
+    WCRNN_NO_CUDA=1   build without the CUDA kernels
+    WCRNN_CUDA_ARCH   CUDA architectures, ``TORCH_CUDA_ARCH_LIST`` syntax (default "8.0;9.0")
+    WCRNN_CPU_ISA     read by the CPU kernels at each call: default | avx2 | avx512 (default: the widest
+                      this CPU runs)
+
+This module imports only the standard library at import time (torch lazily), because ``setup.py`` loads it
+by file path to share the source list, flags and hash with the install-time build.
+"""
+from __future__ import annotations
+
+import glob
+import hashlib
+import importlib.machinery
+import json
+import os
+import shutil
+import sys
+import threading
+import traceback
+
+BUILD_RECORD = "_C_build.json"
+DEFAULT_CUDA_ARCH = "8.0;9.0"
+
+_PKG_DIR = os.path.dirname(os.path.abspath(__file__))
+_lock = threading.Lock()
+_state: dict = {}  # filled once by load_extension()
+
+
+# --------------------------------------------------------------------------------------------------------
+# Sources, flags, hash (shared with setup.py)
+
+def source_root() -> str | None:
+    """The csrc/ directory: packaged beside this file as ``_csrc`` (installed), or ``../csrc`` (checkout)."""
+    for cand in (os.path.join(_PKG_DIR, "_csrc"), os.path.join(os.path.dirname(_PKG_DIR), "csrc")):
+        if os.path.isfile(os.path.join(cand, "wcrnn_ops.cpp")):
+            return cand
+    return None
+
+
+def cpp_sources(root: str) -> list[str]:
+    return sorted(glob.glob(os.path.join(root, "*.cpp")) + glob.glob(os.path.join(root, "cpu", "*.cpp")))
+
+
+def cuda_sources(root: str) -> list[str]:
+    return sorted(glob.glob(os.path.join(root, "cuda", "*.cu")))
+
+
+def _hashed_files(root: str, with_cuda: bool) -> list[str]:
+    files = [f for f in glob.glob(os.path.join(root, "**", "*"), recursive=True)
+             if os.path.isfile(f) and f.endswith((".cpp", ".h", ".hpp", ".cu", ".cuh"))]
+    if not with_cuda:
+        cuda_dir = os.path.join(root, "cuda") + os.sep
+        files = [f for f in files if not f.startswith(cuda_dir)]
+    return sorted(files)
+
+
+def cxx_flags() -> list[str]:
+    # -ffp-contract=fast lets the kernels' a * b + c become FMA instructions in the AVX2 / AVX-512 variants.
+    # OpenMP: ATen's at::parallel_for is inline code that needs it; the library then shares torch's
+    # libgomp (same soname, already loaded), so torch.set_num_threads governs the kernels too.
+    flags = ["-O3", "-ffp-contract=fast"]
+    if sys.platform.startswith("linux"):
+        flags.append("-fopenmp")
+    return flags
+
+
+def ld_flags() -> list[str]:
+    return ["-fopenmp"] if sys.platform.startswith("linux") else []
+
+
+def nvcc_flags() -> list[str]:
+    return ["-O3"]
+
+
+def cuda_arch_list() -> str:
+    return os.environ.get("WCRNN_CUDA_ARCH", "").strip() or DEFAULT_CUDA_ARCH
+
+
+def cuda_build_decision(root: str | None = None) -> tuple[bool, str]:
+    """Whether the CUDA kernels join the build, and why (not). Imports torch."""
+    import torch
+    root = root or source_root()
+    if os.environ.get("WCRNN_NO_CUDA"):
+        return False, "WCRNN_NO_CUDA is set"
+    if torch.version.cuda is None:
+        return False, f"this torch ({torch.__version__}) is built without CUDA"
+    if root is None or not cuda_sources(root):
+        return False, "no CUDA sources (csrc/cuda/*.cu) in this build"
+    from torch.utils.cpp_extension import CUDA_HOME
+    nvcc = os.path.join(CUDA_HOME, "bin", "nvcc") if CUDA_HOME else None
+    if nvcc is None or not os.path.exists(nvcc):
+        return False, ("nvcc not found (set CUDA_HOME to a CUDA toolkit matching torch's CUDA "
+                       f"{torch.version.cuda})")
+    return True, f"nvcc at {nvcc}, archs {cuda_arch_list()}"
+
+
+def source_hash(root: str, with_cuda: bool, extra: tuple = ()) -> str:
+    """sha256 over the sources that go into the build, their relative paths, the flags and `extra`."""
+    h = hashlib.sha256()
+    for f in _hashed_files(root, with_cuda):
+        h.update(os.path.relpath(f, root).replace(os.sep, "/").encode())
+        with open(f, "rb") as fh:
+            h.update(hashlib.sha256(fh.read()).digest())
+    h.update(repr((cxx_flags(), ld_flags(), with_cuda, nvcc_flags() if with_cuda else None,
+                   cuda_arch_list() if with_cuda else None, extra)).encode())
+    return h.hexdigest()
+
+
+def build_record(root: str, with_cuda: bool) -> dict:
+    """What setup.py writes beside the installed library, and what loading checks against."""
+    import torch
+    return {"torch": torch.__version__, "torch_git": getattr(torch.version, "git_version", None),
+            "python": f"{sys.version_info[0]}.{sys.version_info[1]}", "cuda": bool(with_cuda),
+            "source_hash": source_hash(root, with_cuda)}
+
+
+# --------------------------------------------------------------------------------------------------------
+# Loading
+
+def _ops_registered() -> bool:
+    import torch
+    try:
+        torch.ops.wcrnn_C.chain_fwd  # noqa: B018 - attribute lookup raises if the library is not loaded
+        return True
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def _installed_library() -> str | None:
+    for suffix in importlib.machinery.EXTENSION_SUFFIXES:
+        path = os.path.join(_PKG_DIR, "_C" + suffix)
+        if os.path.isfile(path):
+            return path
+    return None
+
+
+def _check_record(path: str) -> str | None:
+    """None if the installed library at `path` was built for this torch / Python / sources, else why not."""
+    import torch
+    rec_path = os.path.join(os.path.dirname(path), BUILD_RECORD)
+    try:
+        with open(rec_path) as fh:
+            rec = json.load(fh)
+    except (OSError, ValueError):
+        return f"it has no readable build record ({rec_path})"
+    if rec.get("torch") != torch.__version__ or rec.get("torch_git") != getattr(torch.version, "git_version", None):
+        return f"it was built for torch {rec.get('torch')}, this is torch {torch.__version__}"
+    py = f"{sys.version_info[0]}.{sys.version_info[1]}"
+    if rec.get("python") != py:
+        return f"it was built for Python {rec.get('python')}, this is Python {py}"
+    root = source_root()
+    if root is not None and rec.get("source_hash") != source_hash(root, bool(rec.get("cuda"))):
+        return f"the sources in {root} changed since it was built"
+    return None
+
+
+def cache_root() -> str:
+    env = os.environ.get("WCRNN_CACHE_DIR")
+    if env:
+        return os.path.abspath(os.path.expanduser(env))
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "wcrnn_kernels")
+
+
+def jit_build_and_load(build_dir: str, name: str, *, with_cuda: bool, extra_cflags=(), extra_ldflags=(),
+                       verbose: bool = False) -> str:
+    """Compile the library with ninja into `build_dir` (if not up to date) and load it into this process.
+
+    Also used by the memory-safety test to build an AddressSanitizer variant. Returns the library's path.
+    """
+    from torch.utils import cpp_extension
+    root = source_root()
+    if root is None:
+        raise RuntimeError("the C++ sources (csrc/) are not installed with this package")
+    sources = cpp_sources(root) + (cuda_sources(root) if with_cuda else [])
+    os.makedirs(build_dir, exist_ok=True)
+    saved_arch = os.environ.get("TORCH_CUDA_ARCH_LIST")
+    if with_cuda:
+        os.environ["TORCH_CUDA_ARCH_LIST"] = cuda_arch_list()
+    try:
+        cpp_extension.load(
+            name=name, sources=sources, extra_include_paths=[root],
+            extra_cflags=cxx_flags() + list(extra_cflags), extra_ldflags=ld_flags() + list(extra_ldflags),
+            extra_cuda_cflags=nvcc_flags() if with_cuda else None, with_cuda=with_cuda,
+            build_directory=build_dir, verbose=verbose, is_python_module=False)
+    finally:
+        if with_cuda:
+            if saved_arch is None:
+                os.environ.pop("TORCH_CUDA_ARCH_LIST", None)
+            else:
+                os.environ["TORCH_CUDA_ARCH_LIST"] = saved_arch
+    return os.path.join(build_dir, f"{name}.so")
+
+
+def _jit(notes: list[str]) -> tuple[bool, str]:
+    import torch
+    from torch.utils import cpp_extension
+    root = source_root()
+    if root is None:
+        return False, ("the C++ sources (csrc/) are not part of this installation, so nothing can be compiled; "
+                       "reinstall from the source tree")
+    if os.environ.get("WCRNN_NO_BUILD"):
+        return False, "WCRNN_NO_BUILD is set, so nothing is compiled at run time; unset it, or install " \
+                      "with `pip install --no-build-isolation .` to compile at install time"
+    cxx = os.environ.get("CXX", "c++")
+    if shutil.which(cxx) is None:
+        return False, (f"no C++ compiler ({cxx!r} not found): install g++ or clang (or set CXX), or install "
+                       "a build made elsewhere; the 'torch' backend runs meanwhile")
+    if not cpp_extension.is_ninja_available():
+        return False, "ninja is needed to compile the kernels on first use: `pip install ninja`"
+    with_cuda, cuda_why = cuda_build_decision(root)
+    _state["cuda_decision"] = cuda_why
+    digest = source_hash(root, with_cuda)
+    py = f"{sys.version_info[0]}{sys.version_info[1]}"
+    name = f"wcrnn_C_{digest[:16]}"
+    build_dir = os.path.join(cache_root(), f"torch-{torch.__version__}-py{py}", name)
+    lib = os.path.join(build_dir, f"{name}.so")
+    if not os.path.isfile(lib):
+        what = "C++/CUDA" if with_cuda else "C++"
+        print(f"wcrnn_kernels: compiling the {what} kernels once for torch {torch.__version__} into {build_dir} "
+              "(about a minute; later runs reuse it)", file=sys.stderr, flush=True)
+    try:
+        lib = jit_build_and_load(build_dir, name, with_cuda=with_cuda)
+    except Exception as e:  # noqa: BLE001 - any build failure becomes the backend's reason
+        log = os.path.join(build_dir, "build_error.log")
+        try:
+            with open(log, "w") as fh:
+                fh.write(traceback.format_exc())
+        except OSError:
+            log = "(could not write a log)"
+        last = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
+        return False, f"compiling the C++ kernels failed ({last}); full log: {log}"
+    notes.append(f"compiled on first use, cached at {lib}")
+    _state.update(origin="jit", path=lib, cuda_built=with_cuda)
+    return True, "; ".join(notes)
+
+
+def load_extension() -> tuple[bool, str]:
+    """Load the wcrnn_C library once per process: (True, where it came from) or (False, why not + fix)."""
+    with _lock:
+        if "ok" not in _state:
+            try:
+                ok, why = _load()
+            except Exception as e:  # noqa: BLE001 - never let a loader bug break `import wcrnn_kernels`
+                ok, why = False, f"loading the compiled extension failed: {type(e).__name__}: {e}"
+            _state.update(ok=ok, reason=why)
+            if ok:
+                from .backends.cpp import register_fakes
+                register_fakes()
+        return _state["ok"], _state["reason"]
+
+
+def _load() -> tuple[bool, str]:
+    import torch
+    if _ops_registered():
+        _state.update(origin="preloaded", path=None, cuda_built=None)
+        return True, "the wcrnn_C library was already loaded in this process"
+    notes = []
+    lib = _installed_library()
+    if lib is not None:
+        why_not = _check_record(lib)
+        if why_not is None:
+            try:
+                torch.ops.load_library(lib)
+                with open(os.path.join(os.path.dirname(lib), BUILD_RECORD)) as fh:
+                    cuda_built = bool(json.load(fh).get("cuda"))
+                _state.update(origin="installed", path=lib, cuda_built=cuda_built)
+                return True, f"installed extension {lib}"
+            except OSError as e:
+                why_not = f"loading it failed ({e})"
+        notes.append(f"installed extension {lib} not used: {why_not}")
+    ok, why = _jit(notes)
+    if not ok and notes:
+        why = "; ".join(notes + [why])
+    return ok, why
+
+
+def extension_info() -> dict:
+    """What load_extension() did: ok, reason, origin ('installed' | 'jit' | 'preloaded'), path, whether the
+    library carries CUDA kernels (cuda_kernels) and why CUDA was or was not built (cuda_decision)."""
+    ok, reason = load_extension()
+    info = {"ok": ok, "reason": reason, "origin": _state.get("origin"), "path": _state.get("path"),
+            "cuda_decision": _state.get("cuda_decision"), "cuda_kernels": False}
+    if ok:
+        import torch
+        info["cuda_kernels"] = bool(torch._C._dispatch_has_kernel_for_dispatch_key("wcrnn_C::chain_fwd", "CUDA"))
+    return info

@@ -1,0 +1,76 @@
+"""The "cpp" backend: the fused C++ CPU kernels of csrc/ (float32 and float64).
+
+The chains run in the ``wcrnn_C`` operator library (``wcrnn_C::chain_fwd`` / ``wcrnn_C::chain_bwd``,
+registered with ``TORCH_LIBRARY`` for the CPU dispatch key). ``wcrnn_kernels._build`` finds or compiles
+that library on first use; importing this module never compiles, never raises, and a missing compiler
+shows up in ``available_backends()`` with the fix.
+
+Kernel design (DESIGN.md section 6, details in csrc/cpu/chain_kernels.h): each thread owns a block of batch
+rows and runs the whole time loop for it with no per-step synchronisation; W_hh is packed once per call into
+register-tile panels that stay in L1/L2; each step is one small GEMM plus a vectorised epilogue (tanh from a
+vector expm1); nothing is allocated inside the loop. The instruction set (AVX-512, AVX2+FMA or the
+compiler's baseline) is picked at run time.
+"""
+from __future__ import annotations
+
+import torch
+
+from .. import _build
+from . import register_backend
+
+_DTYPES = (torch.float32, torch.float64)
+_fakes_registered = False
+
+
+def register_fakes() -> None:
+    """Fake (meta) implementations of the wcrnn_C ops, so that they trace under fake tensors / torch.compile.
+
+    Called by ``_build.load_extension()`` once the library is loaded (the CUDA kernels share these ops).
+    """
+    global _fakes_registered
+    if _fakes_registered:
+        return
+    _fakes_registered = True
+
+    @torch.library.register_fake("wcrnn_C::chain_fwd")
+    def _chain_fwd_fake(u, x0, w_hh, res, gamma, lengths, res_kind, nonlin):
+        torch._check(u.dim() == 3, lambda: f"wcrnn_C::chain_fwd: u: expected (T, B, H), got {tuple(u.shape)}")
+        return torch.empty_like(u), torch.empty_like(x0)
+
+    @torch.library.register_fake("wcrnn_C::chain_bwd")
+    def _chain_bwd_fake(grad_out, grad_hn, a, w_hh, res, gamma, lengths, res_kind, nonlin, need_delta):
+        torch._check(a.dim() == 3, lambda: f"wcrnn_C::chain_bwd: a: expected (T, B, H), got {tuple(a.shape)}")
+        delta = torch.empty_like(a) if need_delta else a.new_empty((0,))
+        return torch.empty_like(grad_hn), delta
+
+
+class CppBackend:
+    name = "cpp"
+
+    def availability(self):
+        ok, why = _build.load_extension()
+        if not ok:
+            return False, why
+        try:
+            info = torch.ops.wcrnn_C.cpu_info()
+        except Exception as e:  # noqa: BLE001 - a library without the CPU kernels
+            return False, f"the loaded wcrnn_C library has no CPU kernels ({e})"
+        return True, f"fused C++ CPU kernels ({info}); {why}"
+
+    def supports(self, device, dtype, hidden_size):
+        if device.type != "cpu":
+            return f"runs CPU tensors only, got a {device.type} tensor"
+        if dtype not in _DTYPES:
+            return f"runs float32 and float64 only, got {dtype} (backend='torch' runs it)"
+        return None
+
+    def chain_fwd(self, u, x0, w_hh, res_kind, res, gamma, lengths, nonlin):
+        return torch.ops.wcrnn_C.chain_fwd(u, x0, w_hh, res, gamma, lengths, res_kind, nonlin)
+
+    def chain_bwd(self, grad_out, grad_hn, a, w_hh, res_kind, res, gamma, lengths, nonlin, need_delta):
+        dx0, delta = torch.ops.wcrnn_C.chain_bwd(grad_out, grad_hn, a, w_hh, res, gamma, lengths, res_kind, nonlin,
+                                                 need_delta)
+        return a, dx0, (delta if need_delta else None)
+
+
+register_backend(CppBackend())
