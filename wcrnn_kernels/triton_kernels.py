@@ -1,0 +1,621 @@
+"""Persistent Triton kernels for the WCRNN chain: the forward state chain and the backward delta chain.
+
+    forward   x_t = R(x_{t-1}) + gamma * phi(u_t + W_hh x_{t-1})                t = 1..T
+    backward  delta_t += e_t;  g_t = gamma * phi'(a_t) * delta_t;  delta_{t-1} = R^T delta_t + W_hh^T g_t
+
+(DESIGN.md section 5.) One program owns a tile of BLOCK_B = 16 batch rows and runs the whole time loop:
+rows are independent through time, so no program ever waits for another, and the launch cost is paid
+once, not T times. The state (x or delta) stays in registers in float32 (float64 for float64 inputs)
+for the whole sequence; only the recurrent product touches the low-precision weights.
+
+Two ways to feed the recurrent product, chosen per (H, dtype, residual kind) by the autotuner:
+
+* ``W_RESIDENT``: W_hh (and a dense R) are loaded once before the time loop and stay on chip. Per step
+  the program does one (16 x HP) @ (HP x HP) ``tl.dot`` and a pointwise epilogue.
+* streamed: W_hh is read in (BLOCK_K x HP) tiles from global memory (it stays hot in L2) every step, and
+  the K-chunks of the state are read back from a small per-row scratch buffer (Triton cannot slice a
+  register tile), with one ``tl.debug_barrier`` per step. This runs any H up to ``MAX_HIDDEN``; it is the
+  only choice once W no longer fits on chip (H > 256 for 2-byte, H > 128 for 4-byte weights).
+
+Sizes are padded to powers of two >= 16 (``tl.dot`` needs tiles of at least 16) and masked. Autotuning is
+keyed on H, the residual kind, the dot precision and the tensors' dtypes, never on T; T and B are not
+specialised either (``do_not_specialize``), so a new sequence length or batch size never recompiles.
+Time offsets are 64-bit (T * B * H may pass 2^31).
+
+Numerics. float16 / bfloat16 tensors: the recurrent product runs on the tensor cores with the state
+rounded to the weights' dtype and an fp32 accumulator (what cuDNN does); a dense residual R x is kept in
+fp32 because with r ~ 1 the residual path carries the state and rounding it every step would accumulate.
+float32: the dot precision follows ``torch.get_float32_matmul_precision()`` ("highest" -> exact fp32
+FMA, "high" -> 3xTF32, "medium" -> TF32), so the default matches torch's own fp32 matmul. float16
+weights in the backward: g_t is scaled per row by a power of two before it is rounded to fp16 (g is
+often far below fp16's normal range) and the product is scaled back, both exactly.
+
+Under ``TRITON_INTERPRET=1`` the same kernels run on CPU tensors (slowly) for exact testing; there the
+interpreter's bfloat16 ``tl.dot`` is not faithful (upstream limitation), so bfloat16 products are
+emulated with operands rounded to bf16 and an fp32 product, which is exactly what the tensor cores do up
+to the order of the accumulation.
+
+Reading order: helpers (tanh, phi, phi', pair swap, residuals), the forward kernel, the backward kernel,
+config selection, then the launchers ``wcrnn_fwd`` / ``wcrnn_bwd``.
+"""
+from __future__ import annotations
+
+import inspect
+import time
+
+import torch
+import triton
+import triton.language as tl
+
+BLOCK_B = 16          # batch rows per program: the smallest tl.dot M, hence the most programs in flight
+MAX_HIDDEN = 1024     # the state, its accumulator and one W tile must fit in registers
+_RESIDENT_BYTES = 128 * 1024   # on-chip budget for the tiles a W_RESIDENT program keeps for all steps
+
+
+# --------------------------------------------------------------------------------------------------
+# Helpers
+# --------------------------------------------------------------------------------------------------
+
+@triton.jit
+def _tanh(a):
+    # tanh from exp: portable to the interpreter and every GPU (tl.exp lowers to ex2 on NVIDIA). tl.exp
+    # rather than exp2 so that float64 needs no rounded log2(e) constant. For |a| >= 1/8,
+    # tanh|a| = (1 - e) / (1 + e) with e = exp(-2|a|) <= 0.78: the cancellation in 1 - e costs at most
+    # a factor 3.5 and e -> 0 gives exactly 1 for large |a| (no inf / inf). Below 1/8 the odd Taylor
+    # series to z^15 (remainder < 3e-18 relative) replaces the cancelling form. Coefficients are built
+    # with tl.full in a's dtype so float64 keeps them exact.
+    z = tl.abs(a)
+    e = tl.exp(-2.0 * z)
+    big = (1.0 - e) / (1.0 + e)
+    w = z * z
+    p = tl.full((), -929569.0 / 638512875.0, a.dtype)
+    p = p * w + tl.full((), 21844.0 / 6081075.0, a.dtype)
+    p = p * w + tl.full((), -1382.0 / 155925.0, a.dtype)
+    p = p * w + tl.full((), 62.0 / 2835.0, a.dtype)
+    p = p * w + tl.full((), -17.0 / 315.0, a.dtype)
+    p = p * w + tl.full((), 2.0 / 15.0, a.dtype)
+    p = p * w + tl.full((), -1.0 / 3.0, a.dtype)
+    small = z + z * (p * w)
+    t = tl.where(z < 0.125, small, big)
+    return tl.where(a < 0, -t, t)
+
+
+@triton.jit
+def _phi(a, NONLIN: tl.constexpr):
+    if NONLIN == 0:
+        y = _tanh(a)
+    else:
+        y = tl.maximum(a, 0.0)
+    return y
+
+
+@triton.jit
+def _phi_grad(a, NONLIN: tl.constexpr):
+    if NONLIN == 0:
+        y = _tanh(a)
+        d = 1.0 - y * y
+    else:
+        d = tl.where(a > 0, 1.0, 0.0).to(a.dtype)
+    return d
+
+
+@triton.jit
+def _swap_pairs(x, BLOCK: tl.constexpr, HP: tl.constexpr):
+    # Exchange units 2k and 2k+1 of a register tile. reshape / split / join only move data, so the
+    # result is exact everywhere (a permutation by tl.dot with a 0/1 matrix would round through TF32 on
+    # a GPU); on a GPU the pair lands in one thread's registers and the swap costs a layout shuffle.
+    ev, od = tl.split(tl.reshape(x, (BLOCK, HP // 2, 2)))
+    return tl.reshape(tl.join(od, ev), (BLOCK, HP))
+
+
+@triton.jit
+def _residual(x, res0, res1, RES_KIND: tl.constexpr, BLOCK: tl.constexpr, HP: tl.constexpr):
+    # R x for the per-unit forms (RES_DIAG, RES_ROT); the dense form is a tl.dot in the kernels.
+    if RES_KIND == 0:
+        r = x * res0[None, :]
+    else:
+        r = x * res0[None, :] + _swap_pairs(x, BLOCK, HP) * res1[None, :]
+    return r
+
+
+@triton.jit
+def _residual_t(d, res0, res1, RES_KIND: tl.constexpr, BLOCK: tl.constexpr, HP: tl.constexpr):
+    # R^T d for the per-unit forms: swap_pairs(res1 * d) since the pair block is [[a, -b], [b, a]].
+    if RES_KIND == 0:
+        r = d * res0[None, :]
+    else:
+        r = d * res0[None, :] + _swap_pairs(d * res1[None, :], BLOCK, HP)
+    return r
+
+
+@triton.jit
+def _load_res_vectors(res_ptr, cols, col_ok, H, RES_KIND: tl.constexpr, CD: tl.constexpr):
+    # The per-unit residual rows (res0 = diagonal, res1 = pair-swap coefficient); unused for dense.
+    res0 = tl.load(res_ptr + cols, mask=col_ok, other=0.0).to(CD)   # R's first row if dense: unused
+    if RES_KIND == 1:
+        res1 = tl.load(res_ptr + H + cols, mask=col_ok, other=0.0).to(CD)
+    else:
+        res1 = res0
+    return res0, res1
+
+
+@triton.jit
+def _dot_w(x, w, acc, PREC: tl.constexpr, EMULATE_BF16: tl.constexpr):
+    # acc + x @ w with x rounded to w's dtype (bf16 / fp16 -> tensor cores, fp32 accumulate).
+    if EMULATE_BF16:
+        # Interpreter only: its bf16 tl.dot multiplies raw bit patterns. Rounding the operands to bf16
+        # and multiplying in fp32 is what the tensor cores compute (bf16 products are exact in fp32).
+        r = tl.dot(x.to(tl.bfloat16).to(tl.float32), w.to(tl.float32), acc=acc, input_precision="ieee")
+    else:
+        r = tl.dot(x.to(w.dtype), w, acc=acc, input_precision=PREC)
+    return r
+
+
+@triton.jit
+def _row_pow2_scale(g):
+    # Largest power of two <= max_j |g[b, j]| per row, from the exponent bits (exact on every target;
+    # exp2(floor(log2 m)) is approximate on GPUs). 1 for all-zero or subnormal rows.
+    m = tl.max(tl.abs(g), axis=1)
+    s = (m.to(tl.int32, bitcast=True) & 0x7F800000).to(tl.float32, bitcast=True)
+    return tl.where(s > 0, s, 1.0)
+
+
+# --------------------------------------------------------------------------------------------------
+# Forward: x_1..x_T, h_n
+# --------------------------------------------------------------------------------------------------
+
+@triton.jit(do_not_specialize=["T", "B"])
+def _wcrnn_fwd_kernel(
+    u_ptr, x0_ptr, wt_ptr, res_ptr, gamma_ptr, len_ptr, out_ptr, hn_ptr, scr_ptr,
+    T, B, H,
+    RES_KIND: tl.constexpr, NONLIN: tl.constexpr, HAS_LENGTHS: tl.constexpr, CD: tl.constexpr,
+    PREC: tl.constexpr, PREC_CD: tl.constexpr, EMULATE_BF16: tl.constexpr,
+    HP: tl.constexpr, BLOCK: tl.constexpr, W_RESIDENT: tl.constexpr, BLOCK_K: tl.constexpr,
+):
+    # u, out: (T, B, H); x0, hn: (B, H); wt = W_hh^T (H, H); res: (H,), (2, H) or R^T (H, H);
+    # gamma: (H,); len: (B,) int64; scr: (2, B, HP) CD scratch for the streamed variant.
+    pid = tl.program_id(0)
+    rows = pid * BLOCK + tl.arange(0, BLOCK)
+    cols = tl.arange(0, HP)
+    row_ok = rows < B
+    col_ok = cols < H
+    mask = row_ok[:, None] & col_ok[None, :]
+    tile = rows[:, None] * H + cols[None, :]           # within one (B, H) slab; B * H < 2^31
+    slab = B * H
+
+    gamma = tl.load(gamma_ptr + cols, mask=col_ok, other=0.0).to(CD)
+    res0, res1 = _load_res_vectors(res_ptr, cols, col_ok, H, RES_KIND, CD)
+    if HAS_LENGTHS:
+        lens = tl.load(len_ptr + rows, mask=row_ok, other=0)
+    else:
+        lens = tl.zeros((BLOCK,), dtype=tl.int64)
+    # padded rows and columns start at 0 and stay 0: every padded weight, u, gamma and res entry is 0
+    x = tl.load(x0_ptr + tile, mask=mask, other=0.0).to(CD)
+
+    if W_RESIDENT:
+        wmask = col_ok[:, None] & col_ok[None, :]
+        wsq = cols[:, None] * H + cols[None, :]
+        wt = tl.load(wt_ptr + wsq, mask=wmask, other=0.0)
+        if RES_KIND == 2:
+            rt = tl.load(res_ptr + wsq, mask=wmask, other=0.0).to(CD)
+        for t in tl.range(0, T):
+            t_off = tl.cast(t, tl.int64) * slab
+            a = tl.load(u_ptr + t_off + tile, mask=mask, other=0.0).to(CD)
+            a = _dot_w(x, wt, a, PREC, EMULATE_BF16)
+            if RES_KIND == 2:
+                r = tl.dot(x, rt, input_precision=PREC_CD, out_dtype=CD)
+            else:
+                r = _residual(x, res0, res1, RES_KIND, BLOCK, HP)
+            x_new = r + gamma[None, :] * _phi(a, NONLIN)
+            if HAS_LENGTHS:
+                valid = (t < lens)[:, None]
+                x = tl.where(valid, x_new, x)
+                o = tl.where(valid, x, 0.0)
+            else:
+                x = x_new
+                o = x
+            tl.store(out_ptr + t_off + tile, o.to(out_ptr.dtype.element_ty), mask=mask)
+    else:
+        kk = tl.arange(0, BLOCK_K)
+        srow = rows[:, None] * HP
+        sslab = B * HP
+        tl.store(scr_ptr + srow + cols[None, :], x, mask=row_ok[:, None])
+        tl.debug_barrier()
+        # num_stages=1: the next step's state loads must not be hoisted above this step's barrier.
+        for t in tl.range(0, T, num_stages=1):
+            t_off = tl.cast(t, tl.int64) * slab
+            cur = scr_ptr + (t % 2) * sslab
+            a = tl.load(u_ptr + t_off + tile, mask=mask, other=0.0).to(CD)
+            if RES_KIND == 2:
+                r = tl.zeros((BLOCK, HP), dtype=CD)
+            for k0 in tl.range(0, HP, BLOCK_K):
+                ks = k0 + kk
+                # .cg: read the state other threads just wrote from L2, never from a stale L1 line
+                xk = tl.load(cur + srow + ks[None, :], mask=row_ok[:, None], other=0.0, cache_modifier=".cg")
+                kmask = (ks < H)[:, None] & col_ok[None, :]
+                koff = ks[:, None] * H + cols[None, :]
+                wk = tl.load(wt_ptr + koff, mask=kmask, other=0.0)
+                a = _dot_w(xk, wk, a, PREC, EMULATE_BF16)
+                if RES_KIND == 2:
+                    rk = tl.load(res_ptr + koff, mask=kmask, other=0.0).to(CD)
+                    r = tl.dot(xk, rk, acc=r, input_precision=PREC_CD)
+            if RES_KIND != 2:
+                r = _residual(x, res0, res1, RES_KIND, BLOCK, HP)
+            x_new = r + gamma[None, :] * _phi(a, NONLIN)
+            if HAS_LENGTHS:
+                valid = (t < lens)[:, None]
+                x = tl.where(valid, x_new, x)
+                o = tl.where(valid, x, 0.0)
+            else:
+                x = x_new
+                o = x
+            tl.store(out_ptr + t_off + tile, o.to(out_ptr.dtype.element_ty), mask=mask)
+            # double-buffered: nobody still reads buffer (t+1) % 2, it was last read before the
+            # previous step's barrier
+            tl.store(scr_ptr + ((t + 1) % 2) * sslab + srow + cols[None, :], x, mask=row_ok[:, None])
+            tl.debug_barrier()
+    tl.store(hn_ptr + tile, x.to(hn_ptr.dtype.element_ty), mask=mask)
+
+
+# --------------------------------------------------------------------------------------------------
+# Backward: the delta chain in reverse; g_t, dL/dx_0 and (optionally) delta_t
+# --------------------------------------------------------------------------------------------------
+
+@triton.jit
+def _bwd_step_head(go_ptr, a_ptr, g_ptr, delta_ptr, t_off, tile, mask, t, lens, gamma, delta,
+                   NONLIN: tl.constexpr, HAS_LENGTHS: tl.constexpr, NEED_DELTA: tl.constexpr):
+    # delta_t = e_t + (R^T delta_{t+1} + W^T g_{t+1}); g_t = gamma phi'(a_t) delta_t; store g_t, delta_t.
+    # Past a row's length the step is the identity: delta passes through, g_t = 0 and e_t is ignored
+    # (output is 0 there, so it carries no gradient).
+    e = tl.load(go_ptr + t_off + tile, mask=mask, other=0.0).to(delta.dtype)
+    a = tl.load(a_ptr + t_off + tile, mask=mask, other=0.0).to(delta.dtype)
+    valid = (t < lens)[:, None]
+    if HAS_LENGTHS:
+        delta = delta + tl.where(valid, e, 0.0)
+        g = tl.where(valid, gamma[None, :] * _phi_grad(a, NONLIN) * delta, 0.0)
+    else:
+        delta = delta + e
+        g = gamma[None, :] * _phi_grad(a, NONLIN) * delta
+    tl.store(g_ptr + t_off + tile, g, mask=mask)
+    if NEED_DELTA:
+        if HAS_LENGTHS:
+            tl.store(delta_ptr + t_off + tile, tl.where(valid, delta, 0.0), mask=mask)
+        else:
+            tl.store(delta_ptr + t_off + tile, delta, mask=mask)
+    return delta, g, valid
+
+
+@triton.jit(do_not_specialize=["T", "B"])
+def _wcrnn_bwd_kernel(
+    go_ptr, ghn_ptr, a_ptr, w_ptr, res_ptr, gamma_ptr, len_ptr, g_ptr, dx0_ptr, delta_ptr, scr_ptr,
+    T, B, H,
+    RES_KIND: tl.constexpr, NONLIN: tl.constexpr, HAS_LENGTHS: tl.constexpr, NEED_DELTA: tl.constexpr,
+    CD: tl.constexpr, PREC: tl.constexpr, PREC_CD: tl.constexpr, EMULATE_BF16: tl.constexpr,
+    SCALE_G: tl.constexpr,
+    HP: tl.constexpr, BLOCK: tl.constexpr, W_RESIDENT: tl.constexpr, BLOCK_K: tl.constexpr,
+):
+    # go, a, g, delta: (T, B, H) CD; ghn, dx0: (B, H) CD; w = W_hh (H, H) (any float dtype);
+    # res: (H,), (2, H) or R (H, H); gamma (H,); len (B,) int64; scr (2, B, HP) CD (streamed dense).
+    pid = tl.program_id(0)
+    rows = pid * BLOCK + tl.arange(0, BLOCK)
+    cols = tl.arange(0, HP)
+    row_ok = rows < B
+    col_ok = cols < H
+    mask = row_ok[:, None] & col_ok[None, :]
+    tile = rows[:, None] * H + cols[None, :]
+    slab = B * H
+
+    gamma = tl.load(gamma_ptr + cols, mask=col_ok, other=0.0).to(CD)
+    res0, res1 = _load_res_vectors(res_ptr, cols, col_ok, H, RES_KIND, CD)
+    if HAS_LENGTHS:
+        lens = tl.load(len_ptr + rows, mask=row_ok, other=0)
+    else:
+        lens = tl.zeros((BLOCK,), dtype=tl.int64)
+    delta = tl.load(ghn_ptr + tile, mask=mask, other=0.0).to(CD)
+
+    if W_RESIDENT:
+        wmask = col_ok[:, None] & col_ok[None, :]
+        wsq = cols[:, None] * H + cols[None, :]
+        w = tl.load(w_ptr + wsq, mask=wmask, other=0.0)
+        if RES_KIND == 2:
+            rm = tl.load(res_ptr + wsq, mask=wmask, other=0.0).to(CD)
+        for i in tl.range(0, T):
+            t = T - 1 - i
+            t_off = tl.cast(t, tl.int64) * slab
+            delta, g, valid = _bwd_step_head(go_ptr, a_ptr, g_ptr, delta_ptr, t_off, tile, mask, t, lens, gamma,
+                                             delta, NONLIN, HAS_LENGTHS, NEED_DELTA)
+            if SCALE_G:
+                s = _row_pow2_scale(g)
+                wg = _dot_w(g / s[:, None], w, tl.zeros((BLOCK, HP), dtype=CD), PREC, EMULATE_BF16) * s[:, None]
+            else:
+                wg = _dot_w(g, w, tl.zeros((BLOCK, HP), dtype=CD), PREC, EMULATE_BF16)
+            if RES_KIND == 2:
+                rtd = tl.dot(delta, rm, input_precision=PREC_CD, out_dtype=CD)
+            else:
+                rtd = _residual_t(delta, res0, res1, RES_KIND, BLOCK, HP)
+            if HAS_LENGTHS:
+                delta = tl.where(valid, rtd + wg, delta)
+            else:
+                delta = rtd + wg
+    else:
+        kk = tl.arange(0, BLOCK_K)
+        srow = rows[:, None] * HP
+        sslab = B * HP
+        # num_stages=1: the next step's loads of g / delta chunks must stay below this step's barrier.
+        for i in tl.range(0, T, num_stages=1):
+            t = T - 1 - i
+            t_off = tl.cast(t, tl.int64) * slab
+            delta, g, valid = _bwd_step_head(go_ptr, a_ptr, g_ptr, delta_ptr, t_off, tile, mask, t, lens, gamma,
+                                             delta, NONLIN, HAS_LENGTHS, NEED_DELTA)
+            if SCALE_G:
+                s = _row_pow2_scale(g)
+            # g_t (just stored) and, for a dense R, delta_t are re-read in K-chunks after one barrier;
+            # the delta scratch is double-buffered like the forward's state scratch
+            g_t = g_ptr + t_off
+            if RES_KIND == 2:
+                cur = scr_ptr + (t % 2) * sslab
+                tl.store(cur + srow + cols[None, :], delta, mask=row_ok[:, None])
+                rtd = tl.zeros((BLOCK, HP), dtype=CD)
+            tl.debug_barrier()
+            wg = tl.zeros((BLOCK, HP), dtype=CD)
+            for k0 in tl.range(0, HP, BLOCK_K):
+                ks = k0 + kk
+                kmask = (ks < H)[:, None] & col_ok[None, :]
+                koff = ks[:, None] * H + cols[None, :]
+                gk = tl.load(g_t + rows[:, None] * H + ks[None, :], mask=row_ok[:, None] & (ks < H)[None, :],
+                             other=0.0, cache_modifier=".cg")
+                if SCALE_G:
+                    gk = gk / s[:, None]
+                wk = tl.load(w_ptr + koff, mask=kmask, other=0.0)
+                wg = _dot_w(gk, wk, wg, PREC, EMULATE_BF16)
+                if RES_KIND == 2:
+                    dk = tl.load(cur + srow + ks[None, :], mask=row_ok[:, None], other=0.0, cache_modifier=".cg")
+                    rk = tl.load(res_ptr + koff, mask=kmask, other=0.0).to(CD)
+                    rtd = tl.dot(dk, rk, acc=rtd, input_precision=PREC_CD)
+            if SCALE_G:
+                wg = wg * s[:, None]
+            if RES_KIND != 2:
+                rtd = _residual_t(delta, res0, res1, RES_KIND, BLOCK, HP)
+            if HAS_LENGTHS:
+                delta = tl.where(valid, rtd + wg, delta)
+            else:
+                delta = rtd + wg
+    tl.store(dx0_ptr + tile, delta, mask=mask)
+
+
+# Whether triton.jit produced interpreted kernels: decided by TRITON_INTERPRET when the kernels were defined.
+INTERPRETER = type(_wcrnn_fwd_kernel).__name__ == "InterpretedFunction"
+
+
+# --------------------------------------------------------------------------------------------------
+# Config selection: autotuned on a GPU (keyed on H, residual kind, precision, dtypes; never T)
+# --------------------------------------------------------------------------------------------------
+
+def _configs():
+    # Resident: W_hh lives in shared memory for the whole loop (Triton places the loop-invariant dot
+    # operand there) and is re-read into registers each step. Streamed: small K-chunks keep the
+    # register footprint of the FMA (fp32 "ieee") product low and run any H; W stays hot in L1 / L2.
+    cfgs = [triton.Config({"W_RESIDENT": True, "BLOCK_K": 16}, num_warps=nw, num_stages=2) for nw in (4, 8)]
+    cfgs += [triton.Config({"W_RESIDENT": False, "BLOCK_K": bk}, num_warps=nw, num_stages=2)
+             for bk, nw in ((16, 4), (32, 4), (32, 8), (64, 8))]
+    return cfgs
+
+
+def _resident_fits(HP, w_itemsize, cd_itemsize, dense):
+    return HP * HP * (w_itemsize + (cd_itemsize if dense else 0)) <= _RESIDENT_BYTES
+
+
+def _chunk_fits(BK, HP, w_itemsize, cd_itemsize, dense):
+    # a streamed step's W (and dense R) chunk stays within 64 KiB: two pipeline stages fit in shared memory
+    return BK < HP and BK * HP * (w_itemsize + (cd_itemsize if dense else 0)) <= 65536
+
+
+def _valid_config(cfg_kwargs, HP, w_itemsize, cd_itemsize, dense):
+    if cfg_kwargs["W_RESIDENT"]:
+        return _resident_fits(HP, w_itemsize, cd_itemsize, dense)
+    return _chunk_fits(cfg_kwargs["BLOCK_K"], HP, w_itemsize, cd_itemsize, dense)
+
+
+def _prune(configs, named_args, **kwargs):
+    w = named_args["wt_ptr"] if "wt_ptr" in named_args else named_args["w_ptr"]
+    HP, dense = kwargs["HP"], kwargs["RES_KIND"] == 2
+    cd_size = 8 if kwargs["CD"] == tl.float64 else 4
+    kept = [c for c in configs if _valid_config(c.kwargs, HP, w.element_size(), cd_size, dense)]
+    return kept or [triton.Config(_default_config(HP, w.element_size(), cd_size, dense), num_warps=4)]
+
+
+def _default_config(HP, w_itemsize, cd_itemsize, dense):
+    """The config used where nothing is tuned (the interpreter): resident when it fits."""
+    if _resident_fits(HP, w_itemsize, cd_itemsize, dense):
+        return {"W_RESIDENT": True, "BLOCK_K": 16}
+    for bk in (32, 16):
+        if _chunk_fits(bk, HP, w_itemsize, cd_itemsize, dense):
+            return {"W_RESIDENT": False, "BLOCK_K": bk}
+    return {"W_RESIDENT": False, "BLOCK_K": 16}
+
+
+def _cpu_bench(kernel_call, quantiles=None):
+    # The autotuner's benchmark under the interpreter (no CUDA events): one timed call.
+    t0 = time.perf_counter()
+    kernel_call()
+    dt = (time.perf_counter() - t0) * 1e3
+    return [dt, dt, dt] if quantiles else dt
+
+
+def _autotune(kernel):
+    # Keyed on H, the residual kind and the dot precision; the autotuner adds every tensor argument's
+    # dtype to the key. Never T or B. Results are cached on disk where this Triton supports it.
+    kw = {}
+    params = inspect.signature(triton.autotune).parameters
+    if INTERPRETER and "do_bench" in params:
+        kw["do_bench"] = _cpu_bench
+    if not INTERPRETER and "cache_results" in params:
+        kw["cache_results"] = True
+    return triton.autotune(_configs(), key=["H", "RES_KIND", "PREC"],
+                           prune_configs_by={"early_config_prune": _prune}, **kw)(kernel)
+
+
+_wcrnn_fwd_tuned = _autotune(_wcrnn_fwd_kernel)
+_wcrnn_bwd_tuned = _autotune(_wcrnn_bwd_kernel)
+
+# Under the interpreter the launchers use ``_default_config`` unless a test sets this (the autotuner
+# then runs every config on the CPU, which is slow).
+TUNE_UNDER_INTERPRETER = False
+
+
+# --------------------------------------------------------------------------------------------------
+# Launchers
+# --------------------------------------------------------------------------------------------------
+
+_TL_DTYPE = {torch.float16: tl.float16, torch.bfloat16: tl.bfloat16, torch.float32: tl.float32,
+             torch.float64: tl.float64}
+_FP32_PRECISION = {"highest": "ieee", "high": "tf32x3", "medium": "tf32"}
+
+
+def padded_hidden(H: int) -> int:
+    return max(16, triton.next_power_of_2(H))
+
+
+def _compute_dtype(dtype):
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def _precisions(w_dtype, cd):
+    """(precision of the W_hh product, precision of the fp32 / fp64 products such as a dense R)."""
+    if cd == torch.float64:
+        return "ieee", "ieee"
+    fp32 = _FP32_PRECISION.get(torch.get_float32_matmul_precision(), "ieee")
+    return (fp32 if w_dtype == torch.float32 else "ieee"), fp32
+
+
+def _check(name, t, shape, dtype=None, device=None):
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{name}: expected a tensor of shape {shape}, got {type(t).__name__}")
+    if tuple(t.shape) != tuple(shape):
+        raise ValueError(f"{name}: expected shape {tuple(shape)}, got {tuple(t.shape)}")
+    if not t.is_contiguous():
+        raise ValueError(f"{name}: expected a contiguous tensor")
+    if dtype is not None and t.dtype != dtype:
+        raise ValueError(f"{name}: expected dtype {dtype}, got {t.dtype}")
+    if device is not None and t.device != device:
+        raise ValueError(f"{name}: expected device {device}, got {t.device}")
+
+
+def _check_common(T, B, H, w, res_kind, res, gamma, lengths, nonlin, device):
+    if H > MAX_HIDDEN:
+        raise ValueError(f"hidden size {H} > {MAX_HIDDEN}: too large for the Triton kernels; use "
+                         f"backend='torch' (any H) or backend='cuda'")
+    if B * padded_hidden(H) >= 2 ** 31:
+        raise ValueError(f"batch {B} x hidden {H} is too large for one time slab (B * H must be < 2^31)")
+    if w.dtype not in _TL_DTYPE:
+        raise ValueError(f"w_hh: expected float16, bfloat16, float32 or float64, got {w.dtype}")
+    _check("w_hh", w, (H, H), device=device)
+    if res_kind not in (0, 1, 2):
+        raise ValueError(f"res_kind: expected 0 (diagonal), 1 (rotation pairs) or 2 (dense), got {res_kind!r}")
+    if res_kind == 1 and H % 2:
+        raise ValueError(f"res: rotation pairs need an even hidden size, got H = {H}")
+    _check("res", res, {0: (H,), 1: (2, H), 2: (H, H)}[res_kind], device=device)
+    _check("gamma", gamma, (H,), device=device)
+    if lengths is not None:
+        _check("lengths", lengths, (B,), dtype=torch.int64, device=device)
+    if nonlin not in (0, 1):
+        raise ValueError(f"nonlin: expected 0 (tanh) or 1 (relu), got {nonlin!r}")
+    if device.type != "cuda" and not INTERPRETER:
+        raise ValueError(f"the Triton kernels run CUDA tensors (CPU tensors only under TRITON_INTERPRET=1), "
+                         f"got tensors on {device}")
+
+
+def _launch(kernel_tuned, kernel, grid, config, args, meta, HP, w_itemsize, cd_itemsize, dense):
+    if config is None and (not INTERPRETER or TUNE_UNDER_INTERPRETER):
+        kernel_tuned[grid](*args, **meta)
+        return
+    cfg = dict(config) if config is not None else _default_config(HP, w_itemsize, cd_itemsize, dense)
+    num_warps = cfg.pop("num_warps", 4)
+    kernel[grid](*args, **meta, **cfg, num_warps=num_warps)
+
+
+def wcrnn_fwd(u, x0, w_hh, res_kind, res, gamma, lengths=None, nonlin=0, *, config=None):
+    """The forward chain. u (T, B, H), x0 (B, H), w_hh (H, H), res canonical, gamma (H,),
+    lengths (B,) int64 or None, nonlin 0 tanh / 1 relu; all one dtype, one device, contiguous.
+
+    Returns (output (T, B, H) in u's dtype, zero past each length; h_n (B, H) = x_{L_b}).
+    ``config`` ({"W_RESIDENT": bool, "BLOCK_K": int, "num_warps": int}) bypasses the autotuner (tests).
+    """
+    if not isinstance(u, torch.Tensor) or u.dim() != 3:
+        raise ValueError(f"u: expected a 3-D tensor (T, B, H), got {getattr(u, 'shape', type(u).__name__)}")
+    T, B, H = u.shape
+    dev, dt = u.device, u.dtype
+    if dt not in _TL_DTYPE:
+        raise ValueError(f"u: expected float16, bfloat16, float32 or float64, got {dt}")
+    _check("u", u, (T, B, H))
+    _check("x0", x0, (B, H), dtype=dt, device=dev)
+    _check_common(T, B, H, w_hh, res_kind, res, gamma, lengths, nonlin, dev)
+    cd = _compute_dtype(dt)
+    out = torch.empty_like(u)
+    hn = torch.empty_like(x0)
+    if B == 0 or T == 0:
+        hn.copy_(x0)
+        return out.zero_(), hn
+    HP = padded_hidden(H)
+    wt = w_hh.t().contiguous()
+    res_k = res.t().contiguous() if res_kind == 2 else res
+    scratch = torch.empty((2, B, HP), dtype=cd, device=dev)
+    prec, prec_cd = _precisions(w_hh.dtype, cd)
+    meta = dict(RES_KIND=res_kind, NONLIN=nonlin, HAS_LENGTHS=lengths is not None, CD=_TL_DTYPE[cd],
+                PREC=prec, PREC_CD=prec_cd, EMULATE_BF16=INTERPRETER and w_hh.dtype == torch.bfloat16,
+                HP=HP, BLOCK=BLOCK_B)
+    args = (u, x0, wt, res_k, gamma, lengths if lengths is not None else x0, out, hn, scratch, T, B, H)
+    grid = (triton.cdiv(B, BLOCK_B),)
+    with torch.cuda.device(dev) if dev.type == "cuda" else _nullcontext():
+        _launch(_wcrnn_fwd_tuned, _wcrnn_fwd_kernel, grid, config, args, meta, HP, w_hh.element_size(),
+                torch.empty((), dtype=cd).element_size(), res_kind == 2)
+    return out, hn
+
+
+def wcrnn_bwd(grad_out, grad_hn, a, w_hh, res_kind, res, gamma, lengths=None, nonlin=0, need_delta=True,
+              *, config=None):
+    """The backward delta chain. grad_out, a (T, B, H) and grad_hn (B, H) in the compute dtype
+    (float32, or float64); w_hh (H, H) in any float dtype (fp16 / bf16 use the tensor cores); res, gamma
+    canonical; lengths (B,) int64 or None.
+
+    Returns (g (T, B, H) = dL/da_t, dx0 (B, H) = dL/dx_0, delta (T, B, H) = dL/dx_t or None), all in
+    a's dtype, zero past each length. ``a`` is only read.
+    """
+    if not isinstance(a, torch.Tensor) or a.dim() != 3:
+        raise ValueError(f"a: expected a 3-D tensor (T, B, H), got {getattr(a, 'shape', type(a).__name__)}")
+    T, B, H = a.shape
+    dev, cd = a.device, a.dtype
+    if cd not in (torch.float32, torch.float64):
+        raise ValueError(f"a: expected the compute dtype float32 or float64, got {cd}")
+    _check("a", a, (T, B, H))
+    _check("grad_out", grad_out, (T, B, H), dtype=cd, device=dev)
+    _check("grad_hn", grad_hn, (B, H), dtype=cd, device=dev)
+    _check_common(T, B, H, w_hh, res_kind, res, gamma, lengths, nonlin, dev)
+    g = torch.empty_like(a)
+    delta = torch.empty_like(a) if need_delta else None
+    dx0 = torch.empty_like(grad_hn)
+    if B == 0 or T == 0:
+        dx0.copy_(grad_hn)
+        return g.zero_(), dx0, (delta.zero_() if need_delta else None)
+    HP = padded_hidden(H)
+    scratch = torch.empty((2, B, HP) if res_kind == 2 else (1,), dtype=cd, device=dev)
+    prec, prec_cd = _precisions(w_hh.dtype, cd)
+    meta = dict(RES_KIND=res_kind, NONLIN=nonlin, HAS_LENGTHS=lengths is not None, NEED_DELTA=need_delta,
+                CD=_TL_DTYPE[cd], PREC=prec, PREC_CD=prec_cd,
+                EMULATE_BF16=INTERPRETER and w_hh.dtype == torch.bfloat16,
+                SCALE_G=w_hh.dtype == torch.float16, HP=HP, BLOCK=BLOCK_B)
+    args = (grad_out, grad_hn, a, w_hh, res, gamma, lengths if lengths is not None else grad_hn, g, dx0,
+            delta if need_delta else g, scratch, T, B, H)
+    grid = (triton.cdiv(B, BLOCK_B),)
+    with torch.cuda.device(dev) if dev.type == "cuda" else _nullcontext():
+        _launch(_wcrnn_bwd_tuned, _wcrnn_bwd_kernel, grid, config, args, meta, HP, w_hh.element_size(),
+                a.element_size(), res_kind == 2)
+    return g, dx0, delta
+
+
+class _nullcontext:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
