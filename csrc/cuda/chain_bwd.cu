@@ -1,0 +1,280 @@
+// The backward (delta) chain on CUDA, one persistent kernel per call (DESIGN.md section 5):
+//
+//     delta_T = e_T,   g_t = gamma * phi'(a_t) * delta_t,   delta_{t-1} = e_{t-1} + R^T delta_t + W_hh^T g_t
+//
+// Mirrors TorchBackend.chain_bwd, whose loop body for step t is
+//
+//   (A) delta = delta + where(v, grad_out[t], 0)          "phase A": elementwise, own units
+//       g_t   = where(v, gamma * phi'(a[t]) * delta, 0)
+//       d_t   = where(v, delta, 0);  g[t] = g_t;  deltas[t] = d_t
+//   (B) delta = where(v, R^T delta + g_t @ W_hh, delta)   "phase B": needs g_t (and for a dense R,
+//                                                         delta) of EVERY unit: the matvec
+//
+// Phase A of step t-1 only needs phase B's result for the same (row, unit), so the kernel runs phase A
+// of step T-1 as a prologue and then, for t = T-1 .. 0, phase B of step t with phase A of step t-1
+// fused into its epilogue: one barrier per step. g_t is written into `a` in place (the contract), and
+// on the grid path `a` doubles as the exchange buffer for g_t: after the barrier every block stages the
+// g_t rows it needs from L2. The delta carried between steps lives in shared memory (block path) or in
+// a (2, B, H) global buffer read and written with .cg (grid path); the two halves alternate with the
+// parity of t, so a block still reading step t's half never races a block writing step t-1's.
+//
+// The backward runs in float32 or float64 only: ops.py upcasts float16/bfloat16 before calling it.
+#include <cooperative_groups.h>
+
+#include "chain_cuda.cuh"
+
+namespace wcrnn_cuda {
+namespace {
+
+namespace cg = cooperative_groups;
+
+template <class S, int RES, int BT, bool GRID>
+__global__ void __launch_bounds__(kThreads) chain_bwd_kernel(const BwdParams<S> p) {
+  using A = S;
+  constexpr bool DENSE = RES == kResDense;
+  constexpr int NX2 = GRID ? (DENSE ? 1 : 0) : 2;
+  const int H = p.H, U = p.U, nonlin = p.nonlin;
+  const int64_t T = p.T, B = p.B, BH = p.B * p.H;
+  const int tid = static_cast<int>(threadIdx.x);
+  const int u0 = GRID ? static_cast<int>(blockIdx.x) * U : 0;  // first unit j this block owns
+  const int Ueff = min(U, H - u0);
+  const MatvecShape ms = matvec_shape(H, U);
+  const SmemLayout L = smem_layout(H, U, BT, DENSE, 1, NX2, sizeof(A), sizeof(S));
+
+  extern __shared__ __align__(16) unsigned char smem[];
+  A* part = reinterpret_cast<A*>(smem + L.part);
+  A* partR = reinterpret_cast<A*>(smem + L.partR);
+  A* sg = reinterpret_cast<A*>(smem + L.x);   // [BT][H] g_t rows
+  A* sd = reinterpret_cast<A*>(smem + L.x2);  // block path: [2][BT][H] delta rows; grid + dense: [BT][H]
+  A* gam = reinterpret_cast<A*>(smem + L.params);
+  A* res0 = gam + U;
+  A* res1 = gam + 2 * U;
+  S* Ws = reinterpret_cast<S*>(smem + L.w);
+  S* Rs = reinterpret_cast<S*>(smem + L.r);
+
+  // Once per kernel: columns u0.. of W_hh (rows of W_hh^T), Ws[k*U + jj] = W[k, u0+jj], so that the
+  // shared matvec computes (W^T g)[j] = sum_k W[k, j] g[k]; the same for a dense R (R^T delta).
+  for (int idx = tid; idx < Ueff * H; idx += kThreads) {
+    const int k = idx / Ueff, jj = idx % Ueff;
+    const int64_t src = static_cast<int64_t>(k) * H + u0 + jj;
+    Ws[k * U + jj] = p.w[src];
+    if constexpr (DENSE) Rs[k * U + jj] = p.res[src];
+  }
+  for (int jj = tid; jj < Ueff; jj += kThreads) {
+    const int j = u0 + jj;
+    gam[jj] = p.gamma[j];
+    if constexpr (RES == kResDiag) res0[jj] = p.res[j];
+    if constexpr (RES == kResRot) {
+      // R^T d = res[0] * d + swap_pairs(res[1] * d): unit j takes res[1] of its partner j^1.
+      res0[jj] = p.res[j];
+      res1[jj] = p.res[H + (j ^ 1)];
+    }
+  }
+  for (int idx = tid; idx < BT * H; idx += kThreads) sg[idx] = A(0);
+  for (int idx = tid; idx < NX2 * BT * H; idx += kThreads) sd[idx] = A(0);
+  __syncthreads();
+
+  const int64_t row_first = GRID ? 0 : static_cast<int64_t>(blockIdx.x) * BT;
+  const int64_t row_end = GRID ? B : min(B, row_first + BT);
+
+  // Where the carried delta of (local row r / batch row b, unit j) lives in half `half`.
+  auto dslot = [&](int half, int r, int64_t b, int j) -> A* {
+    if constexpr (GRID) {
+      return p.dbuf + half * BH + b * H + j;
+    } else {
+      return sd + (half * BT + r) * H + j;
+    }
+  };
+  auto load_delta = [&](const A* q) -> A {
+    if constexpr (GRID) {
+      return ldcg(q);
+    } else {
+      return *q;
+    }
+  };
+
+  // Phase A of step t for (r, b, own unit jj): carry is dL/dx_t from the steps after t (grad_hn at
+  // t = T-1); go = grad_out[t], av = a[t] at this element.
+  auto phase_a = [&](int64_t t, int r, int64_t b, int jj, A carry, A go, A av) {
+    const int j = u0 + jj;
+    const bool valid = p.lengths == nullptr || t < p.lengths[b];
+    const A delta = valid ? carry + go : carry;
+    const A g = valid ? gam[jj] * phi_prime(av, nonlin) * delta : A(0);
+    const int64_t o = t * BH + b * H + j;
+    if (p.deltas != nullptr) p.deltas[o] = valid ? delta : A(0);
+    A* slot = dslot(static_cast<int>(t & 1), r, b, j);
+    if constexpr (GRID) {
+      stcg(p.a + o, g);  // g_t replaces a_t; other blocks stage it after the barrier
+      stcg(slot, delta);
+    } else {
+      p.a[o] = g;
+      *slot = delta;
+      sg[r * H + j] = g;
+    }
+  };
+
+  // Prologue: phase A of step T-1, carry = grad_hn.
+  for (int64_t b0 = row_first; b0 < row_end; b0 += BT) {
+    const int rows = static_cast<int>(min(static_cast<int64_t>(BT), row_end - b0));
+    for (int e = tid; e < rows * Ueff; e += kThreads) {
+      const int r = e / Ueff, jj = e % Ueff;
+      const int64_t b = b0 + r;
+      const int64_t o = b * H + u0 + jj;
+      phase_a(T - 1, r, b, jj, p.grad_hn[o], p.grad_out[(T - 1) * BH + o], p.a[(T - 1) * BH + o]);
+    }
+  }
+  if constexpr (GRID) {
+    cg::this_grid().sync();
+  } else {
+    __syncthreads();
+  }
+
+  for (int64_t t = T - 1; t >= 0; --t) {
+    const int cur = static_cast<int>(t & 1);  // half holding delta_t
+    for (int64_t b0 = row_first; b0 < row_end; b0 += BT) {
+      const int rows = static_cast<int>(min(static_cast<int64_t>(BT), row_end - b0));
+      const int nel = rows * Ueff;
+      const int64_t prev = (t - 1) * BH + b0 * H + u0;  // [t-1, b0, u0]: phase A operands of step t-1
+
+      // (1) Issue the loads phase A of step t-1 needs; the staging and the matvec hide their latency.
+      A early_go[kEarly], early_a[kEarly];
+#pragma unroll
+      for (int k = 0; k < kEarly; ++k) {
+        const int e = tid + k * kThreads;
+        const bool live = t > 0 && e < nel;
+        const int64_t o = live ? prev + static_cast<int64_t>(e / Ueff) * H + e % Ueff : 0;
+        early_go[k] = live ? p.grad_out[o] : A(0);
+        early_a[k] = live ? p.a[o] : A(0);
+      }
+
+      // (2) Grid path: stage g_t (and for a dense R, delta_t) of rows b0.. for all H units from L2.
+      if constexpr (GRID) {
+        for (int idx = tid; idx < rows * H; idx += kThreads) {
+          const int64_t g = b0 * H + idx;
+          sg[idx] = ldcg(p.a + t * BH + g);
+          if constexpr (DENSE) sd[idx] = ldcg(p.dbuf + cur * BH + g);
+        }
+      }
+      __syncthreads();
+
+      // (3) Partial sums of (W^T g_t)[j] and, for a dense R, (R^T delta_t)[j] for the block's units.
+      const A* D = GRID ? sd : sd + cur * BT * H;
+      matvec_partials<BT, DENSE>(Ws, Rs, sg, D, part, partR, H, U, Ueff, ms);
+      __syncthreads();
+
+      // (4) Epilogue: phase B of step t for (row r, own unit jj), then phase A of step t-1.
+      auto epilogue = [&](int e, A go, A av) {
+        const int r = e / Ueff, jj = e % Ueff, j = u0 + jj;
+        const int64_t b = b0 + r;
+        const A d = load_delta(dslot(cur, r, b, j));
+        A rt;
+        if constexpr (RES == kResDiag) {
+          rt = res0[jj] * d;
+        } else if constexpr (RES == kResRot) {
+          rt = res0[jj] * d + res1[jj] * load_delta(dslot(cur, r, b, j ^ 1));  // j^1 is this block's
+        } else {
+          rt = sum_partials<BT>(partR, r, jj, U, ms.KS);
+        }
+        const bool valid = p.lengths == nullptr || t < p.lengths[b];
+        const A carry = valid ? rt + sum_partials<BT>(part, r, jj, U, ms.KS) : d;  // dL/dx_{t-1}
+        if (t == 0) {
+          p.dx0[b * H + j] = carry;
+        } else {
+          phase_a(t - 1, r, b, jj, carry, go, av);
+        }
+      };
+#pragma unroll
+      for (int k = 0; k < kEarly; ++k) {
+        const int e = tid + k * kThreads;
+        if (e < nel) epilogue(e, early_go[k], early_a[k]);
+      }
+      for (int e = tid + kEarly * kThreads; e < nel; e += kThreads) {
+        const int64_t o = prev + static_cast<int64_t>(e / Ueff) * H + e % Ueff;
+        epilogue(e, t > 0 ? p.grad_out[o] : A(0), t > 0 ? p.a[o] : A(0));
+      }
+      __syncthreads();  // sg, sd, part are reused by the next chunk / step
+    }
+    if constexpr (GRID) cg::this_grid().sync();  // g_{t-1} and delta_{t-1} of every unit are in L2
+  }
+}
+
+template <class S>
+size_t bwd_smem(int H, int U, int BT, bool grid, bool dense) {
+  return smem_layout(H, U, BT, dense, 1, grid ? (dense ? 1 : 0) : 2, sizeof(S), sizeof(S)).total;
+}
+
+template <class S, int RES, int BT>
+void launch_bwd_rows(const BwdCall& c, const Plan& plan, const DeviceInfo& dev) {
+  BwdParams<S> p;
+  p.grad_out = static_cast<const S*>(c.grad_out);
+  p.grad_hn = static_cast<const S*>(c.grad_hn);
+  p.a = static_cast<S*>(c.a);
+  p.w = static_cast<const S*>(c.w);
+  p.res = static_cast<const S*>(c.res);
+  p.gamma = static_cast<const S*>(c.gamma);
+  p.lengths = c.lengths;
+  p.dx0 = static_cast<S*>(c.dx0);
+  p.deltas = static_cast<S*>(c.deltas);
+  p.dbuf = static_cast<S*>(c.dbuf);
+  p.T = c.T;
+  p.B = c.B;
+  p.H = c.H;
+  p.U = plan.U;
+  p.nonlin = c.nonlin;
+  if (plan.grid) {
+    TORCH_CHECK(c.dbuf != nullptr, "chain_bwd: internal error: the grid path needs its delta buffer");
+    launch_kernel("wcrnn_C::chain_bwd", chain_bwd_kernel<S, RES, BT, true>, plan, dev, p, c.stream);
+  } else {
+    launch_kernel("wcrnn_C::chain_bwd", chain_bwd_kernel<S, RES, BT, false>, plan, dev, p, c.stream);
+  }
+}
+
+template <class S, int RES>
+void launch_bwd_res(const BwdCall& c, const Plan& plan, const DeviceInfo& dev) {
+  switch (plan.rows) {
+    case 1: return launch_bwd_rows<S, RES, 1>(c, plan, dev);
+    case 4: return launch_bwd_rows<S, RES, 4>(c, plan, dev);
+    case 8: return launch_bwd_rows<S, RES, 8>(c, plan, dev);
+  }
+  TORCH_CHECK(false, "chain_bwd: internal error: unsupported tile height ", plan.rows);
+}
+
+template <class S>
+void launch_bwd_dtype(const BwdCall& c, const Plan& plan, const DeviceInfo& dev) {
+  switch (c.res_kind) {
+    case kResDiag: return launch_bwd_res<S, kResDiag>(c, plan, dev);
+    case kResRot: return launch_bwd_res<S, kResRot>(c, plan, dev);
+    case kResDense: return launch_bwd_res<S, kResDense>(c, plan, dev);
+  }
+  TORCH_CHECK(false, "chain_bwd: res_kind must be 0, 1 or 2, got ", c.res_kind);
+}
+
+template <class S>
+Plan plan_bwd_dtype(const BwdCall& c, const DeviceInfo& dev) {
+  const bool dense = c.res_kind == kResDense;
+  return plan_chain("wcrnn_C::chain_bwd", c.B, c.H, dev,
+                    [&](int U, int BT, bool grid) { return bwd_smem<S>(c.H, U, BT, grid, dense); });
+}
+
+}  // namespace
+
+Plan plan_bwd(const BwdCall& c, const DeviceInfo& dev) {
+  switch (c.dtype) {
+    case DType::kFloat: return plan_bwd_dtype<float>(c, dev);
+    case DType::kDouble: return plan_bwd_dtype<double>(c, dev);
+    default: break;
+  }
+  TORCH_CHECK(false, "chain_bwd: the CUDA backward chain runs in float32 or float64");
+  return Plan{};
+}
+
+void launch_bwd(const BwdCall& c, const Plan& plan, const DeviceInfo& dev) {
+  switch (c.dtype) {
+    case DType::kFloat: return launch_bwd_dtype<float>(c, plan, dev);
+    case DType::kDouble: return launch_bwd_dtype<double>(c, plan, dev);
+    default: break;
+  }
+  TORCH_CHECK(false, "chain_bwd: the CUDA backward chain runs in float32 or float64");
+}
+
+}  // namespace wcrnn_cuda

@@ -1,0 +1,384 @@
+// Shared pieces of the CUDA chain kernels: types, the shared-memory plan, the per-step matvec, and the
+// host-side launch planning (block path vs grid path). Included by chain_fwd.cu, chain_bwd.cu and
+// chain_ops.cu; nothing here allocates tensors.
+//
+// Two execution paths, one kernel template per direction (template flag GRID):
+//
+// * block path (GRID=false): one thread block owns a tile of BT batch rows and ALL H units. W_hh (and a
+//   dense residual) lives in shared memory for the whole sequence, the state rows live in shared memory,
+//   and a step needs only __syncthreads. Blocks are independent, so any number of them may run in waves.
+// * grid path (GRID=true): for H whose W_hh does not fit one block. Block k owns the units
+//   [k*U, k*U + U) for ALL batch rows (processed in chunks of BT rows) and keeps only its U-slice of
+//   W_hh on chip. Each step a block stages the full previous state rows from L2 (ld.global.cg), computes
+//   its own units, writes them back to L2 (st.global.cg), and the grid meets at one cooperative-groups
+//   grid barrier. The launch is cooperative, so every block is resident and the barrier cannot deadlock.
+//
+// Both paths share the per-step structure of the "torch" backend (wcrnn_kernels/backends/pytorch.py):
+// the matvec is split into KS partial sums per output (threads ks = 0..KS-1 take every KS-th input
+// unit), the partial sums meet in shared memory, and an elementwise epilogue applies the residual,
+// gamma, phi and the lengths mask exactly as the torch loop does.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <string>
+
+#include <cuda_runtime.h>
+
+#include <c10/cuda/CUDAException.h>
+#include <c10/util/BFloat16.h>
+#include <c10/util/Exception.h>
+#include <c10/util/Half.h>
+
+namespace wcrnn_cuda {
+
+constexpr int kThreads = 256;  // threads per block, every kernel
+constexpr int kEarly = 4;      // epilogue operands a thread loads before the matvec (the rest load late)
+
+enum : int { kResDiag = 0, kResRot = 1, kResDense = 2 };  // residual.py RES_DIAG / RES_ROT / RES_DENSE
+enum : int { kTanh = 0, kRelu = 1 };
+enum class DType : int { kFloat, kDouble, kHalf, kBFloat16 };
+
+// State and accumulation type: float for float/half/bfloat16 storage, double for double.
+template <class S> struct AccType { using type = float; };
+template <> struct AccType<double> { using type = double; };
+
+// ---------------------------------------------------------------------------------------------------
+// Device math. tanhf/tanh are the accurate library functions (about 2 ulp); the approximate hardware
+// tanh would not meet the float32 tolerances, so never build these files with --use_fast_math.
+
+// The double version is kept out of line: it is long, and the epilogues call it from several
+// unrolled sites (the float one is short and inlined).
+__device__ __forceinline__ float tanh_acc(float a) { return tanhf(a); }
+__device__ __noinline__ double tanh_acc(double a) { return tanh(a); }
+
+template <class A>
+__device__ __forceinline__ A phi(A a, int nonlin) {
+  if (nonlin == kTanh) return tanh_acc(a);
+  return (a > A(0) || a != a) ? a : A(0);  // relu; NaN propagates as in torch.relu
+}
+
+template <class A>
+__device__ __forceinline__ A phi_prime(A a, int nonlin) {
+  if (nonlin == kTanh) {
+    const A y = tanh_acc(a);
+    return A(1) - y * y;  // pytorch.py phi_prime: 1 - tanh(a)^2
+  }
+  return a > A(0) ? A(1) : A(0);
+}
+
+// Exchange through L2 on the grid path: .cg bypasses L1, which is not coherent between SMs.
+__device__ __forceinline__ float ldcg(const float* p) { return __ldcg(p); }
+__device__ __forceinline__ double ldcg(const double* p) { return __ldcg(p); }
+__device__ __forceinline__ void stcg(float* p, float v) { __stcg(p, v); }
+__device__ __forceinline__ void stcg(double* p, double v) { __stcg(p, v); }
+
+// ---------------------------------------------------------------------------------------------------
+// Matvec thread layout. A block computes, for BT rows r and its units i < U,
+//     out[r][i] = sum_j M[j][i] * X[r][j]          (j = 0..H-1)
+// Thread tid works on unit i = tid % UP (then i + UP, ...) and on the reduction slice ks = tid / UP,
+// i.e. on j = ks, ks + KS, ks + 2 KS, ...; threads with ks >= KS idle. With M stored transposed
+// (M[j*U + i]), consecutive threads read consecutive words: no shared-memory bank conflicts.
+
+struct MatvecShape {
+  int UP;  // threads along the unit axis
+  int KS;  // reduction slices (partial sums per output)
+};
+
+__host__ __device__ inline MatvecShape matvec_shape(int H, int U) {
+  MatvecShape m;
+  m.UP = U < kThreads ? U : kThreads;
+  m.KS = kThreads / m.UP;
+  if (m.KS > H) m.KS = H;
+  if (m.KS < 1) m.KS = 1;
+  return m;
+}
+
+__host__ __device__ inline size_t align16(size_t n) { return (n + 15) & ~static_cast<size_t>(15); }
+
+// Byte offsets into the dynamic shared memory of one block. Same function on host (sizing) and device
+// (carving), so the two can never disagree.
+//   part, partR : KS x BT x U accumulators (partR: the dense residual's matvec)
+//   x           : nx  x BT x H accumulators (state rows; backward: g rows)
+//   x2          : nx2 x BT x H accumulators (backward: delta rows)
+//   params      : 3 x U accumulators (gamma, res0, res1 of the block's units)
+//   w, r        : U x H storage-type words (W_hh slice; dense residual slice)
+struct SmemLayout {
+  size_t part, partR, x, x2, params, w, r, total;
+};
+
+__host__ __device__ inline SmemLayout smem_layout(int H, int U, int BT, bool dense, int nx, int nx2,
+                                                  size_t acc_bytes, size_t w_bytes) {
+  const MatvecShape m = matvec_shape(H, U);
+  const size_t nh = static_cast<size_t>(BT) * static_cast<size_t>(H);
+  const size_t npart = static_cast<size_t>(m.KS) * BT * U;
+  const size_t nw = static_cast<size_t>(U) * static_cast<size_t>(H);
+  SmemLayout L;
+  size_t o = 0;
+  L.part = o;   o = align16(o + acc_bytes * npart);
+  L.partR = o;  o = align16(o + (dense ? acc_bytes * npart : 0));
+  L.x = o;      o = align16(o + acc_bytes * nx * nh);
+  L.x2 = o;     o = align16(o + acc_bytes * nx2 * nh);
+  L.params = o; o = align16(o + acc_bytes * 3 * static_cast<size_t>(U));
+  L.w = o;      o = align16(o + w_bytes * nw);
+  L.r = o;      o = align16(o + (dense ? w_bytes * nw : 0));
+  L.total = o;
+  return L;
+}
+
+// part[(ks*BT + r)*U + i] = sum_{j = ks, ks+KS, ...} M[j*U + i] * X[r*H + j], for r < BT, i < Ueff;
+// with DUAL also part2 from (M2, X2) in the same pass. X and X2 may alias (forward dense residual).
+template <int BT, bool DUAL, class S, class A>
+__device__ __forceinline__ void matvec_partials(const S* __restrict__ M, const S* __restrict__ M2,
+                                                const A* X, const A* X2, A* part, A* part2, int H, int U,
+                                                int Ueff, MatvecShape m) {
+  const int tid = static_cast<int>(threadIdx.x);
+  const int ks = tid / m.UP;
+  if (ks >= m.KS) return;
+  for (int i = tid % m.UP; i < Ueff; i += m.UP) {
+    A acc[BT];
+    A acc2[BT];
+#pragma unroll
+    for (int r = 0; r < BT; ++r) {
+      acc[r] = A(0);
+      acc2[r] = A(0);
+    }
+    for (int j = ks; j < H; j += m.KS) {
+      const A w = static_cast<A>(M[j * U + i]);
+#pragma unroll
+      for (int r = 0; r < BT; ++r) acc[r] += w * X[r * H + j];
+      if constexpr (DUAL) {
+        const A w2 = static_cast<A>(M2[j * U + i]);
+#pragma unroll
+        for (int r = 0; r < BT; ++r) acc2[r] += w2 * X2[r * H + j];
+      }
+    }
+#pragma unroll
+    for (int r = 0; r < BT; ++r) {
+      part[(ks * BT + r) * U + i] = acc[r];
+      if constexpr (DUAL) part2[(ks * BT + r) * U + i] = acc2[r];
+    }
+  }
+}
+
+// sum_ks part[(ks*BT + r)*U + i], four independent accumulators to shorten the dependency chain.
+template <int BT, class A>
+__device__ __forceinline__ A sum_partials(const A* part, int r, int i, int U, int KS) {
+  const int stride = BT * U;
+  const A* p = part + r * U + i;
+  A s0 = A(0), s1 = A(0), s2 = A(0), s3 = A(0);
+  int ks = 0;
+  for (; ks + 4 <= KS; ks += 4) {
+    s0 += p[ks * stride];
+    s1 += p[(ks + 1) * stride];
+    s2 += p[(ks + 2) * stride];
+    s3 += p[(ks + 3) * stride];
+  }
+  for (; ks < KS; ++ks) s0 += p[ks * stride];
+  return (s0 + s1) + (s2 + s3);
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Kernel parameters (passed by value). All pointers are contiguous device tensors.
+
+template <class S>
+struct FwdParams {
+  const S* u;               // (T, B, H) input projection
+  const S* x0;              // (B, H)
+  const S* w;               // (H, H) W_hh
+  const S* res;             // canonical residual: (H,), (2, H) or (H, H)
+  const S* gamma;           // (H,)
+  const int64_t* lengths;   // (B,) or nullptr: every row runs all T steps
+  S* out;                   // (T, B, H)
+  S* hn;                    // (B, H)
+  typename AccType<S>::type* xbuf;  // grid path: (2, B, H) state exchange; unused on the block path
+  int64_t T, B;
+  int H, U, nonlin;
+};
+
+template <class S>
+struct BwdParams {
+  const S* grad_out;        // (T, B, H) dL/d output
+  const S* grad_hn;         // (B, H)    dL/d h_n
+  S* a;                     // (T, B, H) in: pre-activations a_t; out: g_t (in place)
+  const S* w;               // (H, H)
+  const S* res;
+  const S* gamma;
+  const int64_t* lengths;
+  S* dx0;                   // (B, H)
+  S* deltas;                // (T, B, H) or nullptr when delta is not asked for
+  S* dbuf;                  // grid path: (2, B, H) delta exchange; unused on the block path
+  int64_t T, B;
+  int H, U, nonlin;
+};
+
+// ---------------------------------------------------------------------------------------------------
+// Host-side planning.
+
+struct DeviceInfo {
+  int sms = 0;         // streaming multiprocessors
+  int smem_optin = 0;  // max dynamic shared memory per block after opting in
+  int coop = 0;        // cooperative launch supported
+};
+
+inline DeviceInfo device_info(int device) {
+  DeviceInfo d;
+  C10_CUDA_CHECK(cudaDeviceGetAttribute(&d.sms, cudaDevAttrMultiProcessorCount, device));
+  C10_CUDA_CHECK(cudaDeviceGetAttribute(&d.smem_optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
+  C10_CUDA_CHECK(cudaDeviceGetAttribute(&d.coop, cudaDevAttrCooperativeLaunch, device));
+  return d;
+}
+
+enum class PathChoice { kAuto, kBlock, kGrid };
+
+// WCRNN_CUDA_PATH=auto|block|grid forces a path (tests use it to run both paths at small H).
+inline PathChoice path_from_env() {
+  const char* v = std::getenv("WCRNN_CUDA_PATH");
+  if (v == nullptr || *v == '\0' || std::strcmp(v, "auto") == 0) return PathChoice::kAuto;
+  if (std::strcmp(v, "block") == 0) return PathChoice::kBlock;
+  if (std::strcmp(v, "grid") == 0) return PathChoice::kGrid;
+  TORCH_CHECK(false, "WCRNN_CUDA_PATH: expected 'auto', 'block' or 'grid', got '", v, "'");
+  return PathChoice::kAuto;
+}
+
+// Batch-tile heights BT that are compiled (each one is an instantiation of every kernel; BT = 2 is left
+// out to keep the build short).
+constexpr int kRowChoices[] = {1, 4, 8};
+
+// WCRNN_CUDA_ROWS=1|4|8 forces the batch-tile height BT (unset: choose automatically).
+inline int rows_from_env() {
+  const char* v = std::getenv("WCRNN_CUDA_ROWS");
+  if (v == nullptr || *v == '\0') return 0;
+  const std::string s(v);
+  if (s == "1" || s == "4" || s == "8") return std::atoi(v);
+  TORCH_CHECK(false, "WCRNN_CUDA_ROWS: expected 1, 4 or 8, got '", v, "'");
+  return 0;
+}
+
+struct Plan {
+  bool grid = false;
+  int rows = 1;     // BT (one of kRowChoices): batch rows per tile (block path) or per chunk (grid path)
+  int U = 0;        // units per block (H on the block path)
+  int64_t blocks = 0;
+  size_t smem = 0;  // dynamic shared memory bytes per block
+};
+
+// smem_of(U, BT, grid) -> bytes. Block path when W_hh (plus a dense residual) fits one block; else the
+// grid path with the smallest even unit slice that gives at most one block per SM.
+template <class SmemOf>
+Plan plan_chain(const char* op, int64_t B, int H, const DeviceInfo& dev, SmemOf smem_of) {
+  const PathChoice choice = path_from_env();
+  const int env_rows = rows_from_env();
+  Plan p;
+  if (choice != PathChoice::kGrid) {
+    // Smallest tile that still gives one block per SM: the chain is latency bound, so fewer rows per
+    // block means a shorter step as long as SMs are left idle otherwise.
+    int bt = 8;
+    for (int cand : kRowChoices) {
+      if ((B + cand - 1) / cand <= dev.sms) {
+        bt = cand;
+        break;
+      }
+    }
+    if (env_rows) bt = env_rows;
+    const size_t smem = smem_of(H, bt, false);
+    if (smem <= static_cast<size_t>(dev.smem_optin)) {
+      p.grid = false;
+      p.rows = bt;
+      p.U = H;
+      p.blocks = (B + bt - 1) / bt;
+      p.smem = smem;
+      return p;
+    }
+    TORCH_CHECK(choice == PathChoice::kAuto, op, ": WCRNN_CUDA_PATH=block but H=", H, " needs ", smem,
+                " bytes of shared memory per block and this device allows ", dev.smem_optin);
+  }
+  TORCH_CHECK(dev.coop, op, ": the grid path (H=", H,
+              " does not fit one thread block) needs cooperative launch, which this device does not "
+              "support");
+  int U = (H + dev.sms - 1) / dev.sms;
+  U += U & 1;  // even, so that rotation pairs (2k, 2k+1) never straddle two blocks
+  if (U < 2) U = 2;
+  int bt = B <= 1 ? 1 : (B <= 4 ? 4 : 8);  // rows per chunk
+  if (env_rows) bt = env_rows;
+  size_t smem = smem_of(U, bt, true);
+  while (smem > static_cast<size_t>(dev.smem_optin) && bt > 1 && !env_rows) {
+    bt = bt == 8 ? 4 : 1;  // fewer staged rows per chunk
+    smem = smem_of(U, bt, true);
+  }
+  TORCH_CHECK(smem <= static_cast<size_t>(dev.smem_optin), op, ": H=", H, " is too large for the CUDA ",
+              "kernels on this device: a slice of ", U, " units of W_hh needs ", smem,
+              " bytes of shared memory per block and the device allows ", dev.smem_optin,
+              " (use backend='triton' or 'torch')");
+  p.grid = true;
+  p.rows = bt;
+  p.U = U;
+  p.blocks = (H + U - 1) / U;
+  p.smem = smem;
+  return p;
+}
+
+// Launch one instantiation: the attribute call lifts the 48 KiB default shared-memory limit; the grid
+// path is launched cooperatively after checking that every block can be resident at once.
+template <class Kernel, class Params>
+void launch_kernel(const char* op, Kernel kernel, const Plan& plan, const DeviceInfo& dev, Params params,
+                   cudaStream_t stream) {
+  C10_CUDA_CHECK(cudaFuncSetAttribute(reinterpret_cast<const void*>(kernel),
+                                      cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                      static_cast<int>(plan.smem)));
+  if (!plan.grid) {
+    kernel<<<static_cast<unsigned int>(plan.blocks), kThreads, plan.smem, stream>>>(params);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    return;
+  }
+  int per_sm = 0;
+  C10_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, kThreads, plan.smem));
+  TORCH_CHECK(plan.blocks <= static_cast<int64_t>(per_sm) * dev.sms, op, ": the grid path needs ",
+              plan.blocks, " co-resident blocks of ", plan.smem, " bytes of shared memory, the device holds ",
+              per_sm, " per SM x ", dev.sms, " SMs");
+  void* args[] = {&params};
+  C10_CUDA_CHECK(cudaLaunchCooperativeKernel(reinterpret_cast<const void*>(kernel),
+                                             dim3(static_cast<unsigned int>(plan.blocks)), dim3(kThreads),
+                                             args, plan.smem, stream));
+  C10_CUDA_CHECK(cudaGetLastError());
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Entry points implemented in chain_fwd.cu / chain_bwd.cu and called by chain_ops.cu.
+
+struct FwdCall {
+  DType dtype;
+  int res_kind, nonlin;
+  int64_t T, B;
+  int H;
+  const void *u, *x0, *w, *res, *gamma;
+  const int64_t* lengths;
+  void *out, *hn;
+  void* xbuf;  // set by the caller after plan_fwd when plan.grid: (2, B, H) of the accumulation type
+  int device;
+  cudaStream_t stream;
+};
+
+struct BwdCall {
+  DType dtype;  // kFloat or kDouble
+  int res_kind, nonlin;
+  int64_t T, B;
+  int H;
+  const void *grad_out, *grad_hn;
+  void* a;
+  const void *w, *res, *gamma;
+  const int64_t* lengths;
+  void *dx0, *deltas;
+  void* dbuf;  // set by the caller after plan_bwd when plan.grid: (2, B, H)
+  int device;
+  cudaStream_t stream;
+};
+
+Plan plan_fwd(const FwdCall& c, const DeviceInfo& dev);
+void launch_fwd(const FwdCall& c, const Plan& plan, const DeviceInfo& dev);
+Plan plan_bwd(const BwdCall& c, const DeviceInfo& dev);
+void launch_bwd(const BwdCall& c, const Plan& plan, const DeviceInfo& dev);
+
+}  // namespace wcrnn_cuda

@@ -1,0 +1,224 @@
+// The forward chain on CUDA: x_t = R(x_{t-1}) + gamma * phi(u_t + W_hh x_{t-1}), t = 1..T, one
+// persistent kernel per call (DESIGN.md sections 5-6). Mirrors TorchBackend.chain_fwd step by step:
+//
+//   torch backend                                  this kernel (per block, per step t)
+//   a = addmm(u[t], x, W^T)                        (3) partial dot products + (4) a = u_t + sum
+//   x_new = R(x) + gamma * phi(a)                  (4) epilogue, per (row, unit)
+//   x = where(valid[t], x_new, x)                  (4) valid = t < lengths[b]
+//   out[t] = where(valid[t], x, 0)                 (4)
+//   return out, x                                  h_n written at t = T-1
+//
+// The state x and every sum are kept in the accumulation type (float for float/half/bfloat16), as in
+// the torch backend; only out and h_n are rounded to the storage type.
+#include <cooperative_groups.h>
+
+#include "chain_cuda.cuh"
+
+namespace wcrnn_cuda {
+namespace {
+
+namespace cg = cooperative_groups;
+
+template <class S, int RES, int BT, bool GRID>
+__global__ void __launch_bounds__(kThreads) chain_fwd_kernel(const FwdParams<S> p) {
+  using A = typename AccType<S>::type;
+  constexpr bool DENSE = RES == kResDense;
+  constexpr int NX = GRID ? 1 : 2;  // block path: double-buffered state rows
+  const int H = p.H, U = p.U, nonlin = p.nonlin;
+  const int64_t T = p.T, B = p.B;
+  const int tid = static_cast<int>(threadIdx.x);
+  const int u0 = GRID ? static_cast<int>(blockIdx.x) * U : 0;  // first unit this block owns
+  const int Ueff = min(U, H - u0);                               // units this block owns
+  const MatvecShape ms = matvec_shape(H, U);
+  const SmemLayout L = smem_layout(H, U, BT, DENSE, NX, 0, sizeof(A), sizeof(S));
+
+  extern __shared__ __align__(16) unsigned char smem[];
+  A* part = reinterpret_cast<A*>(smem + L.part);
+  A* partR = reinterpret_cast<A*>(smem + L.partR);
+  A* xs = reinterpret_cast<A*>(smem + L.x);  // [NX][BT][H] state rows
+  A* gam = reinterpret_cast<A*>(smem + L.params);
+  A* res0 = gam + U;
+  A* res1 = gam + 2 * U;
+  S* Ws = reinterpret_cast<S*>(smem + L.w);
+  S* Rs = reinterpret_cast<S*>(smem + L.r);
+
+  // Once per kernel: this block's rows of W_hh (and of a dense R), transposed: Ws[j*U + i] = W[u0+i, j].
+  for (int idx = tid; idx < Ueff * H; idx += kThreads) {
+    const int i = idx / H, j = idx % H;
+    const int64_t src = static_cast<int64_t>(u0 + i) * H + j;
+    Ws[j * U + i] = p.w[src];
+    if constexpr (DENSE) Rs[j * U + i] = p.res[src];
+  }
+  for (int i = tid; i < Ueff; i += kThreads) {
+    gam[i] = static_cast<A>(p.gamma[u0 + i]);
+    if constexpr (RES == kResDiag) res0[i] = static_cast<A>(p.res[u0 + i]);
+    if constexpr (RES == kResRot) {  // R(x)[i] = res[0][i] x[i] + res[1][i] x[i^1]
+      res0[i] = static_cast<A>(p.res[u0 + i]);
+      res1[i] = static_cast<A>(p.res[H + u0 + i]);
+    }
+  }
+  // Rows past B are never written but are read by the matvec: keep them zero, not garbage.
+  for (int idx = tid; idx < NX * BT * H; idx += kThreads) xs[idx] = A(0);
+  __syncthreads();
+
+  const int64_t row_first = GRID ? 0 : static_cast<int64_t>(blockIdx.x) * BT;
+  const int64_t row_end = GRID ? B : min(B, row_first + BT);
+  int cur = 0;  // block path: xs[cur] holds x_{t-1}, the epilogue writes x_t into xs[cur ^ 1]
+
+  for (int64_t t = 0; t < T; ++t) {
+    const int64_t par = t & 1;  // grid path: x_t goes to xbuf[par], x_{t-1} is read from xbuf[1 - par]
+    for (int64_t b0 = row_first; b0 < row_end; b0 += BT) {
+      const int rows = static_cast<int>(min(static_cast<int64_t>(BT), row_end - b0));
+      const int nel = rows * Ueff;  // epilogue elements (row r, unit i), e = r * Ueff + i
+      const int64_t ubase = (t * B + b0) * H + u0;
+
+      // (1) Issue the epilogue's loads of u_t now; the staging and the matvec hide their latency.
+      A early[kEarly];
+#pragma unroll
+      for (int k = 0; k < kEarly; ++k) {
+        const int e = tid + k * kThreads;
+        early[k] = e < nel ? static_cast<A>(p.u[ubase + static_cast<int64_t>(e / Ueff) * H + e % Ueff]) : A(0);
+      }
+
+      // (2) x_{t-1} rows b0 .. b0+rows-1, all H units, into shared memory: x0 at t = 0; on the grid
+      // path the previous step's state from L2 (every block wrote its own units before the barrier).
+      A* X = xs + (GRID ? 0 : cur * BT * H);
+      if (GRID || t == 0) {
+        for (int idx = tid; idx < rows * H; idx += kThreads) {
+          const int64_t g = b0 * H + idx;  // (b0 + idx / H) * H + idx % H
+          X[idx] = t == 0 ? static_cast<A>(p.x0[g]) : ldcg(p.xbuf + (1 - par) * B * H + g);
+        }
+      }
+      __syncthreads();
+
+      // (3) Partial sums of W_hh x_{t-1} (and R x_{t-1} for a dense residual) for the block's units.
+      matvec_partials<BT, DENSE>(Ws, Rs, X, X, part, partR, H, U, Ueff, ms);
+      __syncthreads();
+
+      // (4) Epilogue for element e = (row r, own unit i).
+      A* Xn = xs + (cur ^ 1) * BT * H;
+      auto epilogue = [&](int e, A u_val) {
+        const int r = e / Ueff, i = e % Ueff, gi = u0 + i;
+        const int64_t b = b0 + r;
+        const A a = u_val + sum_partials<BT>(part, r, i, U, ms.KS);
+        const A xp = X[r * H + gi];
+        A rx;
+        if constexpr (RES == kResDiag) {
+          rx = res0[i] * xp;
+        } else if constexpr (RES == kResRot) {
+          rx = res0[i] * xp + res1[i] * X[r * H + (gi ^ 1)];
+        } else {
+          rx = sum_partials<BT>(partR, r, i, U, ms.KS);
+        }
+        const A x_new = rx + gam[i] * phi(a, nonlin);
+        const bool valid = p.lengths == nullptr || t < p.lengths[b];
+        const A x = valid ? x_new : xp;  // past the length the state is kept
+        const int64_t o = b * H + gi;
+        p.out[t * B * H + o] = valid ? static_cast<S>(x) : static_cast<S>(A(0));
+        if constexpr (GRID) {
+          stcg(p.xbuf + par * B * H + o, x);
+        } else {
+          Xn[r * H + gi] = x;
+        }
+        if (t == T - 1) p.hn[o] = static_cast<S>(x);
+      };
+#pragma unroll
+      for (int k = 0; k < kEarly; ++k) {
+        const int e = tid + k * kThreads;
+        if (e < nel) epilogue(e, early[k]);
+      }
+      for (int e = tid + kEarly * kThreads; e < nel; e += kThreads) {
+        epilogue(e, static_cast<A>(p.u[ubase + static_cast<int64_t>(e / Ueff) * H + e % Ueff]));
+      }
+      __syncthreads();  // X, part and Xn are reused by the next chunk / step
+    }
+    if constexpr (GRID) {
+      cg::this_grid().sync();  // x_t of every unit is in L2 before anyone stages it
+    } else {
+      cur ^= 1;
+    }
+  }
+}
+
+template <class S>
+size_t fwd_smem(int H, int U, int BT, bool grid, bool dense) {
+  using A = typename AccType<S>::type;
+  return smem_layout(H, U, BT, dense, grid ? 1 : 2, 0, sizeof(A), sizeof(S)).total;
+}
+
+template <class S, int RES, int BT>
+void launch_fwd_rows(const FwdCall& c, const Plan& plan, const DeviceInfo& dev) {
+  FwdParams<S> p;
+  p.u = static_cast<const S*>(c.u);
+  p.x0 = static_cast<const S*>(c.x0);
+  p.w = static_cast<const S*>(c.w);
+  p.res = static_cast<const S*>(c.res);
+  p.gamma = static_cast<const S*>(c.gamma);
+  p.lengths = c.lengths;
+  p.out = static_cast<S*>(c.out);
+  p.hn = static_cast<S*>(c.hn);
+  p.xbuf = static_cast<typename AccType<S>::type*>(c.xbuf);
+  p.T = c.T;
+  p.B = c.B;
+  p.H = c.H;
+  p.U = plan.U;
+  p.nonlin = c.nonlin;
+  if (plan.grid) {
+    TORCH_CHECK(c.xbuf != nullptr, "chain_fwd: internal error: the grid path needs its state buffer");
+    launch_kernel("wcrnn_C::chain_fwd", chain_fwd_kernel<S, RES, BT, true>, plan, dev, p, c.stream);
+  } else {
+    launch_kernel("wcrnn_C::chain_fwd", chain_fwd_kernel<S, RES, BT, false>, plan, dev, p, c.stream);
+  }
+}
+
+template <class S, int RES>
+void launch_fwd_res(const FwdCall& c, const Plan& plan, const DeviceInfo& dev) {
+  switch (plan.rows) {
+    case 1: return launch_fwd_rows<S, RES, 1>(c, plan, dev);
+    case 4: return launch_fwd_rows<S, RES, 4>(c, plan, dev);
+    case 8: return launch_fwd_rows<S, RES, 8>(c, plan, dev);
+  }
+  TORCH_CHECK(false, "chain_fwd: internal error: unsupported tile height ", plan.rows);
+}
+
+template <class S>
+void launch_fwd_dtype(const FwdCall& c, const Plan& plan, const DeviceInfo& dev) {
+  switch (c.res_kind) {
+    case kResDiag: return launch_fwd_res<S, kResDiag>(c, plan, dev);
+    case kResRot: return launch_fwd_res<S, kResRot>(c, plan, dev);
+    case kResDense: return launch_fwd_res<S, kResDense>(c, plan, dev);
+  }
+  TORCH_CHECK(false, "chain_fwd: res_kind must be 0, 1 or 2, got ", c.res_kind);
+}
+
+template <class S>
+Plan plan_fwd_dtype(const FwdCall& c, const DeviceInfo& dev) {
+  const bool dense = c.res_kind == kResDense;
+  return plan_chain("wcrnn_C::chain_fwd", c.B, c.H, dev,
+                    [&](int U, int BT, bool grid) { return fwd_smem<S>(c.H, U, BT, grid, dense); });
+}
+
+}  // namespace
+
+Plan plan_fwd(const FwdCall& c, const DeviceInfo& dev) {
+  switch (c.dtype) {
+    case DType::kFloat: return plan_fwd_dtype<float>(c, dev);
+    case DType::kDouble: return plan_fwd_dtype<double>(c, dev);
+    case DType::kHalf: return plan_fwd_dtype<c10::Half>(c, dev);
+    case DType::kBFloat16: return plan_fwd_dtype<c10::BFloat16>(c, dev);
+  }
+  TORCH_CHECK(false, "chain_fwd: unsupported dtype");
+  return Plan{};
+}
+
+void launch_fwd(const FwdCall& c, const Plan& plan, const DeviceInfo& dev) {
+  switch (c.dtype) {
+    case DType::kFloat: return launch_fwd_dtype<float>(c, plan, dev);
+    case DType::kDouble: return launch_fwd_dtype<double>(c, plan, dev);
+    case DType::kHalf: return launch_fwd_dtype<c10::Half>(c, plan, dev);
+    case DType::kBFloat16: return launch_fwd_dtype<c10::BFloat16>(c, plan, dev);
+  }
+  TORCH_CHECK(false, "chain_fwd: unsupported dtype");
+}
+
+}  // namespace wcrnn_cuda
