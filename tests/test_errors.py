@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from wcrnn_kernels import FusedWCRNN, RES_DIAG, RES_ROT, wcrnn_chain
-from wcrnn_kernels.backends import BackendUnavailableError, _REGISTRY, register_backend
+from wcrnn_kernels.backends import _REGISTRY, _RESOLVED, BackendUnavailableError, register_backend
 
 
 def chain_args(T=3, B=2, H=4, dtype=torch.float32):
@@ -140,6 +140,7 @@ def test_named_backend_that_cannot_run_says_why_and_how():
     finally:
         _REGISTRY.pop("missing-for-test")
         _REGISTRY.pop("picky-for-test")
+        _RESOLVED.clear()
 
 
 def test_available_backends_reports_every_backend_with_a_reason():

@@ -18,15 +18,11 @@ import torch
 from torch import Tensor
 
 from .backends import get_backend, resolve_backend
-from .backends.pytorch import phi
+from .backends.pytorch import compute_dtype, phi
 from .reference import wcrnn_chain_ref
 from .residual import (NONLIN_CODES, RES_DENSE, RES_DIAG, RES_ROT, canonical_shape, swap_pairs)
 
 _EMPTY = (0,)
-
-
-def _compute_dtype(dtype):
-    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
 
 
 @torch.library.custom_op("wcrnn_kernels::chain", mutates_args=())
@@ -41,7 +37,7 @@ def _chain_bwd(grad_out: Tensor, grad_hn: Tensor, u: Tensor, x0: Tensor, out: Te
                backend: str, need_w: bool, need_res: bool, need_gamma: bool
                ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     T, B, H = u.shape
-    cd = _compute_dtype(u.dtype)
+    cd = compute_dtype(u.dtype)
     u_c, x0_c, out_c, w_c = u.to(cd), x0.to(cd), out.to(cd), w_hh.to(cd)
     # a_t = u_t + W_hh x_{t-1}, recomputed for all t by one large GEMM over the saved states
     # instead of being stored by the forward (DESIGN.md section 5).

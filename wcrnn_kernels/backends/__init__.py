@@ -32,6 +32,7 @@ _AUTO_ORDER = {"cuda": ("triton", "cuda", "torch"), "cpu": ("cpp", "torch")}
 
 def register_backend(backend) -> None:
     _REGISTRY[backend.name] = backend
+    _RESOLVED.clear()
 
 
 def get_backend(name: str):
@@ -62,8 +63,25 @@ class BackendUnavailableError(RuntimeError):
     """A named backend cannot run these tensors here; the message says why and how to get it."""
 
 
+# (name, device, dtype, H) -> resolved name. Availability does not change within a process, and the
+# answer must not be recomputed per forward call (nor traced by torch.compile: see resolve_backend).
+_RESOLVED: dict = {}
+
+
+@torch._dynamo.assume_constant_result
 def resolve_backend(name: str, device: torch.device, dtype: torch.dtype, hidden_size: int) -> str:
-    """Turn "auto" into a concrete backend name, or check that a named backend can run these tensors."""
+    """Turn "auto" into a concrete backend name, or check that a named backend can run these tensors.
+
+    torch.compile evaluates this eagerly at trace time and bakes the answer into the graph (availability
+    checks take locks and load libraries, which Dynamo cannot trace).
+    """
+    key = (name, str(device), dtype, int(hidden_size))
+    if key not in _RESOLVED:
+        _RESOLVED[key] = _resolve_backend(name, device, dtype, hidden_size)
+    return _RESOLVED[key]
+
+
+def _resolve_backend(name, device, dtype, hidden_size):
     _ensure_loaded()
     if name == "reference":
         return name

@@ -13,7 +13,8 @@ from ..residual import apply_residual, apply_residual_transpose
 from . import register_backend
 
 
-def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
+def compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """State and accumulation dtype: float32 for half inputs, else the input dtype."""
     return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
 
 
@@ -46,7 +47,7 @@ class TorchBackend:
 
     def chain_fwd(self, u, x0, w_hh, res_kind, res, gamma, lengths, nonlin):
         T, B, H = u.shape
-        cd = _compute_dtype(u.dtype)
+        cd = compute_dtype(u.dtype)
         w_t = w_hh.to(cd).t()
         res, gamma = res.to(cd), gamma.to(cd)
         out = torch.empty((T, B, H), dtype=u.dtype, device=u.device)
@@ -65,7 +66,7 @@ class TorchBackend:
 
     def chain_bwd(self, grad_out, grad_hn, a, w_hh, res_kind, res, gamma, lengths, nonlin, need_delta):
         T, B, H = a.shape
-        cd = _compute_dtype(a.dtype)
+        cd = compute_dtype(a.dtype)
         w = w_hh.to(cd)
         res, gamma = res.to(cd), gamma.to(cd)
         valid = _valid_mask(T, lengths, a.device)
