@@ -14,6 +14,7 @@
 #include <atomic>
 #include <cstdlib>
 #include <cstring>
+#include <limits>
 #include <memory>
 #include <string>
 #include <tuple>
@@ -69,6 +70,12 @@ const Kernels<float>& kernels_of<float>(const IsaTable& isa) {
 template <>
 const Kernels<double>& kernels_of<double>(const IsaTable& isa) {
   return isa.f64;
+}
+
+// WCRNN_POISON_OUTPUTS=1 (tests): outputs start as NaN, so any element a kernel forgets to write fails loudly.
+bool poison_outputs() {
+  const char* v = std::getenv("WCRNN_POISON_OUTPUTS");
+  return v != nullptr && *v != '\0' && std::strcmp(v, "0") != 0;
 }
 
 // Per-thread scratch, 64-byte aligned (the widest vector), allocated once per thread per call.
@@ -157,6 +164,10 @@ std::tuple<at::Tensor, at::Tensor> chain_fwd_cpu(const at::Tensor& u, const at::
   const at::Tensor xc = x0.contiguous();
   at::Tensor out = at::empty({T, B, H}, u.options());
   at::Tensor h_n = at::empty({B, H}, u.options());
+  if (poison_outputs()) {
+    out.fill_(std::numeric_limits<double>::quiet_NaN());
+    h_n.fill_(std::numeric_limits<double>::quiet_NaN());
+  }
   if (B == 0 || H == 0) return {out, h_n};
   const IsaTable& isa = selected_isa();
 
@@ -204,6 +215,10 @@ std::tuple<at::Tensor, at::Tensor> chain_bwd_cpu(const at::Tensor& grad_out, con
   const at::Tensor eh = grad_hn.contiguous();
   at::Tensor dx0 = at::empty({B, H}, a.options());
   at::Tensor delta = need_delta ? at::empty({T, B, H}, a.options()) : at::empty({0}, a.options());
+  if (poison_outputs()) {
+    dx0.fill_(std::numeric_limits<double>::quiet_NaN());
+    delta.fill_(std::numeric_limits<double>::quiet_NaN());
+  }
   if (B == 0 || H == 0) return {dx0, delta};
   const IsaTable& isa = selected_isa();
 

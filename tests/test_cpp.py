@@ -1,0 +1,408 @@
+"""The fused C++ CPU backend ("cpp") against its specification, per instruction-set variant.
+
+What the generic suite (test_chain.py) does not cover: every compiled variant of the kernels (AVX-512, AVX2,
+the baseline; forced with WCRNN_CPU_ISA), sizes that hit every register-tile and vector-tail path, the
+vectorised tanh's accuracy, bitwise determinism across thread counts, non-contiguous and batch_first
+inputs, the wcrnn_C ops' own argument checks, fake-tensor / torch.compile tracing of those ops, and the
+loader's refusals (no build allowed, no compiler, a library built for another torch).
+
+Every comparison is against autograd through the float64 reference loop with one shared upstream gradient
+for output and h_n; float64 tolerance 1e-10 relative. Outputs of the C++ ops start as NaN
+(WCRNN_POISON_OUTPUTS=1), so an element a kernel forgets to write fails the comparison.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+
+from conftest import assert_all_close, max_rel_err
+from wcrnn_kernels import FusedWCRNN, canonical_residual, wcrnn_chain
+from wcrnn_kernels.backends import BackendUnavailableError, available_backends, resolve_backend
+
+_CPP = available_backends().get("cpp", {"available": False, "reason": "no wcrnn_kernels.backends.cpp module"})
+if not _CPP["available"]:
+    pytest.skip(f"backend 'cpp' unavailable here: {_CPP['reason']}", allow_module_level=True)
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+KINDS = ("none", "scalar", "diagonal", "rotational", "dense")
+DIFF = ("u", "x0", "w_hh", "res", "gamma")
+NAMES = ("output", "h_n") + tuple("d" + k for k in DIFF)
+
+
+def _cpu_info() -> dict:
+    return dict(kv.split("=", 1) for kv in torch.ops.wcrnn_C.cpu_info().split())
+
+
+_ISA_ORDER = ("default", "avx2", "avx512")
+_BEST = _cpu_info()["best_isa"]
+ISAS = [pytest.param(isa, id=isa, marks=() if _ISA_ORDER.index(isa) <= _ISA_ORDER.index(_BEST) else
+                     pytest.mark.skip(reason=f"this CPU runs at most the {_BEST!r} kernels"))
+        for isa in _ISA_ORDER]
+
+
+@pytest.fixture(autouse=True)
+def _poison_outputs(monkeypatch):
+    monkeypatch.setenv("WCRNN_POISON_OUTPUTS", "1")
+
+
+@pytest.fixture
+def isa(request, monkeypatch):
+    monkeypatch.setenv("WCRNN_CPU_ISA", request.param)
+    assert _cpu_info()["isa"] == request.param
+    return request.param
+
+
+def make_case(kind, T, B, H, dtype=torch.float64, lengths=False, seed=0):
+    """Random inputs for one chain (H is made even for the rotational kind)."""
+    if kind == "rotational" and H % 2:
+        H += 1
+    g = torch.Generator().manual_seed(seed)
+
+    def rnd(*shape, scale=1.0):
+        return torch.randn(*shape, generator=g, dtype=torch.float64) * scale
+
+    r = {"none": 0.0, "scalar": 0.97, "diagonal": 0.8 + 0.25 * torch.rand(H, generator=g, dtype=torch.float64),
+         "rotational": 0.9 + 0.15 * torch.rand(H // 2, generator=g, dtype=torch.float64),
+         "dense": rnd(H, H, scale=0.9 / H ** 0.5)}[kind]
+    theta = torch.rand(H // 2, generator=g, dtype=torch.float64) * 3.0 if kind == "rotational" else None
+    res_kind, res = canonical_residual(kind, H, r, theta, dtype=torch.float64)
+    case = dict(u=rnd(T, B, H), x0=rnd(B, H, scale=0.5), w_hh=rnd(H, H, scale=1.2 / H ** 0.5), res_kind=res_kind,
+                res=res.detach().clone(), gamma=0.3 + 0.5 * torch.rand(H, generator=g, dtype=torch.float64),
+                lengths=None)
+    if lengths:
+        L = torch.randint(0, T + 1, (B,), generator=g)
+        L[0] = T
+        if B > 1:
+            L[1] = 0
+        case["lengths"] = L
+    return {k: (v.to(dtype) if isinstance(v, torch.Tensor) and v.is_floating_point() else v)
+            for k, v in case.items()}
+
+
+def run_chain(case, backend, nonlinearity, upstream_seed=1):
+    """Forward, then backward of <output, G_out> + <h_n, G_h>; returns (output, h_n, *grads)."""
+    inputs = {k: (v.detach().clone().requires_grad_(True) if k in DIFF else v) for k, v in case.items()}
+    out, h_n = wcrnn_chain(inputs["u"], inputs["x0"], inputs["w_hh"], inputs["res_kind"], inputs["res"],
+                           inputs["gamma"], inputs["lengths"], nonlinearity, backend)
+    g = torch.Generator().manual_seed(upstream_seed)
+    g_out = torch.randn(out.shape, generator=g, dtype=torch.float64).to(out.dtype)
+    g_h = torch.randn(h_n.shape, generator=g, dtype=torch.float64).to(out.dtype)
+    grads = torch.autograd.grad((out * g_out).sum() + (h_n * g_h).sum(), [inputs[k] for k in DIFF])
+    return (out, h_n) + tuple(grads)
+
+
+# (T, B, H). The kernels pad H to the vector length (2-16 lanes) and tile rows by 4-8 and H by 2-3 vectors:
+# H = 1, 3 (less than a vector), 17 (one lane past), 48 (exact vectors), 130 (several panels and a
+# narrower last panel); B = 1, 3, 9 and 17 (a full row tile plus a remainder, split over threads); T = 1.
+SIZES = ((1, 1, 1), (1, 3, 17), (5, 3, 3), (4, 9, 17), (3, 17, 48), (3, 9, 130), (2, 1, 130))
+
+
+@pytest.mark.parametrize("isa", ISAS, indirect=True)
+@pytest.mark.parametrize("lengths", [False, True], ids=["full", "lengths"])
+@pytest.mark.parametrize("nonlinearity", ["tanh", "relu"])
+@pytest.mark.parametrize("kind", KINDS)
+def test_matches_reference_float64(isa, kind, nonlinearity, lengths):
+    for T, B, H in SIZES:
+        case = make_case(kind, T, B, H, lengths=lengths, seed=T * 1000 + B * 10 + H)
+        expected = run_chain(case, "reference", nonlinearity)
+        actual = run_chain(case, "cpp", nonlinearity)
+        assert_all_close(actual, expected, rtol=1e-10, names=[f"{n} (T,B,H)={T, B, H}" for n in NAMES])
+
+
+@pytest.mark.parametrize("isa", ISAS, indirect=True)
+@pytest.mark.parametrize("kind,nonlinearity", [("none", "tanh"), ("scalar", "relu"), ("diagonal", "tanh"),
+                                               ("rotational", "relu"), ("dense", "tanh"), ("dense", "relu")])
+def test_gradcheck(isa, kind, nonlinearity):
+    """gradcheck in float64 with lengths (fast mode; test_chain.py runs the full one on the default variant)."""
+    case = make_case(kind, 3, 3, 5, lengths=True, seed=5)
+    case["lengths"] = torch.tensor([3, 1, 2])
+    if nonlinearity == "relu":  # keep pre-activations off relu's kink, where finite differences lie
+        case["u"] = case["u"] + torch.sign(case["u"]) * 0.5
+    tensors = [case[k].detach().clone().requires_grad_(True) for k in DIFF]
+
+    def f(u, x0, w_hh, res, gamma):
+        return wcrnn_chain(u, x0, w_hh, case["res_kind"], res, gamma, case["lengths"], nonlinearity, "cpp")
+
+    assert torch.autograd.gradcheck(f, tensors, eps=1e-6, atol=1e-8, rtol=1e-6, fast_mode=True)
+
+
+@pytest.mark.parametrize("isa", ISAS, indirect=True)
+@pytest.mark.parametrize("kind", KINDS)
+def test_float32_error_within_reference_float32_error(isa, kind):
+    """float32 kernels are at most a small multiple worse than the reference's own float32 error."""
+    case64 = make_case(kind, 40, 5, 37, lengths=True, seed=3)
+    case32 = {k: (v.float() if isinstance(v, torch.Tensor) and v.is_floating_point() else v)
+              for k, v in case64.items()}
+    exact = run_chain(case64, "reference", "tanh")
+    ref32 = run_chain(case32, "reference", "tanh")
+    got32 = run_chain(case32, "cpp", "tanh")
+    for n, e, r, a in zip(NAMES, exact, ref32, got32):
+        assert a.dtype == torch.float32
+        ref_err, err = max_rel_err(r, e), max_rel_err(a, e)
+        assert err <= 4 * ref_err + 1e-6, f"{n}: cpp error {err:.2e} vs reference float32 {ref_err:.2e}"
+
+
+def _phi_through_op(a, nonlin):
+    """One step from x0 = 0 with W = 0, R = 0, gamma = 1 (H = 1, one row per value): output = phi(a), and
+    the backward with upstream gradient 1 gives g = phi'(a)."""
+    n, dt = a.numel(), a.dtype
+    z, one = torch.zeros(1, dtype=dt), torch.ones(1, dtype=dt)
+    out, _ = torch.ops.wcrnn_C.chain_fwd(a.reshape(1, n, 1), torch.zeros(n, 1, dtype=dt), z.reshape(1, 1), z, one,
+                                         None, 0, nonlin)
+    g = a.reshape(1, n, 1).clone()
+    torch.ops.wcrnn_C.chain_bwd(torch.ones_like(g), torch.zeros(n, 1, dtype=dt), g, z.reshape(1, 1), z, one, None,
+                                0, nonlin, False)
+    return out.reshape(-1), g.reshape(-1)
+
+
+@pytest.mark.parametrize("isa", ISAS, indirect=True)
+@pytest.mark.parametrize("dtype,max_ulp", [(torch.float32, 4), (torch.float64, 4)])
+def test_vector_tanh_accuracy(isa, dtype, max_ulp):
+    """The kernels' tanh (and 1 - tanh^2) in ulp of the exact value; 0 at 0, +-1 when saturated, NaN in."""
+    g = torch.Generator().manual_seed(0)
+    mags = torch.logspace(-30, 1.6, 4000, dtype=torch.float64)
+    a64 = torch.cat([mags, -mags, torch.rand(2000, generator=g, dtype=torch.float64) * 24 - 12,
+                     torch.tensor([0.0, -0.0, 1e-45, 9.0, 9.5, 10.0, 19.0, 20.0, 21.0, 50.0, -50.0, 1e30])])
+    a = a64.to(dtype)
+    y, dy = _phi_through_op(a, 0)
+    exact = torch.tanh(a.double())
+    tiny = torch.finfo(dtype).tiny
+    ulp = (exact.abs().clamp_min(tiny) * torch.finfo(dtype).eps)
+    err = ((y.double() - exact).abs() / ulp).max().item()
+    assert err <= max_ulp, f"tanh error {err:.2f} ulp"
+    # 1 - y^2 inherits y's error times 2|y| (as 1 - tanh(a)^2 from torch.tanh does), plus its own rounding
+    dexact = 1 - exact * exact
+    dtol = torch.finfo(dtype).eps * (2 * max_ulp * exact * exact + 2 * dexact)
+    assert ((dy.double() - dexact).abs() <= dtol).all(), "tanh' = 1 - tanh^2 off by more than tanh's error"
+    assert (y[a == 0] == 0).all()
+    assert (y[a >= 20] == 1).all() and (y[a <= -20] == -1).all()
+    special = torch.tensor([float("nan"), float("inf"), -float("inf")], dtype=dtype)
+    ys, _ = _phi_through_op(special, 0)
+    assert torch.isnan(ys[0]) and ys[1] == 1 and ys[2] == -1
+    yr, gr = _phi_through_op(torch.tensor([float("nan"), -2.0, 0.0, 3.0], dtype=dtype), 1)
+    assert torch.isnan(yr[0]) and yr[1:].tolist() == [0.0, 0.0, 3.0]
+    assert gr[1:].tolist() == [0.0, 0.0, 1.0]  # relu'(0) = 0, as the torch backend
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_identical_results_with_one_and_two_threads(kind):
+    """Rows never interact and each row's arithmetic does not depend on its thread: bitwise equal."""
+    saved = torch.get_num_threads()
+    results = {}
+    try:
+        for n in (1, 2):
+            torch.set_num_threads(n)
+            assert int(_cpu_info()["parallel_chunks"]) == n, "the kernels' thread pool ignored set_num_threads"
+            for dtype in (torch.float32, torch.float64):
+                case = make_case(kind, 30, 13, 37, dtype=dtype, lengths=True, seed=11)
+                results[n, dtype] = run_chain(case, "cpp", "tanh")
+    finally:
+        torch.set_num_threads(saved)
+    for dtype in (torch.float32, torch.float64):
+        for name, a, b in zip(NAMES, results[1, dtype], results[2, dtype]):
+            assert torch.equal(a, b), f"{name} ({dtype}) differs between 1 and 2 threads"
+
+
+def test_rows_past_their_length_in_a_whole_thread_block():
+    """Sorted lengths (as a PackedSequence gives): late steps where a thread's every row has ended."""
+    case = make_case("rotational", 12, 6, 20, lengths=True, seed=4)
+    case["lengths"] = torch.tensor([12, 11, 9, 3, 2, 0])
+    for nonlinearity in ("tanh", "relu"):
+        assert_all_close(run_chain(case, "cpp", nonlinearity), run_chain(case, "reference", nonlinearity),
+                         rtol=1e-10, names=NAMES)
+
+
+def test_non_contiguous_inputs_to_the_op():
+    """The C++ op accepts strided views of every input (it makes them contiguous itself)."""
+    case = make_case("dense", 6, 4, 10, seed=8)
+    lengths = torch.tensor([6, 2, 5, 0, 1, 6, 3, 4])[::2]
+    u_nc = case["u"].transpose(0, 1).contiguous().transpose(0, 1)  # (T, B, H) view with B-major strides
+    w_nc = case["w_hh"].t().contiguous().t()
+    res_nc = case["res"].t().contiguous().t()
+    x0_nc = torch.stack([case["x0"], case["x0"]], -1)[..., 0]
+    gamma_nc = torch.stack([case["gamma"], case["gamma"]], -1)[:, 1]
+    assert not (u_nc.is_contiguous() or w_nc.is_contiguous() or res_nc.is_contiguous()
+                or x0_nc.is_contiguous() or gamma_nc.is_contiguous() or lengths.is_contiguous())
+    got = torch.ops.wcrnn_C.chain_fwd(u_nc, x0_nc, w_nc, res_nc, gamma_nc, lengths, 2, 0)
+    ref = torch.ops.wcrnn_C.chain_fwd(case["u"], case["x0"], case["w_hh"], case["res"], case["gamma"],
+                                      lengths.contiguous(), 2, 0)
+    for a, b in zip(got, ref):
+        assert torch.equal(a, b)
+    exp = wcrnn_chain(case["u"], case["x0"], case["w_hh"], 2, case["res"], case["gamma"], lengths,
+                      backend="reference")
+    assert_all_close(got, exp, rtol=1e-10, names=("output", "h_n"))
+
+
+@pytest.mark.parametrize("residual", ["rotational", "dense"])
+def test_module_batch_first_non_contiguous_against_reference(residual):
+    """FusedWCRNN(batch_first=True) on a non-contiguous input: output, h_n and every gradient."""
+    torch.manual_seed(0)
+    kw = dict(num_layers=2, bidirectional=True, batch_first=True, residual=residual, r=0.95, gamma=0.4,
+              learn_residual=True, learn_gamma=True, dtype=torch.float64)
+    cpp = FusedWCRNN(5, 6, backend="cpp", **kw)
+    ref = FusedWCRNN(5, 6, backend="reference", **kw)
+    ref.load_state_dict(cpp.state_dict())
+    x = torch.randn(7, 3, 5, dtype=torch.float64).transpose(0, 1)  # (B, T, I), not contiguous
+    assert not x.is_contiguous()
+    h0 = torch.randn(4, 3, 6, dtype=torch.float64)
+    outs = []
+    for m in (cpp, ref):
+        xi = x.detach().clone().requires_grad_(True)
+        out, h_n = m(xi, h0)
+        g = torch.Generator().manual_seed(1)
+        loss = (out * torch.randn(out.shape, generator=g, dtype=torch.float64)).sum() + \
+            (h_n * torch.randn(h_n.shape, generator=g, dtype=torch.float64)).sum()
+        grads = torch.autograd.grad(loss, [xi] + list(m.parameters()))
+        outs.append((out, h_n) + grads)
+    names = ["output", "h_n", "dinput"] + [n for n, _ in cpp.named_parameters()]
+    assert_all_close(outs[0], outs[1], rtol=1e-10, names=names)
+
+
+def test_auto_picks_cpp_for_cpu_float32_and_float64_only():
+    for dtype in (torch.float32, torch.float64):
+        assert resolve_backend("auto", torch.device("cpu"), dtype, 64) == "cpp"
+    assert resolve_backend("auto", torch.device("cpu"), torch.bfloat16, 64) == "torch"
+    with pytest.raises(BackendUnavailableError, match="float32 and float64 only"):
+        resolve_backend("cpp", torch.device("cpu"), torch.float16, 64)
+
+
+def _args(T=3, B=2, H=4, dtype=torch.float64):
+    return [torch.randn(T, B, H, dtype=dtype), torch.randn(B, H, dtype=dtype), torch.randn(H, H, dtype=dtype),
+            torch.randn(H, dtype=dtype), torch.randn(H, dtype=dtype), None, 0, 0]
+
+
+@pytest.mark.parametrize("mutate,match", [
+    (lambda a: a.__setitem__(0, a[0].half()), r"u: expected float32 or float64"),
+    (lambda a: a.__setitem__(1, a[1].float()), r"x0: expected dtype Double"),
+    (lambda a: a.__setitem__(1, a[1][:1]), r"x0: expected shape \(B, H\)"),
+    (lambda a: a.__setitem__(2, a[2][:, :3]), r"w_hh: expected shape \(H, H\)"),
+    (lambda a: a.__setitem__(3, torch.randn(2, 4, dtype=torch.float64)), r"res: expected shape \(H,\)"),
+    (lambda a: a.__setitem__(4, a[4][:2]), r"gamma: expected shape \(H,\)"),
+    (lambda a: a.__setitem__(5, torch.tensor([1, 2], dtype=torch.int32)), r"lengths: expected dtype int64"),
+    (lambda a: a.__setitem__(5, torch.tensor([1, 4])), r"lengths: every entry must lie in \[0, T = 3\]"),
+    (lambda a: a.__setitem__(5, torch.tensor([1, 2, 3])), r"lengths: expected shape \(B,\)"),
+    (lambda a: a.__setitem__(6, 3), r"res_kind: expected 0 \(diagonal\), 1 \(rotation pairs\) or 2"),
+    (lambda a: a.__setitem__(7, 2), r"nonlin: expected 0 \(tanh\) or 1 \(relu\)"),
+    (lambda a: a.__setitem__(0, a[0][0]), r"u: expected a 3-D tensor"),
+])
+def test_op_argument_errors_name_the_argument(mutate, match):
+    args = _args()
+    mutate(args)
+    with pytest.raises(RuntimeError, match=match):
+        torch.ops.wcrnn_C.chain_fwd(*args)
+
+
+def test_op_argument_errors_rotation_and_backward():
+    u, x0, w, _, gamma, *_ = _args(H=5)
+    with pytest.raises(RuntimeError, match="res: rotation pairs need an even hidden size"):
+        torch.ops.wcrnn_C.chain_fwd(u, x0, w, torch.randn(2, 5, dtype=torch.float64), gamma, None, 1, 0)
+    a = torch.randn(3, 2, 5, dtype=torch.float64).transpose(0, 1)
+    with pytest.raises(RuntimeError, match="a: expected a contiguous tensor"):
+        torch.ops.wcrnn_C.chain_bwd(a, x0, a, w, gamma, gamma, None, 0, 0, False)
+    a = a.contiguous()
+    with pytest.raises(RuntimeError, match=r"grad_out: expected shape \(T, B, H\) like a"):
+        torch.ops.wcrnn_C.chain_bwd(u, x0[:1], a, w, gamma, gamma, None, 0, 0, False)
+
+
+def test_forced_isa_errors(monkeypatch):
+    monkeypatch.setenv("WCRNN_CPU_ISA", "sse9")
+    with pytest.raises(RuntimeError, match="WCRNN_CPU_ISA: expected one of auto, default, avx2, avx512"):
+        torch.ops.wcrnn_C.chain_fwd(*_args())
+    if _BEST != "avx512":
+        monkeypatch.setenv("WCRNN_CPU_ISA", "avx512")
+        with pytest.raises(RuntimeError, match="cannot run it"):
+            torch.ops.wcrnn_C.chain_fwd(*_args())
+
+
+def test_opcheck_and_fake_tensors():
+    """Schema, fake implementations and AOT dispatch of the wcrnn_C ops are consistent (torch.library)."""
+    torch.library.opcheck(torch.ops.wcrnn_C.chain_fwd.default, tuple(_args(dtype=torch.float32)))
+    torch.library.opcheck(torch.ops.wcrnn_C.chain_fwd.default, tuple(_args()[:5] + [torch.tensor([3, 1]), 0, 1]))
+    for need_delta in (False, True):
+        u, x0, w, res, gamma, *_ = _args()
+        args = (torch.randn_like(u), torch.randn_like(x0), u.clone(), w, res, gamma, torch.tensor([2, 3]), 0, 0,
+                need_delta)
+        torch.library.opcheck(torch.ops.wcrnn_C.chain_bwd.default, args)
+
+
+def test_ops_trace_under_torch_compile():
+    """A graph that calls the wcrnn_C ops directly compiles with fullgraph=True and matches eager."""
+    torch._dynamo.reset()
+    u, x0, w, res, gamma, *_ = _args(T=5, B=3, H=6)
+
+    def f(u, x0):
+        out, h = torch.ops.wcrnn_C.chain_fwd(u * 2, x0, w, res, gamma, None, 0, 0)
+        return out.sum(0) + h
+
+    compiled = torch.compile(f, fullgraph=True, backend="aot_eager")
+    torch.testing.assert_close(compiled(u, x0), f(u, x0), rtol=0, atol=0)
+
+
+def _run_python(code, env_update, cwd):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WCRNN_")}
+    env.update(env_update)
+    env["PYTHONPATH"] = cwd
+    proc = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True, env=env,
+                          cwd=cwd, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return proc.stdout
+
+
+_REPORT = """
+    import json, torch
+    from wcrnn_kernels import available_backends, wcrnn_chain
+    from wcrnn_kernels.backends import BackendUnavailableError
+    info = available_backends()["cpp"]
+    u = torch.randn(4, 2, 3, dtype=torch.float64)
+    out, _ = wcrnn_chain(u, torch.zeros(2, 3, dtype=torch.float64), torch.eye(3, dtype=torch.float64), 0,
+                         torch.ones(3, dtype=torch.float64), 0.5)  # auto: must fall back to torch
+    try:
+        wcrnn_chain(u, torch.zeros(2, 3, dtype=torch.float64), torch.eye(3, dtype=torch.float64), 0,
+                    torch.ones(3, dtype=torch.float64), 0.5, backend="cpp")
+        raised = ""
+    except BackendUnavailableError as e:
+        raised = str(e)
+    print(json.dumps({"info": info, "raised": raised, "finite": bool(torch.isfinite(out).all())}))
+"""
+
+
+def _loader_report(tmp_path, env, package_dir=None):
+    cwd = str(package_dir or REPO)
+    env = {"WCRNN_CACHE_DIR": str(tmp_path / "empty-cache"), **env}
+    return json.loads(_run_python(_REPORT, env, cwd).strip().splitlines()[-1])
+
+
+def test_loader_without_a_build_reports_why_and_falls_back(tmp_path):
+    rep = _loader_report(tmp_path, {"WCRNN_NO_BUILD": "1"})
+    assert not rep["info"]["available"] and "WCRNN_NO_BUILD is set" in rep["info"]["reason"]
+    assert "WCRNN_NO_BUILD is set" in rep["raised"] and rep["finite"]
+
+
+def test_loader_without_a_compiler_reports_why(tmp_path):
+    rep = _loader_report(tmp_path, {"CXX": str(tmp_path / "no-such-compiler")})
+    assert not rep["info"]["available"] and "no C++ compiler" in rep["info"]["reason"]
+    assert "no C++ compiler" in rep["raised"] and rep["finite"]
+    assert not (tmp_path / "empty-cache").exists() or not any((tmp_path / "empty-cache").rglob("*.so"))
+
+
+def test_loader_never_loads_a_library_built_for_another_torch(tmp_path):
+    """An installed _C library whose build record names another torch is skipped, never dlopen'ed."""
+    pkg = tmp_path / "site"
+    shutil.copytree(os.path.join(REPO, "wcrnn_kernels"), pkg / "wcrnn_kernels",
+                    ignore=shutil.ignore_patterns("__pycache__", "_C*"))
+    import importlib.machinery
+    (pkg / "wcrnn_kernels" / ("_C" + importlib.machinery.EXTENSION_SUFFIXES[0])).write_bytes(b"not a library")
+    (pkg / "wcrnn_kernels" / "_C_build.json").write_text(json.dumps(
+        {"torch": "1.0.0", "torch_git": "x", "python": "3.0", "cuda": False, "source_hash": "0"}))
+    rep = _loader_report(tmp_path, {"WCRNN_NO_BUILD": "1"}, package_dir=pkg)
+    reason = rep["info"]["reason"]
+    assert not rep["info"]["available"]
+    assert "built for torch 1.0.0" in reason and "not used" in reason, reason
+    assert "ELF" not in reason and "invalid" not in reason.lower(), reason
