@@ -41,6 +41,7 @@ config selection, then the launchers ``wcrnn_fwd`` / ``wcrnn_bwd``.
 from __future__ import annotations
 
 import inspect
+import os
 import time
 
 import torch
@@ -67,7 +68,8 @@ def _tanh(a):
     z = tl.abs(a)
     e = tl.exp(-2.0 * z)
     big = (1.0 - e) / (1.0 + e)
-    w = z * z
+    zs = tl.minimum(z, 0.125)       # the series is only used below 1/8; no overflow above
+    w = zs * zs
     p = tl.full((), -929569.0 / 638512875.0, a.dtype)
     p = p * w + tl.full((), 21844.0 / 6081075.0, a.dtype)
     p = p * w + tl.full((), -1382.0 / 155925.0, a.dtype)
@@ -75,7 +77,7 @@ def _tanh(a):
     p = p * w + tl.full((), -17.0 / 315.0, a.dtype)
     p = p * w + tl.full((), 2.0 / 15.0, a.dtype)
     p = p * w + tl.full((), -1.0 / 3.0, a.dtype)
-    small = z + z * (p * w)
+    small = zs + zs * (p * w)
     t = tl.where(z < 0.125, small, big)
     return tl.where(a < 0, -t, t)
 
@@ -140,15 +142,46 @@ def _load_res_vectors(res_ptr, cols, col_ok, H, RES_KIND: tl.constexpr, CD: tl.c
 
 
 @triton.jit
-def _dot_w(x, w, acc, PREC: tl.constexpr, EMULATE_BF16: tl.constexpr):
-    # acc + x @ w with x rounded to w's dtype (bf16 / fp16 -> tensor cores, fp32 accumulate).
+def _dot_w(x, w, acc, PREC: tl.constexpr, EMULATE_BF16: tl.constexpr, SPLIT: tl.constexpr):
+    # acc + x @ w for the fp32 / fp64 state x and the weights w in their own dtype. For bf16 / fp16 w
+    # the state is split into two operands of w's dtype, x = hi + lo (hi = x rounded, lo = the rounding
+    # error rounded), and both run on the tensor cores into the fp32 accumulator: the product then sees
+    # ~16 bits of the state instead of 8 (bf16) for one extra MMA per step, and the kernel keeps the
+    # fp32-state accuracy of the torch backend instead of cuDNN's bf16-state accuracy.
     if EMULATE_BF16:
-        # Interpreter only: its bf16 tl.dot multiplies raw bit patterns. Rounding the operands to bf16
-        # and multiplying in fp32 is what the tensor cores compute (bf16 products are exact in fp32).
-        r = tl.dot(x.to(tl.bfloat16).to(tl.float32), w.to(tl.float32), acc=acc, input_precision="ieee")
+        # Interpreter only: its bf16 tl.dot multiplies raw bit patterns and its fp32 -> bf16 cast
+        # truncates. Operands rounded to nearest-even bf16 and multiplied in fp32 are exactly what the
+        # tensor cores compute (bf16 products are exact in fp32).
+        hi = _round_bf16(x.to(tl.float32))
+        r = tl.dot(hi, w.to(tl.float32), acc=acc, input_precision="ieee")
+        if SPLIT:
+            lo = _round_bf16(x.to(tl.float32) - hi)
+            r = tl.dot(lo, w.to(tl.float32), acc=r, input_precision="ieee")
     else:
-        r = tl.dot(x.to(w.dtype), w, acc=acc, input_precision=PREC)
+        hi = x.to(w.dtype)
+        r = tl.dot(hi, w, acc=acc, input_precision=PREC)
+        if SPLIT:
+            lo = (x - hi.to(x.dtype)).to(w.dtype)
+            r = tl.dot(lo, w, acc=r, input_precision=PREC)
     return r
+
+
+@triton.jit
+def _round_bf16(x):
+    # fp32 -> the nearest bf16 value (ties to even), kept in fp32; integer ops, exact in the interpreter.
+    b = x.to(tl.int32, bitcast=True)
+    b = (b + 0x7FFF + ((b >> 16) & 1)) & -65536
+    return b.to(tl.float32, bitcast=True)
+
+
+@triton.jit
+def _to_out(x, dtype: tl.constexpr, EMULATE_BF16: tl.constexpr):
+    # The cast of a stored result; under the interpreter bf16 rounds to nearest-even as GPUs do.
+    if EMULATE_BF16:
+        y = _round_bf16(x.to(tl.float32)).to(dtype)
+    else:
+        y = x.to(dtype)
+    return y
 
 
 @triton.jit
@@ -169,7 +202,7 @@ def _wcrnn_fwd_kernel(
     u_ptr, x0_ptr, wt_ptr, res_ptr, gamma_ptr, len_ptr, out_ptr, hn_ptr, scr_ptr,
     T, B, H,
     RES_KIND: tl.constexpr, NONLIN: tl.constexpr, HAS_LENGTHS: tl.constexpr, CD: tl.constexpr,
-    PREC: tl.constexpr, PREC_CD: tl.constexpr, EMULATE_BF16: tl.constexpr,
+    PREC: tl.constexpr, PREC_CD: tl.constexpr, EMULATE_BF16: tl.constexpr, SPLIT: tl.constexpr,
     HP: tl.constexpr, BLOCK: tl.constexpr, W_RESIDENT: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
     # u, out: (T, B, H); x0, hn: (B, H); wt = W_hh^T (H, H); res: (H,), (2, H) or R^T (H, H);
@@ -201,7 +234,7 @@ def _wcrnn_fwd_kernel(
         for t in tl.range(0, T):
             t_off = tl.cast(t, tl.int64) * slab
             a = tl.load(u_ptr + t_off + tile, mask=mask, other=0.0).to(CD)
-            a = _dot_w(x, wt, a, PREC, EMULATE_BF16)
+            a = _dot_w(x, wt, a, PREC, EMULATE_BF16, SPLIT)
             if RES_KIND == 2:
                 r = tl.dot(x, rt, input_precision=PREC_CD, out_dtype=CD)
             else:
@@ -214,7 +247,7 @@ def _wcrnn_fwd_kernel(
             else:
                 x = x_new
                 o = x
-            tl.store(out_ptr + t_off + tile, o.to(out_ptr.dtype.element_ty), mask=mask)
+            tl.store(out_ptr + t_off + tile, _to_out(o, out_ptr.dtype.element_ty, EMULATE_BF16), mask=mask)
     else:
         kk = tl.arange(0, BLOCK_K)
         srow = rows[:, None] * HP
@@ -235,7 +268,7 @@ def _wcrnn_fwd_kernel(
                 kmask = (ks < H)[:, None] & col_ok[None, :]
                 koff = ks[:, None] * H + cols[None, :]
                 wk = tl.load(wt_ptr + koff, mask=kmask, other=0.0)
-                a = _dot_w(xk, wk, a, PREC, EMULATE_BF16)
+                a = _dot_w(xk, wk, a, PREC, EMULATE_BF16, SPLIT)
                 if RES_KIND == 2:
                     rk = tl.load(res_ptr + koff, mask=kmask, other=0.0).to(CD)
                     r = tl.dot(xk, rk, acc=r, input_precision=PREC_CD)
@@ -249,12 +282,12 @@ def _wcrnn_fwd_kernel(
             else:
                 x = x_new
                 o = x
-            tl.store(out_ptr + t_off + tile, o.to(out_ptr.dtype.element_ty), mask=mask)
+            tl.store(out_ptr + t_off + tile, _to_out(o, out_ptr.dtype.element_ty, EMULATE_BF16), mask=mask)
             # double-buffered: nobody still reads buffer (t+1) % 2, it was last read before the
             # previous step's barrier
             tl.store(scr_ptr + ((t + 1) % 2) * sslab + srow + cols[None, :], x, mask=row_ok[:, None])
             tl.debug_barrier()
-    tl.store(hn_ptr + tile, x.to(hn_ptr.dtype.element_ty), mask=mask)
+    tl.store(hn_ptr + tile, _to_out(x, hn_ptr.dtype.element_ty, EMULATE_BF16), mask=mask)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -291,7 +324,7 @@ def _wcrnn_bwd_kernel(
     T, B, H,
     RES_KIND: tl.constexpr, NONLIN: tl.constexpr, HAS_LENGTHS: tl.constexpr, NEED_DELTA: tl.constexpr,
     CD: tl.constexpr, PREC: tl.constexpr, PREC_CD: tl.constexpr, EMULATE_BF16: tl.constexpr,
-    SCALE_G: tl.constexpr,
+    SPLIT: tl.constexpr, SCALE_G: tl.constexpr,
     HP: tl.constexpr, BLOCK: tl.constexpr, W_RESIDENT: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
     # go, a, g, delta: (T, B, H) CD; ghn, dx0: (B, H) CD; w = W_hh (H, H) (any float dtype);
@@ -326,9 +359,10 @@ def _wcrnn_bwd_kernel(
                                              delta, NONLIN, HAS_LENGTHS, NEED_DELTA)
             if SCALE_G:
                 s = _row_pow2_scale(g)
-                wg = _dot_w(g / s[:, None], w, tl.zeros((BLOCK, HP), dtype=CD), PREC, EMULATE_BF16) * s[:, None]
+                wg = _dot_w(g / s[:, None], w, tl.zeros((BLOCK, HP), dtype=CD), PREC, EMULATE_BF16, SPLIT)
+                wg = wg * s[:, None]
             else:
-                wg = _dot_w(g, w, tl.zeros((BLOCK, HP), dtype=CD), PREC, EMULATE_BF16)
+                wg = _dot_w(g, w, tl.zeros((BLOCK, HP), dtype=CD), PREC, EMULATE_BF16, SPLIT)
             if RES_KIND == 2:
                 rtd = tl.dot(delta, rm, input_precision=PREC_CD, out_dtype=CD)
             else:
@@ -367,7 +401,7 @@ def _wcrnn_bwd_kernel(
                 if SCALE_G:
                     gk = gk / s[:, None]
                 wk = tl.load(w_ptr + koff, mask=kmask, other=0.0)
-                wg = _dot_w(gk, wk, wg, PREC, EMULATE_BF16)
+                wg = _dot_w(gk, wk, wg, PREC, EMULATE_BF16, SPLIT)
                 if RES_KIND == 2:
                     dk = tl.load(cur + srow + ks[None, :], mask=row_ok[:, None], other=0.0, cache_modifier=".cg")
                     rk = tl.load(res_ptr + koff, mask=kmask, other=0.0).to(CD)
@@ -458,8 +492,10 @@ def _autotune(kernel):
 _wcrnn_fwd_tuned = _autotune(_wcrnn_fwd_kernel)
 _wcrnn_bwd_tuned = _autotune(_wcrnn_bwd_kernel)
 
-# Under the interpreter the launchers use ``_default_config`` unless a test sets this (the autotuner
-# then runs every config on the CPU, which is slow).
+# On a GPU every new (H, kind, precision, dtypes) key is tuned once per process (each config compiled
+# and timed); WCRNN_TRITON_AUTOTUNE=0 uses ``_default_config`` instead (quick test runs). Under the
+# interpreter ``_default_config`` is used unless a test sets TUNE_UNDER_INTERPRETER.
+AUTOTUNE = os.environ.get("WCRNN_TRITON_AUTOTUNE", "1") != "0"
 TUNE_UNDER_INTERPRETER = False
 
 
@@ -469,6 +505,10 @@ TUNE_UNDER_INTERPRETER = False
 
 _TL_DTYPE = {torch.float16: tl.float16, torch.bfloat16: tl.bfloat16, torch.float32: tl.float32,
              torch.float64: tl.float64}
+_HALF = (torch.float16, torch.bfloat16)
+# Split the fp32 state into hi + lo half operands for the W_hh product (see _dot_w);
+# WCRNN_TRITON_SPLIT_STATE=0 rounds it once instead (cuDNN-like accuracy, one MMA per step).
+SPLIT_HALF_STATE = os.environ.get("WCRNN_TRITON_SPLIT_STATE", "1") != "0"
 _FP32_PRECISION = {"highest": "ieee", "high": "tf32x3", "medium": "tf32"}
 
 
@@ -526,7 +566,7 @@ def _check_common(T, B, H, w, res_kind, res, gamma, lengths, nonlin, device):
 
 
 def _launch(kernel_tuned, kernel, grid, config, args, meta, HP, w_itemsize, cd_itemsize, dense):
-    if config is None and (not INTERPRETER or TUNE_UNDER_INTERPRETER):
+    if config is None and (TUNE_UNDER_INTERPRETER if INTERPRETER else AUTOTUNE):
         kernel_tuned[grid](*args, **meta)
         return
     cfg = dict(config) if config is not None else _default_config(HP, w_itemsize, cd_itemsize, dense)
@@ -563,7 +603,7 @@ def wcrnn_fwd(u, x0, w_hh, res_kind, res, gamma, lengths=None, nonlin=0, *, conf
     prec, prec_cd = _precisions(w_hh.dtype, cd)
     meta = dict(RES_KIND=res_kind, NONLIN=nonlin, HAS_LENGTHS=lengths is not None, CD=_TL_DTYPE[cd],
                 PREC=prec, PREC_CD=prec_cd, EMULATE_BF16=INTERPRETER and w_hh.dtype == torch.bfloat16,
-                HP=HP, BLOCK=BLOCK_B)
+                SPLIT=SPLIT_HALF_STATE and w_hh.dtype in _HALF, HP=HP, BLOCK=BLOCK_B)
     args = (u, x0, wt, res_k, gamma, lengths if lengths is not None else x0, out, hn, scratch, T, B, H)
     grid = (triton.cdiv(B, BLOCK_B),)
     with torch.cuda.device(dev) if dev.type == "cuda" else _nullcontext():
@@ -603,7 +643,8 @@ def wcrnn_bwd(grad_out, grad_hn, a, w_hh, res_kind, res, gamma, lengths=None, no
     meta = dict(RES_KIND=res_kind, NONLIN=nonlin, HAS_LENGTHS=lengths is not None, NEED_DELTA=need_delta,
                 CD=_TL_DTYPE[cd], PREC=prec, PREC_CD=prec_cd,
                 EMULATE_BF16=INTERPRETER and w_hh.dtype == torch.bfloat16,
-                SCALE_G=w_hh.dtype == torch.float16, HP=HP, BLOCK=BLOCK_B)
+                SPLIT=SPLIT_HALF_STATE and w_hh.dtype in _HALF, SCALE_G=w_hh.dtype == torch.float16,
+                HP=HP, BLOCK=BLOCK_B)
     args = (grad_out, grad_hn, a, w_hh, res, gamma, lengths if lengths is not None else grad_hn, g, dx0,
             delta if need_delta else g, scratch, T, B, H)
     grid = (triton.cdiv(B, BLOCK_B),)
