@@ -339,13 +339,20 @@ if INTERP and HAS_TRITON:
 
     def test_interp_prune_keeps_configs_that_fit():
         cfgs = tk._configs()
-        w = {"wt_ptr": torch.empty(0, dtype=torch.bfloat16)}
-        kept = tk._prune(cfgs, w, HP=256, RES_KIND=RES_DIAG, CD=tk.tl.float32)
-        assert any(c.kwargs["W_RESIDENT"] for c in kept)          # 128 KiB of bf16 W fits
-        kept = tk._prune(cfgs, {"w_ptr": torch.empty(0)}, HP=256, RES_KIND=RES_DIAG, CD=tk.tl.float32)
-        assert kept and not any(c.kwargs["W_RESIDENT"] for c in kept)   # 256 KiB of fp32 W does not
-        kept = tk._prune(cfgs, {"w_ptr": torch.empty(0)}, HP=16, RES_KIND=RES_DENSE, CD=tk.tl.float32)
-        assert kept and all(c.kwargs["W_RESIDENT"] for c in kept)
+
+        def kept(wdt, HP, res_kind=RES_DIAG, prec="ieee"):
+            return [(c.kwargs["W_RESIDENT"], c.kwargs["BLOCK_K"], c.num_warps) for c in
+                    tk._prune(cfgs, {"w_ptr": torch.empty(0, dtype=wdt)}, HP=HP, RES_KIND=res_kind,
+                              CD=tk.tl.float32, PREC=prec)]
+        assert (True, 16, 16) in kept(torch.bfloat16, 256)             # 128 KiB of bf16 W fits on chip
+        assert not any(r for r, _, _ in kept(torch.bfloat16, 256, RES_DENSE))   # + fp32 R does not
+        assert not any(r for r, _, _ in kept(torch.float32, 256, prec="tf32x3"))  # 256 KiB of W does not
+        assert not any(r for r, _, _ in kept(torch.float32, 128))       # FMA product: resident W spills
+        assert any(r for r, _, _ in kept(torch.float32, 128, prec="tf32x3"))
+        assert all(nw < 16 for r, _, nw in kept(torch.bfloat16, 128) if r)
+        assert all(r for r, _, _ in kept(torch.float32, 16, RES_DENSE))   # one K-chunk: resident only
+        assert all(bk * 512 * 2 <= 65536 for r, bk, _ in kept(torch.bfloat16, 512))
+        assert kept(torch.float64, 1024, RES_DENSE)                     # never empty
 
     @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
     def test_interp_tanh_accuracy(dtype):
@@ -436,7 +443,7 @@ def test_gpu_matches_reference_float64(kind, nonlinearity, lengths, T, B, H, con
     if cfg is not None:
         if H not in (48, 130):
             pytest.skip("forced variants run at H = 48 and 130 only (the default config covers the rest)")
-        if not tk._valid_config(cfg, tk.padded_hidden(H), 8, 8, KINDS[kind] == RES_DENSE):
+        if not tk._valid_config(cfg, cfg["num_warps"], tk.padded_hidden(H), 8, 8, KINDS[kind] == RES_DENSE, True):
             pytest.skip(f"{config} float64 at H = {H} exceeds the on-chip budget (the autotuner prunes it)")
     fixed_config(cfg)
     case = make_case(KINDS[kind], T, B, H, lengths=lengths, device="cuda", seed=T + B + H)

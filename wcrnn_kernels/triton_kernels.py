@@ -197,6 +197,27 @@ def _row_pow2_scale(g):
 # Forward: x_1..x_T, h_n
 # --------------------------------------------------------------------------------------------------
 
+@triton.jit
+def _mask_if(row_ok, cols, H, cond):
+    # the tile mask, all-false unless cond (the scalar is folded into the column bound: the interpreter
+    # cannot AND a bool tile with a bool scalar)
+    return row_ok[:, None] & (cols < tl.where(cond, H, 0))[None, :]
+
+
+@triton.jit
+def _fwd_update(x, r, a, gamma, t, lens, NONLIN: tl.constexpr, HAS_LENGTHS: tl.constexpr):
+    # x_t = R x_{t-1} + gamma phi(a_t); past a row's length the state is kept and the output is 0.
+    x_new = r + gamma[None, :] * _phi(a, NONLIN)
+    if HAS_LENGTHS:
+        valid = (t < lens)[:, None]
+        x = tl.where(valid, x_new, x)
+        o = tl.where(valid, x, 0.0)
+    else:
+        x = x_new
+        o = x
+    return x, o
+
+
 @triton.jit(do_not_specialize=["T", "B"])
 def _wcrnn_fwd_kernel(
     u_ptr, x0_ptr, wt_ptr, res_ptr, gamma_ptr, len_ptr, out_ptr, hn_ptr, scr_ptr,
@@ -231,23 +252,20 @@ def _wcrnn_fwd_kernel(
         wt = tl.load(wt_ptr + wsq, mask=wmask, other=0.0)
         if RES_KIND == 2:
             rt = tl.load(res_ptr + wsq, mask=wmask, other=0.0).to(CD)
+        u_t = tl.load(u_ptr + tile, mask=mask, other=0.0).to(CD)
         for t in tl.range(0, T):
             t_off = tl.cast(t, tl.int64) * slab
-            a = tl.load(u_ptr + t_off + tile, mask=mask, other=0.0).to(CD)
-            a = _dot_w(x, wt, a, PREC, EMULATE_BF16, SPLIT)
+            # prefetch u_{t+1}: its load latency hides behind this step instead of stalling the next
+            nxt = _mask_if(row_ok, cols, H, t + 1 < T)
+            u_next = tl.load(u_ptr + (t_off + slab) + tile, mask=nxt, other=0.0).to(CD)
+            a = _dot_w(x, wt, u_t, PREC, EMULATE_BF16, SPLIT)
             if RES_KIND == 2:
                 r = tl.dot(x, rt, input_precision=PREC_CD, out_dtype=CD)
             else:
                 r = _residual(x, res0, res1, RES_KIND, BLOCK, HP)
-            x_new = r + gamma[None, :] * _phi(a, NONLIN)
-            if HAS_LENGTHS:
-                valid = (t < lens)[:, None]
-                x = tl.where(valid, x_new, x)
-                o = tl.where(valid, x, 0.0)
-            else:
-                x = x_new
-                o = x
+            x, o = _fwd_update(x, r, a, gamma, t, lens, NONLIN, HAS_LENGTHS)
             tl.store(out_ptr + t_off + tile, _to_out(o, out_ptr.dtype.element_ty, EMULATE_BF16), mask=mask)
+            u_t = u_next
     else:
         kk = tl.arange(0, BLOCK_K)
         srow = rows[:, None] * HP
@@ -255,10 +273,13 @@ def _wcrnn_fwd_kernel(
         tl.store(scr_ptr + srow + cols[None, :], x, mask=row_ok[:, None])
         tl.debug_barrier()
         # num_stages=1: the next step's state loads must not be hoisted above this step's barrier.
+        u_t = tl.load(u_ptr + tile, mask=mask, other=0.0).to(CD)
         for t in tl.range(0, T, num_stages=1):
             t_off = tl.cast(t, tl.int64) * slab
             cur = scr_ptr + (t % 2) * sslab
-            a = tl.load(u_ptr + t_off + tile, mask=mask, other=0.0).to(CD)
+            nxt = _mask_if(row_ok, cols, H, t + 1 < T)
+            u_next = tl.load(u_ptr + (t_off + slab) + tile, mask=nxt, other=0.0).to(CD)
+            a = u_t
             if RES_KIND == 2:
                 r = tl.zeros((BLOCK, HP), dtype=CD)
             for k0 in tl.range(0, HP, BLOCK_K):
@@ -274,14 +295,8 @@ def _wcrnn_fwd_kernel(
                     r = tl.dot(xk, rk, acc=r, input_precision=PREC_CD)
             if RES_KIND != 2:
                 r = _residual(x, res0, res1, RES_KIND, BLOCK, HP)
-            x_new = r + gamma[None, :] * _phi(a, NONLIN)
-            if HAS_LENGTHS:
-                valid = (t < lens)[:, None]
-                x = tl.where(valid, x_new, x)
-                o = tl.where(valid, x, 0.0)
-            else:
-                x = x_new
-                o = x
+            x, o = _fwd_update(x, r, a, gamma, t, lens, NONLIN, HAS_LENGTHS)
+            u_t = u_next
             tl.store(out_ptr + t_off + tile, _to_out(o, out_ptr.dtype.element_ty, EMULATE_BF16), mask=mask)
             # double-buffered: nobody still reads buffer (t+1) % 2, it was last read before the
             # previous step's barrier
@@ -295,13 +310,11 @@ def _wcrnn_fwd_kernel(
 # --------------------------------------------------------------------------------------------------
 
 @triton.jit
-def _bwd_step_head(go_ptr, a_ptr, g_ptr, delta_ptr, t_off, tile, mask, t, lens, gamma, delta,
+def _bwd_step_head(e, a, g_ptr, delta_ptr, t_off, tile, mask, t, lens, gamma, delta,
                    NONLIN: tl.constexpr, HAS_LENGTHS: tl.constexpr, NEED_DELTA: tl.constexpr):
     # delta_t = e_t + (R^T delta_{t+1} + W^T g_{t+1}); g_t = gamma phi'(a_t) delta_t; store g_t, delta_t.
     # Past a row's length the step is the identity: delta passes through, g_t = 0 and e_t is ignored
     # (output is 0 there, so it carries no gradient).
-    e = tl.load(go_ptr + t_off + tile, mask=mask, other=0.0).to(delta.dtype)
-    a = tl.load(a_ptr + t_off + tile, mask=mask, other=0.0).to(delta.dtype)
     valid = (t < lens)[:, None]
     if HAS_LENGTHS:
         delta = delta + tl.where(valid, e, 0.0)
@@ -316,6 +329,14 @@ def _bwd_step_head(go_ptr, a_ptr, g_ptr, delta_ptr, t_off, tile, mask, t, lens, 
         else:
             tl.store(delta_ptr + t_off + tile, delta, mask=mask)
     return delta, g, valid
+
+
+@triton.jit
+def _load_last(go_ptr, a_ptr, slab, tile, mask, T, CD: tl.constexpr):
+    off = tl.cast(T - 1, tl.int64) * slab
+    e = tl.load(go_ptr + off + tile, mask=mask, other=0.0).to(CD)
+    a = tl.load(a_ptr + off + tile, mask=mask, other=0.0).to(CD)
+    return e, a
 
 
 @triton.jit(do_not_specialize=["T", "B"])
@@ -352,10 +373,15 @@ def _wcrnn_bwd_kernel(
         w = tl.load(w_ptr + wsq, mask=wmask, other=0.0)
         if RES_KIND == 2:
             rm = tl.load(res_ptr + wsq, mask=wmask, other=0.0).to(CD)
+        e_t, a_t = _load_last(go_ptr, a_ptr, slab, tile, mask, T, CD)
         for i in tl.range(0, T):
             t = T - 1 - i
             t_off = tl.cast(t, tl.int64) * slab
-            delta, g, valid = _bwd_step_head(go_ptr, a_ptr, g_ptr, delta_ptr, t_off, tile, mask, t, lens, gamma,
+            # prefetch e_{t-1}, a_{t-1}: their load latency hides behind this step
+            prv = _mask_if(row_ok, cols, H, t > 0)
+            e_prev = tl.load(go_ptr + (t_off - slab) + tile, mask=prv, other=0.0).to(CD)
+            a_prev = tl.load(a_ptr + (t_off - slab) + tile, mask=prv, other=0.0).to(CD)
+            delta, g, valid = _bwd_step_head(e_t, a_t, g_ptr, delta_ptr, t_off, tile, mask, t, lens, gamma,
                                              delta, NONLIN, HAS_LENGTHS, NEED_DELTA)
             if SCALE_G:
                 s = _row_pow2_scale(g)
@@ -371,15 +397,22 @@ def _wcrnn_bwd_kernel(
                 delta = tl.where(valid, rtd + wg, delta)
             else:
                 delta = rtd + wg
+            e_t = e_prev
+            a_t = a_prev
     else:
         kk = tl.arange(0, BLOCK_K)
         srow = rows[:, None] * HP
         sslab = B * HP
         # num_stages=1: the next step's loads of g / delta chunks must stay below this step's barrier.
+        e_t, a_t = _load_last(go_ptr, a_ptr, slab, tile, mask, T, CD)
         for i in tl.range(0, T, num_stages=1):
             t = T - 1 - i
             t_off = tl.cast(t, tl.int64) * slab
-            delta, g, valid = _bwd_step_head(go_ptr, a_ptr, g_ptr, delta_ptr, t_off, tile, mask, t, lens, gamma,
+            # prefetch e_{t-1}, a_{t-1}: their load latency hides behind this step
+            prv = _mask_if(row_ok, cols, H, t > 0)
+            e_prev = tl.load(go_ptr + (t_off - slab) + tile, mask=prv, other=0.0).to(CD)
+            a_prev = tl.load(a_ptr + (t_off - slab) + tile, mask=prv, other=0.0).to(CD)
+            delta, g, valid = _bwd_step_head(e_t, a_t, g_ptr, delta_ptr, t_off, tile, mask, t, lens, gamma,
                                              delta, NONLIN, HAS_LENGTHS, NEED_DELTA)
             if SCALE_G:
                 s = _row_pow2_scale(g)
@@ -414,6 +447,8 @@ def _wcrnn_bwd_kernel(
                 delta = tl.where(valid, rtd + wg, delta)
             else:
                 delta = rtd + wg
+            e_t = e_prev
+            a_t = a_prev
     tl.store(dx0_ptr + tile, delta, mask=mask)
 
 
@@ -426,16 +461,21 @@ INTERPRETER = type(_wcrnn_fwd_kernel).__name__ == "InterpretedFunction"
 # --------------------------------------------------------------------------------------------------
 
 def _configs():
-    # Resident: W_hh lives in shared memory for the whole loop (Triton places the loop-invariant dot
-    # operand there) and is re-read into registers each step. Streamed: small K-chunks keep the
-    # register footprint of the FMA (fp32 "ieee") product low and run any H; W stays hot in L1 / L2.
-    cfgs = [triton.Config({"W_RESIDENT": True, "BLOCK_K": 16}, num_warps=nw, num_stages=2) for nw in (4, 8)]
+    # Resident: Triton keeps the loop-invariant W operand in shared memory for the whole loop and
+    # re-reads it into registers each step; 16 warps give each thread fewer W registers at H = 256.
+    # Streamed: small K-chunks bound the register footprint (the fp32 "ieee" FMA product needs a
+    # thread's whole K x N slice of W in registers) and run any H; W stays hot in L1 / L2.
+    cfgs = [triton.Config({"W_RESIDENT": True, "BLOCK_K": 16}, num_warps=nw, num_stages=2) for nw in (4, 8, 16)]
     cfgs += [triton.Config({"W_RESIDENT": False, "BLOCK_K": bk}, num_warps=nw, num_stages=2)
-             for bk, nw in ((16, 4), (32, 4), (32, 8), (64, 8))]
+             for bk, nw in ((16, 4), (16, 8), (32, 4), (32, 8), (64, 8))]
     return cfgs
 
 
-def _resident_fits(HP, w_itemsize, cd_itemsize, dense):
+def _resident_fits(HP, w_itemsize, cd_itemsize, dense, fma=False):
+    # fma: an fp32 / fp64 product without tensor cores; resident W then spills heavily from H = 128 on
+    # (ptxas on sm_90: 8 KiB of stack per thread at H = 128)
+    if fma and HP >= 128:
+        return False
     return HP * HP * (w_itemsize + (cd_itemsize if dense else 0)) <= _RESIDENT_BYTES
 
 
@@ -444,28 +484,34 @@ def _chunk_fits(BK, HP, w_itemsize, cd_itemsize, dense):
     return BK < HP and BK * HP * (w_itemsize + (cd_itemsize if dense else 0)) <= 65536
 
 
-def _valid_config(cfg_kwargs, HP, w_itemsize, cd_itemsize, dense):
+def _valid_config(cfg_kwargs, num_warps, HP, w_itemsize, cd_itemsize, dense, fma=False):
     if cfg_kwargs["W_RESIDENT"]:
-        return _resident_fits(HP, w_itemsize, cd_itemsize, dense)
+        return _resident_fits(HP, w_itemsize, cd_itemsize, dense, fma) and (num_warps < 16 or HP >= 256)
     return _chunk_fits(cfg_kwargs["BLOCK_K"], HP, w_itemsize, cd_itemsize, dense)
+
+
+def _is_fma(prec, w_itemsize):
+    return prec == "ieee" and w_itemsize >= 4
 
 
 def _prune(configs, named_args, **kwargs):
     w = named_args["wt_ptr"] if "wt_ptr" in named_args else named_args["w_ptr"]
     HP, dense = kwargs["HP"], kwargs["RES_KIND"] == 2
     cd_size = 8 if kwargs["CD"] == tl.float64 else 4
-    kept = [c for c in configs if _valid_config(c.kwargs, HP, w.element_size(), cd_size, dense)]
-    return kept or [triton.Config(_default_config(HP, w.element_size(), cd_size, dense), num_warps=4)]
+    fma = _is_fma(kwargs["PREC"], w.element_size())
+    kept = [c for c in configs if _valid_config(c.kwargs, c.num_warps, HP, w.element_size(), cd_size, dense, fma)]
+    return kept or [triton.Config(_default_config(HP, w.element_size(), cd_size, dense, fma), num_warps=4)]
 
 
-def _default_config(HP, w_itemsize, cd_itemsize, dense):
-    """The config used where nothing is tuned (the interpreter): resident when it fits."""
-    if _resident_fits(HP, w_itemsize, cd_itemsize, dense):
-        return {"W_RESIDENT": True, "BLOCK_K": 16}
+def _default_config(HP, w_itemsize, cd_itemsize, dense, fma=False):
+    """The config used where nothing is tuned (the interpreter, WCRNN_TRITON_AUTOTUNE=0): resident
+    when it fits, else the widest streamed chunk that fits."""
+    if _resident_fits(HP, w_itemsize, cd_itemsize, dense, fma):
+        return {"W_RESIDENT": True, "BLOCK_K": 16, "num_warps": 8 if HP >= 128 else 4}
     for bk in (32, 16):
         if _chunk_fits(bk, HP, w_itemsize, cd_itemsize, dense):
-            return {"W_RESIDENT": False, "BLOCK_K": bk}
-    return {"W_RESIDENT": False, "BLOCK_K": 16}
+            return {"W_RESIDENT": False, "BLOCK_K": bk, "num_warps": 8 if HP >= 256 else 4}
+    return {"W_RESIDENT": False, "BLOCK_K": 16, "num_warps": 8}
 
 
 def _cpu_bench(kernel_call, quantiles=None):
@@ -569,7 +615,8 @@ def _launch(kernel_tuned, kernel, grid, config, args, meta, HP, w_itemsize, cd_i
     if config is None and (TUNE_UNDER_INTERPRETER if INTERPRETER else AUTOTUNE):
         kernel_tuned[grid](*args, **meta)
         return
-    cfg = dict(config) if config is not None else _default_config(HP, w_itemsize, cd_itemsize, dense)
+    cfg = dict(config) if config is not None else _default_config(
+        HP, w_itemsize, cd_itemsize, dense, _is_fma(meta["PREC"], w_itemsize))
     num_warps = cfg.pop("num_warps", 4)
     kernel[grid](*args, **meta, **cfg, num_warps=num_warps)
 
