@@ -17,7 +17,7 @@ import time
 import pytest
 import torch
 
-from conftest import SHAPES, bench_device, bench_dtype, bench_shapes
+from bench_config import SHAPES, bench_device, bench_dtype, bench_shapes
 from wcrnn_kernels import FusedWCRNN, available_backends
 from wcrnn_kernels.backends import get_backend
 

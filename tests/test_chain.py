@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from conftest import CHAIN_BACKENDS, assert_all_close, max_rel_err, require_backend
+from helpers import CHAIN_BACKENDS, assert_all_close, max_rel_err, require_backend
 from wcrnn_kernels import RES_DENSE, RES_DIAG, canonical_residual, wcrnn_chain, wcrnn_chain_ref
 
 pytestmark = pytest.mark.usefixtures("poison_empty")

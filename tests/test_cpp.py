@@ -22,7 +22,7 @@ import textwrap
 import pytest
 import torch
 
-from conftest import assert_all_close, max_rel_err
+from helpers import assert_all_close, max_rel_err
 from wcrnn_kernels import FusedWCRNN, canonical_residual, wcrnn_chain
 from wcrnn_kernels.backends import BackendUnavailableError, available_backends, resolve_backend
 

@@ -6,7 +6,7 @@ import torch
 import torch.nn as nn
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
-from conftest import CHAIN_BACKENDS, assert_all_close, require_backend
+from helpers import CHAIN_BACKENDS, assert_all_close, require_backend
 from wcrnn_kernels import FusedWCRNN
 
 pytestmark = pytest.mark.usefixtures("poison_empty")

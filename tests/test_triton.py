@@ -26,7 +26,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import assert_all_close, max_rel_err
+from helpers import assert_all_close, max_rel_err
 from wcrnn_kernels import (BackendUnavailableError, RES_DENSE, RES_DIAG, RES_ROT, available_backends,
                            wcrnn_chain, wcrnn_chain_ref)
 from wcrnn_kernels.backends import get_backend, resolve_backend
