@@ -7,7 +7,9 @@
 // whole time loop for it; there is no synchronisation per step. Rows never interact and each row's
 // arithmetic does not depend on which block it lands in, so results are bitwise identical for any number
 // of threads.
-#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
