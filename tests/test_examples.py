@@ -1,0 +1,59 @@
+"""The examples in --quick mode, each in a subprocess as a user runs it: exit status, the PNG, the JSON
+with the measured numbers, and (for the Lyapunov example) the paper's claim on the numbers it printed."""
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
+EXAMPLES = os.path.join(ROOT, "examples")
+
+
+def _run(script, tmp_path, *extra):
+    pytest.importorskip("matplotlib", reason="the examples plot with matplotlib (pip install matplotlib)")
+    pytest.importorskip("tqdm", reason="the examples show progress with tqdm (pip install tqdm)")
+    out = tmp_path / (script.replace(".py", ".png"))
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.run([sys.executable, os.path.join(EXAMPLES, script), "--quick", "--threads", "1",
+                           "--out", str(out), *extra], capture_output=True, text=True, timeout=240, env=env,
+                          cwd=ROOT)
+    assert proc.returncode == 0, f"{script} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    with open(out, "rb") as f:
+        assert f.read(8) == b"\x89PNG\r\n\x1a\n", f"{out} is not a PNG"
+    assert out.stat().st_size > 10_000
+    with open(out.with_suffix(".json")) as f:
+        return json.load(f), proc.stdout
+
+
+def test_lyapunov_example(tmp_path):
+    data, stdout = _run("lyapunov_spectrum.py", tmp_path)
+    res = {r["name"]: r for r in data["results"]}
+    assert len(res) == 7 and "| scalar r=1.01 |" in stdout
+    for r in (0.95, 0.995, 1.0, 1.0025, 1.01):
+        row = res[f"scalar r={r:g}"]
+        assert len(row["exponents_mean"]) == 16
+        assert all(abs(p - math.log(r)) < 1e-12 for p in row["predicted"])
+        assert row["max_abs_dev"] < 0.02 and row["mean_dev"] < 1e-3  # the paper's claim, on the example's run
+    assert res["diagonal tau~logU(10,1000)"]["max_abs_dev"] < 0.02
+
+
+def test_adding_example(tmp_path):
+    data, stdout = _run("adding_problem.py", tmp_path)
+    assert [r["r"] for r in data["results"]] == [0.95, 1.0, 1.01]
+    for r in data["results"]:
+        assert r["steps"][-1] == r["steps_run"] and len(r["steps"]) == len(r["test_rms"])
+        assert all(math.isfinite(v) for v in r["test_rms"])
+        assert r["steps_to_threshold"] is None or r["test_rms"][-1] < 0.05
+    assert data["meta"]["T"] == 30 and "steps to RMS < 0.05" in stdout
+
+
+def test_sequential_digits_example(tmp_path):
+    data, stdout = _run("sequential_digits.py", tmp_path, "--permuted")
+    (res,) = data["results"]
+    assert len(res["test_acc"]) == 2 and all(0.0 <= a <= 1.0 for a in res["test_acc"])
+    assert data["meta"]["permuted"] is True and "psDigits" in stdout
