@@ -28,12 +28,13 @@ namespace {
 
 namespace cg = cooperative_groups;
 
-template <class S, int RES, int BT, bool GRID>
+// DENSE: residual kind 2 (a second matvec); otherwise kind 0 or 1, told apart at run time (rot).
+template <class S, bool DENSE, int BT, bool GRID>
 __global__ void __launch_bounds__(kThreads) chain_bwd_kernel(const BwdParams<S> p) {
   using A = S;
-  constexpr bool DENSE = RES == kResDense;
   constexpr int NX2 = GRID ? (DENSE ? 1 : 0) : 2;
   const int H = p.H, U = p.U, nonlin = p.nonlin;
+  const bool rot = !DENSE && p.res_kind == kResRot;
   const int64_t T = p.T, B = p.B, BH = p.B * p.H;
   const int tid = static_cast<int>(threadIdx.x);
   const int u0 = GRID ? static_cast<int>(blockIdx.x) * U : 0;  // first unit j this block owns
@@ -63,11 +64,10 @@ __global__ void __launch_bounds__(kThreads) chain_bwd_kernel(const BwdParams<S> 
   for (int jj = tid; jj < Ueff; jj += kThreads) {
     const int j = u0 + jj;
     gam[jj] = p.gamma[j];
-    if constexpr (RES == kResDiag) res0[jj] = p.res[j];
-    if constexpr (RES == kResRot) {
-      // R^T d = res[0] * d + swap_pairs(res[1] * d): unit j takes res[1] of its partner j^1.
+    if constexpr (!DENSE) {
       res0[jj] = p.res[j];
-      res1[jj] = p.res[H + (j ^ 1)];
+      // R^T d = res[0] * d + swap_pairs(res[1] * d): unit j takes res[1] of its partner j^1.
+      if (rot) res1[jj] = p.res[H + (j ^ 1)];
     }
   }
   for (int idx = tid; idx < BT * H; idx += kThreads) sg[idx] = A(0);
@@ -168,12 +168,11 @@ __global__ void __launch_bounds__(kThreads) chain_bwd_kernel(const BwdParams<S> 
         const int64_t b = b0 + r;
         const A d = load_delta(dslot(cur, r, b, j));
         A rt;
-        if constexpr (RES == kResDiag) {
-          rt = res0[jj] * d;
-        } else if constexpr (RES == kResRot) {
-          rt = res0[jj] * d + res1[jj] * load_delta(dslot(cur, r, b, j ^ 1));  // j^1 is this block's
-        } else {
+        if constexpr (DENSE) {
           rt = sum_partials<BT>(partR, r, jj, U, ms.KS);
+        } else {
+          // j^1 belongs to this block too: slices start at even units and have even length.
+          rt = rot ? res0[jj] * d + res1[jj] * load_delta(dslot(cur, r, b, j ^ 1)) : res0[jj] * d;
         }
         const bool valid = p.lengths == nullptr || t < p.lengths[b];
         const A carry = valid ? rt + sum_partials<BT>(part, r, jj, U, ms.KS) : d;  // dL/dx_{t-1}
@@ -183,14 +182,23 @@ __global__ void __launch_bounds__(kThreads) chain_bwd_kernel(const BwdParams<S> 
           phase_a(t - 1, r, b, jj, carry, go, av);
         }
       };
+      for (int e = tid, k = 0; e < nel; e += kThreads, ++k) {  // one call site: one copy of the body
+        A go = A(0), av = A(0);
+        bool early_hit = false;
 #pragma unroll
-      for (int k = 0; k < kEarly; ++k) {
-        const int e = tid + k * kThreads;
-        if (e < nel) epilogue(e, early_go[k], early_a[k]);
-      }
-      for (int e = tid + kEarly * kThreads; e < nel; e += kThreads) {
-        const int64_t o = prev + static_cast<int64_t>(e / Ueff) * H + e % Ueff;
-        epilogue(e, t > 0 ? p.grad_out[o] : A(0), t > 0 ? p.a[o] : A(0));
+        for (int q = 0; q < kEarly; ++q) {  // register select, no dynamically indexed (local) array
+          if (q == k) {
+            go = early_go[q];
+            av = early_a[q];
+            early_hit = true;
+          }
+        }
+        if (!early_hit && t > 0) {
+          const int64_t o = prev + static_cast<int64_t>(e / Ueff) * H + e % Ueff;
+          go = p.grad_out[o];
+          av = p.a[o];
+        }
+        epilogue(e, go, av);
       }
       __syncthreads();  // sg, sd, part are reused by the next chunk / step
     }
@@ -203,7 +211,7 @@ size_t bwd_smem(int H, int U, int BT, bool grid, bool dense) {
   return smem_layout(H, U, BT, dense, 1, grid ? (dense ? 1 : 0) : 2, sizeof(S), sizeof(S)).total;
 }
 
-template <class S, int RES, int BT>
+template <class S, bool DENSE, int BT>
 void launch_bwd_rows(const BwdCall& c, const Plan& plan, const DeviceInfo& dev) {
   BwdParams<S> p;
   p.grad_out = static_cast<const S*>(c.grad_out);
@@ -221,20 +229,21 @@ void launch_bwd_rows(const BwdCall& c, const Plan& plan, const DeviceInfo& dev) 
   p.H = c.H;
   p.U = plan.U;
   p.nonlin = c.nonlin;
+  p.res_kind = c.res_kind;
   if (plan.grid) {
     TORCH_CHECK(c.dbuf != nullptr, "chain_bwd: internal error: the grid path needs its delta buffer");
-    launch_kernel("wcrnn_C::chain_bwd", chain_bwd_kernel<S, RES, BT, true>, plan, dev, p, c.stream);
+    launch_kernel("wcrnn_C::chain_bwd", chain_bwd_kernel<S, DENSE, BT, true>, plan, dev, p, c.stream);
   } else {
-    launch_kernel("wcrnn_C::chain_bwd", chain_bwd_kernel<S, RES, BT, false>, plan, dev, p, c.stream);
+    launch_kernel("wcrnn_C::chain_bwd", chain_bwd_kernel<S, DENSE, BT, false>, plan, dev, p, c.stream);
   }
 }
 
-template <class S, int RES>
+template <class S, bool DENSE>
 void launch_bwd_res(const BwdCall& c, const Plan& plan, const DeviceInfo& dev) {
   switch (plan.rows) {
-    case 1: return launch_bwd_rows<S, RES, 1>(c, plan, dev);
-    case 4: return launch_bwd_rows<S, RES, 4>(c, plan, dev);
-    case 8: return launch_bwd_rows<S, RES, 8>(c, plan, dev);
+    case 1: return launch_bwd_rows<S, DENSE, 1>(c, plan, dev);
+    case 4: return launch_bwd_rows<S, DENSE, 4>(c, plan, dev);
+    case 8: return launch_bwd_rows<S, DENSE, 8>(c, plan, dev);
   }
   TORCH_CHECK(false, "chain_bwd: internal error: unsupported tile height ", plan.rows);
 }
@@ -242,9 +251,9 @@ void launch_bwd_res(const BwdCall& c, const Plan& plan, const DeviceInfo& dev) {
 template <class S>
 void launch_bwd_dtype(const BwdCall& c, const Plan& plan, const DeviceInfo& dev) {
   switch (c.res_kind) {
-    case kResDiag: return launch_bwd_res<S, kResDiag>(c, plan, dev);
-    case kResRot: return launch_bwd_res<S, kResRot>(c, plan, dev);
-    case kResDense: return launch_bwd_res<S, kResDense>(c, plan, dev);
+    case kResDiag:
+    case kResRot: return launch_bwd_res<S, false>(c, plan, dev);
+    case kResDense: return launch_bwd_res<S, true>(c, plan, dev);
   }
   TORCH_CHECK(false, "chain_bwd: res_kind must be 0, 1 or 2, got ", c.res_kind);
 }

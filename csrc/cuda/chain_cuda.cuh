@@ -195,7 +195,7 @@ struct FwdParams {
   S* hn;                    // (B, H)
   typename AccType<S>::type* xbuf;  // grid path: (2, B, H) state exchange; unused on the block path
   int64_t T, B;
-  int H, U, nonlin;
+  int H, U, nonlin, res_kind;
 };
 
 template <class S>
@@ -211,7 +211,7 @@ struct BwdParams {
   S* deltas;                // (T, B, H) or nullptr when delta is not asked for
   S* dbuf;                  // grid path: (2, B, H) delta exchange; unused on the block path
   int64_t T, B;
-  int H, U, nonlin;
+  int H, U, nonlin, res_kind;
 };
 
 // ---------------------------------------------------------------------------------------------------

@@ -19,12 +19,13 @@ namespace {
 
 namespace cg = cooperative_groups;
 
-template <class S, int RES, int BT, bool GRID>
+// DENSE: residual kind 2 (a second matvec); otherwise kind 0 or 1, told apart at run time (rot).
+template <class S, bool DENSE, int BT, bool GRID>
 __global__ void __launch_bounds__(kThreads) chain_fwd_kernel(const FwdParams<S> p) {
   using A = typename AccType<S>::type;
-  constexpr bool DENSE = RES == kResDense;
   constexpr int NX = GRID ? 1 : 2;  // block path: double-buffered state rows
   const int H = p.H, U = p.U, nonlin = p.nonlin;
+  const bool rot = !DENSE && p.res_kind == kResRot;
   const int64_t T = p.T, B = p.B;
   const int tid = static_cast<int>(threadIdx.x);
   const int u0 = GRID ? static_cast<int>(blockIdx.x) * U : 0;  // first unit this block owns
@@ -51,10 +52,9 @@ __global__ void __launch_bounds__(kThreads) chain_fwd_kernel(const FwdParams<S> 
   }
   for (int i = tid; i < Ueff; i += kThreads) {
     gam[i] = static_cast<A>(p.gamma[u0 + i]);
-    if constexpr (RES == kResDiag) res0[i] = static_cast<A>(p.res[u0 + i]);
-    if constexpr (RES == kResRot) {  // R(x)[i] = res[0][i] x[i] + res[1][i] x[i^1]
-      res0[i] = static_cast<A>(p.res[u0 + i]);
-      res1[i] = static_cast<A>(p.res[H + u0 + i]);
+    if constexpr (!DENSE) {
+      res0[i] = static_cast<A>(p.res[u0 + i]);                // diagonal: R(x)[i] = res[i] x[i]
+      if (rot) res1[i] = static_cast<A>(p.res[H + u0 + i]);  // rotation: + res[1][i] x[i^1]
     }
   }
   // Rows past B are never written but are read by the matvec: keep them zero, not garbage.
@@ -103,12 +103,10 @@ __global__ void __launch_bounds__(kThreads) chain_fwd_kernel(const FwdParams<S> 
         const A a = u_val + sum_partials<BT>(part, r, i, U, ms.KS);
         const A xp = X[r * H + gi];
         A rx;
-        if constexpr (RES == kResDiag) {
-          rx = res0[i] * xp;
-        } else if constexpr (RES == kResRot) {
-          rx = res0[i] * xp + res1[i] * X[r * H + (gi ^ 1)];
-        } else {
+        if constexpr (DENSE) {
           rx = sum_partials<BT>(partR, r, i, U, ms.KS);
+        } else {
+          rx = rot ? res0[i] * xp + res1[i] * X[r * H + (gi ^ 1)] : res0[i] * xp;
         }
         const A x_new = rx + gam[i] * phi(a, nonlin);
         const bool valid = p.lengths == nullptr || t < p.lengths[b];
@@ -122,13 +120,18 @@ __global__ void __launch_bounds__(kThreads) chain_fwd_kernel(const FwdParams<S> 
         }
         if (t == T - 1) p.hn[o] = static_cast<S>(x);
       };
+      for (int e = tid, k = 0; e < nel; e += kThreads, ++k) {  // one call site: one copy of the body
+        A u_val = A(0);
+        bool early_hit = false;
 #pragma unroll
-      for (int k = 0; k < kEarly; ++k) {
-        const int e = tid + k * kThreads;
-        if (e < nel) epilogue(e, early[k]);
-      }
-      for (int e = tid + kEarly * kThreads; e < nel; e += kThreads) {
-        epilogue(e, static_cast<A>(p.u[ubase + static_cast<int64_t>(e / Ueff) * H + e % Ueff]));
+        for (int q = 0; q < kEarly; ++q) {  // register select, no dynamically indexed (local) array
+          if (q == k) {
+            u_val = early[q];
+            early_hit = true;
+          }
+        }
+        if (!early_hit) u_val = static_cast<A>(p.u[ubase + static_cast<int64_t>(e / Ueff) * H + e % Ueff]);
+        epilogue(e, u_val);
       }
       __syncthreads();  // X, part and Xn are reused by the next chunk / step
     }
@@ -146,7 +149,7 @@ size_t fwd_smem(int H, int U, int BT, bool grid, bool dense) {
   return smem_layout(H, U, BT, dense, grid ? 1 : 2, 0, sizeof(A), sizeof(S)).total;
 }
 
-template <class S, int RES, int BT>
+template <class S, bool DENSE, int BT>
 void launch_fwd_rows(const FwdCall& c, const Plan& plan, const DeviceInfo& dev) {
   FwdParams<S> p;
   p.u = static_cast<const S*>(c.u);
@@ -163,20 +166,21 @@ void launch_fwd_rows(const FwdCall& c, const Plan& plan, const DeviceInfo& dev) 
   p.H = c.H;
   p.U = plan.U;
   p.nonlin = c.nonlin;
+  p.res_kind = c.res_kind;
   if (plan.grid) {
     TORCH_CHECK(c.xbuf != nullptr, "chain_fwd: internal error: the grid path needs its state buffer");
-    launch_kernel("wcrnn_C::chain_fwd", chain_fwd_kernel<S, RES, BT, true>, plan, dev, p, c.stream);
+    launch_kernel("wcrnn_C::chain_fwd", chain_fwd_kernel<S, DENSE, BT, true>, plan, dev, p, c.stream);
   } else {
-    launch_kernel("wcrnn_C::chain_fwd", chain_fwd_kernel<S, RES, BT, false>, plan, dev, p, c.stream);
+    launch_kernel("wcrnn_C::chain_fwd", chain_fwd_kernel<S, DENSE, BT, false>, plan, dev, p, c.stream);
   }
 }
 
-template <class S, int RES>
+template <class S, bool DENSE>
 void launch_fwd_res(const FwdCall& c, const Plan& plan, const DeviceInfo& dev) {
   switch (plan.rows) {
-    case 1: return launch_fwd_rows<S, RES, 1>(c, plan, dev);
-    case 4: return launch_fwd_rows<S, RES, 4>(c, plan, dev);
-    case 8: return launch_fwd_rows<S, RES, 8>(c, plan, dev);
+    case 1: return launch_fwd_rows<S, DENSE, 1>(c, plan, dev);
+    case 4: return launch_fwd_rows<S, DENSE, 4>(c, plan, dev);
+    case 8: return launch_fwd_rows<S, DENSE, 8>(c, plan, dev);
   }
   TORCH_CHECK(false, "chain_fwd: internal error: unsupported tile height ", plan.rows);
 }
@@ -184,9 +188,9 @@ void launch_fwd_res(const FwdCall& c, const Plan& plan, const DeviceInfo& dev) {
 template <class S>
 void launch_fwd_dtype(const FwdCall& c, const Plan& plan, const DeviceInfo& dev) {
   switch (c.res_kind) {
-    case kResDiag: return launch_fwd_res<S, kResDiag>(c, plan, dev);
-    case kResRot: return launch_fwd_res<S, kResRot>(c, plan, dev);
-    case kResDense: return launch_fwd_res<S, kResDense>(c, plan, dev);
+    case kResDiag:
+    case kResRot: return launch_fwd_res<S, false>(c, plan, dev);
+    case kResDense: return launch_fwd_res<S, true>(c, plan, dev);
   }
   TORCH_CHECK(false, "chain_fwd: res_kind must be 0, 1 or 2, got ", c.res_kind);
 }
