@@ -2,6 +2,11 @@
 // csrc/wcrnn_ops.cpp): argument checks with messages that name the argument, output allocation through
 // the caching allocator, the choice between the block path and the grid path, and the launch on the
 // current stream. The kernels are in chain_fwd.cu and chain_bwd.cu.
+#include <cmath>
+#include <cstdlib>
+#include <cstring>
+#include <initializer_list>
+#include <limits>
 #include <optional>
 #include <tuple>
 
@@ -18,7 +23,21 @@ namespace {
 
 using at::Tensor;
 
-DType dtype_code(const char* op, at::ScalarType st, bool backward) {
+// WCRNN_POISON_OUTPUTS=1 (tests, as for the CPU kernels): outputs and the grid path's exchange buffers start
+// as NaN, so an element a kernel forgets to write, or a state read before anyone wrote it, fails loudly.
+bool poison_outputs() {
+  const char* v = std::getenv("WCRNN_POISON_OUTPUTS");
+  return v != nullptr && *v != '\0' && std::strcmp(v, "0") != 0;
+}
+
+void poison(const std::initializer_list<Tensor*>& ts) {
+  if (!poison_outputs()) return;
+  for (Tensor* t : ts) {
+    if (t->defined() && t->numel() > 0) t->fill_(std::numeric_limits<double>::quiet_NaN());
+  }
+}
+
+DType dtype_code(const char* op, const char* name, at::ScalarType st, bool backward) {
   switch (st) {
     case at::kFloat: return DType::kFloat;
     case at::kDouble: return DType::kDouble;
@@ -30,62 +49,78 @@ DType dtype_code(const char* op, at::ScalarType st, bool backward) {
       break;
     default: break;
   }
-  TORCH_CHECK(false, op, ": expected ",
-              backward ? "float32 or float64 tensors (the backward chain runs in float32 for "
-                         "float16/bfloat16 models; wcrnn_kernels.ops upcasts before calling it)"
-                       : "float32, float64, float16 or bfloat16 tensors",
+  TORCH_CHECK(false, op, ": ", name, ": expected ",
+              backward ? "float32 or float64 (the backward chain runs in float32 for float16/bfloat16 "
+                         "models; wcrnn_kernels.ops upcasts before calling it)"
+                       : "float32, float64, float16 or bfloat16",
               ", got ", st);
   return DType::kFloat;
 }
 
-void check_tensor(const char* op, const char* name, const Tensor& t, const Tensor& like,
-                  at::IntArrayRef shape) {
-  TORCH_CHECK(t.device() == like.device(), op, ": ", name, " is on ", t.device(), " but u is on ",
-              like.device(), "; every tensor must be on the same CUDA device");
-  TORCH_CHECK(t.scalar_type() == like.scalar_type(), op, ": ", name, " has dtype ", t.scalar_type(),
-              ", expected ", like.scalar_type(), " like the first argument");
-  TORCH_CHECK(t.sizes() == shape, op, ": ", name, " must have shape ", shape, ", got ", t.sizes());
-  TORCH_CHECK(t.is_contiguous(), op, ": ", name, " must be contiguous");
+// Same device and dtype as `like` (the op's sequence argument u or a), the given shape; returns a contiguous
+// version (a copy only if needed: the copy is stream-ordered before the kernel like every allocation here).
+Tensor checked(const char* op, const char* name, const Tensor& t, const Tensor& like, at::IntArrayRef shape,
+               const char* desc) {
+  TORCH_CHECK(t.device() == like.device(), op, ": ", name, ": expected a tensor on ", like.device(),
+              " (the device of the sequence argument), got ", t.device());
+  TORCH_CHECK(t.scalar_type() == like.scalar_type(), op, ": ", name, ": expected dtype ", like.scalar_type(),
+              " (the dtype of the sequence argument), got ", t.scalar_type());
+  TORCH_CHECK(t.sizes() == shape, op, ": ", name, ": expected shape ", desc, " = ", shape, ", got ", t.sizes());
+  return t.contiguous();
 }
 
-// Checks shared by both ops. `seq` is u (forward) or grad_out (backward): (T, B, H).
-void check_common(const char* op, const Tensor& seq, const Tensor& w_hh, const Tensor& res,
-                  const Tensor& gamma, const std::optional<Tensor>& lengths, int64_t res_kind, int64_t nonlin) {
-  TORCH_CHECK(seq.is_cuda(), op, ": expected CUDA tensors, got ", seq.device());
-  TORCH_CHECK(seq.dim() == 3, op, ": the sequence argument must be (T, B, H), got shape ", seq.sizes());
+struct Common {
+  Tensor w_hh, res, gamma;
+  std::optional<Tensor> lengths;
+};
+
+// Checks shared by both ops. `seq` is u (forward) or a (backward): (T, B, H), already checked to be 3-D.
+// Lengths outside [0, T] are not rejected here (that would cost a device-to-host copy); the kernels treat
+// them as clamped, and wcrnn_kernels.ops rejects them before any backend runs.
+Common check_common(const char* op, const Tensor& seq, const Tensor& w_hh, const Tensor& res,
+                    const Tensor& gamma, const std::optional<Tensor>& lengths, int64_t res_kind, int64_t nonlin) {
   const int64_t B = seq.size(1), H = seq.size(2);
   TORCH_CHECK(H <= (int64_t{1} << 20), op, ": hidden size ", H, " is out of range");
-  TORCH_CHECK(seq.is_contiguous(), op, ": the sequence argument must be contiguous");
-  check_tensor(op, "w_hh", w_hh, seq, {H, H});
   TORCH_CHECK(res_kind == kResDiag || res_kind == kResRot || res_kind == kResDense, op,
-              ": res_kind must be 0 (diagonal), 1 (rotation pairs) or 2 (dense), got ", res_kind);
-  if (res_kind == kResDiag) check_tensor(op, "res", res, seq, {H});
+              ": res_kind: expected 0 (diagonal), 1 (rotation pairs) or 2 (dense), got ", res_kind);
+  TORCH_CHECK(nonlin == kTanh || nonlin == kRelu, op, ": nonlin: expected 0 (tanh) or 1 (relu), got ", nonlin);
+  Common c;
+  c.w_hh = checked(op, "w_hh", w_hh, seq, {H, H}, "(H, H)");
+  if (res_kind == kResDiag) c.res = checked(op, "res", res, seq, {H}, "(H,) for res_kind 0");
   if (res_kind == kResRot) {
-    TORCH_CHECK(H % 2 == 0, op, ": res_kind 1 (rotation pairs) needs an even hidden size, got H = ", H);
-    check_tensor(op, "res", res, seq, {2, H});
+    TORCH_CHECK(H % 2 == 0, op, ": res: rotation pairs need an even hidden size, got H = ", H);
+    c.res = checked(op, "res", res, seq, {2, H}, "(2, H) for res_kind 1");
   }
-  if (res_kind == kResDense) check_tensor(op, "res", res, seq, {H, H});
-  check_tensor(op, "gamma", gamma, seq, {H});
-  TORCH_CHECK(nonlin == kTanh || nonlin == kRelu, op, ": nonlin must be 0 (tanh) or 1 (relu), got ", nonlin);
+  if (res_kind == kResDense) c.res = checked(op, "res", res, seq, {H, H}, "(H, H) for res_kind 2");
+  c.gamma = checked(op, "gamma", gamma, seq, {H}, "(H,)");
   if (lengths.has_value()) {
     const Tensor& L = *lengths;
-    TORCH_CHECK(L.scalar_type() == at::kLong, op, ": lengths must be int64, got ", L.scalar_type());
-    TORCH_CHECK(L.device() == seq.device(), op, ": lengths is on ", L.device(), ", expected ", seq.device());
-    TORCH_CHECK(L.dim() == 1 && L.size(0) == B, op, ": lengths must have shape (B,) = (", B, "), got ",
+    TORCH_CHECK(L.device() == seq.device(), op, ": lengths: expected a tensor on ", seq.device(), ", got ",
+                L.device());
+    TORCH_CHECK(L.scalar_type() == at::kLong, op, ": lengths: expected dtype int64, got ", L.scalar_type());
+    TORCH_CHECK(L.sizes() == at::IntArrayRef{B}, op, ": lengths: expected shape (B,) = [", B, "], got ",
                 L.sizes());
-    TORCH_CHECK(L.is_contiguous(), op, ": lengths must be contiguous");
+    c.lengths = L.contiguous();
   }
+  return c;
 }
 
-std::tuple<Tensor, Tensor> chain_fwd_cuda(const Tensor& u, const Tensor& x0, const Tensor& w_hh,
+void check_sequence(const char* op, const char* name, const Tensor& t) {
+  TORCH_CHECK(t.is_cuda(), op, ": ", name, ": expected a CUDA tensor, got ", t.device());
+  TORCH_CHECK(t.dim() == 3, op, ": ", name, ": expected a 3-D tensor (T, B, H), got shape ", t.sizes());
+}
+
+std::tuple<Tensor, Tensor> chain_fwd_cuda(const Tensor& u_in, const Tensor& x0_in, const Tensor& w_hh,
                                           const Tensor& res, const Tensor& gamma,
                                           const std::optional<Tensor>& lengths, int64_t res_kind,
                                           int64_t nonlin) {
   const char* op = "wcrnn_C::chain_fwd";
-  check_common(op, u, w_hh, res, gamma, lengths, res_kind, nonlin);
-  const int64_t T = u.size(0), B = u.size(1), H = u.size(2);
-  check_tensor(op, "x0", x0, u, {B, H});
-  const DType dt = dtype_code(op, u.scalar_type(), false);
+  check_sequence(op, "u", u_in);
+  const DType dt = dtype_code(op, "u", u_in.scalar_type(), false);
+  const int64_t T = u_in.size(0), B = u_in.size(1), H = u_in.size(2);
+  const Common cm = check_common(op, u_in, w_hh, res, gamma, lengths, res_kind, nonlin);
+  const Tensor x0 = checked(op, "x0", x0_in, u_in, {B, H}, "(B, H)");
+  const Tensor u = u_in.contiguous();
 
   c10::cuda::CUDAGuard guard(u.device());
   Tensor out = at::empty({T, B, H}, u.options());
@@ -101,10 +136,10 @@ std::tuple<Tensor, Tensor> chain_fwd_cuda(const Tensor& u, const Tensor& x0, con
   c.H = static_cast<int>(H);
   c.u = u.data_ptr();
   c.x0 = x0.data_ptr();
-  c.w = w_hh.data_ptr();
-  c.res = res.data_ptr();
-  c.gamma = gamma.data_ptr();
-  c.lengths = lengths.has_value() ? lengths->data_ptr<int64_t>() : nullptr;
+  c.w = cm.w_hh.data_ptr();
+  c.res = cm.res.data_ptr();
+  c.gamma = cm.gamma.data_ptr();
+  c.lengths = cm.lengths.has_value() ? cm.lengths->data_ptr<int64_t>() : nullptr;
   c.out = out.data_ptr();
   c.hn = hn.data_ptr();
   c.xbuf = nullptr;
@@ -118,25 +153,28 @@ std::tuple<Tensor, Tensor> chain_fwd_cuda(const Tensor& u, const Tensor& x0, con
     xbuf = at::empty({2, B, H}, u.options().dtype(dt == DType::kDouble ? at::kDouble : at::kFloat));
     c.xbuf = xbuf.data_ptr();
   }
+  poison({&out, &hn, &xbuf});
   launch_fwd(c, plan, dev);
   return {out, hn};
 }
 
-std::tuple<Tensor, Tensor> chain_bwd_cuda(const Tensor& grad_out, const Tensor& grad_hn, const Tensor& a,
+std::tuple<Tensor, Tensor> chain_bwd_cuda(const Tensor& grad_out_in, const Tensor& grad_hn_in, const Tensor& a,
                                           const Tensor& w_hh, const Tensor& res, const Tensor& gamma,
                                           const std::optional<Tensor>& lengths, int64_t res_kind,
                                           int64_t nonlin, bool need_delta) {
   const char* op = "wcrnn_C::chain_bwd";
-  check_common(op, grad_out, w_hh, res, gamma, lengths, res_kind, nonlin);
-  const int64_t T = grad_out.size(0), B = grad_out.size(1), H = grad_out.size(2);
-  check_tensor(op, "grad_hn", grad_hn, grad_out, {B, H});
-  check_tensor(op, "a", a, grad_out, {T, B, H});
-  const DType dt = dtype_code(op, grad_out.scalar_type(), true);
+  check_sequence(op, "a", a);
+  const DType dt = dtype_code(op, "a", a.scalar_type(), true);
+  TORCH_CHECK(a.is_contiguous(), op, ": a: expected a contiguous tensor (g is written into it in place)");
+  const int64_t T = a.size(0), B = a.size(1), H = a.size(2);
+  const Common cm = check_common(op, a, w_hh, res, gamma, lengths, res_kind, nonlin);
+  const Tensor grad_out = checked(op, "grad_out", grad_out_in, a, {T, B, H}, "(T, B, H) like a");
+  const Tensor grad_hn = checked(op, "grad_hn", grad_hn_in, a, {B, H}, "(B, H)");
 
-  c10::cuda::CUDAGuard guard(grad_out.device());
-  Tensor deltas = need_delta ? at::empty({T, B, H}, grad_out.options()) : at::empty({0}, grad_out.options());
+  c10::cuda::CUDAGuard guard(a.device());
+  Tensor deltas = need_delta ? at::empty({T, B, H}, a.options()) : at::empty({0}, a.options());
   if (T == 0 || B == 0 || H == 0) return {grad_hn.clone(), deltas};  // dL/dx_0 = dL/dh_n
-  Tensor dx0 = at::empty({B, H}, grad_out.options());
+  Tensor dx0 = at::empty({B, H}, a.options());
 
   BwdCall c{};
   c.dtype = dt;
@@ -148,23 +186,24 @@ std::tuple<Tensor, Tensor> chain_bwd_cuda(const Tensor& grad_out, const Tensor& 
   c.grad_out = grad_out.data_ptr();
   c.grad_hn = grad_hn.data_ptr();
   c.a = a.data_ptr();
-  c.w = w_hh.data_ptr();
-  c.res = res.data_ptr();
-  c.gamma = gamma.data_ptr();
-  c.lengths = lengths.has_value() ? lengths->data_ptr<int64_t>() : nullptr;
+  c.w = cm.w_hh.data_ptr();
+  c.res = cm.res.data_ptr();
+  c.gamma = cm.gamma.data_ptr();
+  c.lengths = cm.lengths.has_value() ? cm.lengths->data_ptr<int64_t>() : nullptr;
   c.dx0 = dx0.data_ptr();
   c.deltas = need_delta ? deltas.data_ptr() : nullptr;
   c.dbuf = nullptr;
-  c.device = grad_out.get_device();
+  c.device = a.get_device();
   c.stream = c10::cuda::getCurrentCUDAStream(c.device).stream();
 
   const DeviceInfo dev = device_info(c.device);
   const Plan plan = plan_bwd(c, dev);
   Tensor dbuf;  // grid path: (2, B, H) delta exchange
   if (plan.grid) {
-    dbuf = at::empty({2, B, H}, grad_out.options());
+    dbuf = at::empty({2, B, H}, a.options());
     c.dbuf = dbuf.data_ptr();
   }
+  poison({&dx0, &deltas, &dbuf});
   launch_bwd(c, plan, dev);
   return {dx0, deltas};
 }

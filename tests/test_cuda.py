@@ -1,0 +1,383 @@
+"""The CUDA backend ("cuda") on a GPU, against the float64 reference.
+
+Every comparison uses autograd through the reference loop (on the CPU, in float64) with one shared upstream
+gradient for output and h_n, and checks output, h_n and the gradients of u, x0, W_hh, the canonical
+residual and gamma. Both execution paths are forced at small sizes (WCRNN_CUDA_PATH=block / grid), so the
+cooperative grid path with its L2 exchange is checked at awkward H and B as well as at H = 512 / 1024 where
+``auto`` picks it. Outputs and the grid path's exchange buffers start as NaN (WCRNN_POISON_OUTPUTS=1), and
+Python-side empties are NaN-poisoned too, so an element a kernel forgets to write fails.
+
+Tolerances: float64 1e-10 relative. float32: at most 4x the reference's own float32 error (both measured
+against float64), floor 1e-5. float16 / bfloat16: at most 2x the "torch" backend's error in the same dtype
+(it also keeps float32 state), plus one rounding step of the dtype.
+
+Without a CUDA device every test here is skipped with the reason; WCRNN_REQUIRE_CUDA=1 (set by
+scripts/gpu_check.sh) turns a missing GPU or a missing CUDA build into a failure instead.
+"""
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+from helpers import assert_all_close, max_rel_err
+from wcrnn_kernels import canonical_residual, wcrnn_chain
+from wcrnn_kernels.backends import available_backends
+
+pytestmark = [pytest.mark.gpu, pytest.mark.usefixtures("poison_empty")]
+
+KINDS = ("none", "scalar", "diagonal", "rotational", "dense")
+DIFF = ("u", "x0", "w_hh", "res", "gamma")
+NAMES = ("output", "h_n") + tuple("d" + k for k in DIFF)
+PATHS = ("block", "grid")
+
+_READY: list = []
+
+
+def _cuda_reason():
+    if not torch.cuda.is_available():
+        return "no CUDA device (torch.cuda.is_available() is False)"
+    info = available_backends()["cuda"]
+    if not info["available"]:
+        return f"backend 'cuda' unavailable: {info['reason']}"
+    return None
+
+
+@pytest.fixture(autouse=True)
+def cuda_ready(monkeypatch):
+    """Skip (or fail under WCRNN_REQUIRE_CUDA=1) without a GPU and the CUDA kernels; poison C++ outputs."""
+    if not _READY:
+        _READY.append(_cuda_reason())  # checked lazily: never at import / collection time
+    why = _READY[0]
+    if why is not None:
+        if os.environ.get("WCRNN_REQUIRE_CUDA") == "1":
+            pytest.fail(f"WCRNN_REQUIRE_CUDA=1 but {why}")
+        pytest.skip(why)
+    monkeypatch.setenv("WCRNN_POISON_OUTPUTS", "1")
+    monkeypatch.delenv("WCRNN_CUDA_PATH", raising=False)
+    monkeypatch.delenv("WCRNN_CUDA_ROWS", raising=False)
+
+
+def make_case(kind, T, B, H, dtype=torch.float64, lengths=False, seed=0):
+    """Random CPU inputs for one chain: u, x0, w_hh, res_kind, res, gamma, lengths."""
+    if kind == "rotational" and H % 2:
+        H += 1
+    g = torch.Generator().manual_seed(seed)
+
+    def rnd(*shape, scale=1.0):
+        return (torch.randn(*shape, generator=g, dtype=torch.float64) * scale).to(dtype)
+
+    r = {"none": 0.0, "scalar": 0.97, "diagonal": 0.8 + 0.25 * torch.rand(H, generator=g, dtype=torch.float64),
+         "rotational": 0.9 + 0.15 * torch.rand(H // 2, generator=g, dtype=torch.float64),
+         "dense": rnd(H, H, scale=0.9 / H ** 0.5).double()}[kind]
+    theta = torch.rand(H // 2, generator=g, dtype=torch.float64) * 3.0 if kind == "rotational" else None
+    res_kind, res = canonical_residual(kind, H, r, theta, dtype=dtype)
+    case = dict(u=rnd(T, B, H), x0=rnd(B, H, scale=0.5), w_hh=rnd(H, H, scale=1.0 / H ** 0.5), res_kind=res_kind,
+                res=res.detach().clone(),
+                gamma=(0.3 + 0.5 * torch.rand(H, generator=g, dtype=torch.float64)).to(dtype), lengths=None)
+    if lengths:
+        L = torch.randint(0, T + 1, (B,), generator=g)
+        L[0] = T  # one full-length row, and (for B > 1) one empty row
+        if B > 1:
+            L[1] = 0
+        case["lengths"] = L
+    return case
+
+
+def on(case, device=None, dtype=None):
+    out = {}
+    for k, v in case.items():
+        if isinstance(v, torch.Tensor):
+            v = v.to(device=device or v.device)
+            if dtype is not None and v.is_floating_point():
+                v = v.to(dtype)
+        out[k] = v
+    return out
+
+
+def run_chain(case, backend, nonlinearity, diff=DIFF, upstream_seed=1):
+    """Forward, then backward of <output, G_out> + <h_n, G_h>; returns CPU (output, h_n, *grads)."""
+    inputs = {k: (v.detach().clone().requires_grad_(k in diff) if k in DIFF else v) for k, v in case.items()}
+    out, h_n = wcrnn_chain(inputs["u"], inputs["x0"], inputs["w_hh"], inputs["res_kind"], inputs["res"],
+                           inputs["gamma"], inputs["lengths"], nonlinearity, backend)
+    g = torch.Generator().manual_seed(upstream_seed)
+    g_out = torch.randn(out.shape, generator=g, dtype=torch.float64).to(device=out.device, dtype=out.dtype)
+    g_h = torch.randn(h_n.shape, generator=g, dtype=torch.float64).to(device=out.device, dtype=out.dtype)
+    wrt = [inputs[k] for k in diff]
+    grads = torch.autograd.grad((out * g_out).sum() + (h_n * g_h).sum(), wrt)
+    full = dict(zip(diff, grads))
+    return tuple(t.detach().cpu() for t in (out, h_n)) + tuple(
+        full[k].detach().cpu() if k in full else None for k in DIFF)
+
+
+def reference(case, nonlinearity, diff=DIFF):
+    return run_chain(on(case, "cpu", torch.float64), "reference", nonlinearity, diff)
+
+
+def select(results, diff):
+    keep = [0, 1] + [2 + DIFF.index(k) for k in diff]
+    return [results[i] for i in keep], [NAMES[i] for i in keep]
+
+
+# ----------------------------------------------------------------------------------------------------------
+# float64: both paths, every residual kind, both nonlinearities, with and without lengths, awkward sizes
+
+# (T, B, H): T = 1; B = 1, 3, 11 (grid path: a chunk of 8 rows and a partial one); H = 1, 3, 17, 33, 130
+SIZES = ((1, 1, 1), (4, 3, 3), (6, 3, 17), (3, 2, 130), (5, 11, 33), (2, 1, 130))
+
+
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("lengths", [False, True], ids=["full", "lengths"])
+@pytest.mark.parametrize("nonlinearity", ["tanh", "relu"])
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("T,B,H", SIZES)
+def test_matches_reference_float64(monkeypatch, path, kind, nonlinearity, lengths, T, B, H):
+    monkeypatch.setenv("WCRNN_CUDA_PATH", path)
+    case = make_case(kind, T, B, H, lengths=lengths)
+    expected = reference(case, nonlinearity)
+    actual = run_chain(on(case, "cuda"), "cuda", nonlinearity)
+    assert_all_close(actual, expected, rtol=1e-10, names=NAMES)
+
+
+@pytest.mark.parametrize("rows", ["1", "4", "8"])
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("kind", ["diagonal", "rotational", "dense"])
+def test_every_tile_height(monkeypatch, rows, path, kind):
+    """Each compiled tile height; B = 13, H = 130 makes 8-row tiles hold more than 4 x 256 epilogue elements
+    (the late-load tail) and leaves partial tiles / chunks."""
+    monkeypatch.setenv("WCRNN_CUDA_PATH", path)
+    monkeypatch.setenv("WCRNN_CUDA_ROWS", rows)
+    case = make_case(kind, 5, 13, 130, lengths=True, seed=3)
+    expected = reference(case, "tanh")
+    actual = run_chain(on(case, "cuda"), "cuda", "tanh")
+    assert_all_close(actual, expected, rtol=1e-10, names=NAMES)
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_only_some_gradients(monkeypatch, path):
+    """Without residual / gamma gradients the op asks for no delta (need_delta=False)."""
+    monkeypatch.setenv("WCRNN_CUDA_PATH", path)
+    case = make_case("rotational", 7, 5, 24, lengths=True, seed=4)
+    diff = ("u", "x0", "w_hh")
+    expected, names = select(reference(case, "relu", diff), diff)
+    actual, _ = select(run_chain(on(case, "cuda"), "cuda", "relu", diff), diff)
+    assert_all_close(actual, expected, rtol=1e-10, names=names)
+
+
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("kind", ["scalar", "rotational", "dense"])
+def test_gradcheck(monkeypatch, path, kind):
+    monkeypatch.setenv("WCRNN_CUDA_PATH", path)
+    case = on(make_case(kind, 3, 2, 6, lengths=True, seed=5), "cuda")
+    args = [case[k].detach().clone().requires_grad_(True) for k in DIFF]
+
+    def f(u, x0, w, res, gamma):
+        return wcrnn_chain(u, x0, w, case["res_kind"], res, gamma, case["lengths"], "tanh", "cuda")
+
+    assert torch.autograd.gradcheck(f, args, fast_mode=True)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# float32, float16, bfloat16 at realistic sizes; H = 512 and 1024 run the grid path under "auto"
+
+def _errors(actual, expected):
+    return [max_rel_err(a, e) if e is not None else 0.0 for a, e in zip(actual, expected)]
+
+
+@pytest.mark.parametrize("nonlinearity", ["tanh", "relu"])
+@pytest.mark.parametrize("kind", ["scalar", "rotational", "dense"])
+@pytest.mark.parametrize("T,B,H", [(24, 32, 128), (16, 8, 512), (8, 3, 1024), (12, 70, 256), (9, 5, 17)])
+def test_float32_within_reference_float32_error(kind, nonlinearity, T, B, H):
+    case = make_case(kind, T, B, H, lengths=True, seed=6)
+    c32 = on(on(case, "cuda"), dtype=torch.float32)
+    expected = reference(on(c32, "cpu"), nonlinearity)  # float64 reference of the float32-rounded inputs
+    actual = run_chain(c32, "cuda", nonlinearity)
+    ref32 = run_chain(c32, "reference", nonlinearity)  # the reference loop itself in float32 (cuBLAS)
+    for n, ea, er in zip(NAMES, _errors(actual, expected), _errors(ref32, expected)):
+        assert ea <= max(4 * er, 1e-5), f"{n}: cuda float32 error {ea:.2e}, reference float32 error {er:.2e}"
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["float16", "bfloat16"])
+@pytest.mark.parametrize("kind", ["none", "diagonal", "rotational", "dense"])
+@pytest.mark.parametrize("T,B,H", [(20, 16, 64), (10, 4, 300), (6, 8, 512)])
+def test_half_precision_within_torch_backend_error(dtype, kind, T, B, H):
+    case = make_case(kind, T, B, H, lengths=True, seed=7)
+    ch = on(on(case, "cuda"), dtype=dtype)
+    expected = reference(on(ch, "cpu"), "tanh")
+    actual = run_chain(ch, "cuda", "tanh")
+    other = run_chain(ch, "torch", "tanh")
+    step = torch.finfo(dtype).eps
+    for n, ea, eo in zip(NAMES, _errors(actual, expected), _errors(other, expected)):
+        assert ea <= 2 * eo + step, f"{n}: cuda {dtype} error {ea:.2e}, torch backend error {eo:.2e}"
+
+
+def test_elman_rnn_equivalence_with_cudnn(monkeypatch):
+    """residual='none', gamma=1 is nn.RNN: our float32 kernels are as close to a float64 nn.RNN as cuDNN is."""
+    from wcrnn_kernels import FusedWCRNN
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)  # compare with cuDNN in true float32
+    torch.manual_seed(8)
+    T, B, I, H = 30, 6, 5, 96
+    rnn64 = torch.nn.RNN(I, H, num_layers=2, nonlinearity="tanh").double()
+    x = torch.randn(T, B, I, dtype=torch.float64)
+    h0 = torch.randn(2, B, H, dtype=torch.float64)
+
+    def copy32():
+        r = torch.nn.RNN(I, H, num_layers=2, nonlinearity="tanh").to("cuda", torch.float32)
+        r.load_state_dict({k: v.float() for k, v in rnn64.state_dict().items()})
+        return r
+
+    def run(model, device, dtype):
+        xi = x.to(device, dtype).requires_grad_(True)
+        hi = h0.to(device, dtype).requires_grad_(True)
+        out, hn = model(xi, hi)
+        g = torch.Generator().manual_seed(9)
+        loss = (out * torch.randn(out.shape, generator=g, dtype=torch.float64).to(device, dtype)).sum() + \
+            (hn * torch.randn(hn.shape, generator=g, dtype=torch.float64).to(device, dtype)).sum()
+        names = [n for n, _ in rnn64.named_parameters()]  # nn.RNN's names, which FusedWCRNN keeps
+        params = dict(model.named_parameters())
+        grads = torch.autograd.grad(loss, [xi, hi] + [params[n] for n in names])
+        return [t.detach().cpu() for t in (out, hn, *grads)], ["output", "h_n", "dx", "dh0"] + names
+
+    expected, names = run(rnn64, "cpu", torch.float64)
+    cudnn, _ = run(copy32(), "cuda", torch.float32)
+    ours, _ = run(FusedWCRNN.from_rnn(copy32(), residual="none", gamma=1.0, backend="cuda"), "cuda",
+                  torch.float32)
+    for n, eo, ec in zip(names, _errors(ours, expected), _errors(cudnn, expected)):
+        assert eo <= max(4 * ec, 1e-5), f"{n}: cuda backend error {eo:.2e}, cuDNN error {ec:.2e}"
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The ops themselves: schema / fake tensors, errors, streams, determinism, devices
+
+def _op_args(T=5, B=3, H=8, dtype=torch.float32, res_kind=1, seed=10):
+    g = torch.Generator().manual_seed(seed)
+    res_shape = {0: (H,), 1: (2, H), 2: (H, H)}[res_kind]
+    t = [torch.randn(T, B, H, generator=g), torch.randn(B, H, generator=g),
+         torch.randn(H, H, generator=g) / H ** 0.5, torch.rand(*res_shape, generator=g), torch.rand(H, generator=g)]
+    return [x.to("cuda", dtype) for x in t]
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_opcheck(monkeypatch, path):
+    monkeypatch.setenv("WCRNN_CUDA_PATH", path)
+    u, x0, w, res, gamma = _op_args()
+    L = torch.tensor([5, 1, 0], device="cuda")
+    torch.library.opcheck(torch.ops.wcrnn_C.chain_fwd.default, (u, x0, w, res, gamma, L, 1, 0))
+    torch.library.opcheck(torch.ops.wcrnn_C.chain_fwd.default, (u, x0, w, res, gamma, None, 1, 1))
+    for need_delta in (False, True):
+        args = (torch.randn_like(u), torch.randn_like(x0), u.clone(), w, res, gamma, L, 1, 0, need_delta)
+        torch.library.opcheck(torch.ops.wcrnn_C.chain_bwd.default, args)
+
+
+def test_errors_name_the_argument(monkeypatch):
+    u, x0, w, res, gamma = _op_args()
+    fwd, bwd = torch.ops.wcrnn_C.chain_fwd, torch.ops.wcrnn_C.chain_bwd
+    with pytest.raises(RuntimeError, match=r"x0: expected shape \(B, H\)"):
+        fwd(u, x0[:, :-1].contiguous(), w, res, gamma, None, 1, 0)
+    with pytest.raises(RuntimeError, match="lengths: expected dtype int64"):
+        fwd(u, x0, w, res, gamma, torch.tensor([1, 2, 3], device="cuda", dtype=torch.int32), 1, 0)
+    with pytest.raises(RuntimeError, match=r"res: expected shape \(2, H\)"):
+        fwd(u, x0, w, res[0].contiguous(), gamma, None, 1, 0)
+    with pytest.raises(RuntimeError, match="nonlin: expected 0"):
+        fwd(u, x0, w, res, gamma, None, 1, 2)
+    with pytest.raises(RuntimeError, match="gamma: expected dtype"):
+        fwd(u, x0, w, res, gamma.double(), None, 1, 0)
+    with pytest.raises(RuntimeError, match="w_hh: expected a tensor on"):
+        fwd(u, x0, w.cpu(), res, gamma, None, 1, 0)
+    with pytest.raises(RuntimeError, match="a: expected a contiguous tensor"):
+        bwd(u, x0, u.transpose(0, 1).contiguous().transpose(0, 1), w, res, gamma, None, 1, 0, False)
+    h = [t.half() for t in (u, x0, w, res, gamma)]
+    with pytest.raises(RuntimeError, match="float32 or float64"):
+        bwd(h[0], h[1], h[0].clone(), h[2], h[3], h[4], None, 1, 0, False)
+    monkeypatch.setenv("WCRNN_CUDA_PATH", "sideways")
+    with pytest.raises(RuntimeError, match="WCRNN_CUDA_PATH"):
+        fwd(u, x0, w, res, gamma, None, 1, 0)
+    monkeypatch.setenv("WCRNN_CUDA_PATH", "block")
+    big = _op_args(T=2, B=2, H=1024, res_kind=2)
+    with pytest.raises(RuntimeError, match="shared memory"):
+        fwd(*big, None, 2, 0)
+
+
+def test_non_contiguous_inputs_are_accepted():
+    """Read-only inputs may be strided (the op copies them); results equal the contiguous call."""
+    u, x0, w, res, gamma = _op_args(T=6, B=4, H=10, res_kind=2)
+    fwd = torch.ops.wcrnn_C.chain_fwd
+    expected = fwd(u, x0, w, res, gamma, None, 2, 0)
+    wt = w.t().contiguous().t()  # same values, column-major
+    actual = fwd(u.transpose(0, 1).contiguous().transpose(0, 1), x0, wt, res.t().contiguous().t(), gamma, None, 2, 0)
+    for a, e in zip(actual, expected):
+        assert torch.equal(a, e)
+
+
+def test_empty_sizes():
+    u, x0, w, res, gamma = _op_args(T=4, B=3, H=8)
+    out, hn = torch.ops.wcrnn_C.chain_fwd(u[:0], x0, w, res, gamma, None, 1, 0)
+    assert out.shape == (0, 3, 8) and torch.equal(hn, x0)
+    dx0, delta = torch.ops.wcrnn_C.chain_bwd(u[:0], x0, u[:0].clone(), w, res, gamma, None, 1, 0, True)
+    assert torch.equal(dx0, x0) and delta.shape == (0, 3, 8)
+    out, hn = torch.ops.wcrnn_C.chain_fwd(u[:, :0], x0[:0], w, res, gamma, None, 1, 0)
+    assert out.shape == (4, 0, 8) and hn.shape == (0, 8)
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_bitwise_deterministic_and_stream_aware(monkeypatch, path):
+    monkeypatch.setenv("WCRNN_CUDA_PATH", path)
+    u, x0, w, res, gamma = _op_args(T=40, B=9, H=40, res_kind=2)
+    first = torch.ops.wcrnn_C.chain_fwd(u, x0, w, res, gamma, None, 2, 0)
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        second = torch.ops.wcrnn_C.chain_fwd(u, x0, w, res, gamma, None, 2, 0)
+    torch.cuda.current_stream().wait_stream(side)
+    for a, b in zip(first, second):
+        assert torch.equal(a, b)
+
+
+def test_second_device():
+    if torch.cuda.device_count() < 2:
+        pytest.skip("needs two CUDA devices (checks the device guard)")
+    case = make_case("rotational", 6, 3, 20, lengths=True, seed=11)
+    expected = reference(case, "tanh")
+    actual = run_chain(on(case, "cuda:1"), "cuda", "tanh")
+    assert_all_close(actual, expected, rtol=1e-10, names=NAMES)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# 64-bit indexing: T * B * H past 2^31 elements
+
+def _need_gib(gib):
+    free, _ = torch.cuda.mem_get_info()
+    if free < gib * 2 ** 30:
+        pytest.skip(f"needs {gib} GiB of free GPU memory, {free / 2 ** 30:.1f} GiB free")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("path", PATHS)
+def test_offsets_past_2_pow_31(path, monkeypatch):
+    """A float32 chain with T*B*H > 2^31: the first and the last steps equal short runs of the same kernel
+    (whose offsets are small) bit for bit, forward and backward."""
+    _need_gib(44)
+    monkeypatch.setenv("WCRNN_CUDA_PATH", path)
+    monkeypatch.delenv("WCRNN_POISON_OUTPUTS")
+    B, H = 64, 128
+    T = 2 ** 31 // (B * H) + 3
+    torch.manual_seed(12)
+    _, x0, w, res, gamma = _op_args(T=1, B=B, H=H, res_kind=1)
+    u = torch.randn(T, B, H, device="cuda")
+    fwd, bwd = torch.ops.wcrnn_C.chain_fwd, torch.ops.wcrnn_C.chain_bwd
+    out, hn = fwd(u, x0, w, res, gamma, None, 1, 0)
+    head, _ = fwd(u[:3].contiguous(), x0, w, res, gamma, None, 1, 0)
+    tail, hn_tail = fwd(u[-3:].contiguous(), out[-4].contiguous(), w, res, gamma, None, 1, 0)
+    assert torch.equal(out[:3], head) and torch.equal(out[-3:], tail) and torch.equal(hn, hn_tail)
+    del out, head, tail
+
+    go = u  # reuse the memory: any values do as upstream gradients
+    a = torch.randn(T, B, H, device="cuda")
+    a_tail = a[-3:].clone()
+    ghn = torch.randn(B, H, device="cuda")
+    dx0, delta = bwd(go, ghn, a, w, res, gamma, None, 1, 0, True)
+    g_tail_ref = a_tail
+    _, delta_tail = bwd(go[-3:].contiguous(), ghn, g_tail_ref, w, res, gamma, None, 1, 0, True)
+    assert torch.equal(a[-3:], g_tail_ref) and torch.equal(delta[-3:], delta_tail)
+    assert torch.isfinite(dx0).all() and torch.isfinite(delta[:3]).all()
