@@ -6,37 +6,41 @@
 (DESIGN.md section 5.) One program owns a tile of BLOCK_B = 16 batch rows and runs the whole time loop:
 rows are independent through time, so no program ever waits for another, and the launch cost is paid
 once, not T times. The state (x or delta) stays in registers in float32 (float64 for float64 inputs)
-for the whole sequence; only the recurrent product touches the low-precision weights.
+for the whole sequence; the next step's inputs are prefetched while the current step computes.
 
-Two ways to feed the recurrent product, chosen per (H, dtype, residual kind) by the autotuner:
+Two ways to feed the recurrent product, chosen per (H, dtype, residual kind, precision) by the autotuner:
 
-* ``W_RESIDENT``: W_hh (and a dense R) are loaded once before the time loop and stay on chip. Per step
-  the program does one (16 x HP) @ (HP x HP) ``tl.dot`` and a pointwise epilogue.
-* streamed: W_hh is read in (BLOCK_K x HP) tiles from global memory (it stays hot in L2) every step, and
-  the K-chunks of the state are read back from a small per-row scratch buffer (Triton cannot slice a
-  register tile), with one ``tl.debug_barrier`` per step. This runs any H up to ``MAX_HIDDEN``; it is the
-  only choice once W no longer fits on chip (H > 256 for 2-byte, H > 128 for 4-byte weights).
+* ``W_RESIDENT``: W_hh (and a dense R) are loaded once before the time loop; Triton keeps the
+  loop-invariant dot operand in shared memory and each step is one (16 x HP) @ (HP x HP) ``tl.dot``
+  plus a pointwise epilogue.
+* streamed: W_hh is read in (BLOCK_K x HP) tiles from global memory (hot in L1 / L2) every step, and the
+  K-chunks of the state are read back from a small per-row scratch buffer (Triton cannot slice a
+  register tile), with one ``tl.debug_barrier`` per step. It runs any H up to ``MAX_HIDDEN`` and is the
+  only choice once W no longer fits on chip (H > 256 for 2-byte weights, H > 128 for 4-byte ones).
 
 Sizes are padded to powers of two >= 16 (``tl.dot`` needs tiles of at least 16) and masked. Autotuning is
 keyed on H, the residual kind, the dot precision and the tensors' dtypes, never on T; T and B are not
 specialised either (``do_not_specialize``), so a new sequence length or batch size never recompiles.
-Time offsets are 64-bit (T * B * H may pass 2^31).
+Time offsets are 64-bit (T * B * H may pass 2^31); offsets inside one (B, H) slab are 32-bit, which the
+launchers check.
 
-Numerics. float16 / bfloat16 tensors: the recurrent product runs on the tensor cores with the state
-rounded to the weights' dtype and an fp32 accumulator (what cuDNN does); a dense residual R x is kept in
-fp32 because with r ~ 1 the residual path carries the state and rounding it every step would accumulate.
-float32: the dot precision follows ``torch.get_float32_matmul_precision()`` ("highest" -> exact fp32
-FMA, "high" -> 3xTF32, "medium" -> TF32), so the default matches torch's own fp32 matmul. float16
-weights in the backward: g_t is scaled per row by a power of two before it is rounded to fp16 (g is
-often far below fp16's normal range) and the product is scaled back, both exactly.
+Numerics. float16 / bfloat16 tensors: the W_hh product runs on the tensor cores with an fp32 accumulator;
+the fp32 state is split into two half-precision operands hi + lo, so the product sees ~16 bits of the
+state (cuDNN rounds its state to 8 bits in bf16) at the cost of one extra MMA per step. A dense residual
+R x runs in fp32, because with r ~ 1 the residual path carries the state. float32: the precision of the
+fp32 products follows ``torch.get_float32_matmul_precision()`` ("highest" -> exact fp32 FMA, "high" ->
+3xTF32, "medium" -> TF32), so the default matches torch's own fp32 matmul. float16 weights in the
+backward: g_t is scaled per row by a power of two before it is rounded to fp16 (g often lies far below
+fp16's normal range) and the product is scaled back, both exactly. tanh is built from exp (portable).
 
-Under ``TRITON_INTERPRET=1`` the same kernels run on CPU tensors (slowly) for exact testing; there the
-interpreter's bfloat16 ``tl.dot`` is not faithful (upstream limitation), so bfloat16 products are
-emulated with operands rounded to bf16 and an fp32 product, which is exactly what the tensor cores do up
-to the order of the accumulation.
+Under ``TRITON_INTERPRET=1`` the same kernels run on CPU tensors (slowly) for exact testing. Two
+interpreter quirks are emulated there so that bfloat16 is tested as GPUs compute it: its bf16 ``tl.dot``
+multiplies raw bit patterns (upstream limitation) and its fp32 -> bf16 cast truncates; under the
+interpreter the kernels round to nearest-even bf16 with integer ops and multiply in fp32 (exactly what
+the tensor cores do, bf16 products being exact in fp32).
 
-Reading order: helpers (tanh, phi, phi', pair swap, residuals), the forward kernel, the backward kernel,
-config selection, then the launchers ``wcrnn_fwd`` / ``wcrnn_bwd``.
+Reading order: helpers (tanh, phi, phi', pair swap, residuals, the split product), the forward kernel,
+the backward kernel, config selection, then the launchers ``wcrnn_fwd`` / ``wcrnn_bwd``.
 """
 from __future__ import annotations
 
