@@ -92,8 +92,9 @@ import os, torch
 from wcrnn_kernels import canonical_residual, wcrnn_chain
 torch.manual_seed(0)
 dev = "cuda"
-for path in ("block", "grid"):
-    os.environ["WCRNN_CUDA_PATH"] = path
+for path in ("block", "grid", "grid-1group"):  # the last: one row group, so blocks walk several chunks
+    os.environ["WCRNN_CUDA_PATH"] = "block" if path == "block" else "grid"
+    os.environ["WCRNN_CUDA_ROW_GROUPS"] = "1" if path == "grid-1group" else ""
     for kind in ("scalar", "rotational", "dense"):
         for dtype in (torch.float32, torch.float64, torch.bfloat16):
             for T, B, H, lengths in ((3, 3, 18, True), (2, 11, 34, True), (2, 2, 130, False)):

@@ -30,7 +30,9 @@ pytestmark = [pytest.mark.gpu, pytest.mark.usefixtures("poison_empty")]
 KINDS = ("none", "scalar", "diagonal", "rotational", "dense")
 DIFF = ("u", "x0", "w_hh", "res", "gamma")
 NAMES = ("output", "h_n") + tuple("d" + k for k in DIFF)
-PATHS = ("block", "grid")
+# Forced execution paths: the block path, the grid path as planned, and the grid path with one row group
+# (every block walks all rows in chunks of BT).
+PATHS = ("block", "grid", "grid-1group")
 
 _READY: list = []
 
@@ -55,8 +57,14 @@ def cuda_ready(monkeypatch):
             pytest.fail(f"WCRNN_REQUIRE_CUDA=1 but {why}")
         pytest.skip(why)
     monkeypatch.setenv("WCRNN_POISON_OUTPUTS", "1")
-    monkeypatch.delenv("WCRNN_CUDA_PATH", raising=False)
-    monkeypatch.delenv("WCRNN_CUDA_ROWS", raising=False)
+    for var in ("WCRNN_CUDA_PATH", "WCRNN_CUDA_ROWS", "WCRNN_CUDA_ROW_GROUPS"):
+        monkeypatch.delenv(var, raising=False)
+
+
+def force_path(monkeypatch, path):
+    monkeypatch.setenv("WCRNN_CUDA_PATH", "block" if path == "block" else "grid")
+    if path == "grid-1group":
+        monkeypatch.setenv("WCRNN_CUDA_ROW_GROUPS", "1")
 
 
 def make_case(kind, T, B, H, dtype=torch.float64, lengths=False, seed=0):
@@ -133,7 +141,7 @@ SIZES = ((1, 1, 1), (4, 3, 3), (6, 3, 17), (3, 2, 130), (5, 11, 33), (2, 1, 130)
 @pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("T,B,H", SIZES)
 def test_matches_reference_float64(monkeypatch, path, kind, nonlinearity, lengths, T, B, H):
-    monkeypatch.setenv("WCRNN_CUDA_PATH", path)
+    force_path(monkeypatch, path)
     case = make_case(kind, T, B, H, lengths=lengths)
     expected = reference(case, nonlinearity)
     actual = run_chain(on(case, "cuda"), "cuda", nonlinearity)
@@ -145,8 +153,8 @@ def test_matches_reference_float64(monkeypatch, path, kind, nonlinearity, length
 @pytest.mark.parametrize("kind", ["diagonal", "rotational", "dense"])
 def test_every_tile_height(monkeypatch, rows, path, kind):
     """Each compiled tile height; B = 13, H = 130 makes 8-row tiles hold more than 4 x 256 epilogue elements
-    (the late-load tail) and leaves partial tiles / chunks."""
-    monkeypatch.setenv("WCRNN_CUDA_PATH", path)
+    (the late-load tail) and leaves partial tiles / chunks (one row group: 13, 4 or 2 chunks per step)."""
+    force_path(monkeypatch, path)
     monkeypatch.setenv("WCRNN_CUDA_ROWS", rows)
     case = make_case(kind, 5, 13, 130, lengths=True, seed=3)
     expected = reference(case, "tanh")
@@ -157,7 +165,7 @@ def test_every_tile_height(monkeypatch, rows, path, kind):
 @pytest.mark.parametrize("path", PATHS)
 def test_only_some_gradients(monkeypatch, path):
     """Without residual / gamma gradients the op asks for no delta (need_delta=False)."""
-    monkeypatch.setenv("WCRNN_CUDA_PATH", path)
+    force_path(monkeypatch, path)
     case = make_case("rotational", 7, 5, 24, lengths=True, seed=4)
     diff = ("u", "x0", "w_hh")
     expected, names = select(reference(case, "relu", diff), diff)
@@ -168,7 +176,7 @@ def test_only_some_gradients(monkeypatch, path):
 @pytest.mark.parametrize("path", PATHS)
 @pytest.mark.parametrize("kind", ["scalar", "rotational", "dense"])
 def test_gradcheck(monkeypatch, path, kind):
-    monkeypatch.setenv("WCRNN_CUDA_PATH", path)
+    force_path(monkeypatch, path)
     case = on(make_case(kind, 3, 2, 6, lengths=True, seed=5), "cuda")
     args = [case[k].detach().clone().requires_grad_(True) for k in DIFF]
 
@@ -260,7 +268,7 @@ def _op_args(T=5, B=3, H=8, dtype=torch.float32, res_kind=1, seed=10):
 
 @pytest.mark.parametrize("path", PATHS)
 def test_opcheck(monkeypatch, path):
-    monkeypatch.setenv("WCRNN_CUDA_PATH", path)
+    force_path(monkeypatch, path)
     u, x0, w, res, gamma = _op_args()
     L = torch.tensor([5, 1, 0], device="cuda")
     torch.library.opcheck(torch.ops.wcrnn_C.chain_fwd.default, (u, x0, w, res, gamma, L, 1, 0))
@@ -322,7 +330,7 @@ def test_empty_sizes():
 
 @pytest.mark.parametrize("path", PATHS)
 def test_bitwise_deterministic_and_stream_aware(monkeypatch, path):
-    monkeypatch.setenv("WCRNN_CUDA_PATH", path)
+    force_path(monkeypatch, path)
     u, x0, w, res, gamma = _op_args(T=40, B=9, H=40, res_kind=2)
     first = torch.ops.wcrnn_C.chain_fwd(u, x0, w, res, gamma, None, 2, 0)
     side = torch.cuda.Stream()
@@ -353,12 +361,12 @@ def _need_gib(gib):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("path", ["block", "grid"])
 def test_offsets_past_2_pow_31(path, monkeypatch):
     """A float32 chain with T*B*H > 2^31: the first and the last steps equal short runs of the same kernel
     (whose offsets are small) bit for bit, forward and backward."""
     _need_gib(44)
-    monkeypatch.setenv("WCRNN_CUDA_PATH", path)
+    force_path(monkeypatch, path)
     monkeypatch.delenv("WCRNN_POISON_OUTPUTS")
     B, H = 64, 128
     T = 2 ** 31 // (B * H) + 3

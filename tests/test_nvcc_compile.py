@@ -164,8 +164,9 @@ int main(int argc, char** argv) {
         : plan_chain("bwd", B, H, d, [&](int U, int BT, bool g) { return bwd_bytes(H, U, BT, g, dense, ab); });
       MatvecShape m = matvec_shape(H, p.U);
       std::printf("%s{\"ok\": true, \"grid\": %d, \"rows\": %d, \"U\": %d, \"blocks\": %lld, \"smem\": %zu, "
-                  "\"UP\": %d, \"KS\": %d}", dir ? ", " : "", p.grid ? 1 : 0, p.rows, p.U, (long long)p.blocks,
-                  p.smem, m.UP, m.KS);
+                  "\"UP\": %d, \"KS\": %d, \"unit_blocks\": %d, \"row_groups\": %d, \"rows_per_group\": %lld}",
+                  dir ? ", " : "", p.grid ? 1 : 0, p.rows, p.U, (long long)p.blocks, p.smem, m.UP, m.KS,
+                  p.unit_blocks, p.row_groups, (long long)p.rows_per_group);
     } catch (const std::exception& e) {
       std::printf("%s{\"ok\": false}", dir ? ", " : "");
     }
@@ -218,8 +219,10 @@ def test_planner_fits_every_shape(probe, device):
                     assert p["smem"] <= smem, where
                     assert p["rows"] in (1, 4, 8), where
                     if p["grid"]:
-                        assert p["blocks"] <= sms and p["U"] % 2 == 0, where
-                        assert p["blocks"] * p["U"] >= H > (p["blocks"] - 1) * p["U"], where
+                        nu, ng, rpg = p["unit_blocks"], p["row_groups"], p["rows_per_group"]
+                        assert p["blocks"] == nu * ng <= sms and p["U"] % 2 == 0, where
+                        assert nu * p["U"] >= H > (nu - 1) * p["U"], where
+                        assert ng * rpg >= B > (ng - 1) * rpg, where
                     else:
                         assert p["U"] == H and p["blocks"] * p["rows"] >= B, where
                     assert p["KS"] * p["UP"] <= 256 and p["KS"] <= max(H, 1), where
@@ -230,9 +233,16 @@ def test_planner_paths_and_knobs(probe):
     assert not probe("H100", 32, 128, False, "float32")[0][0]["grid"]
     assert probe("H100", 8, 512, False, "float32")[0][0]["grid"]
     assert probe("A100", 8, 1024, True, "float32")[0][1]["grid"]
-    # Forcing the grid path at small H (what the GPU tests do) and the tile height.
+    # S3 in float32 (B = 64, H = 256): 8 row groups of 8 rows times 16 slices of 16 units.
+    q = probe("H100", 64, 256, False, "float32")[0][0]
+    assert q["grid"] and (q["row_groups"], q["rows_per_group"], q["unit_blocks"], q["U"]) == (8, 8, 16, 16), q
+    # Forcing the grid path at small H (what the GPU tests do), the tile height and the row groups.
     p = probe("H100", 11, 17, False, "float64", {"WCRNN_CUDA_PATH": "grid", "WCRNN_CUDA_ROWS": "4"})[0]
-    assert all(q["ok"] and q["grid"] and q["rows"] == 4 and q["U"] == 2 and q["blocks"] == 9 for q in p), p
+    assert all(q["ok"] and q["grid"] and q["rows"] == 4 and q["U"] == 2 and q["unit_blocks"] == 9
+               and q["row_groups"] == 3 and q["rows_per_group"] == 4 for q in p), p
+    p = probe("H100", 11, 17, False, "float64", {"WCRNN_CUDA_PATH": "grid", "WCRNN_CUDA_ROW_GROUPS": "1"})[0]
+    assert all(q["ok"] and q["row_groups"] == 1 and q["rows_per_group"] == 11 and q["rows"] == 8 for q in p), p
+    assert not any(q["ok"] for q in probe("H100", 8, 64, False, "float32", {"WCRNN_CUDA_ROW_GROUPS": "x"})[0])
     # Forcing the block path where W_hh cannot fit is an error, not a silent change of path.
     assert not any(q["ok"] for q in probe("A100", 8, 1024, False, "float32", {"WCRNN_CUDA_PATH": "block"})[0])
     assert not any(q["ok"] for q in probe("A100", 8, 64, False, "float32", {"WCRNN_CUDA_ROWS": "3"})[0])

@@ -74,8 +74,10 @@ __global__ void __launch_bounds__(kThreads) chain_bwd_kernel(const BwdParams<S> 
   for (int idx = tid; idx < NX2 * BT * H; idx += kThreads) sd[idx] = A(0);
   __syncthreads();
 
-  const int64_t row_first = GRID ? 0 : static_cast<int64_t>(blockIdx.x) * BT;
-  const int64_t row_end = GRID ? B : min(B, row_first + BT);
+  // Batch rows of this block: a tile of BT (block path) or a group of rows_per_group (grid path).
+  const int64_t row_first = GRID ? static_cast<int64_t>(blockIdx.y) * p.rows_per_group
+                                 : static_cast<int64_t>(blockIdx.x) * BT;
+  const int64_t row_end = min(B, row_first + (GRID ? p.rows_per_group : static_cast<int64_t>(BT)));
 
   // Where the carried delta of (local row r / batch row b, unit j) lives in half `half`.
   auto dslot = [&](int half, int r, int64_t b, int j) -> A* {
@@ -228,6 +230,7 @@ void launch_bwd_rows(const BwdCall& c, const Plan& plan, const DeviceInfo& dev) 
   p.B = c.B;
   p.H = c.H;
   p.U = plan.U;
+  p.rows_per_group = plan.rows_per_group;
   p.nonlin = c.nonlin;
   p.res_kind = c.res_kind;
   if (plan.grid) {

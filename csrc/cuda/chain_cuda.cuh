@@ -7,11 +7,12 @@
 // * block path (GRID=false): one thread block owns a tile of BT batch rows and ALL H units. W_hh (and a
 //   dense residual) lives in shared memory for the whole sequence, the state rows live in shared memory,
 //   and a step needs only __syncthreads. Blocks are independent, so any number of them may run in waves.
-// * grid path (GRID=true): for H whose W_hh does not fit one block. Block k owns the units
-//   [k*U, k*U + U) for ALL batch rows (processed in chunks of BT rows) and keeps only its U-slice of
-//   W_hh on chip. Each step a block stages the full previous state rows from L2 (ld.global.cg), computes
-//   its own units, writes them back to L2 (st.global.cg), and the grid meets at one cooperative-groups
-//   grid barrier. The launch is cooperative, so every block is resident and the barrier cannot deadlock.
+// * grid path (GRID=true): for H whose W_hh does not fit one block. Block (x, y) owns the units
+//   [x*U, x*U + U) of the batch rows in group y (processed in chunks of BT rows) and keeps only its
+//   U-slice of W_hh on chip. Each step a block stages the full previous state of its rows from L2
+//   (ld.global.cg), computes its own units, writes them back to L2 (st.global.cg), and the grid meets at
+//   one cooperative-groups grid barrier. The launch is cooperative, so every block is resident and the
+//   barrier cannot deadlock.
 //
 // Both paths share the per-step structure of the "torch" backend (wcrnn_kernels/backends/pytorch.py):
 // the matvec is split into KS partial sums per output (threads ks = 0..KS-1 take every KS-th input
@@ -19,6 +20,7 @@
 // gamma, phi and the lengths mask exactly as the torch loop does.
 #pragma once
 
+#include <algorithm>
 #include <cstddef>
 #include <cstdint>
 #include <cstdlib>
@@ -195,6 +197,7 @@ struct FwdParams {
   S* hn;                    // (B, H)
   typename AccType<S>::type* xbuf;  // grid path: (2, B, H) state exchange; unused on the block path
   int64_t T, B;
+  int64_t rows_per_group;  // grid path: batch rows per blockIdx.y
   int H, U, nonlin, res_kind;
 };
 
@@ -211,6 +214,7 @@ struct BwdParams {
   S* deltas;                // (T, B, H) or nullptr when delta is not asked for
   S* dbuf;                  // grid path: (2, B, H) delta exchange; unused on the block path
   int64_t T, B;
+  int64_t rows_per_group;  // grid path: batch rows per blockIdx.y
   int H, U, nonlin, res_kind;
 };
 
@@ -257,38 +261,59 @@ inline int rows_from_env() {
   return 0;
 }
 
+// WCRNN_CUDA_ROW_GROUPS=n forces the grid path's number of row groups (tests use 1 to get several chunks).
+inline int row_groups_from_env() {
+  const char* v = std::getenv("WCRNN_CUDA_ROW_GROUPS");
+  if (v == nullptr || *v == '\0') return 0;
+  char* end = nullptr;
+  const long n = std::strtol(v, &end, 10);
+  TORCH_CHECK(end != v && *end == '\0' && n >= 1 && n <= 65535,
+              "WCRNN_CUDA_ROW_GROUPS: expected a positive integer, got '", v, "'");
+  return static_cast<int>(n);
+}
+
 struct Plan {
   bool grid = false;
-  int rows = 1;     // BT (one of kRowChoices): batch rows per tile (block path) or per chunk (grid path)
-  int U = 0;        // units per block (H on the block path)
-  int64_t blocks = 0;
-  size_t smem = 0;  // dynamic shared memory bytes per block
+  int rows = 1;             // BT (one of kRowChoices): batch rows per tile (block path) / per chunk (grid)
+  int U = 0;                // units per block (H on the block path)
+  int64_t blocks = 0;       // block path: batch tiles; grid path: unit_blocks * row_groups
+  int unit_blocks = 1;      // grid path: blockIdx.x, slices of U units
+  int row_groups = 1;       // grid path: blockIdx.y, groups of rows_per_group batch rows
+  int64_t rows_per_group = 0;
+  size_t smem = 0;          // dynamic shared memory bytes per block
 };
 
-// smem_of(U, BT, grid) -> bytes. Block path when W_hh (plus a dense residual) fits one block; else the
-// grid path with the smallest even unit slice that gives at most one block per SM.
+inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+inline int even_up(int64_t n) { return static_cast<int>(n + (n & 1)); }
+
+// smem_of(U, BT, grid) -> bytes. Block path when W_hh (plus a dense residual) fits one block. Otherwise the
+// grid path: at most one block per SM, split two ways, over units (blockIdx.x: the fewest slices whose
+// W_hh rows fit shared memory, more if SMs are left) and over batch rows (blockIdx.y: up to one group per
+// BT rows). Each block then runs ceil(rows_per_group / BT) chunks per step.
 template <class SmemOf>
 Plan plan_chain(const char* op, int64_t B, int H, const DeviceInfo& dev, SmemOf smem_of) {
   const PathChoice choice = path_from_env();
   const int env_rows = rows_from_env();
+  const int env_groups = row_groups_from_env();
+  const size_t optin = static_cast<size_t>(dev.smem_optin);
   Plan p;
   if (choice != PathChoice::kGrid) {
     // Smallest tile that still gives one block per SM: the chain is latency bound, so fewer rows per
     // block means a shorter step as long as SMs are left idle otherwise.
     int bt = 8;
     for (int cand : kRowChoices) {
-      if ((B + cand - 1) / cand <= dev.sms) {
+      if (ceil_div(B, cand) <= dev.sms) {
         bt = cand;
         break;
       }
     }
     if (env_rows) bt = env_rows;
     const size_t smem = smem_of(H, bt, false);
-    if (smem <= static_cast<size_t>(dev.smem_optin)) {
+    if (smem <= optin) {
       p.grid = false;
       p.rows = bt;
       p.U = H;
-      p.blocks = (B + bt - 1) / bt;
+      p.blocks = ceil_div(B, bt);
       p.smem = smem;
       return p;
     }
@@ -298,25 +323,38 @@ Plan plan_chain(const char* op, int64_t B, int H, const DeviceInfo& dev, SmemOf 
   TORCH_CHECK(dev.coop, op, ": the grid path (H=", H,
               " does not fit one thread block) needs cooperative launch, which this device does not "
               "support");
-  int U = (H + dev.sms - 1) / dev.sms;
-  U += U & 1;  // even, so that rotation pairs (2k, 2k+1) never straddle two blocks
-  if (U < 2) U = 2;
-  int bt = B <= 1 ? 1 : (B <= 4 ? 4 : 8);  // rows per chunk
-  if (env_rows) bt = env_rows;
-  size_t smem = smem_of(U, bt, true);
-  while (smem > static_cast<size_t>(dev.smem_optin) && bt > 1 && !env_rows) {
-    bt = bt == 8 ? 4 : 1;  // fewer staged rows per chunk
-    smem = smem_of(U, bt, true);
+  // Rows per chunk, then the fewest unit slices whose shared memory fits (fewer staged rows if needed).
+  int bt = env_rows ? env_rows : (B <= 1 ? 1 : (B <= 4 ? 4 : 8));
+  int min_slices = 0;
+  while (true) {
+    for (int n = 1; n <= dev.sms; ++n) {
+      const int U = even_up(ceil_div(H, n));  // even: rotation pairs never straddle two blocks
+      if (smem_of(U, bt, true) <= optin) {
+        min_slices = static_cast<int>(ceil_div(H, U));
+        break;
+      }
+    }
+    if (min_slices > 0 || env_rows || bt == 1) break;
+    bt = bt == 8 ? 4 : 1;
   }
-  TORCH_CHECK(smem <= static_cast<size_t>(dev.smem_optin), op, ": H=", H, " is too large for the CUDA ",
-              "kernels on this device: a slice of ", U, " units of W_hh needs ", smem,
+  TORCH_CHECK(min_slices > 0, op, ": H=", H, " is too large for the CUDA kernels on this device: even ",
+              dev.sms, " slices of W_hh need ", smem_of(even_up(ceil_div(H, dev.sms)), bt, true),
               " bytes of shared memory per block and the device allows ", dev.smem_optin,
               " (use backend='triton' or 'torch')");
+  int64_t groups = std::min<int64_t>(ceil_div(B, bt), std::max(1, dev.sms / min_slices));
+  if (env_groups) groups = std::min<int64_t>(env_groups, B);
+  if (groups < 1) groups = 1;
+  const int slices_wanted = std::max<int>(min_slices, static_cast<int>(dev.sms / groups));
+  p.U = std::max(2, even_up(ceil_div(H, slices_wanted)));
+  p.unit_blocks = static_cast<int>(ceil_div(H, p.U));
+  p.rows_per_group = ceil_div(B, groups);
+  p.row_groups = static_cast<int>(ceil_div(B, p.rows_per_group));
   p.grid = true;
   p.rows = bt;
-  p.U = U;
-  p.blocks = (H + U - 1) / U;
-  p.smem = smem;
+  p.blocks = static_cast<int64_t>(p.unit_blocks) * p.row_groups;
+  p.smem = smem_of(p.U, bt, true);
+  TORCH_CHECK(p.smem <= optin, op, ": internal error: planned ", p.smem, " bytes of shared memory, the device ",
+              "allows ", dev.smem_optin);
   return p;
 }
 
@@ -340,8 +378,9 @@ void launch_kernel(const char* op, Kernel kernel, const Plan& plan, const Device
               per_sm, " per SM x ", dev.sms, " SMs");
   void* args[] = {&params};
   C10_CUDA_CHECK(cudaLaunchCooperativeKernel(reinterpret_cast<const void*>(kernel),
-                                             dim3(static_cast<unsigned int>(plan.blocks)), dim3(kThreads),
-                                             args, plan.smem, stream));
+                                             dim3(static_cast<unsigned int>(plan.unit_blocks),
+                                                  static_cast<unsigned int>(plan.row_groups)),
+                                             dim3(kThreads), args, plan.smem, stream));
   C10_CUDA_CHECK(cudaGetLastError());
 }
 

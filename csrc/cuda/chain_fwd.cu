@@ -61,8 +61,10 @@ __global__ void __launch_bounds__(kThreads) chain_fwd_kernel(const FwdParams<S> 
   for (int idx = tid; idx < NX * BT * H; idx += kThreads) xs[idx] = A(0);
   __syncthreads();
 
-  const int64_t row_first = GRID ? 0 : static_cast<int64_t>(blockIdx.x) * BT;
-  const int64_t row_end = GRID ? B : min(B, row_first + BT);
+  // Batch rows of this block: a tile of BT (block path) or a group of rows_per_group (grid path).
+  const int64_t row_first = GRID ? static_cast<int64_t>(blockIdx.y) * p.rows_per_group
+                                 : static_cast<int64_t>(blockIdx.x) * BT;
+  const int64_t row_end = min(B, row_first + (GRID ? p.rows_per_group : static_cast<int64_t>(BT)));
   int cur = 0;  // block path: xs[cur] holds x_{t-1}, the epilogue writes x_t into xs[cur ^ 1]
 
   for (int64_t t = 0; t < T; ++t) {
@@ -165,6 +167,7 @@ void launch_fwd_rows(const FwdCall& c, const Plan& plan, const DeviceInfo& dev) 
   p.B = c.B;
   p.H = c.H;
   p.U = plan.U;
+  p.rows_per_group = plan.rows_per_group;
   p.nonlin = c.nonlin;
   p.res_kind = c.res_kind;
   if (plan.grid) {
