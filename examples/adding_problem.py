@@ -4,7 +4,7 @@
     python examples/adding_problem.py --r 0.995,1,1.0025
     python examples/adding_problem.py --quick       # the CI smoke run (seconds)
 
-Each network is a FusedWCRNN (gamma = 0.01, nn.RNN's default weights, scalar residual r) with a linear
+Each network (``--seeds`` instances per residual) is a FusedWCRNN (gamma = 0.01, nn.RNN's default weights, scalar residual r) with a linear
 readout of its last state, trained online with Adam on fresh batches of the adding problem
 (``wcrnn_kernels.tasks.adding_problem``) until the RMS error on a fixed test set of 1000 sequences falls
 under 0.05, the paper's minimal performance, or the step budget runs out. Prints a table (steps to the
@@ -52,19 +52,19 @@ def parse_args(argv=None):
     p.add_argument("--hidden", type=int, default=64)
     p.add_argument("--gamma", type=float, default=init.PAPER_GAMMA)
     p.add_argument("--nonlinearity", default="relu", choices=("tanh", "relu"))
-    p.add_argument("--lr", type=float, default=0.003, help="Adam learning rate")
+    p.add_argument("--lr", type=float, default=0.01, help="Adam learning rate")
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--max-steps", type=int, default=8000, help="step budget per network")
     p.add_argument("--eval-every", type=int, default=100)
     p.add_argument("--threshold", type=float, default=tasks.ADDING_THRESHOLD_RMS)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seeds", type=int, default=3, help="network instances (seeds 0..N-1) per residual")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: leave torch's default)")
     p.add_argument("--backend", default="auto")
     p.add_argument("--quick", action="store_true", help="tiny run for CI (T = 30, H = 16, 40 steps)")
     p.add_argument("--out", default=os.path.join(HERE, "results", "adding_problem.png"), help="PNG path")
     a = p.parse_args(argv)
     if a.quick:
-        a.T, a.hidden, a.max_steps, a.eval_every, a.r = 30, 16, 40, 20, "0.95,1.0,1.01"
+        a.T, a.hidden, a.max_steps, a.eval_every, a.r, a.seeds = 30, 16, 40, 20, "0.95,1.0,1.01", 1
     a.r_values = [float(v) for v in a.r.split(",")]
     return a
 
@@ -74,15 +74,15 @@ def rms(model, x, y):
         return tasks.rms_error(model(x), y)
 
 
-def train_one(r, args, test):
-    torch.manual_seed(args.seed)
+def train_one(r, seed, args, test):
+    torch.manual_seed(seed)  # the weights of seed s are the same for every r
     model = Adder(args.hidden, r, args.gamma, args.nonlinearity, args.backend)
     opt = torch.optim.Adam(model.parameters(), lr=args.lr)
-    gen = torch.Generator().manual_seed(args.seed + 1)
+    gen = torch.Generator().manual_seed(1000 + seed)
     steps, curve = [0], [rms(model, *test)]
     reached = None
     t0 = time.perf_counter()
-    bar = tqdm(range(1, args.max_steps + 1), desc=f"r = {r:g}", unit="step", mininterval=1.0)
+    bar = tqdm(range(1, args.max_steps + 1), desc=f"r = {r:g}, seed {seed}", unit="step", mininterval=1.0)
     for step in bar:
         x, y = tasks.adding_problem(args.batch, args.T, generator=gen)
         loss = nn.functional.mse_loss(model(x), y)
@@ -98,8 +98,15 @@ def train_one(r, args, test):
                 break
     bar.close()
     wall = time.perf_counter() - t0
-    return dict(r=r, regime=init.regime_of(r), steps=steps, test_rms=curve, steps_to_threshold=reached,
+    return dict(r=r, seed=seed, regime=init.regime_of(r), steps=steps, test_rms=curve, steps_to_threshold=reached,
                 best_rms=min(curve), final_rms=curve[-1], steps_run=steps[-1], wall_time_s=wall)
+
+
+def _median_steps(steps, budget):
+    """Median over seeds, counting a run that never reached the threshold as beyond the budget."""
+    vals = sorted(v if v is not None else float("inf") for v in steps)
+    m = vals[len(vals) // 2] if len(vals) % 2 else (vals[len(vals) // 2 - 1] + vals[len(vals) // 2]) / 2
+    return f"> {budget}" if m == float("inf") else f"{m:g}"
 
 
 def main(argv=None):
@@ -107,20 +114,27 @@ def main(argv=None):
     if args.threads:
         torch.set_num_threads(args.threads)
     test = tasks.adding_problem(1000, args.T, generator=torch.Generator().manual_seed(12345))
-    results = [train_one(r, args, test) for r in args.r_values]
+    t0 = time.perf_counter()
+    results = [train_one(r, seed, args, test) for r in args.r_values for seed in range(args.seeds)]
+    total = time.perf_counter() - t0
     print(f"\nadding problem T = {args.T}: H = {args.hidden}, gamma = {args.gamma}, {args.nonlinearity}, Adam "
           f"lr = {args.lr}, batch {args.batch}, budget {args.max_steps} steps, threshold RMS {args.threshold}; "
           f"predicting the mean gives RMS {tasks.adding_baseline_rms():.3f}; torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads\n")
-    print("| r | regime | steps to RMS < %g | best test RMS | wall time (s) |" % args.threshold)
-    print("|---|---|---|---|---|")
-    for res in results:
-        s = res["steps_to_threshold"] if res["steps_to_threshold"] is not None else \
-            f"not reached in {res['steps_run']}"
-        print(f"| {res['r']:g} | {res['regime']} | {s} | {res['best_rms']:.4f} | {res['wall_time_s']:.0f} |")
+    print(f"| r | regime | steps to RMS < {args.threshold:g}, per seed | median | best test RMS, per seed "
+          f"| wall time (s) |")
+    print("|---|---|---|---|---|---|")
+    for r in args.r_values:
+        rows = [res for res in results if res["r"] == r]
+        steps = [res["steps_to_threshold"] for res in rows]
+        shown = ", ".join(str(v) if v is not None else f">{res['steps_run']}" for v, res in zip(steps, rows))
+        best = ", ".join(f"{res['best_rms']:.4f}" for res in rows)
+        print(f"| {r:g} | {rows[0]['regime']} | {shown} | {_median_steps(steps, args.max_steps)} | {best} | "
+              f"{sum(res['wall_time_s'] for res in rows):.0f} |")
+    print(f"\ntotal wall time {total:.0f} s")
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     meta = {k: v for k, v in vars(args).items() if k != "out"}
-    meta.update(torch=torch.__version__, threads=torch.get_num_threads(),
+    meta.update(torch=torch.__version__, threads=torch.get_num_threads(), total_wall_time_s=total,
                 baseline_rms=tasks.adding_baseline_rms())
     with open(os.path.splitext(args.out)[0] + ".json", "w") as f:
         json.dump(dict(meta=meta, results=results), f, indent=1)
@@ -134,17 +148,21 @@ def plot(results, args):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6.5, 4.5))
-    for res in results:
-        s = res["steps_to_threshold"]
-        lab = f"r = {res['r']:g} ({res['regime']}): " + (f"{s} steps" if s else "not reached")
-        ax.plot(res["steps"], res["test_rms"], "-", lw=1.5, label=lab)
+    fig, ax = plt.subplots(figsize=(7, 4.8))
+    colors = dict(zip(args.r_values, plt.rcParams["axes.prop_cycle"].by_key()["color"]))
+    for r in args.r_values:
+        rows = [res for res in results if res["r"] == r]
+        steps = [res["steps_to_threshold"] for res in rows]
+        lab = f"r = {r:g} ({rows[0]['regime']}): median {_median_steps(steps, args.max_steps)} steps"
+        for i, res in enumerate(rows):
+            ax.plot(res["steps"], res["test_rms"], "-", lw=1.2, color=colors[r], alpha=0.85,
+                    label=lab if i == 0 else None)
     ax.axhline(args.threshold, color="gray", ls=":", lw=1, label=f"RMS {args.threshold:g} (paper's MP)")
     ax.axhline(tasks.adding_baseline_rms(), color="gray", ls="--", lw=0.8, label="predict the mean")
     ax.set_yscale("log")
     ax.set(xlabel="training step", ylabel="test RMS error",
            title=f"Adding problem T = {args.T}: H = {args.hidden}, gamma = {args.gamma:g}, "
-                 f"{args.nonlinearity}, Adam lr {args.lr:g}")
+                 f"{args.nonlinearity}, Adam lr {args.lr:g}, {args.seeds} seeds")
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(args.out, dpi=110)

@@ -85,8 +85,9 @@ def main(argv=None):
 
     print(f"\nH = {H}, T = {args.steps} (warm-up {args.warmup}), gamma = {args.gamma}, {args.batch} driving "
           f"sequences, wall time {wall:.1f} s\n")
-    print("| network | predicted log|eig R| range | measured lambda_1 .. lambda_H | max |lambda_i - pred_i| "
-          "| |mean lambda - mean pred| |")
+    # (no bare "|" inside cells: the table is pasted into markdown)
+    print("| network | predicted log-moduli of eig(R) | measured lambda_1 .. lambda_H | max_i abs(lambda_i - pred_i) "
+          "| abs(mean lambda - mean pred) |")
     print("|---|---|---|---|---|")
     for r in results:
         print(f"| {r['name']} | {min(r['predicted']):+.5f} .. {max(r['predicted']):+.5f} | "

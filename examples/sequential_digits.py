@@ -52,7 +52,7 @@ def parse_args(argv=None):
     p.add_argument("--hidden", type=int, default=64)
     p.add_argument("--gamma", type=float, default=init.PAPER_GAMMA)
     p.add_argument("--nonlinearity", default="tanh", choices=("tanh", "relu"))
-    p.add_argument("--epochs", type=int, default=40)
+    p.add_argument("--epochs", type=int, default=150)
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--lr", type=float, default=0.01, help="Adam learning rate")
     p.add_argument("--permuted", action="store_true", help="permuted-sequential digits (psDigits)")
