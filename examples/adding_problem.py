@@ -8,12 +8,14 @@ Each network (``--seeds`` instances per residual) is a FusedWCRNN (gamma = 0.01,
 readout of its last state, trained online with Adam on fresh batches of the adding problem
 (``wcrnn_kernels.tasks.adding_problem``) until the RMS error on a fixed test set of 1000 sequences falls
 under 0.05, the paper's minimal performance, or the step budget runs out. Prints a table (steps to the
-threshold, best RMS, wall time), writes the learning curves as a PNG and the numbers as JSON.
+threshold, best RMS, wall time) and the largest and mean Lyapunov exponents of each network before and
+after training, writes the learning curves as a PNG and the numbers as JSON.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 import time
@@ -28,6 +30,7 @@ if os.path.isdir(os.path.join(_ROOT, "wcrnn_kernels")):
     sys.path.insert(0, _ROOT)
 
 from wcrnn_kernels import init, tasks  # noqa: E402
+from wcrnn_kernels.dynamics import lyapunov_spectrum  # noqa: E402
 from wcrnn_kernels.module import FusedWCRNN  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -74,12 +77,20 @@ def rms(model, x, y):
         return tasks.rms_error(model(x), y)
 
 
+def exponents(model, x):
+    """Largest and mean Lyapunov exponent of the trained layer on test sequences (one spectrum each)."""
+    lam = lyapunov_spectrum(model.rnn, x, warmup=x.shape[1] // 5)
+    return lam[:, 0].mean().item(), lam.mean().item()
+
+
 def train_one(r, seed, args, test):
     torch.manual_seed(seed)  # the weights of seed s are the same for every r
     model = Adder(args.hidden, r, args.gamma, args.nonlinearity, args.backend)
     opt = torch.optim.Adam(model.parameters(), lr=args.lr)
     gen = torch.Generator().manual_seed(1000 + seed)
     steps, curve = [0], [rms(model, *test)]
+    lyap_x = test[0][:4]
+    lam_before = exponents(model, lyap_x)
     reached = None
     t0 = time.perf_counter()
     bar = tqdm(range(1, args.max_steps + 1), desc=f"r = {r:g}, seed {seed}", unit="step", mininterval=1.0)
@@ -98,8 +109,11 @@ def train_one(r, seed, args, test):
                 break
     bar.close()
     wall = time.perf_counter() - t0
+    lam_after = exponents(model, lyap_x)
     return dict(r=r, seed=seed, regime=init.regime_of(r), steps=steps, test_rms=curve, steps_to_threshold=reached,
-                best_rms=min(curve), final_rms=curve[-1], steps_run=steps[-1], wall_time_s=wall)
+                best_rms=min(curve), final_rms=curve[-1], steps_run=steps[-1], wall_time_s=wall,
+                lambda_max_before=lam_before[0], lambda_mean_before=lam_before[1],
+                lambda_max_after=lam_after[0], lambda_mean_after=lam_after[1])
 
 
 def _median_steps(steps, budget):
@@ -131,7 +145,16 @@ def main(argv=None):
         best = ", ".join(f"{res['best_rms']:.4f}" for res in rows)
         print(f"| {r:g} | {rows[0]['regime']} | {shown} | {_median_steps(steps, args.max_steps)} | {best} | "
               f"{sum(res['wall_time_s'] for res in rows):.0f} |")
-    print(f"\ntotal wall time {total:.0f} s")
+    print(f"\ntotal wall time {total:.0f} s\n\nLyapunov exponents of the layer on 4 test sequences (QR method), "
+          f"mean over seeds; log r is the prediction at initialisation:\n")
+    print("| r | log r | lambda_max before | lambda_max after | mean lambda before | mean lambda after |")
+    print("|---|---|---|---|---|---|")
+    for r in args.r_values:
+        rows = [res for res in results if res["r"] == r]
+        m = {k: sum(res[k] for res in rows) / len(rows) for k in
+             ("lambda_max_before", "lambda_max_after", "lambda_mean_before", "lambda_mean_after")}
+        print(f"| {r:g} | {math.log(r):+.5f} | {m['lambda_max_before']:+.5f} | {m['lambda_max_after']:+.5f} | "
+              f"{m['lambda_mean_before']:+.5f} | {m['lambda_mean_after']:+.5f} |")
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     meta = {k: v for k, v in vars(args).items() if k != "out"}
     meta.update(torch=torch.__version__, threads=torch.get_num_threads(), total_wall_time_s=total,
