@@ -11,13 +11,18 @@ Kernel design (csrc/cuda/chain_cuda.cuh): one persistent kernel per call and dir
 one thread block's shared memory (H up to 201 in float32 and 282 in float16 on an A100, 238 and 334 on an
 H100; about 30 % less with a dense residual, whose matrix is on chip too), each block owns a tile of batch
 rows and runs all T steps with W_hh on chip (the "block path"). Beyond that,
-W_hh is split across the blocks of a cooperative launch, each block owns a slice of the units for every
-row, and the blocks exchange the new state through L2 and meet at a grid-wide barrier once per step
-(the "grid path"). State and accumulation are float32 for float16/bfloat16 (float64 for float64).
+W_hh is split across the blocks of a cooperative launch, a block owns a slice of the units for a group of
+rows, and the blocks exchange the new state through L2 and meet at a grid-wide barrier once per step
+(the "grid path"). State and accumulation are float32 for float16/bfloat16 (float64 for float64). The
+backward chain receives float32 tensors for float16/bfloat16 models (ops.py upcasts).
 
-Two environment variables, read at each call, exist for tests and tuning:
-``WCRNN_CUDA_PATH=auto|block|grid`` forces a path (an error if it cannot run the shape) and
-``WCRNN_CUDA_ROWS=1|4|8`` forces the batch rows per tile / chunk.
+Environment variables, read at each call, for tests and tuning: ``WCRNN_CUDA_PATH=auto|block|grid``
+forces a path (an error if it cannot run the shape), ``WCRNN_CUDA_ROWS=1|4|8`` the batch rows per tile /
+chunk, ``WCRNN_CUDA_ROW_GROUPS=n`` the grid path's row groups, and ``WCRNN_POISON_OUTPUTS=1`` fills the
+op's outputs and exchange buffers with NaN before the kernels run (as the CPU kernels do).
+
+Status: compiled for sm_80 / sm_90 in CI, but no GPU was available while it was written; tests/test_cuda.py
+and scripts/gpu_check.sh are what a GPU session runs to verify it.
 """
 from __future__ import annotations
 
