@@ -234,7 +234,8 @@ def _jit(notes: list[str]) -> tuple[bool, str]:
         return False, "ninja is needed to compile the kernels on first use: `pip install ninja`"
     with_cuda, cuda_why = cuda_build_decision(root)
     _state["cuda_decision"] = cuda_why
-    digest = source_hash(root, with_cuda)
+    # torch's git revision too: two builds may share a version string (local or nightly builds)
+    digest = source_hash(root, with_cuda, extra=(getattr(torch.version, "git_version", None),))
     py = f"{sys.version_info[0]}{sys.version_info[1]}"
     name = f"wcrnn_C_{digest[:16]}"
     build_dir = os.path.join(cache_root(), f"torch-{torch.__version__}-py{py}", name)

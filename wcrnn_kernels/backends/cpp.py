@@ -46,16 +46,18 @@ def register_fakes() -> None:
 
 class CppBackend:
     name = "cpp"
+    _availability = None
 
     def availability(self):
-        ok, why = _build.load_extension()
-        if not ok:
-            return False, why
-        try:
-            info = torch.ops.wcrnn_C.cpu_info()
-        except Exception as e:  # noqa: BLE001 - a library without the CPU kernels
-            return False, f"the loaded wcrnn_C library has no CPU kernels ({e})"
-        return True, f"fused C++ CPU kernels ({info}); {why}"
+        if self._availability is None:
+            ok, why = _build.load_extension()
+            if ok:
+                try:
+                    why = f"fused C++ CPU kernels ({torch.ops.wcrnn_C.cpu_info()}); {why}"
+                except Exception as e:  # noqa: BLE001 - a library without the CPU kernels
+                    ok, why = False, f"the loaded wcrnn_C library has no CPU kernels ({e})"
+            self._availability = (ok, why)
+        return self._availability
 
     def supports(self, device, dtype, hidden_size):
         if device.type != "cpu":
