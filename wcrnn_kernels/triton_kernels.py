@@ -44,6 +44,7 @@ the backward kernel, config selection, then the launchers ``wcrnn_fwd`` / ``wcrn
 """
 from __future__ import annotations
 
+import contextlib
 import inspect
 import os
 import time
@@ -657,7 +658,7 @@ def wcrnn_fwd(u, x0, w_hh, res_kind, res, gamma, lengths=None, nonlin=0, *, conf
                 SPLIT=SPLIT_HALF_STATE and w_hh.dtype in _HALF, HP=HP, BLOCK=BLOCK_B)
     args = (u, x0, wt, res_k, gamma, lengths if lengths is not None else x0, out, hn, scratch, T, B, H)
     grid = (triton.cdiv(B, BLOCK_B),)
-    with torch.cuda.device(dev) if dev.type == "cuda" else _nullcontext():
+    with torch.cuda.device(dev) if dev.type == "cuda" else contextlib.nullcontext():
         _launch(_wcrnn_fwd_tuned, _wcrnn_fwd_kernel, grid, config, args, meta, HP, w_hh.element_size(),
                 torch.empty((), dtype=cd).element_size(), res_kind == 2)
     return out, hn
@@ -699,15 +700,92 @@ def wcrnn_bwd(grad_out, grad_hn, a, w_hh, res_kind, res, gamma, lengths=None, no
     args = (grad_out, grad_hn, a, w_hh, res, gamma, lengths if lengths is not None else grad_hn, g, dx0,
             delta if need_delta else g, scratch, T, B, H)
     grid = (triton.cdiv(B, BLOCK_B),)
-    with torch.cuda.device(dev) if dev.type == "cuda" else _nullcontext():
+    with torch.cuda.device(dev) if dev.type == "cuda" else contextlib.nullcontext():
         _launch(_wcrnn_bwd_tuned, _wcrnn_bwd_kernel, grid, config, args, meta, HP, w_hh.element_size(),
                 a.element_size(), res_kind == 2)
     return g, dx0, delta
 
 
-class _nullcontext:
-    def __enter__(self):
-        return self
+# --------------------------------------------------------------------------------------------------
+# Cross-compilation without a GPU: what a kernel variant costs on the target (used by the tests, and
+# `python -m wcrnn_kernels.triton_kernels` prints the table for the benchmark shapes)
+# --------------------------------------------------------------------------------------------------
 
-    def __exit__(self, *exc):
-        return False
+_SIG_DTYPE = {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "fp32", torch.float64: "fp64"}
+
+
+def cross_compile(kind, w_dtype, H, res_kind, config, *, prec="ieee", nonlin=0, lengths=True, arch=90):
+    """Compile one variant of ``_wcrnn_{kind}_kernel`` for ``sm_{arch}`` through Triton's NVIDIA pipeline
+    (no GPU needed). ``config``: {"W_RESIDENT", "BLOCK_K", "num_warps"}. The backward's state dtype is
+    float32 (float64 for float64 weights), as the op passes it. Returns the CompiledKernel."""
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+    wdt = _SIG_DTYPE[w_dtype]
+    cd = "fp64" if w_dtype == torch.float64 else "fp32"
+    if kind == "fwd":
+        fn, ptrs = _wcrnn_fwd_kernel, [wdt] * 5 + ["i64", wdt, wdt, cd]
+    elif kind == "bwd":
+        fn, ptrs = _wcrnn_bwd_kernel, [cd, cd, cd, wdt, cd, cd, "i64", cd, cd, cd, cd]
+    else:
+        raise ValueError(f"kind: expected 'fwd' or 'bwd', got {kind!r}")
+    const = dict(RES_KIND=res_kind, NONLIN=nonlin, HAS_LENGTHS=lengths, CD=tl.float64 if cd == "fp64" else tl.float32,
+                 PREC=prec if wdt == "fp32" else "ieee", PREC_CD=prec if cd == "fp32" else "ieee",
+                 EMULATE_BF16=False, SPLIT=SPLIT_HALF_STATE and w_dtype in _HALF, HP=padded_hidden(H),
+                 BLOCK=BLOCK_B, W_RESIDENT=config["W_RESIDENT"], BLOCK_K=config["BLOCK_K"])
+    if kind == "bwd":
+        const.update(NEED_DELTA=True, SCALE_G=w_dtype == torch.float16)
+    sig = dict(zip(fn.arg_names, ["*" + p for p in ptrs] + ["i32"] * 3))
+    sig.update({k: "constexpr" for k in const})
+    src = ASTSource(fn=fn, signature=sig, constexprs={(fn.arg_names.index(k),): v for k, v in const.items()})
+    return triton.compile(src, target=GPUTarget("cuda", arch, 32),
+                          options=dict(num_warps=config.get("num_warps", 4), num_stages=2))
+
+
+def resource_usage(compiled):
+    """(registers per thread, stack bytes per thread, shared memory bytes) of a cross-compiled kernel,
+    read from its cubin with the cuobjdump that ships with Triton (None where unavailable)."""
+    import re
+    import subprocess
+    import tempfile
+    tool = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
+    regs = stack = None
+    if os.path.exists(tool):
+        with tempfile.TemporaryDirectory() as d:
+            path = os.path.join(d, "k.cubin")
+            with open(path, "wb") as f:
+                f.write(compiled.asm["cubin"])
+            txt = subprocess.run([tool, "--dump-resource-usage", path], capture_output=True, text=True).stdout
+        m_regs, m_stack = re.search(r"REG:(\d+)", txt), re.search(r"STACK:(\d+)", txt)
+        regs = int(m_regs.group(1)) if m_regs else None
+        stack = int(m_stack.group(1)) if m_stack else None
+    return regs, stack, compiled.metadata.shared
+
+
+def _print_resource_table(arch=90):
+    rows = []
+    for H in (64, 128, 256, 512):
+        for w_dtype, prec in ((torch.float32, "ieee"), (torch.float32, "tf32x3"), (torch.bfloat16, "ieee")):
+            for kind in ("fwd", "bwd"):
+                # the op hands the backward float32 weights for half inputs (see ops.py)
+                wd = torch.float32 if (kind == "bwd" and w_dtype in _HALF) else w_dtype
+                cd_size = 8 if wd == torch.float64 else 4
+                for cfg in _configs():
+                    kw = dict(cfg.kwargs)
+                    if not _valid_config(kw, cfg.num_warps, padded_hidden(H), wd.itemsize, cd_size, False,
+                                         _is_fma(prec, wd.itemsize)):
+                        continue
+                    kw["num_warps"] = cfg.num_warps
+                    t0 = time.perf_counter()
+                    regs, stack, smem = resource_usage(cross_compile(kind, wd, H, 1, kw, prec=prec, arch=arch))
+                    rows.append((kind, H, _SIG_DTYPE[w_dtype], prec, "resident" if kw["W_RESIDENT"] else
+                                 f"streamed/{kw['BLOCK_K']}", kw["num_warps"], regs, stack, smem,
+                                 time.perf_counter() - t0))
+    print(f"sm_{arch}, rotation residual, tanh, lengths; triton {triton.__version__}")
+    print("| kernel | H | input dtype | fp32 precision | variant | warps | regs | stack B | smem B | compile s |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        print("| " + " | ".join(f"{v:.1f}" if isinstance(v, float) else str(v) for v in r) + " |")
+
+
+if __name__ == "__main__":
+    _print_resource_table()
