@@ -194,12 +194,13 @@ def test_kernels_cross_compile_for_hopper():
 
 @NEEDS_TRITON
 @pytest.mark.skipif(INTERP, reason="this is the interpreter suite itself")
-def test_interpreter_suite():
-    """Runs the interpreter tests of this file on CPU tensors in a child with TRITON_INTERPRET=1."""
+def test_interpreter_suite(tmp_path):
+    """Runs the interpreter tests of this file on CPU tensors in a child with TRITON_INTERPRET=1 (from a
+    scratch directory, so the child imports the same wcrnn_kernels as this process, not ./wcrnn_kernels)."""
     cmd = [sys.executable, "-m", "pytest", str(Path(__file__).resolve()), "-q", "-p", "no:cacheprovider",
            "-m", "not gpu", "-rs", "-k", "test_interp_"]
     r = subprocess.run(cmd, capture_output=True, text=True, env=_child_env({"TRITON_INTERPRET": "1"}),
-                       cwd=str(Path(__file__).resolve().parent.parent), timeout=1200)
+                       cwd=str(tmp_path), timeout=1200)
     out = r.stdout + r.stderr
     summary = out.strip().splitlines()[-1] if out.strip() else ""
     print(summary)
