@@ -185,7 +185,7 @@ def plot(results, args):
     ax.set_yscale("log")
     ax.set(xlabel="training step", ylabel="test RMS error",
            title=f"Adding problem T = {args.T}: H = {args.hidden}, gamma = {args.gamma:g}, "
-                 f"{args.nonlinearity}, Adam lr {args.lr:g}, {args.seeds} seeds")
+                 f"{args.nonlinearity}, Adam lr {args.lr:g}, {args.seeds} seed{'s' if args.seeds != 1 else ''}")
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(args.out, dpi=110)
