@@ -3,10 +3,11 @@
 // compiled once per instruction set; the best one this CPU runs is picked at first use (the environment
 // variable WCRNN_CPU_ISA = default | avx2 | avx512 forces a narrower one, e.g. for testing).
 //
-// Threads: at::parallel_for hands each thread one contiguous block of batch rows and the thread runs the
-// whole time loop for it; there is no synchronisation per step. Rows never interact and each row's
-// arithmetic does not depend on which block it lands in, so results are bitwise identical for any number
-// of threads.
+// Threads: each thread gets one contiguous block of batch rows and runs the whole time loop for it; there is
+// no synchronisation per step. Rows never interact and each row's arithmetic does not depend on which block
+// it lands in, so results are bitwise identical for any number of threads. The number of threads is
+// torch's (torch.set_num_threads): with OpenMP (GCC builds) through at::parallel_for on torch's own OpenMP
+// pool; without it (clang / Apple builds) with std::threads started per call.
 #include <ATen/Dispatch.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
@@ -18,6 +19,9 @@
 #include <cstring>
 #include <limits>
 #include <memory>
+#include <mutex>
+#include <thread>
+#include <vector>
 #include <string>
 #include <tuple>
 
@@ -72,6 +76,36 @@ const Kernels<float>& kernels_of<float>(const IsaTable& isa) {
 template <>
 const Kernels<double>& kernels_of<double>(const IsaTable& isa) {
   return isa.f64;
+}
+
+// f(row_begin, row_end) on disjoint blocks of [0, B), one per thread.
+template <typename F>
+void parallel_rows(int64_t B, const F& f) {
+#ifdef _OPENMP
+  at::parallel_for(0, B, 1, f);
+#else
+  const int64_t nt = std::min<int64_t>(at::get_num_threads(), B);
+  if (nt <= 1 || at::in_parallel_region()) {
+    f(0, B);
+    return;
+  }
+  const int64_t chunk = (B + nt - 1) / nt;
+  std::exception_ptr err;
+  std::mutex mu;
+  auto run = [&](int64_t rb) {
+    try {
+      f(rb, std::min(B, rb + chunk));
+    } catch (...) {
+      std::lock_guard<std::mutex> lock(mu);
+      if (!err) err = std::current_exception();
+    }
+  };
+  std::vector<std::thread> threads;
+  for (int64_t rb = chunk; rb < B; rb += chunk) threads.emplace_back(run, rb);
+  run(0);
+  for (auto& t : threads) t.join();
+  if (err) std::rethrow_exception(err);
+#endif
 }
 
 // WCRNN_POISON_OUTPUTS=1 (tests): outputs start as NaN, so any element a kernel forgets to write fails loudly.
@@ -189,7 +223,7 @@ std::tuple<at::Tensor, at::Tensor> chain_fwd_cpu(const at::Tensor& u, const at::
                            static_cast<int>(res_kind),
                            static_cast<int>(nonlin),
                            static_cast<const scalar_t*>(packed.ptr)};
-    at::parallel_for(0, B, 1, [&](int64_t rb, int64_t re) {
+    parallel_rows(B, [&](int64_t rb, int64_t re) {
       AlignedBuffer ws(sizeof(scalar_t) * k.workspace_elems(H, static_cast<int>(res_kind), false, re - rb));
       k.forward_rows(p, rb, re, static_cast<scalar_t*>(ws.ptr));
     });
@@ -241,7 +275,7 @@ std::tuple<at::Tensor, at::Tensor> chain_bwd_cpu(const at::Tensor& grad_out, con
                            static_cast<int>(res_kind),
                            static_cast<int>(nonlin),
                            static_cast<const scalar_t*>(packed.ptr)};
-    at::parallel_for(0, B, 1, [&](int64_t rb, int64_t re) {
+    parallel_rows(B, [&](int64_t rb, int64_t re) {
       AlignedBuffer ws(sizeof(scalar_t) * k.workspace_elems(H, static_cast<int>(res_kind), true, re - rb));
       k.backward_rows(p, rb, re, static_cast<scalar_t*>(ws.ptr));
     });
@@ -252,10 +286,10 @@ std::tuple<at::Tensor, at::Tensor> chain_bwd_cpu(const at::Tensor& grad_out, con
 }  // namespace
 
 std::string cpu_info() {
-  // How many threads an at::parallel_for from this library really gets: checks that the library shares
-  // torch's OpenMP runtime (torch.set_num_threads must govern it).
+  // How many threads the kernels really get: checks that torch.set_num_threads governs them (with OpenMP:
+  // that this library shares torch's OpenMP runtime).
   std::atomic<int> chunks{0};
-  at::parallel_for(0, 1 << 12, 1, [&](int64_t, int64_t) { chunks.fetch_add(1); });
+  parallel_rows(1 << 12, [&](int64_t, int64_t) { chunks.fetch_add(1); });
   std::string s = "isa=";
   s += selected_isa().name;
   s += " best_isa=";

@@ -38,6 +38,7 @@ import importlib.machinery
 import json
 import os
 import shutil
+import subprocess
 import sys
 import threading
 import traceback
@@ -78,18 +79,38 @@ def _hashed_files(root: str, with_cuda: bool) -> list[str]:
     return sorted(files)
 
 
+_COMPILER_ID: dict = {}
+
+
+def compiler_id() -> str:
+    """The first line of `$CXX --version` (c++ by default): part of the cache key, and says gcc or clang."""
+    cxx = os.environ.get("CXX", "c++")
+    if cxx not in _COMPILER_ID:
+        try:
+            out = subprocess.run([cxx, "--version"], capture_output=True, text=True, timeout=60).stdout
+            _COMPILER_ID[cxx] = (out.strip().splitlines() or ["unknown"])[0]
+        except (OSError, subprocess.SubprocessError):
+            _COMPILER_ID[cxx] = "unknown"
+    return _COMPILER_ID[cxx]
+
+
+def _use_openmp() -> bool:
+    # GCC on Linux: the library then shares torch's libgomp (same soname, already loaded), so
+    # torch.set_num_threads governs the kernels too. Clang would pull in a second OpenMP runtime (or find no
+    # omp.h); there the kernels start std::threads themselves (csrc/wcrnn_cpu.cpp, parallel_rows).
+    return sys.platform.startswith("linux") and "clang" not in compiler_id().lower()
+
+
 def cxx_flags() -> list[str]:
     # -ffp-contract=fast lets the kernels' a * b + c become FMA instructions in the AVX2 / AVX-512 variants.
-    # OpenMP: ATen's at::parallel_for is inline code that needs it; the library then shares torch's
-    # libgomp (same soname, already loaded), so torch.set_num_threads governs the kernels too.
     flags = ["-O3", "-ffp-contract=fast"]
-    if sys.platform.startswith("linux"):
+    if _use_openmp():
         flags.append("-fopenmp")
     return flags
 
 
 def ld_flags() -> list[str]:
-    return ["-fopenmp"] if sys.platform.startswith("linux") else []
+    return ["-fopenmp"] if _use_openmp() else []
 
 
 def nvcc_flags() -> list[str]:
@@ -125,7 +146,7 @@ def source_hash(root: str, with_cuda: bool, extra: tuple = ()) -> str:
         h.update(os.path.relpath(f, root).replace(os.sep, "/").encode())
         with open(f, "rb") as fh:
             h.update(hashlib.sha256(fh.read()).digest())
-    h.update(repr((cxx_flags(), ld_flags(), with_cuda, nvcc_flags() if with_cuda else None,
+    h.update(repr((compiler_id(), cxx_flags(), ld_flags(), with_cuda, nvcc_flags() if with_cuda else None,
                    cuda_arch_list() if with_cuda else None, extra)).encode())
     return h.hexdigest()
 
@@ -253,8 +274,10 @@ def _jit(notes: list[str]) -> tuple[bool, str]:
                 fh.write(traceback.format_exc())
         except OSError:
             log = "(could not write a log)"
-        last = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
-        return False, f"compiling the C++ kernels failed ({last}); full log: {log}"
+        lines = str(e).strip().splitlines()
+        first_error = next((ln.strip() for ln in lines if "error" in ln.lower() and "ninja" not in ln), None)
+        summary = first_error or (lines[-1] if lines else type(e).__name__)
+        return False, f"compiling the C++ kernels failed ({summary[:300]}); full log: {log}"
     notes.append(f"compiled on first use, cached at {lib}")
     _state.update(origin="jit", path=lib, cuda_built=with_cuda)
     return True, "; ".join(notes)
