@@ -4,12 +4,14 @@
     python examples/adding_problem.py --r 0.995,1,1.0025
     python examples/adding_problem.py --quick       # the CI smoke run (seconds)
 
-Each network (``--seeds`` instances per residual) is a FusedWCRNN (gamma = 0.01, nn.RNN's default weights, scalar residual r) with a linear
-readout of its last state, trained online with Adam on fresh batches of the adding problem
-(``wcrnn_kernels.tasks.adding_problem``) until the RMS error on a fixed test set of 1000 sequences falls
-under 0.05, the paper's minimal performance, or the step budget runs out. Prints a table (steps to the
-threshold, best RMS, wall time) and the largest and mean Lyapunov exponents of each network before and
-after training, writes the learning curves as a PNG and the numbers as JSON.
+Each network (``--seeds`` instances per residual, the same weights for every r) is a FusedWCRNN
+(gamma = 0.01, nn.RNN's default weights, scalar residual r, relu by default: it learns this task 3-4
+times sooner than tanh at the same lr) with a linear readout of its last state, trained online with Adam
+on fresh batches of the adding problem (``wcrnn_kernels.tasks.adding_problem``) until the RMS error on a
+fixed test set of 1000 sequences falls under 0.05, the paper's minimal performance, or the step budget
+runs out. Prints a table (steps to the threshold, best RMS, wall time) and the largest and mean Lyapunov
+exponents of each network before and after training, writes the learning curves as a PNG and the
+numbers as JSON.
 """
 from __future__ import annotations
 

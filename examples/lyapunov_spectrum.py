@@ -43,11 +43,11 @@ def parse_args(argv=None):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--backend", default="auto", help="FusedWCRNN backend for the state trajectory")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: leave torch's default)")
-    p.add_argument("--quick", action="store_true", help="tiny run for CI (H = 16, T = 200)")
+    p.add_argument("--quick", action="store_true", help="tiny run for CI (H = 32, T = 300)")
     p.add_argument("--out", default=os.path.join(HERE, "results", "lyapunov_spectrum.png"), help="PNG path")
     a = p.parse_args(argv)
     if a.quick:
-        a.hidden, a.steps, a.warmup, a.batch = 16, 200, 50, 2
+        a.hidden, a.steps, a.warmup, a.batch = 32, 300, 50, 2
     return a
 
 
