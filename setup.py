@@ -84,7 +84,7 @@ def _extensions():
     ext_cls = CUDAExtension if with_cuda else CppExtension
     ext = ext_cls("wcrnn_kernels._C", sources, include_dirs=[CSRC], extra_compile_args=compile_args,
                   extra_link_args=_build.ld_flags())
-    record = _build.build_record(CSRC, with_cuda)
+    record = dict(_build.build_record(CSRC, with_cuda), cuda_decision=f"at install time: {why}")
 
     class BuildExtWithRecord(BuildExtension):
         """Compile; on success write the build record beside the library; on failure install without it."""

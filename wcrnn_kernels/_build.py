@@ -311,8 +311,9 @@ def _load() -> tuple[bool, str]:
             try:
                 torch.ops.load_library(lib)
                 with open(os.path.join(os.path.dirname(lib), BUILD_RECORD)) as fh:
-                    cuda_built = bool(json.load(fh).get("cuda"))
-                _state.update(origin="installed", path=lib, cuda_built=cuda_built)
+                    rec = json.load(fh)
+                _state.update(origin="installed", path=lib, cuda_built=bool(rec.get("cuda")),
+                              cuda_decision=rec.get("cuda_decision"))
                 return True, f"installed extension {lib}"
             except OSError as e:
                 why_not = f"loading it failed ({e})"
