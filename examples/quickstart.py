@@ -16,19 +16,7 @@ import torch
 from torch import nn
 
 from wcrnn_kernels import FusedWCRNN, available_backends
-
-
-def adding_batch(batch, T, generator):
-    """Values uniform in [0, 1], one marker in each half; target: the sum of the two marked values."""
-    values = torch.rand(batch, T, generator=generator)
-    first = torch.randint(0, T // 2, (batch,), generator=generator)
-    second = torch.randint(T // 2, T, (batch,), generator=generator)
-    markers = torch.zeros(batch, T)
-    rows = torch.arange(batch)
-    markers[rows, first] = 1.0
-    markers[rows, second] = 1.0
-    x = torch.stack((values, markers), dim=-1)  # (B, T, 2), batch_first
-    return x, (values * markers).sum(1, keepdim=True)
+from wcrnn_kernels.tasks import adding_baseline_rms, adding_problem
 
 
 class Adder(nn.Module):
@@ -60,7 +48,7 @@ def main():
     # 1. the one-line swap: residual="none", gamma=1 is exactly an Elman RNN
     rnn = nn.RNN(2, 16, num_layers=2, batch_first=True)
     fused = FusedWCRNN.from_rnn(rnn, residual="none", gamma=1.0)
-    x, _ = adding_batch(8, args.T, torch.Generator().manual_seed(1))
+    x, _ = adding_problem(8, args.T, generator=torch.Generator().manual_seed(1))
     diff = (rnn(x)[0] - fused(x)[0]).abs().max().item()
     print(f"nn.RNN vs FusedWCRNN.from_rnn(residual='none', gamma=1): max |output difference| = {diff:.2e}")
 
@@ -69,7 +57,7 @@ def main():
     print(f"model: {model.rnn}")
     opt = torch.optim.Adam(model.parameters(), lr=args.lr)
     gen = torch.Generator().manual_seed(args.seed)
-    x_test, y_test = adding_batch(512, args.T, torch.Generator().manual_seed(123))
+    x_test, y_test = adding_problem(512, args.T, generator=torch.Generator().manual_seed(123))
 
     def rms():
         with torch.no_grad():
@@ -78,7 +66,7 @@ def main():
     start = rms()
     t0 = time.perf_counter()
     for step in range(1, args.steps + 1):
-        x, y = adding_batch(args.batch, args.T, gen)
+        x, y = adding_problem(args.batch, args.T, generator=gen)
         loss = (model(x) - y).square().mean()
         opt.zero_grad()
         loss.backward()
@@ -87,7 +75,7 @@ def main():
             print(f"  step {step:5d}  train MSE {loss.item():.4f}  test RMS {rms():.4f}")
     wall = time.perf_counter() - t0
     end = rms()
-    baseline = (y_test - y_test.mean()).square().mean().sqrt().item()
+    baseline = adding_baseline_rms()
     print(f"adding problem T={args.T}: test RMS {start:.4f} -> {end:.4f} after {args.steps} steps "
           f"(predicting the mean gives {baseline:.4f}); {wall:.1f} s, "
           f"{args.steps * args.batch * args.T / wall:,.0f} tokens/s including the optimiser")

@@ -4,9 +4,12 @@
 
 ``FusedWCRNN`` is a drop-in for ``torch.nn.RNN``; ``wcrnn_chain`` is the fused single-layer op;
 ``wcrnn_layer_ref`` / ``wcrnn_chain_ref`` are the plain-PyTorch specification; ``available_backends()``
-says which backends run here.
+says which backends run here. ``init``, ``dynamics`` and ``tasks`` hold the paper's toolkit: residual
+initialisations, Lyapunov spectra and memory tasks.
 """
+from . import dynamics, init, tasks
 from .backends import BackendUnavailableError, available_backends
+from .dynamics import lyapunov_spectrum, residual_log_spectrum
 from .module import FusedWCRNN
 from .ops import wcrnn_chain
 from .reference import wcrnn_chain_ref, wcrnn_layer_ref
@@ -17,4 +20,5 @@ __version__ = "0.1.0"
 __all__ = [
     "FusedWCRNN", "wcrnn_chain", "wcrnn_chain_ref", "wcrnn_layer_ref", "available_backends",
     "BackendUnavailableError", "canonical_residual", "RESIDUAL_KINDS", "RES_DIAG", "RES_ROT", "RES_DENSE",
+    "init", "dynamics", "tasks", "lyapunov_spectrum", "residual_log_spectrum",
 ]
