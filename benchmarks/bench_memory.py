@@ -4,7 +4,11 @@
     python benchmarks/bench_memory.py --impls nn.RNN cpp reference --shapes S1 S4 --json out.json
 
 How it is measured: every (implementation, shape) runs in a fresh Python process, so nothing cached by an
-earlier measurement counts. The process builds the layer and its input exactly as benchmarks/ does (float32,
+earlier measurement counts. The process runs with glibc's allocator told to serve every block of 64 KiB or
+more by mmap and to trim freed memory at once (MALLOC_MMAP_THRESHOLD_=65536, MALLOC_TRIM_THRESHOLD_=0) and
+with MKL's buffer cache off (MKL_DISABLE_FAST_MM=1): freed memory leaves the resident set immediately, so
+the resident set follows the bytes really live (otherwise a buffer freed after warm-up stays resident and
+the next allocation reuses it unseen, which flatters whichever implementation allocates in a lucky order). The process builds the layer and its input exactly as benchmarks/ does (float32,
 input, weights and biases requiring grad, upstream gradients for output and h_n), runs one full forward +
 backward as warm-up (library loading, thread pools, first-call allocations), then resets the kernel's
 resident-set high-water mark (``echo 5 > /proc/self/clear_refs`` resets VmHWM, Linux >= 4.0), notes the
@@ -75,8 +79,10 @@ def child(impl: str, shape: str, dtype_name: str) -> dict:
 
 
 def measure(impl: str, shape: str, dtype_name: str) -> dict:
+    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536", MALLOC_TRIM_THRESHOLD_="0", MKL_DISABLE_FAST_MM="1")
     proc = subprocess.run([sys.executable, os.path.abspath(__file__), "--child", impl, shape, dtype_name],
-                          capture_output=True, text=True, cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+                          capture_output=True, text=True, env=env,
+                          cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     if proc.returncode != 0:
         return {"impl": impl, "shape": shape, "error": proc.stderr.strip().splitlines()[-1:]}
     return json.loads(proc.stdout.strip().splitlines()[-1])
