@@ -406,3 +406,23 @@ def test_loader_never_loads_a_library_built_for_another_torch(tmp_path):
     assert not rep["info"]["available"]
     assert "built for torch 1.0.0" in reason and "not used" in reason, reason
     assert "ELF" not in reason and "invalid" not in reason.lower(), reason
+
+
+def test_cache_key_covers_sources_flags_and_torch(tmp_path):
+    """The first-use build cache is keyed by torch version and a hash of exactly what goes into the build."""
+    from wcrnn_kernels import _build
+    info = _build.extension_info()
+    if info["origin"] == "jit":
+        assert f"torch-{torch.__version__}-py{sys.version_info[0]}{sys.version_info[1]}" in info["path"]
+    root = tmp_path / "csrc"
+    shutil.copytree(_build.source_root(), root)
+    h0 = _build.source_hash(str(root), False)
+    header = root / "cpu" / "chain_kernels.h"
+    header.write_text(header.read_text() + "\n// an edit\n")
+    h1 = _build.source_hash(str(root), False)
+    assert h1 != h0
+    (root / "cuda").mkdir(exist_ok=True)
+    (root / "cuda" / "new_kernel.cu").write_text("// CUDA sources count only when they are built\n")
+    assert _build.source_hash(str(root), False) == h1 and _build.source_hash(str(root), True) != h1
+    assert _build.source_hash(str(root), False, extra=("git-a",)) != _build.source_hash(str(root), False,
+                                                                                       extra=("git-b",))
