@@ -21,6 +21,17 @@ import torch
 from bench_config import bench_device, bench_dtype
 
 
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def pytest_benchmark_update_machine_info(config, machine_info):
     machine_info["torch"] = torch.__version__
     machine_info["torch_num_threads"] = torch.get_num_threads()
@@ -35,8 +46,7 @@ def pytest_benchmark_update_machine_info(config, machine_info):
         machine_info["device_name"] = torch.cuda.get_device_name()
         machine_info["cuda"] = torch.version.cuda
     else:
-        machine_info["device_name"] = f"CPU: {platform.processor() or platform.machine()}, " \
-                                      f"{os.cpu_count()} logical cores"
+        machine_info["device_name"] = f"CPU: {_cpu_model()}, {os.cpu_count()} logical cores"
     from wcrnn_kernels import available_backends
     machine_info["wcrnn_backends"] = {k: v["available"] for k, v in available_backends().items()}
 
