@@ -5,6 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
+from wcrnn_kernels import canonical_residual, wcrnn_chain
+
 from wcrnn_kernels import available_backends
 
 # Backends checked against the reference by the generic suites; each is skipped (with its reason) where it
@@ -47,3 +49,52 @@ def assert_all_close(actual, expected, rtol, names=None):
         assert torch.isfinite(a).all(), f"{n}: non-finite values"
         err = max_rel_err(a, e)
         assert err <= rtol, f"{n}: relative error {err:.3e} > {rtol:.1e}"
+
+
+# One chain case and one forward+backward with a shared upstream gradient, used by the backend suites.
+KINDS = ("none", "scalar", "diagonal", "rotational", "dense")
+
+
+def make_case(kind, T, B, H, dtype=torch.float64, lengths=False, seed=0):
+    """Random inputs for one chain: u, x0, w_hh, (res_kind, res), gamma, lengths."""
+    if kind == "rotational" and H % 2:
+        H += 1
+    g = torch.Generator().manual_seed(seed)
+
+    def rnd(*shape, scale=1.0):
+        return (torch.randn(*shape, generator=g, dtype=torch.float64) * scale).to(dtype)
+
+    r = {"none": 0.0, "scalar": 0.97, "diagonal": 0.8 + 0.25 * torch.rand(H, generator=g, dtype=torch.float64),
+         "rotational": 0.9 + 0.15 * torch.rand(H // 2, generator=g, dtype=torch.float64),
+         "dense": rnd(H, H, scale=0.9 / H ** 0.5).double()}[kind]
+    theta = torch.rand(H // 2, generator=g, dtype=torch.float64) * 3.0 if kind == "rotational" else None
+    res_kind, res = canonical_residual(kind, H, r, theta, dtype=dtype)
+    case = dict(
+        u=rnd(T, B, H), x0=rnd(B, H, scale=0.5), w_hh=rnd(H, H, scale=1.0 / H ** 0.5), res_kind=res_kind,
+        res=res.detach().clone(), gamma=(0.3 + 0.5 * torch.rand(H, generator=g, dtype=torch.float64)).to(dtype),
+        lengths=None)
+    if lengths:
+        L = torch.randint(0, T + 1, (B,), generator=g)
+        L[0] = T  # one full-length row, and (for B > 1) one empty row
+        if B > 1:
+            L[1] = 0
+        case["lengths"] = L
+    return case
+
+
+DIFF = ("u", "x0", "w_hh", "res", "gamma")
+
+
+def run_chain(case, backend, nonlinearity, upstream_seed=1):
+    """Forward, then backward of <output, G_out> + <h_n, G_h>; returns (output, h_n, *grads)."""
+    inputs = {k: (v.detach().clone().requires_grad_(True) if k in DIFF else v) for k, v in case.items()}
+    out, h_n = wcrnn_chain(inputs["u"], inputs["x0"], inputs["w_hh"], inputs["res_kind"], inputs["res"],
+                           inputs["gamma"], inputs["lengths"], nonlinearity, backend)
+    g = torch.Generator().manual_seed(upstream_seed)
+    g_out = torch.randn(out.shape, generator=g, dtype=torch.float64).to(out.dtype)
+    g_h = torch.randn(h_n.shape, generator=g, dtype=torch.float64).to(out.dtype)
+    grads = torch.autograd.grad((out * g_out).sum() + (h_n * g_h).sum(), [inputs[k] for k in DIFF])
+    return (out, h_n) + tuple(grads)
+
+
+NAMES = ("output", "h_n") + tuple("d" + k for k in DIFF)

@@ -22,7 +22,7 @@ import textwrap
 import pytest
 import torch
 
-from helpers import assert_all_close, max_rel_err
+from helpers import DIFF, KINDS, NAMES, assert_all_close, max_rel_err, run_chain
 from wcrnn_kernels import FusedWCRNN, canonical_residual, wcrnn_chain
 from wcrnn_kernels.backends import BackendUnavailableError, available_backends, resolve_backend
 
@@ -31,9 +31,6 @@ if not _CPP["available"]:
     pytest.skip(f"backend 'cpp' unavailable here: {_CPP['reason']}", allow_module_level=True)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-KINDS = ("none", "scalar", "diagonal", "rotational", "dense")
-DIFF = ("u", "x0", "w_hh", "res", "gamma")
-NAMES = ("output", "h_n") + tuple("d" + k for k in DIFF)
 
 
 def _cpu_info() -> dict:
@@ -84,18 +81,6 @@ def make_case(kind, T, B, H, dtype=torch.float64, lengths=False, seed=0):
         case["lengths"] = L
     return {k: (v.to(dtype) if isinstance(v, torch.Tensor) and v.is_floating_point() else v)
             for k, v in case.items()}
-
-
-def run_chain(case, backend, nonlinearity, upstream_seed=1):
-    """Forward, then backward of <output, G_out> + <h_n, G_h>; returns (output, h_n, *grads)."""
-    inputs = {k: (v.detach().clone().requires_grad_(True) if k in DIFF else v) for k, v in case.items()}
-    out, h_n = wcrnn_chain(inputs["u"], inputs["x0"], inputs["w_hh"], inputs["res_kind"], inputs["res"],
-                           inputs["gamma"], inputs["lengths"], nonlinearity, backend)
-    g = torch.Generator().manual_seed(upstream_seed)
-    g_out = torch.randn(out.shape, generator=g, dtype=torch.float64).to(out.dtype)
-    g_h = torch.randn(h_n.shape, generator=g, dtype=torch.float64).to(out.dtype)
-    grads = torch.autograd.grad((out * g_out).sum() + (h_n * g_h).sum(), [inputs[k] for k in DIFF])
-    return (out, h_n) + tuple(grads)
 
 
 # (T, B, H). The kernels pad H to the vector length (2-16 lanes) and tile rows by 4-8 and H by 2-3 vectors:

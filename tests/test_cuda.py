@@ -21,15 +21,12 @@ import os
 import pytest
 import torch
 
-from helpers import assert_all_close, max_rel_err
-from wcrnn_kernels import canonical_residual, wcrnn_chain
+from helpers import DIFF, KINDS, NAMES, assert_all_close, make_case, max_rel_err
+from wcrnn_kernels import wcrnn_chain
 from wcrnn_kernels.backends import available_backends
 
 pytestmark = [pytest.mark.gpu, pytest.mark.usefixtures("poison_empty")]
 
-KINDS = ("none", "scalar", "diagonal", "rotational", "dense")
-DIFF = ("u", "x0", "w_hh", "res", "gamma")
-NAMES = ("output", "h_n") + tuple("d" + k for k in DIFF)
 # Forced execution paths: the block path, the grid path as planned, and the grid path with one row group
 # (every block walks all rows in chunks of BT).
 PATHS = ("block", "grid", "grid-1group")
@@ -65,32 +62,6 @@ def force_path(monkeypatch, path):
     monkeypatch.setenv("WCRNN_CUDA_PATH", "block" if path == "block" else "grid")
     if path == "grid-1group":
         monkeypatch.setenv("WCRNN_CUDA_ROW_GROUPS", "1")
-
-
-def make_case(kind, T, B, H, dtype=torch.float64, lengths=False, seed=0):
-    """Random CPU inputs for one chain: u, x0, w_hh, res_kind, res, gamma, lengths."""
-    if kind == "rotational" and H % 2:
-        H += 1
-    g = torch.Generator().manual_seed(seed)
-
-    def rnd(*shape, scale=1.0):
-        return (torch.randn(*shape, generator=g, dtype=torch.float64) * scale).to(dtype)
-
-    r = {"none": 0.0, "scalar": 0.97, "diagonal": 0.8 + 0.25 * torch.rand(H, generator=g, dtype=torch.float64),
-         "rotational": 0.9 + 0.15 * torch.rand(H // 2, generator=g, dtype=torch.float64),
-         "dense": rnd(H, H, scale=0.9 / H ** 0.5).double()}[kind]
-    theta = torch.rand(H // 2, generator=g, dtype=torch.float64) * 3.0 if kind == "rotational" else None
-    res_kind, res = canonical_residual(kind, H, r, theta, dtype=dtype)
-    case = dict(u=rnd(T, B, H), x0=rnd(B, H, scale=0.5), w_hh=rnd(H, H, scale=1.0 / H ** 0.5), res_kind=res_kind,
-                res=res.detach().clone(),
-                gamma=(0.3 + 0.5 * torch.rand(H, generator=g, dtype=torch.float64)).to(dtype), lengths=None)
-    if lengths:
-        L = torch.randint(0, T + 1, (B,), generator=g)
-        L[0] = T  # one full-length row, and (for B > 1) one empty row
-        if B > 1:
-            L[1] = 0
-        case["lengths"] = L
-    return case
 
 
 def on(case, device=None, dtype=None):
