@@ -183,10 +183,11 @@ at::ScalarType check_dtype(const char* op, const char* name, const at::Tensor& t
   return t.scalar_type();
 }
 
-std::tuple<at::Tensor, at::Tensor> chain_fwd_cpu(const at::Tensor& u, const at::Tensor& x0, const at::Tensor& w_hh,
-                                                 const at::Tensor& res, const at::Tensor& gamma,
-                                                 const c10::optional<at::Tensor>& lengths, int64_t res_kind,
-                                                 int64_t nonlin) {
+std::tuple<at::Tensor, at::Tensor, at::Tensor> chain_fwd_cpu(const at::Tensor& u, const at::Tensor& x0,
+                                                             const at::Tensor& w_hh, const at::Tensor& res,
+                                                             const at::Tensor& gamma,
+                                                             const c10::optional<at::Tensor>& lengths,
+                                                             int64_t res_kind, int64_t nonlin, bool save_a) {
   constexpr const char* op = "wcrnn_C::chain_fwd";
   TORCH_CHECK(u.dim() == 3, op, ": u: expected a 3-D tensor (T, B, H), got shape ", u.sizes());
   const at::ScalarType dtype = check_dtype(op, "u", u);
@@ -200,11 +201,13 @@ std::tuple<at::Tensor, at::Tensor> chain_fwd_cpu(const at::Tensor& u, const at::
   const at::Tensor xc = x0.contiguous();
   at::Tensor out = at::empty({T, B, H}, u.options());
   at::Tensor h_n = at::empty({B, H}, u.options());
+  at::Tensor a = save_a ? at::empty({T, B, H}, u.options()) : at::empty({0}, u.options());
   if (poison_outputs()) {
     out.fill_(std::numeric_limits<double>::quiet_NaN());
     h_n.fill_(std::numeric_limits<double>::quiet_NaN());
+    a.fill_(std::numeric_limits<double>::quiet_NaN());
   }
-  if (B == 0 || H == 0) return {out, h_n};
+  if (B == 0 || H == 0) return {out, h_n, a};
   const IsaTable& isa = selected_isa();
 
   AT_DISPATCH_FLOATING_TYPES(dtype, "wcrnn_C::chain_fwd", [&] {
@@ -216,6 +219,7 @@ std::tuple<at::Tensor, at::Tensor> chain_fwd_cpu(const at::Tensor& u, const at::
                            xc.data_ptr<scalar_t>(),
                            out.data_ptr<scalar_t>(),
                            h_n.data_ptr<scalar_t>(),
+                           save_a ? a.data_ptr<scalar_t>() : nullptr,
                            len.has_value() ? len->data_ptr<int64_t>() : nullptr,
                            T,
                            B,
@@ -228,17 +232,18 @@ std::tuple<at::Tensor, at::Tensor> chain_fwd_cpu(const at::Tensor& u, const at::
       k.forward_rows(p, rb, re, static_cast<scalar_t*>(ws.ptr));
     });
   });
-  return {out, h_n};
+  return {out, h_n, a};
 }
 
-std::tuple<at::Tensor, at::Tensor> chain_bwd_cpu(const at::Tensor& grad_out, const at::Tensor& grad_hn, at::Tensor& a,
-                                                 const at::Tensor& w_hh, const at::Tensor& res,
-                                                 const at::Tensor& gamma, const c10::optional<at::Tensor>& lengths,
-                                                 int64_t res_kind, int64_t nonlin, bool need_delta) {
+std::tuple<at::Tensor, at::Tensor, at::Tensor> chain_bwd_cpu(const at::Tensor& grad_out, const at::Tensor& grad_hn,
+                                                             const at::Tensor& a_in, const at::Tensor& w_hh,
+                                                             const at::Tensor& res, const at::Tensor& gamma,
+                                                             const c10::optional<at::Tensor>& lengths,
+                                                             int64_t res_kind, int64_t nonlin, bool need_delta) {
   constexpr const char* op = "wcrnn_C::chain_bwd";
-  TORCH_CHECK(a.dim() == 3, op, ": a: expected a 3-D tensor (T, B, H), got shape ", a.sizes());
-  const at::ScalarType dtype = check_dtype(op, "a", a);
-  TORCH_CHECK(a.is_contiguous(), op, ": a: expected a contiguous tensor (g is written into it in place)");
+  TORCH_CHECK(a_in.dim() == 3, op, ": a: expected a 3-D tensor (T, B, H), got shape ", a_in.sizes());
+  const at::ScalarType dtype = check_dtype(op, "a", a_in);
+  const at::Tensor a = a_in.contiguous();
   const int64_t T = a.size(0), B = a.size(1), H = a.size(2);
   check_float_cpu(op, "grad_out", grad_out, dtype);
   check_shape(op, "grad_out", grad_out, {T, B, H}, "(T, B, H) like a");
@@ -249,13 +254,15 @@ std::tuple<at::Tensor, at::Tensor> chain_bwd_cpu(const at::Tensor& grad_out, con
   std::tie(w, r, g, len) = check_params(op, T, B, H, dtype, w_hh, res, gamma, lengths, res_kind, nonlin);
   const at::Tensor eo = grad_out.contiguous();
   const at::Tensor eh = grad_hn.contiguous();
+  at::Tensor gt = at::empty({T, B, H}, a.options());
   at::Tensor dx0 = at::empty({B, H}, a.options());
   at::Tensor delta = need_delta ? at::empty({T, B, H}, a.options()) : at::empty({0}, a.options());
   if (poison_outputs()) {
+    gt.fill_(std::numeric_limits<double>::quiet_NaN());
     dx0.fill_(std::numeric_limits<double>::quiet_NaN());
     delta.fill_(std::numeric_limits<double>::quiet_NaN());
   }
-  if (B == 0 || H == 0) return {dx0, delta};
+  if (B == 0 || H == 0) return {gt, dx0, delta};
   const IsaTable& isa = selected_isa();
 
   AT_DISPATCH_FLOATING_TYPES(dtype, "wcrnn_C::chain_bwd", [&] {
@@ -266,6 +273,7 @@ std::tuple<at::Tensor, at::Tensor> chain_bwd_cpu(const at::Tensor& grad_out, con
     BwdProblem<scalar_t> p{eo.data_ptr<scalar_t>(),
                            eh.data_ptr<scalar_t>(),
                            a.data_ptr<scalar_t>(),
+                           gt.data_ptr<scalar_t>(),
                            dx0.data_ptr<scalar_t>(),
                            need_delta ? delta.data_ptr<scalar_t>() : nullptr,
                            len.has_value() ? len->data_ptr<int64_t>() : nullptr,
@@ -280,7 +288,7 @@ std::tuple<at::Tensor, at::Tensor> chain_bwd_cpu(const at::Tensor& grad_out, con
       k.backward_rows(p, rb, re, static_cast<scalar_t*>(ws.ptr));
     });
   });
-  return {dx0, delta};
+  return {gt, dx0, delta};
 }
 
 }  // namespace

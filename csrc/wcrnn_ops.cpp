@@ -2,9 +2,9 @@
 // kernels (wcrnn_cpu.cpp) and the CUDA kernels (cuda/*.cu) register implementations of these ops with
 // TORCH_LIBRARY_IMPL(wcrnn_C, CPU / CUDA, m). Shapes and semantics: wcrnn_kernels/backends/__init__.py.
 //
-//   chain_fwd -> (output (T, B, H), h_n (B, H))
-//   chain_bwd -> (dx0 (B, H), delta (T, B, H) or an empty tensor when not need_delta); g is written into
-//                `a` in place (a holds the recomputed pre-activations on entry).
+//   chain_fwd -> (output (T, B, H), h_n (B, H), a (T, B, H) when save_a, else an empty tensor)
+//   chain_bwd -> (g (T, B, H), dx0 (B, H), delta (T, B, H) or an empty tensor when not need_delta);
+//                `a` (the pre-activations the forward saved) is only read.
 //   cpu_info  -> a one-line description of the CPU kernels in this process (instruction set, threads).
 #include <Python.h>
 #include <torch/library.h>
@@ -18,10 +18,10 @@ std::string cpu_info();  // wcrnn_cpu.cpp
 TORCH_LIBRARY(wcrnn_C, m) {
   m.def(
       "chain_fwd(Tensor u, Tensor x0, Tensor w_hh, Tensor res, Tensor gamma, Tensor? lengths, int res_kind, "
-      "int nonlin) -> (Tensor, Tensor)");
+      "int nonlin, bool save_a) -> (Tensor, Tensor, Tensor)");
   m.def(
-      "chain_bwd(Tensor grad_out, Tensor grad_hn, Tensor(a!) a, Tensor w_hh, Tensor res, Tensor gamma, "
-      "Tensor? lengths, int res_kind, int nonlin, bool need_delta) -> (Tensor, Tensor)");
+      "chain_bwd(Tensor grad_out, Tensor grad_hn, Tensor a, Tensor w_hh, Tensor res, Tensor gamma, "
+      "Tensor? lengths, int res_kind, int nonlin, bool need_delta) -> (Tensor, Tensor, Tensor)");
   m.def("cpu_info() -> str", &wcrnn_cpu::cpu_info);
 }
 

@@ -98,3 +98,29 @@ def run_chain(case, backend, nonlinearity, upstream_seed=1):
 
 
 NAMES = ("output", "h_n") + tuple("d" + k for k in DIFF)
+
+
+def check_saved_preactivations(be, c, nonlin=0):
+    """The backend contract for the saved pre-activations (backends/__init__.py), on one float64 case:
+    chain_fwd(save_a=True) returns a_t = u_t + W_hh x_{t-1}, zero past each length, and the same output
+    and h_n as save_a=False, which returns an empty a; chain_bwd only reads a and returns a fresh g."""
+    from wcrnn_kernels import wcrnn_chain_ref
+    T, B, H = c["u"].shape
+    gamma = c["gamma"].reshape(-1).expand(H).contiguous()
+    args = (c["u"], c["x0"], c["w_hh"], c["res_kind"], c["res"], gamma, c["lengths"], nonlin)
+    out, h_n, a = be.chain_fwd(*args, True)
+    out2, h_n2, a2 = be.chain_fwd(*args, False)
+    assert a2.numel() == 0, "save_a=False must store nothing"
+    assert torch.equal(out, out2) and torch.equal(h_n, h_n2), "save_a changed the forward's results"
+    ref, _ = wcrnn_chain_ref(c["u"], c["x0"], c["w_hh"], c["res_kind"], c["res"], gamma, c["lengths"],
+                             ("tanh", "relu")[nonlin])
+    expect = c["u"] + torch.cat([c["x0"][None], ref[:-1]]) @ c["w_hh"].t()
+    if c["lengths"] is not None:
+        expect = torch.where((torch.arange(T)[:, None] < c["lengths"][None, :])[..., None], expect, 0.0)
+    assert a.shape == (T, B, H) and a.dtype == c["u"].dtype
+    assert_all_close([a], [expect], rtol=1e-12, names=["a"])
+    a_before = a.clone()
+    g, _, _ = be.chain_bwd(torch.randn_like(out), torch.randn_like(h_n), a, c["w_hh"], c["res_kind"], c["res"],
+                           gamma, c["lengths"], nonlin, True)
+    assert torch.equal(a, a_before), "chain_bwd wrote into a"
+    assert g.data_ptr() != a.data_ptr() and g.shape == a.shape and torch.isfinite(g).all()

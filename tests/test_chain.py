@@ -9,8 +9,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from helpers import (CHAIN_BACKENDS, DIFF, KINDS, NAMES, assert_all_close, make_case, max_rel_err, require_backend,
-                     run_chain)
+from helpers import (CHAIN_BACKENDS, DIFF, KINDS, NAMES, assert_all_close, check_saved_preactivations, make_case,
+                     max_rel_err, require_backend, run_chain)
 from wcrnn_kernels import RES_DENSE, RES_DIAG, canonical_residual, wcrnn_chain, wcrnn_chain_ref
 
 pytestmark = pytest.mark.usefixtures("poison_empty")
@@ -169,3 +169,35 @@ def test_poison_fixture_poisons(poison_empty):
     """The NaN-poisoning fixture is live in this module: fresh allocations hold NaN, not zeros."""
     assert torch.isnan(torch.empty(3)).all() and torch.isnan(torch.empty_like(torch.ones(2))).all()
     assert torch.isnan(torch.ones(1).new_empty(4)).all()
+
+
+@pytest.mark.parametrize("backend", CHAIN_BACKENDS)
+@pytest.mark.parametrize("lengths", [False, True], ids=["full", "lengths"])
+@pytest.mark.parametrize("kind", ["diagonal", "rotational", "dense"])
+def test_backend_contract_saved_preactivations(backend, kind, lengths, monkeypatch):
+    """chain_fwd(save_a=True) returns a_t = u_t + W_hh x_{t-1} (zero past each length) and the same output
+    as save_a=False, which returns an empty a; chain_bwd only reads a and returns a fresh g."""
+    require_backend(backend)
+    from wcrnn_kernels.backends import get_backend
+    monkeypatch.setenv("WCRNN_POISON_OUTPUTS", "1")  # C++/CUDA outputs start as NaN
+    check_saved_preactivations(get_backend(backend), make_case(kind, 7, 4, 10, lengths=lengths, seed=5))
+
+
+@pytest.mark.parametrize("backend", CHAIN_BACKENDS)
+def test_second_backward_with_retain_graph(backend):
+    """The saved pre-activations survive a backward: backward twice (retain_graph) gives the same gradients,
+    and an inference forward (no grad) gives the same output."""
+    require_backend(backend)
+    c = make_case("rotational", 6, 3, 8, lengths=True, seed=9)
+    inputs = {k: (v.detach().clone().requires_grad_(True) if k in DIFF else v) for k, v in c.items()}
+    out, h_n = wcrnn_chain(inputs["u"], inputs["x0"], inputs["w_hh"], inputs["res_kind"], inputs["res"],
+                           inputs["gamma"], inputs["lengths"], "tanh", backend)
+    loss = (out * torch.linspace(-1, 1, out.numel(), dtype=out.dtype).reshape(out.shape)).sum() + h_n.sum()
+    first = torch.autograd.grad(loss, [inputs[k] for k in DIFF], retain_graph=True)
+    second = torch.autograd.grad(loss, [inputs[k] for k in DIFF])
+    for n, a, b in zip(DIFF, first, second):
+        assert torch.equal(a, b), f"d{n} differs on the second backward"
+    with torch.no_grad():
+        out_ng, h_ng = wcrnn_chain(c["u"], c["x0"], c["w_hh"], c["res_kind"], c["res"], c["gamma"], c["lengths"],
+                                   "tanh", backend)
+    assert torch.equal(out_ng, out.detach()) and torch.equal(h_ng, h_n.detach())

@@ -139,11 +139,11 @@ def _phi_through_op(a, nonlin):
     the backward with upstream gradient 1 gives g = phi'(a)."""
     n, dt = a.numel(), a.dtype
     z, one = torch.zeros(1, dtype=dt), torch.ones(1, dtype=dt)
-    out, _ = torch.ops.wcrnn_C.chain_fwd(a.reshape(1, n, 1), torch.zeros(n, 1, dtype=dt), z.reshape(1, 1), z, one,
-                                         None, 0, nonlin)
-    g = a.reshape(1, n, 1).clone()
-    torch.ops.wcrnn_C.chain_bwd(torch.ones_like(g), torch.zeros(n, 1, dtype=dt), g, z.reshape(1, 1), z, one, None,
-                                0, nonlin, False)
+    out, _, saved = torch.ops.wcrnn_C.chain_fwd(a.reshape(1, n, 1), torch.zeros(n, 1, dtype=dt), z.reshape(1, 1),
+                                                z, one, None, 0, nonlin, True)
+    torch.testing.assert_close(saved.reshape(-1), a, rtol=0, atol=0, equal_nan=True)  # a_1 = u_1 when x_0 = 0
+    g, _, _ = torch.ops.wcrnn_C.chain_bwd(torch.ones_like(saved), torch.zeros(n, 1, dtype=dt), saved, z.reshape(1, 1),
+                                          z, one, None, 0, nonlin, False)
     return out.reshape(-1), g.reshape(-1)
 
 
@@ -215,14 +215,22 @@ def test_non_contiguous_inputs_to_the_op():
     gamma_nc = torch.stack([case["gamma"], case["gamma"]], -1)[:, 1]
     assert not (u_nc.is_contiguous() or w_nc.is_contiguous() or res_nc.is_contiguous()
                 or x0_nc.is_contiguous() or gamma_nc.is_contiguous() or lengths.is_contiguous())
-    got = torch.ops.wcrnn_C.chain_fwd(u_nc, x0_nc, w_nc, res_nc, gamma_nc, lengths, 2, 0)
+    got = torch.ops.wcrnn_C.chain_fwd(u_nc, x0_nc, w_nc, res_nc, gamma_nc, lengths, 2, 0, True)
     ref = torch.ops.wcrnn_C.chain_fwd(case["u"], case["x0"], case["w_hh"], case["res"], case["gamma"],
-                                      lengths.contiguous(), 2, 0)
+                                      lengths.contiguous(), 2, 0, True)
     for a, b in zip(got, ref):
         assert torch.equal(a, b)
     exp = wcrnn_chain(case["u"], case["x0"], case["w_hh"], 2, case["res"], case["gamma"], lengths,
                       backend="reference")
-    assert_all_close(got, exp, rtol=1e-10, names=("output", "h_n"))
+    assert_all_close(got[:2], exp, rtol=1e-10, names=("output", "h_n"))
+    # the backward reads strided a and grad_out too
+    go = torch.randn_like(got[0])
+    args = (case["w_hh"], case["res"], case["gamma"], lengths.contiguous(), 2, 0, True)
+    bwd_nc = torch.ops.wcrnn_C.chain_bwd(go.transpose(0, 1).contiguous().transpose(0, 1), case["x0"],
+                                         got[2].transpose(0, 1).contiguous().transpose(0, 1), *args)
+    bwd = torch.ops.wcrnn_C.chain_bwd(go, case["x0"], got[2], *args)
+    for a, b in zip(bwd_nc, bwd):
+        assert torch.equal(a, b)
 
 
 @pytest.mark.parametrize("residual", ["rotational", "dense"])
@@ -260,7 +268,7 @@ def test_auto_picks_cpp_for_cpu_float32_and_float64_only():
 
 def _args(T=3, B=2, H=4, dtype=torch.float64):
     return [torch.randn(T, B, H, dtype=dtype), torch.randn(B, H, dtype=dtype), torch.randn(H, H, dtype=dtype),
-            torch.randn(H, dtype=dtype), torch.randn(H, dtype=dtype), None, 0, 0]
+            torch.randn(H, dtype=dtype), torch.randn(H, dtype=dtype), None, 0, 0, True]
 
 
 @pytest.mark.parametrize("mutate,match", [
@@ -287,13 +295,12 @@ def test_op_argument_errors_name_the_argument(mutate, match):
 def test_op_argument_errors_rotation_and_backward():
     u, x0, w, _, gamma, *_ = _args(H=5)
     with pytest.raises(RuntimeError, match="res: rotation pairs need an even hidden size"):
-        torch.ops.wcrnn_C.chain_fwd(u, x0, w, torch.randn(2, 5, dtype=torch.float64), gamma, None, 1, 0)
-    a = torch.randn(3, 2, 5, dtype=torch.float64).transpose(0, 1)
-    with pytest.raises(RuntimeError, match="a: expected a contiguous tensor"):
-        torch.ops.wcrnn_C.chain_bwd(a, x0, a, w, gamma, gamma, None, 0, 0, False)
-    a = a.contiguous()
+        torch.ops.wcrnn_C.chain_fwd(u, x0, w, torch.randn(2, 5, dtype=torch.float64), gamma, None, 1, 0, False)
+    a = torch.randn(3, 2, 5, dtype=torch.float64)
+    with pytest.raises(RuntimeError, match="a: expected float32 or float64"):
+        torch.ops.wcrnn_C.chain_bwd(u, x0, a.half(), w, gamma, gamma, None, 0, 0, False)
     with pytest.raises(RuntimeError, match=r"grad_out: expected shape \(T, B, H\) like a"):
-        torch.ops.wcrnn_C.chain_bwd(u, x0[:1], a, w, gamma, gamma, None, 0, 0, False)
+        torch.ops.wcrnn_C.chain_bwd(u, x0[:1], a.transpose(0, 1).contiguous(), w, gamma, gamma, None, 0, 0, False)
 
 
 def test_forced_isa_errors(monkeypatch):
@@ -309,7 +316,8 @@ def test_forced_isa_errors(monkeypatch):
 def test_opcheck_and_fake_tensors():
     """Schema, fake implementations and AOT dispatch of the wcrnn_C ops are consistent (torch.library)."""
     torch.library.opcheck(torch.ops.wcrnn_C.chain_fwd.default, tuple(_args(dtype=torch.float32)))
-    torch.library.opcheck(torch.ops.wcrnn_C.chain_fwd.default, tuple(_args()[:5] + [torch.tensor([3, 1]), 0, 1]))
+    torch.library.opcheck(torch.ops.wcrnn_C.chain_fwd.default,
+                          tuple(_args()[:5] + [torch.tensor([3, 1]), 0, 1, False]))
     for need_delta in (False, True):
         u, x0, w, res, gamma, *_ = _args()
         args = (torch.randn_like(u), torch.randn_like(x0), u.clone(), w, res, gamma, torch.tensor([2, 3]), 0, 0,
@@ -323,7 +331,7 @@ def test_ops_trace_under_torch_compile():
     u, x0, w, res, gamma, *_ = _args(T=5, B=3, H=6)
 
     def f(u, x0):
-        out, h = torch.ops.wcrnn_C.chain_fwd(u * 2, x0, w, res, gamma, None, 0, 0)
+        out, h, _ = torch.ops.wcrnn_C.chain_fwd(u * 2, x0, w, res, gamma, None, 0, 0, False)
         return out.sum(0) + h
 
     compiled = torch.compile(f, fullgraph=True, backend="aot_eager")

@@ -242,8 +242,8 @@ def test_opcheck(monkeypatch, path):
     force_path(monkeypatch, path)
     u, x0, w, res, gamma = _op_args()
     L = torch.tensor([5, 1, 0], device="cuda")
-    torch.library.opcheck(torch.ops.wcrnn_C.chain_fwd.default, (u, x0, w, res, gamma, L, 1, 0))
-    torch.library.opcheck(torch.ops.wcrnn_C.chain_fwd.default, (u, x0, w, res, gamma, None, 1, 1))
+    torch.library.opcheck(torch.ops.wcrnn_C.chain_fwd.default, (u, x0, w, res, gamma, L, 1, 0, True))
+    torch.library.opcheck(torch.ops.wcrnn_C.chain_fwd.default, (u, x0, w, res, gamma, None, 1, 1, False))
     for need_delta in (False, True):
         args = (torch.randn_like(u), torch.randn_like(x0), u.clone(), w, res, gamma, L, 1, 0, need_delta)
         torch.library.opcheck(torch.ops.wcrnn_C.chain_bwd.default, args)
@@ -253,61 +253,69 @@ def test_errors_name_the_argument(monkeypatch):
     u, x0, w, res, gamma = _op_args()
     fwd, bwd = torch.ops.wcrnn_C.chain_fwd, torch.ops.wcrnn_C.chain_bwd
     with pytest.raises(RuntimeError, match=r"x0: expected shape \(B, H\)"):
-        fwd(u, x0[:, :-1].contiguous(), w, res, gamma, None, 1, 0)
+        fwd(u, x0[:, :-1].contiguous(), w, res, gamma, None, 1, 0, False)
     with pytest.raises(RuntimeError, match="lengths: expected dtype int64"):
-        fwd(u, x0, w, res, gamma, torch.tensor([1, 2, 3], device="cuda", dtype=torch.int32), 1, 0)
+        fwd(u, x0, w, res, gamma, torch.tensor([1, 2, 3], device="cuda", dtype=torch.int32), 1, 0, False)
     with pytest.raises(RuntimeError, match=r"res: expected shape \(2, H\)"):
-        fwd(u, x0, w, res[0].contiguous(), gamma, None, 1, 0)
+        fwd(u, x0, w, res[0].contiguous(), gamma, None, 1, 0, False)
     with pytest.raises(RuntimeError, match="nonlin: expected 0"):
-        fwd(u, x0, w, res, gamma, None, 1, 2)
+        fwd(u, x0, w, res, gamma, None, 1, 2, False)
     with pytest.raises(RuntimeError, match="gamma: expected dtype"):
-        fwd(u, x0, w, res, gamma.double(), None, 1, 0)
+        fwd(u, x0, w, res, gamma.double(), None, 1, 0, False)
     with pytest.raises(RuntimeError, match="w_hh: expected a tensor on"):
-        fwd(u, x0, w.cpu(), res, gamma, None, 1, 0)
-    with pytest.raises(RuntimeError, match="a: expected a contiguous tensor"):
-        bwd(u, x0, u.transpose(0, 1).contiguous().transpose(0, 1), w, res, gamma, None, 1, 0, False)
+        fwd(u, x0, w.cpu(), res, gamma, None, 1, 0, False)
+    with pytest.raises(RuntimeError, match=r"grad_out: expected shape \(T, B, H\)"):
+        bwd(u[:1].contiguous(), x0, u, w, res, gamma, None, 1, 0, False)
     h = [t.half() for t in (u, x0, w, res, gamma)]
     with pytest.raises(RuntimeError, match="float32 or float64"):
         bwd(h[0], h[1], h[0].clone(), h[2], h[3], h[4], None, 1, 0, False)
     monkeypatch.setenv("WCRNN_CUDA_PATH", "sideways")
     with pytest.raises(RuntimeError, match="WCRNN_CUDA_PATH"):
-        fwd(u, x0, w, res, gamma, None, 1, 0)
+        fwd(u, x0, w, res, gamma, None, 1, 0, False)
     monkeypatch.setenv("WCRNN_CUDA_PATH", "block")
     big = _op_args(T=2, B=2, H=1024, res_kind=2)
     with pytest.raises(RuntimeError, match="shared memory"):
-        fwd(*big, None, 2, 0)
+        fwd(*big, None, 2, 0, False)
 
 
 def test_non_contiguous_inputs_are_accepted():
     """Read-only inputs may be strided (the op copies them); results equal the contiguous call."""
     u, x0, w, res, gamma = _op_args(T=6, B=4, H=10, res_kind=2)
     fwd = torch.ops.wcrnn_C.chain_fwd
-    expected = fwd(u, x0, w, res, gamma, None, 2, 0)
+    expected = fwd(u, x0, w, res, gamma, None, 2, 0, True)
     wt = w.t().contiguous().t()  # same values, column-major
-    actual = fwd(u.transpose(0, 1).contiguous().transpose(0, 1), x0, wt, res.t().contiguous().t(), gamma, None, 2, 0)
+    actual = fwd(u.transpose(0, 1).contiguous().transpose(0, 1), x0, wt, res.t().contiguous().t(), gamma, None, 2, 0,
+                 True)
+    for a, e in zip(actual, expected):
+        assert torch.equal(a, e)
+    go, a = torch.randn_like(u), expected[2]
+    bwd = torch.ops.wcrnn_C.chain_bwd
+    expected = bwd(go, x0, a, w, res, gamma, None, 2, 0, True)
+    actual = bwd(go.transpose(0, 1).contiguous().transpose(0, 1), x0, a.transpose(0, 1).contiguous().transpose(0, 1),
+                 wt, res, gamma, None, 2, 0, True)
     for a, e in zip(actual, expected):
         assert torch.equal(a, e)
 
 
 def test_empty_sizes():
     u, x0, w, res, gamma = _op_args(T=4, B=3, H=8)
-    out, hn = torch.ops.wcrnn_C.chain_fwd(u[:0], x0, w, res, gamma, None, 1, 0)
-    assert out.shape == (0, 3, 8) and torch.equal(hn, x0)
-    dx0, delta = torch.ops.wcrnn_C.chain_bwd(u[:0], x0, u[:0].clone(), w, res, gamma, None, 1, 0, True)
-    assert torch.equal(dx0, x0) and delta.shape == (0, 3, 8)
-    out, hn = torch.ops.wcrnn_C.chain_fwd(u[:, :0], x0[:0], w, res, gamma, None, 1, 0)
-    assert out.shape == (4, 0, 8) and hn.shape == (0, 8)
+    out, hn, a = torch.ops.wcrnn_C.chain_fwd(u[:0], x0, w, res, gamma, None, 1, 0, True)
+    assert out.shape == (0, 3, 8) and a.shape == (0, 3, 8) and torch.equal(hn, x0)
+    g, dx0, delta = torch.ops.wcrnn_C.chain_bwd(u[:0], x0, u[:0].clone(), w, res, gamma, None, 1, 0, True)
+    assert torch.equal(dx0, x0) and g.shape == (0, 3, 8) and delta.shape == (0, 3, 8)
+    out, hn, a = torch.ops.wcrnn_C.chain_fwd(u[:, :0], x0[:0], w, res, gamma, None, 1, 0, False)
+    assert out.shape == (4, 0, 8) and hn.shape == (0, 8) and a.numel() == 0
 
 
 @pytest.mark.parametrize("path", PATHS)
 def test_bitwise_deterministic_and_stream_aware(monkeypatch, path):
     force_path(monkeypatch, path)
     u, x0, w, res, gamma = _op_args(T=40, B=9, H=40, res_kind=2)
-    first = torch.ops.wcrnn_C.chain_fwd(u, x0, w, res, gamma, None, 2, 0)
+    first = torch.ops.wcrnn_C.chain_fwd(u, x0, w, res, gamma, None, 2, 0, True)
     side = torch.cuda.Stream()
     side.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(side):
-        second = torch.ops.wcrnn_C.chain_fwd(u, x0, w, res, gamma, None, 2, 0)
+        second = torch.ops.wcrnn_C.chain_fwd(u, x0, w, res, gamma, None, 2, 0, True)
     torch.cuda.current_stream().wait_stream(side)
     for a, b in zip(first, second):
         assert torch.equal(a, b)
@@ -345,18 +353,16 @@ def test_offsets_past_2_pow_31(path, monkeypatch):
     _, x0, w, res, gamma = _op_args(T=1, B=B, H=H, res_kind=1)
     u = torch.randn(T, B, H, device="cuda")
     fwd, bwd = torch.ops.wcrnn_C.chain_fwd, torch.ops.wcrnn_C.chain_bwd
-    out, hn = fwd(u, x0, w, res, gamma, None, 1, 0)
-    head, _ = fwd(u[:3].contiguous(), x0, w, res, gamma, None, 1, 0)
-    tail, hn_tail = fwd(u[-3:].contiguous(), out[-4].contiguous(), w, res, gamma, None, 1, 0)
+    out, hn, a = fwd(u, x0, w, res, gamma, None, 1, 0, True)
+    head, _, a_head = fwd(u[:3].contiguous(), x0, w, res, gamma, None, 1, 0, True)
+    tail, hn_tail, a_tail = fwd(u[-3:].contiguous(), out[-4].contiguous(), w, res, gamma, None, 1, 0, True)
     assert torch.equal(out[:3], head) and torch.equal(out[-3:], tail) and torch.equal(hn, hn_tail)
-    del out, head, tail
+    assert torch.equal(a[:3], a_head) and torch.equal(a[-3:], a_tail)
+    del out, head, tail, a_head, a_tail
 
     go = u  # reuse the memory: any values do as upstream gradients
-    a = torch.randn(T, B, H, device="cuda")
-    a_tail = a[-3:].clone()
     ghn = torch.randn(B, H, device="cuda")
-    dx0, delta = bwd(go, ghn, a, w, res, gamma, None, 1, 0, True)
-    g_tail_ref = a_tail
-    _, delta_tail = bwd(go[-3:].contiguous(), ghn, g_tail_ref, w, res, gamma, None, 1, 0, True)
-    assert torch.equal(a[-3:], g_tail_ref) and torch.equal(delta[-3:], delta_tail)
-    assert torch.isfinite(dx0).all() and torch.isfinite(delta[:3]).all()
+    g, dx0, delta = bwd(go, ghn, a, w, res, gamma, None, 1, 0, True)
+    g_tail, _, delta_tail = bwd(go[-3:].contiguous(), ghn, a[-3:].contiguous(), w, res, gamma, None, 1, 0, True)
+    assert torch.equal(g[-3:], g_tail) and torch.equal(delta[-3:], delta_tail)
+    assert torch.isfinite(dx0).all() and torch.isfinite(delta[:3]).all() and torch.isfinite(g[:3]).all()

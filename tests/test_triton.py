@@ -26,7 +26,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from helpers import assert_all_close, max_rel_err
+from helpers import assert_all_close, check_saved_preactivations, max_rel_err
 from wcrnn_kernels import BackendUnavailableError, RES_DENSE, RES_DIAG, RES_ROT, wcrnn_chain, wcrnn_chain_ref
 from wcrnn_kernels.backends import get_backend, resolve_backend
 
@@ -256,6 +256,13 @@ if INTERP and HAS_TRITON:
         assert_all_close(actual, expected, rtol=1e-10, names=NAMES)
 
     @pytest.mark.parametrize("kind", KINDS)
+    def test_interp_saved_preactivations(kind, variant):
+        """save_a: the forward stores a_t (zero past each length) and changes nothing else; the backward
+        only reads it."""
+        check_saved_preactivations(get_backend("triton"),
+                                   make_case(KINDS[kind], 5, 17, _even(kind, 33), lengths=True, seed=12))
+
+    @pytest.mark.parametrize("kind", KINDS)
     def test_interp_without_delta_and_scalar_gamma(kind):
         """res and gamma not differentiated -> need_delta=False kernel; a 0-d gamma broadcast by the op."""
         case = make_case(KINDS[kind], 5, 3, 18, lengths=True, seed=11)
@@ -301,12 +308,13 @@ if INTERP and HAS_TRITON:
         case = make_case(RES_ROT, 5, 17, 48, lengths=True, seed=8)
         a = torch.randn(5, 17, 48, dtype=torch.float64)
         go, ghn = torch.randn_like(a), torch.randn(17, 48, dtype=torch.float64)
+        a_before = a.clone()
         args = (go, ghn, a, case["w_hh"], RES_ROT, case["res"], case["gamma"], case["lengths"], 1)
         g1, dx1, d1 = tk.wcrnn_bwd(*args, True)
         g2, dx2, d2 = tk.wcrnn_bwd(*args, False)
         assert d2 is None and d1 is not None
         assert torch.equal(g1, g2) and torch.equal(dx1, dx2)
-        assert torch.equal(a, a.clone())  # a is read, never written
+        assert torch.equal(a, a_before)  # a is read, never written
 
     def test_interp_autotuner_key_excludes_T(monkeypatch):
         """Through the autotuner (timed on the CPU here): one tuning per (H, kind, precision, dtypes);

@@ -27,34 +27,29 @@ _EMPTY = (0,)
 
 @torch.library.custom_op("wcrnn_kernels::chain", mutates_args=())
 def _chain(u: Tensor, x0: Tensor, w_hh: Tensor, res: Tensor, gamma: Tensor, lengths: Optional[Tensor],
-           res_kind: int, nonlin: int, backend: str) -> tuple[Tensor, Tensor]:
-    return get_backend(backend).chain_fwd(u, x0, w_hh, res_kind, res, gamma, lengths, nonlin)
+           res_kind: int, nonlin: int, backend: str, save_a: bool) -> tuple[Tensor, Tensor, Tensor]:
+    return get_backend(backend).chain_fwd(u, x0, w_hh, res_kind, res, gamma, lengths, nonlin, save_a)
 
 
 @torch.library.custom_op("wcrnn_kernels::chain_bwd", mutates_args=())
-def _chain_bwd(grad_out: Tensor, grad_hn: Tensor, u: Tensor, x0: Tensor, out: Tensor, w_hh: Tensor,
+def _chain_bwd(grad_out: Tensor, grad_hn: Tensor, a: Tensor, x0: Tensor, out: Tensor, w_hh: Tensor,
                res: Tensor, gamma: Tensor, lengths: Optional[Tensor], res_kind: int, nonlin: int,
                backend: str, need_w: bool, need_res: bool, need_gamma: bool
                ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-    T, B, H = u.shape
-    cd = compute_dtype(u.dtype)
-    u_c, x0_c, out_c, w_c = u.to(cd), x0.to(cd), out.to(cd), w_hh.to(cd)
-    # a_t = u_t + W_hh x_{t-1}, recomputed for all t by one large GEMM over the saved states
-    # instead of being stored by the forward (DESIGN.md section 5).
-    a = torch.empty((T, B, H), dtype=cd, device=u.device)
-    torch.addmm(u_c[0], x0_c, w_c.t(), out=a[0])
-    if T > 1:
-        torch.addmm(u_c[1:].reshape(-1, H), out_c[:-1].reshape(-1, H), w_c.t(), out=a[1:].view(-1, H))
-    phi_a = phi(a, nonlin) if need_gamma else None  # a is scratch for the backend from here on
+    T, B, H = a.shape
+    cd = compute_dtype(a.dtype)
+    # a_t = u_t + W_hh x_{t-1} was saved by the forward (DESIGN.md section 5): no recompute GEMM here.
+    # It is read, never written: a second backward (retain_graph=True) reads it again.
+    a_c, x0_c, out_c = a.to(cd), x0.to(cd), out.to(cd)
     g, dx0, delta = get_backend(backend).chain_bwd(
-        grad_out.to(cd), grad_hn.to(cd), a, w_c, res_kind, res.to(cd), gamma.to(cd), lengths, nonlin,
+        grad_out.to(cd), grad_hn.to(cd), a_c, w_hh.to(cd), res_kind, res.to(cd), gamma.to(cd), lengths, nonlin,
         need_res or need_gamma)
 
     def pair_sum(left, right_x0, right_out):
         # sum_t left_t^T x_{t-1} over t and batch, with x_{t-1} = x0 at t = 1 and output[t-2] after
         r = left[0].t() @ right_x0
         if T > 1:
-            r = r + left[1:].reshape(-1, H).t() @ right_out[:-1].reshape(-1, H)
+            r = torch.addmm(r, left[1:].reshape(-1, H).t(), right_out[:-1].reshape(-1, H))
         return r
 
     def prod_sum(d, x0_, out_):
@@ -64,10 +59,11 @@ def _chain_bwd(grad_out: Tensor, grad_hn: Tensor, u: Tensor, x0: Tensor, out: Te
         return r
 
     def empty():  # outputs of a custom op may not alias each other: one fresh empty tensor each
-        return u.new_empty(_EMPTY)
+        return a.new_empty(_EMPTY)
 
     grad_w = pair_sum(g, x0_c, out_c).to(w_hh.dtype) if need_w else empty()
-    grad_gamma = (delta * phi_a).sum((0, 1)).to(gamma.dtype) if need_gamma else empty()
+    # phi(a_t) = 0 past a row's length (a is 0 there), where delta is 0 too
+    grad_gamma = (delta * phi(a_c, nonlin)).sum((0, 1)).to(gamma.dtype) if need_gamma else empty()
     if not need_res:
         grad_res = empty()
     elif res_kind == RES_DIAG:
@@ -77,39 +73,45 @@ def _chain_bwd(grad_out: Tensor, grad_hn: Tensor, u: Tensor, x0: Tensor, out: Te
                                 prod_sum(delta, swap_pairs(x0_c), swap_pairs(out_c)))).to(res.dtype)
     else:
         grad_res = pair_sum(delta, x0_c, out_c).to(res.dtype)
-    return g.to(u.dtype), dx0.to(x0.dtype), grad_w, grad_res, grad_gamma
+    return g.to(a.dtype), dx0.to(x0.dtype), grad_w, grad_res, grad_gamma
 
 
 @_chain.register_fake
-def _chain_fake(u, x0, w_hh, res, gamma, lengths, res_kind, nonlin, backend):
-    return torch.empty_like(u), torch.empty_like(x0)
+def _chain_fake(u, x0, w_hh, res, gamma, lengths, res_kind, nonlin, backend, save_a):
+    return torch.empty_like(u), torch.empty_like(x0), (torch.empty_like(u) if save_a else u.new_empty(_EMPTY))
 
 
 @_chain_bwd.register_fake
-def _chain_bwd_fake(grad_out, grad_hn, u, x0, out, w_hh, res, gamma, lengths, res_kind, nonlin, backend,
+def _chain_bwd_fake(grad_out, grad_hn, a, x0, out, w_hh, res, gamma, lengths, res_kind, nonlin, backend,
                     need_w, need_res, need_gamma):
     def maybe(t, need):
-        return torch.empty_like(t) if need else u.new_empty(_EMPTY)
-    return (torch.empty_like(u), torch.empty_like(x0), maybe(w_hh, need_w), maybe(res, need_res),
+        return torch.empty_like(t) if need else a.new_empty(_EMPTY)
+    return (torch.empty_like(a), torch.empty_like(x0), maybe(w_hh, need_w), maybe(res, need_res),
             maybe(gamma, need_gamma))
 
 
 def _setup_context(ctx, inputs, output):
-    u, x0, w_hh, res, gamma, lengths, res_kind, nonlin, backend = inputs
-    ctx.save_for_backward(u, x0, output[0], w_hh, res, gamma, lengths)
-    ctx.meta = (res_kind, nonlin, backend)
+    u, x0, w_hh, res, gamma, lengths, res_kind, nonlin, backend, save_a = inputs
+    out, _, a = output
+    ctx.mark_non_differentiable(a)
+    ctx.set_materialize_grads(False)  # an unused output's gradient arrives as None, not a zero tensor
+    ctx.save_for_backward(a, x0, out, w_hh, res, gamma, lengths)
+    ctx.meta = (res_kind, nonlin, backend, save_a)
 
 
-def _backward(ctx, grad_out, grad_hn):
-    u, x0, out, w_hh, res, gamma, lengths = ctx.saved_tensors
-    res_kind, nonlin, backend = ctx.meta
+def _backward(ctx, grad_out, grad_hn, _grad_a):
+    a, x0, out, w_hh, res, gamma, lengths = ctx.saved_tensors
+    res_kind, nonlin, backend, save_a = ctx.meta
+    if not save_a:
+        raise RuntimeError("wcrnn_kernels::chain: backward called on a forward that ran without saving the "
+                           "pre-activations (save_a=False: no input required grad, or grad mode was off)")
     need = ctx.needs_input_grad
     grad_out = torch.zeros_like(out) if grad_out is None else grad_out.contiguous()
     grad_hn = torch.zeros_like(x0) if grad_hn is None else grad_hn.contiguous()
-    gu, gx0, gw, gres, ggamma = _chain_bwd(grad_out, grad_hn, u, x0, out, w_hh, res, gamma, lengths,
+    gu, gx0, gw, gres, ggamma = _chain_bwd(grad_out, grad_hn, a, x0, out, w_hh, res, gamma, lengths,
                                            res_kind, nonlin, backend, need[2], need[3], need[4])
-    return (gu, gx0 if need[1] else None, gw if need[2] else None, gres if need[3] else None,
-            ggamma if need[4] else None, None, None, None, None)
+    return (gu if need[0] else None, gx0 if need[1] else None, gw if need[2] else None,
+            gres if need[3] else None, ggamma if need[4] else None, None, None, None, None, None)
 
 
 torch.library.register_autograd("wcrnn_kernels::chain", _backward, setup_context=_setup_context)
@@ -179,8 +181,11 @@ def wcrnn_chain(u: Tensor, x0: Tensor, w_hh: Tensor, res_kind: int, res: Tensor,
     if name == "reference":
         return wcrnn_chain_ref(u, x0, w_hh, res_kind, res, gamma, lengths, nonlinearity)
     gamma = gamma.reshape(-1).expand(H) if gamma.numel() == 1 else gamma
-    return _chain(u.contiguous(), x0.contiguous(), w_hh.contiguous(), res.contiguous(), gamma.contiguous(),
-                  lengths, res_kind, NONLIN_CODES[nonlinearity], name)
+    # The pre-activations are stored only when a backward can follow.
+    save_a = torch.is_grad_enabled() and any(t.requires_grad for t in (u, x0, w_hh, res, gamma))
+    out, h_n, _ = _chain(u.contiguous(), x0.contiguous(), w_hh.contiguous(), res.contiguous(),
+                         gamma.contiguous(), lengths, res_kind, NONLIN_CODES[nonlinearity], name, save_a)
+    return out, h_n
 
 
 def _check_lengths(lengths, B, T, device):

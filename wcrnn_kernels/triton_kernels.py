@@ -210,29 +210,37 @@ def _mask_if(row_ok, cols, H, cond):
 
 
 @triton.jit
-def _fwd_update(x, r, a, gamma, t, lens, NONLIN: tl.constexpr, HAS_LENGTHS: tl.constexpr):
+def _fwd_update(x, r, a, gamma, t, lens, a_ptr, t_off, tile, mask, NONLIN: tl.constexpr,
+                HAS_LENGTHS: tl.constexpr, SAVE_A: tl.constexpr, EMULATE_BF16: tl.constexpr):
     # x_t = R x_{t-1} + gamma phi(a_t); past a row's length the state is kept and the output is 0.
+    # SAVE_A: store a_t for the backward (0 past the length).
     x_new = r + gamma[None, :] * _phi(a, NONLIN)
     if HAS_LENGTHS:
         valid = (t < lens)[:, None]
         x = tl.where(valid, x_new, x)
         o = tl.where(valid, x, 0.0)
+        if SAVE_A:
+            a = tl.where(valid, a, 0.0)
     else:
         x = x_new
         o = x
+    if SAVE_A:
+        tl.store(a_ptr + t_off + tile, _to_out(a, a_ptr.dtype.element_ty, EMULATE_BF16), mask=mask)
     return x, o
 
 
 @triton.jit(do_not_specialize=["T", "B"])
 def _wcrnn_fwd_kernel(
-    u_ptr, x0_ptr, wt_ptr, res_ptr, gamma_ptr, len_ptr, out_ptr, hn_ptr, scr_ptr,
+    u_ptr, x0_ptr, wt_ptr, res_ptr, gamma_ptr, len_ptr, out_ptr, hn_ptr, a_ptr, scr_ptr,
     T, B, H,
-    RES_KIND: tl.constexpr, NONLIN: tl.constexpr, HAS_LENGTHS: tl.constexpr, CD: tl.constexpr,
+    RES_KIND: tl.constexpr, NONLIN: tl.constexpr, HAS_LENGTHS: tl.constexpr, SAVE_A: tl.constexpr,
+    CD: tl.constexpr,
     PREC: tl.constexpr, PREC_CD: tl.constexpr, EMULATE_BF16: tl.constexpr, SPLIT: tl.constexpr,
     HP: tl.constexpr, BLOCK: tl.constexpr, W_RESIDENT: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
     # u, out: (T, B, H); x0, hn: (B, H); wt = W_hh^T (H, H); res: (H,), (2, H) or R^T (H, H);
-    # gamma: (H,); len: (B,) int64; scr: (2, B, HP) CD scratch for the streamed variant.
+    # gamma: (H,); len: (B,) int64; a: (T, B, H) saved pre-activations (SAVE_A; else a dummy);
+    # scr: (2, B, HP) CD scratch for the streamed variant.
     pid = tl.program_id(0)
     rows = pid * BLOCK + tl.arange(0, BLOCK)
     cols = tl.arange(0, HP)
@@ -268,7 +276,8 @@ def _wcrnn_fwd_kernel(
                 r = tl.dot(x, rt, input_precision=PREC_CD, out_dtype=CD)
             else:
                 r = _residual(x, res0, res1, RES_KIND, BLOCK, HP)
-            x, o = _fwd_update(x, r, a, gamma, t, lens, NONLIN, HAS_LENGTHS)
+            x, o = _fwd_update(x, r, a, gamma, t, lens, a_ptr, t_off, tile, mask, NONLIN, HAS_LENGTHS, SAVE_A,
+                               EMULATE_BF16)
             tl.store(out_ptr + t_off + tile, _to_out(o, out_ptr.dtype.element_ty, EMULATE_BF16), mask=mask)
             u_t = u_next
     else:
@@ -300,7 +309,8 @@ def _wcrnn_fwd_kernel(
                     r = tl.dot(xk, rk, acc=r, input_precision=PREC_CD)
             if RES_KIND != 2:
                 r = _residual(x, res0, res1, RES_KIND, BLOCK, HP)
-            x, o = _fwd_update(x, r, a, gamma, t, lens, NONLIN, HAS_LENGTHS)
+            x, o = _fwd_update(x, r, a, gamma, t, lens, a_ptr, t_off, tile, mask, NONLIN, HAS_LENGTHS, SAVE_A,
+                               EMULATE_BF16)
             u_t = u_next
             tl.store(out_ptr + t_off + tile, _to_out(o, out_ptr.dtype.element_ty, EMULATE_BF16), mask=mask)
             # double-buffered: nobody still reads buffer (t+1) % 2, it was last read before the
@@ -626,11 +636,13 @@ def _launch(kernel_tuned, kernel, grid, config, args, meta, HP, w_itemsize, cd_i
     kernel[grid](*args, **meta, **cfg, num_warps=num_warps)
 
 
-def wcrnn_fwd(u, x0, w_hh, res_kind, res, gamma, lengths=None, nonlin=0, *, config=None):
+def wcrnn_fwd(u, x0, w_hh, res_kind, res, gamma, lengths=None, nonlin=0, save_a=False, *, config=None):
     """The forward chain. u (T, B, H), x0 (B, H), w_hh (H, H), res canonical, gamma (H,),
     lengths (B,) int64 or None, nonlin 0 tanh / 1 relu; all one dtype, one device, contiguous.
 
-    Returns (output (T, B, H) in u's dtype, zero past each length; h_n (B, H) = x_{L_b}).
+    Returns (output (T, B, H) in u's dtype, zero past each length; h_n (B, H) = x_{L_b}; a: when
+    ``save_a`` the pre-activations u_t + W_hh x_{t-1} (T, B, H) in u's dtype, zero past each length,
+    else an empty tensor).
     ``config`` ({"W_RESIDENT": bool, "BLOCK_K": int, "num_warps": int}) bypasses the autotuner (tests).
     """
     if not isinstance(u, torch.Tensor) or u.dim() != 3:
@@ -645,23 +657,26 @@ def wcrnn_fwd(u, x0, w_hh, res_kind, res, gamma, lengths=None, nonlin=0, *, conf
     cd = _compute_dtype(dt)
     out = torch.empty_like(u)
     hn = torch.empty_like(x0)
+    a = torch.empty_like(u) if save_a else u.new_empty((0,))
     if B == 0 or T == 0:
         hn.copy_(x0)
-        return out.zero_(), hn
+        return out.zero_(), hn, a.zero_()
     HP = padded_hidden(H)
     wt = w_hh.t().contiguous()
     res_k = res.t().contiguous() if res_kind == 2 else res
     scratch = torch.empty((2, B, HP), dtype=cd, device=dev)
     prec, prec_cd = _precisions(w_hh.dtype, cd)
-    meta = dict(RES_KIND=res_kind, NONLIN=nonlin, HAS_LENGTHS=lengths is not None, CD=_TL_DTYPE[cd],
-                PREC=prec, PREC_CD=prec_cd, EMULATE_BF16=INTERPRETER and w_hh.dtype == torch.bfloat16,
+    meta = dict(RES_KIND=res_kind, NONLIN=nonlin, HAS_LENGTHS=lengths is not None, SAVE_A=save_a,
+                CD=_TL_DTYPE[cd], PREC=prec, PREC_CD=prec_cd,
+                EMULATE_BF16=INTERPRETER and w_hh.dtype == torch.bfloat16,
                 SPLIT=SPLIT_HALF_STATE and w_hh.dtype in _HALF, HP=HP, BLOCK=BLOCK_B)
-    args = (u, x0, wt, res_k, gamma, lengths if lengths is not None else x0, out, hn, scratch, T, B, H)
+    args = (u, x0, wt, res_k, gamma, lengths if lengths is not None else x0, out, hn, a if save_a else out,
+            scratch, T, B, H)
     grid = (triton.cdiv(B, BLOCK_B),)
     with torch.cuda.device(dev) if dev.type == "cuda" else contextlib.nullcontext():
         _launch(_wcrnn_fwd_tuned, _wcrnn_fwd_kernel, grid, config, args, meta, HP, w_hh.element_size(),
                 torch.empty((), dtype=cd).element_size(), res_kind == 2)
-    return out, hn
+    return out, hn, a
 
 
 def wcrnn_bwd(grad_out, grad_hn, a, w_hh, res_kind, res, gamma, lengths=None, nonlin=0, need_delta=True,
@@ -723,7 +738,7 @@ def cross_compile(kind, w_dtype, H, res_kind, config, *, prec="ieee", nonlin=0, 
     wdt = _SIG_DTYPE[w_dtype]
     cd = "fp64" if w_dtype == torch.float64 else "fp32"
     if kind == "fwd":
-        fn, ptrs = _wcrnn_fwd_kernel, [wdt] * 5 + ["i64", wdt, wdt, cd]
+        fn, ptrs = _wcrnn_fwd_kernel, [wdt] * 5 + ["i64", wdt, wdt, wdt, cd]
     elif kind == "bwd":
         fn, ptrs = _wcrnn_bwd_kernel, [cd, cd, cd, wdt, cd, cd, "i64", cd, cd, cd, cd]
     else:
@@ -732,6 +747,8 @@ def cross_compile(kind, w_dtype, H, res_kind, config, *, prec="ieee", nonlin=0, 
                  PREC=prec if wdt == "fp32" else "ieee", PREC_CD=prec if cd == "fp32" else "ieee",
                  EMULATE_BF16=False, SPLIT=SPLIT_HALF_STATE and w_dtype in _HALF, HP=padded_hidden(H),
                  BLOCK=BLOCK_B, W_RESIDENT=config["W_RESIDENT"], BLOCK_K=config["BLOCK_K"])
+    if kind == "fwd":
+        const.update(SAVE_A=True)
     if kind == "bwd":
         const.update(NEED_DELTA=True, SCALE_G=w_dtype == torch.float16)
     sig = dict(zip(fn.arg_names, ["*" + p for p in ptrs] + ["i32"] * 3))

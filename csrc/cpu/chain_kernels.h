@@ -381,11 +381,13 @@ void forward_rows_impl(const FwdProblem<T>& p, int64_t rb, int64_t re, T* ws) {
   for (int64_t t = 0; t < p.steps; ++t) {
     const int64_t base = (t * B + rb) * H;
     T* out_t = p.out + base;
+    T* a_t = p.a_out != nullptr ? p.a_out + base : nullptr;
     if (len != nullptr) {
       bool any = false;
       for (int64_t m = 0; m < n && !any; ++m) any = t < len[rb + m];
-      if (!any) {  // every row is past its length: state kept, output zero
+      if (!any) {  // every row is past its length: state kept, output (and a) zero
         std::memset(out_t, 0, sizeof(T) * n * H);
+        if (a_t != nullptr) std::memset(a_t, 0, sizeof(T) * n * H);
         continue;
       }
     }
@@ -395,9 +397,11 @@ void forward_rows_impl(const FwdProblem<T>& p, int64_t rb, int64_t re, T* ws) {
       const T* xr = xa + m * Hp;
       T* xn = xb + m * Hp;
       T* orow = out_t + m * H;
+      T* arow = a_t != nullptr ? a_t + m * H : nullptr;
       if (len != nullptr && t >= len[rb + m]) {
         std::memcpy(xn, xr, sizeof(T) * Hp);
         std::memset(orow, 0, sizeof(T) * H);
+        if (arow != nullptr) std::memset(arow, 0, sizeof(T) * H);
         continue;
       }
       const T* ur = u_t + m * H;
@@ -405,6 +409,7 @@ void forward_rows_impl(const FwdProblem<T>& p, int64_t rb, int64_t re, T* ws) {
       for (int64_t j = 0; j < Hp; j += L) {
         const int64_t left = H - j;
         const V a = load<T>(cr + j) + load_tail<T>(ur + j, left, L);
+        if (arow != nullptr) store_tail<T>(arow + j, a, left, L);
         const V ph = phi<T, NONLIN>(a);
         V rx;
         if constexpr (KIND == kResDiag) {
@@ -448,7 +453,8 @@ void backward_rows_impl(const BwdProblem<T>& p, int64_t rb, int64_t re, T* ws) {
 
   for (int64_t t = p.steps - 1; t >= 0; --t) {
     const int64_t base = (t * B + rb) * H;
-    T* g_t = p.a_g + base;
+    const T* a_t = p.a + base;
+    T* g_t = p.g + base;
     T* d_t = p.delta != nullptr ? p.delta + base : nullptr;
     if (len != nullptr) {
       bool any = false;
@@ -463,6 +469,7 @@ void backward_rows_impl(const BwdProblem<T>& p, int64_t rb, int64_t re, T* ws) {
     for (int64_t m = 0; m < n; ++m) {
       T* Gr = G + m * Hp;
       T* Dr = D + m * Hp;
+      const T* arow = a_t + m * H;
       T* grow = g_t + m * H;
       T* drow = d_t != nullptr ? d_t + m * H : nullptr;
       if (len != nullptr && t >= len[rb + m]) {
@@ -477,7 +484,7 @@ void backward_rows_impl(const BwdProblem<T>& p, int64_t rb, int64_t re, T* ws) {
       for (int64_t j = 0; j < Hp; j += L) {
         const int64_t left = H - j;
         const V d = load<T>(cr + j) + load_tail<T>(erow + j, left, L);
-        const V g = load<T>(gam + j) * phi_prime<T, NONLIN>(load_tail<T>(grow + j, left, L)) * d;
+        const V g = load<T>(gam + j) * phi_prime<T, NONLIN>(load_tail<T>(arow + j, left, L)) * d;
         store<T>(Gr + j, g);
         store<T>(Dr + j, d);
         store_tail<T>(grow + j, g, left, L);

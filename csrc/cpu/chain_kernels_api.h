@@ -13,6 +13,7 @@ enum : int { kTanh = 0, kRelu = 1 };
 
 // One forward chain: x_t = R(x_{t-1}) + gamma * phi(u_t + W_hh x_{t-1}), rows independent.
 // All tensors contiguous, row-major: u / out (T, B, H); x0 / h_n (B, H); lengths (B,) or null.
+// a_out (T, B, H), when non-null, receives a_t = u_t + W_hh x_{t-1} (zero past a row's length).
 // `packed` is what Kernels::pack wrote for (w_hh, res, gamma) with backward = false.
 template <typename T>
 struct FwdProblem {
@@ -20,6 +21,7 @@ struct FwdProblem {
   const T* x0;
   T* out;
   T* h_n;
+  T* a_out;
   const int64_t* lengths;
   int64_t steps, batch, hidden;
   int res_kind, nonlin;
@@ -28,13 +30,14 @@ struct FwdProblem {
 
 // One backward delta chain (DESIGN.md section 5), rows independent:
 //   delta_t = e_t + carry;  g_t = gamma * phi'(a_t) * delta_t;  carry = R^T delta_t + W_hh^T g_t.
-// a_g (T, B, H) holds a_t on entry and g_t on return; delta (T, B, H) is written when non-null;
-// dx0 (B, H) receives the final carry. `packed` is Kernels::pack with backward = true.
+// a (T, B, H) holds a_t and is only read; g (T, B, H) receives g_t; delta (T, B, H) is written when
+// non-null; dx0 (B, H) receives the final carry. `packed` is Kernels::pack with backward = true.
 template <typename T>
 struct BwdProblem {
   const T* grad_out;
   const T* grad_hn;
-  T* a_g;
+  const T* a;
+  T* g;
   T* dx0;
   T* delta;
   const int64_t* lengths;

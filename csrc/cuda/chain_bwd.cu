@@ -12,9 +12,9 @@
 //
 // Phase A of step t-1 only needs phase B's result for the same (row, unit), so the kernel runs phase A
 // of step T-1 as a prologue and then, for t = T-1 .. 0, phase B of step t with phase A of step t-1
-// fused into its epilogue: one barrier per step. g_t is written into `a` in place (the contract), and
-// on the grid path `a` doubles as the exchange buffer for g_t: after the barrier every block stages the
-// g_t rows it needs from L2. The delta carried between steps lives in shared memory (block path) or in
+// fused into its epilogue: one barrier per step. `a` is only read; g_t goes to `g`, which on the grid
+// path doubles as the exchange buffer for g_t: after the barrier every block stages the g_t rows it
+// needs from L2. The delta carried between steps lives in shared memory (block path) or in
 // a (2, B, H) global buffer read and written with .cg (grid path); the two halves alternate with the
 // parity of t, so a block still reading step t's half never races a block writing step t-1's.
 //
@@ -106,10 +106,10 @@ __global__ void __launch_bounds__(kThreads) chain_bwd_kernel(const BwdParams<S> 
     if (p.deltas != nullptr) p.deltas[o] = valid ? delta : A(0);
     A* slot = dslot(static_cast<int>(t & 1), r, b, j);
     if constexpr (GRID) {
-      stcg(p.a + o, g);  // g_t replaces a_t; other blocks stage it after the barrier
+      stcg(p.g + o, g);  // other blocks stage g_t from here after the barrier
       stcg(slot, delta);
     } else {
-      p.a[o] = g;
+      p.g[o] = g;
       *slot = delta;
       sg[r * H + j] = g;
     }
@@ -153,7 +153,7 @@ __global__ void __launch_bounds__(kThreads) chain_bwd_kernel(const BwdParams<S> 
       if constexpr (GRID) {
         for (int idx = tid; idx < rows * H; idx += kThreads) {
           const int64_t g = b0 * H + idx;
-          sg[idx] = ldcg(p.a + t * BH + g);
+          sg[idx] = ldcg(p.g + t * BH + g);
           if constexpr (DENSE) sd[idx] = ldcg(p.dbuf + cur * BH + g);
         }
       }
@@ -218,7 +218,8 @@ void launch_bwd_rows(const BwdCall& c, const Plan& plan, const DeviceInfo& dev) 
   BwdParams<S> p;
   p.grad_out = static_cast<const S*>(c.grad_out);
   p.grad_hn = static_cast<const S*>(c.grad_hn);
-  p.a = static_cast<S*>(c.a);
+  p.a = static_cast<const S*>(c.a);
+  p.g = static_cast<S*>(c.g);
   p.w = static_cast<const S*>(c.w);
   p.res = static_cast<const S*>(c.res);
   p.gamma = static_cast<const S*>(c.gamma);

@@ -195,6 +195,7 @@ struct FwdParams {
   const int64_t* lengths;   // (B,) or nullptr: every row runs all T steps
   S* out;                   // (T, B, H)
   S* hn;                    // (B, H)
+  S* a_out;                 // (T, B, H) pre-activations a_t (0 past a row's length), or nullptr
   typename AccType<S>::type* xbuf;  // grid path: (2, B, H) state exchange; unused on the block path
   int64_t T, B;
   int64_t rows_per_group;  // grid path: batch rows per blockIdx.y
@@ -205,7 +206,8 @@ template <class S>
 struct BwdParams {
   const S* grad_out;        // (T, B, H) dL/d output
   const S* grad_hn;         // (B, H)    dL/d h_n
-  S* a;                     // (T, B, H) in: pre-activations a_t; out: g_t (in place)
+  const S* a;               // (T, B, H) pre-activations a_t (read only)
+  S* g;                     // (T, B, H) g_t; on the grid path also the exchange buffer for g_t
   const S* w;               // (H, H)
   const S* res;
   const S* gamma;
@@ -395,6 +397,7 @@ struct FwdCall {
   const void *u, *x0, *w, *res, *gamma;
   const int64_t* lengths;
   void *out, *hn;
+  void* a_out;  // nullptr unless the forward saves the pre-activations
   void* xbuf;  // set by the caller after plan_fwd when plan.grid: (2, B, H) of the accumulation type
   int device;
   cudaStream_t stream;
@@ -406,7 +409,8 @@ struct BwdCall {
   int64_t T, B;
   int H;
   const void *grad_out, *grad_hn;
-  void* a;
+  const void* a;
+  void* g;
   const void *w, *res, *gamma;
   const int64_t* lengths;
   void *dx0, *deltas;

@@ -6,10 +6,11 @@
 //   x_new = R(x) + gamma * phi(a)                  (4) epilogue, per (row, unit)
 //   x = where(valid[t], x_new, x)                  (4) valid = t < lengths[b]
 //   out[t] = where(valid[t], x, 0)                 (4)
+//   a_all[t] = where(valid[t], a, 0)  (save_a)     (4)
 //   return out, x                                  h_n written at t = T-1
 //
 // The state x and every sum are kept in the accumulation type (float for float/half/bfloat16), as in
-// the torch backend; only out and h_n are rounded to the storage type.
+// the torch backend; only out, h_n and the saved a are rounded to the storage type.
 #include <cooperative_groups.h>
 
 #include "chain_cuda.cuh"
@@ -115,6 +116,7 @@ __global__ void __launch_bounds__(kThreads) chain_fwd_kernel(const FwdParams<S> 
         const A x = valid ? x_new : xp;  // past the length the state is kept
         const int64_t o = b * H + gi;
         p.out[t * B * H + o] = valid ? static_cast<S>(x) : static_cast<S>(A(0));
+        if (p.a_out != nullptr) p.a_out[t * B * H + o] = valid ? static_cast<S>(a) : static_cast<S>(A(0));
         if constexpr (GRID) {
           stcg(p.xbuf + par * B * H + o, x);
         } else {
@@ -162,6 +164,7 @@ void launch_fwd_rows(const FwdCall& c, const Plan& plan, const DeviceInfo& dev) 
   p.lengths = c.lengths;
   p.out = static_cast<S*>(c.out);
   p.hn = static_cast<S*>(c.hn);
+  p.a_out = static_cast<S*>(c.a_out);
   p.xbuf = static_cast<typename AccType<S>::type*>(c.xbuf);
   p.T = c.T;
   p.B = c.B;

@@ -110,10 +110,10 @@ void check_sequence(const char* op, const char* name, const Tensor& t) {
   TORCH_CHECK(t.dim() == 3, op, ": ", name, ": expected a 3-D tensor (T, B, H), got shape ", t.sizes());
 }
 
-std::tuple<Tensor, Tensor> chain_fwd_cuda(const Tensor& u_in, const Tensor& x0_in, const Tensor& w_hh,
-                                          const Tensor& res, const Tensor& gamma,
-                                          const std::optional<Tensor>& lengths, int64_t res_kind,
-                                          int64_t nonlin) {
+std::tuple<Tensor, Tensor, Tensor> chain_fwd_cuda(const Tensor& u_in, const Tensor& x0_in, const Tensor& w_hh,
+                                                  const Tensor& res, const Tensor& gamma,
+                                                  const std::optional<Tensor>& lengths, int64_t res_kind,
+                                                  int64_t nonlin, bool save_a) {
   const char* op = "wcrnn_C::chain_fwd";
   check_sequence(op, "u", u_in);
   const DType dt = dtype_code(op, "u", u_in.scalar_type(), false);
@@ -124,7 +124,8 @@ std::tuple<Tensor, Tensor> chain_fwd_cuda(const Tensor& u_in, const Tensor& x0_i
 
   c10::cuda::CUDAGuard guard(u.device());
   Tensor out = at::empty({T, B, H}, u.options());
-  if (T == 0 || B == 0 || H == 0) return {out, x0.clone()};  // nothing to run; h_n = x_0
+  Tensor a = save_a ? at::empty({T, B, H}, u.options()) : at::empty({0}, u.options());
+  if (T == 0 || B == 0 || H == 0) return {out, x0.clone(), a};  // nothing to run; h_n = x_0
   Tensor hn = at::empty({B, H}, u.options());
 
   FwdCall c{};
@@ -142,6 +143,7 @@ std::tuple<Tensor, Tensor> chain_fwd_cuda(const Tensor& u_in, const Tensor& x0_i
   c.lengths = cm.lengths.has_value() ? cm.lengths->data_ptr<int64_t>() : nullptr;
   c.out = out.data_ptr();
   c.hn = hn.data_ptr();
+  c.a_out = save_a ? a.data_ptr() : nullptr;
   c.xbuf = nullptr;
   c.device = u.get_device();
   c.stream = c10::cuda::getCurrentCUDAStream(c.device).stream();
@@ -153,27 +155,28 @@ std::tuple<Tensor, Tensor> chain_fwd_cuda(const Tensor& u_in, const Tensor& x0_i
     xbuf = at::empty({2, B, H}, u.options().dtype(dt == DType::kDouble ? at::kDouble : at::kFloat));
     c.xbuf = xbuf.data_ptr();
   }
-  poison({&out, &hn, &xbuf});
+  poison({&out, &hn, &a, &xbuf});
   launch_fwd(c, plan, dev);
-  return {out, hn};
+  return {out, hn, a};
 }
 
-std::tuple<Tensor, Tensor> chain_bwd_cuda(const Tensor& grad_out_in, const Tensor& grad_hn_in, const Tensor& a,
-                                          const Tensor& w_hh, const Tensor& res, const Tensor& gamma,
-                                          const std::optional<Tensor>& lengths, int64_t res_kind,
-                                          int64_t nonlin, bool need_delta) {
+std::tuple<Tensor, Tensor, Tensor> chain_bwd_cuda(const Tensor& grad_out_in, const Tensor& grad_hn_in,
+                                                  const Tensor& a_in, const Tensor& w_hh, const Tensor& res,
+                                                  const Tensor& gamma, const std::optional<Tensor>& lengths,
+                                                  int64_t res_kind, int64_t nonlin, bool need_delta) {
   const char* op = "wcrnn_C::chain_bwd";
-  check_sequence(op, "a", a);
-  const DType dt = dtype_code(op, "a", a.scalar_type(), true);
-  TORCH_CHECK(a.is_contiguous(), op, ": a: expected a contiguous tensor (g is written into it in place)");
+  check_sequence(op, "a", a_in);
+  const DType dt = dtype_code(op, "a", a_in.scalar_type(), true);
+  const Tensor a = a_in.contiguous();
   const int64_t T = a.size(0), B = a.size(1), H = a.size(2);
   const Common cm = check_common(op, a, w_hh, res, gamma, lengths, res_kind, nonlin);
   const Tensor grad_out = checked(op, "grad_out", grad_out_in, a, {T, B, H}, "(T, B, H) like a");
   const Tensor grad_hn = checked(op, "grad_hn", grad_hn_in, a, {B, H}, "(B, H)");
 
   c10::cuda::CUDAGuard guard(a.device());
+  Tensor g = at::empty({T, B, H}, a.options());
   Tensor deltas = need_delta ? at::empty({T, B, H}, a.options()) : at::empty({0}, a.options());
-  if (T == 0 || B == 0 || H == 0) return {grad_hn.clone(), deltas};  // dL/dx_0 = dL/dh_n
+  if (T == 0 || B == 0 || H == 0) return {g, grad_hn.clone(), deltas};  // dL/dx_0 = dL/dh_n
   Tensor dx0 = at::empty({B, H}, a.options());
 
   BwdCall c{};
@@ -186,6 +189,7 @@ std::tuple<Tensor, Tensor> chain_bwd_cuda(const Tensor& grad_out_in, const Tenso
   c.grad_out = grad_out.data_ptr();
   c.grad_hn = grad_hn.data_ptr();
   c.a = a.data_ptr();
+  c.g = g.data_ptr();
   c.w = cm.w_hh.data_ptr();
   c.res = cm.res.data_ptr();
   c.gamma = cm.gamma.data_ptr();
@@ -203,9 +207,9 @@ std::tuple<Tensor, Tensor> chain_bwd_cuda(const Tensor& grad_out_in, const Tenso
     dbuf = at::empty({2, B, H}, a.options());
     c.dbuf = dbuf.data_ptr();
   }
-  poison({&dx0, &deltas, &dbuf});
+  poison({&g, &dx0, &deltas, &dbuf});
   launch_bwd(c, plan, dev);
-  return {dx0, deltas};
+  return {g, dx0, deltas};
 }
 
 }  // namespace

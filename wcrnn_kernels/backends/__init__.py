@@ -5,17 +5,24 @@ A backend is an object with
     name: str
     availability() -> (bool, str)          can it run in this process at all, and why (not)
     supports(device, dtype, hidden_size) -> str | None     None if it runs these tensors, else why not
-    chain_fwd(u, x0, w_hh, res_kind, res, gamma, lengths, nonlin) -> (output, h_n)
+    chain_fwd(u, x0, w_hh, res_kind, res, gamma, lengths, nonlin, save_a) -> (output, h_n, a)
     chain_bwd(grad_out, grad_hn, a, w_hh, res_kind, res, gamma, lengths, nonlin, need_delta)
         -> (g, dx0, delta or None)
 
 The contract for chain_fwd / chain_bwd (checked by ``ops.py`` before any backend is called):
 all tensors contiguous, one dtype and one device; u, grad_out, a: (T, B, H); x0, grad_hn: (B, H);
 res: canonical residual (``residual.py``); gamma: (H,); lengths: int64 (B,) on the same device, or None;
-nonlin: 0 tanh, 1 relu. ``a`` holds the recomputed pre-activations u_t + W_hh x_{t-1} and is scratch:
-a backend may write g into it and return it. ``output`` is zero past each row's length and h_n[b] is
-x_{L_b}. ``g`` (T, B, H) is dL/da_t (zero past the length), ``dx0`` is dL/dx_0 and ``delta`` (T, B, H),
-returned only when ``need_delta``, is the total dL/dx_t (zero past the length).
+nonlin: 0 tanh, 1 relu. ``output`` is zero past each row's length and h_n[b] is x_{L_b}.
+
+When ``save_a`` is true, the forward also returns the pre-activations a_t = u_t + W_hh x_{t-1}
+(T, B, H) in u's dtype (computed in the compute dtype, rounded once), zero past each row's length:
+they are what the backward needs, saved instead of u so that the backward needs no recompute GEMM.
+When it is false, ``a`` is an empty tensor and the forward stores nothing extra.
+
+chain_bwd gets ``a`` in the compute dtype (float32 for float16/bfloat16 models) and only reads it: it is
+the tensor saved for backward, and a second backward (retain_graph=True) reads it again. ``g``
+(T, B, H), a fresh tensor, is dL/da_t (zero past the length), ``dx0`` is dL/dx_0 and ``delta``
+(T, B, H), returned only when ``need_delta``, is the total dL/dx_t (zero past the length).
 
 A missing backend is never an import error: ``available_backends()`` reports it and names the fix, and
 asking for it by name raises with that message.

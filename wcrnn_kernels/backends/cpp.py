@@ -33,15 +33,15 @@ def register_fakes() -> None:
     _fakes_registered = True
 
     @torch.library.register_fake("wcrnn_C::chain_fwd")
-    def _chain_fwd_fake(u, x0, w_hh, res, gamma, lengths, res_kind, nonlin):
+    def _chain_fwd_fake(u, x0, w_hh, res, gamma, lengths, res_kind, nonlin, save_a):
         torch._check(u.dim() == 3, lambda: f"wcrnn_C::chain_fwd: u: expected (T, B, H), got {tuple(u.shape)}")
-        return torch.empty_like(u), torch.empty_like(x0)
+        return torch.empty_like(u), torch.empty_like(x0), (torch.empty_like(u) if save_a else u.new_empty((0,)))
 
     @torch.library.register_fake("wcrnn_C::chain_bwd")
     def _chain_bwd_fake(grad_out, grad_hn, a, w_hh, res, gamma, lengths, res_kind, nonlin, need_delta):
         torch._check(a.dim() == 3, lambda: f"wcrnn_C::chain_bwd: a: expected (T, B, H), got {tuple(a.shape)}")
         delta = torch.empty_like(a) if need_delta else a.new_empty((0,))
-        return torch.empty_like(grad_hn), delta
+        return torch.empty_like(a), torch.empty_like(grad_hn), delta
 
 
 class CppBackend:
@@ -66,13 +66,13 @@ class CppBackend:
             return f"runs float32 and float64 only, got {dtype} (backend='torch' runs it)"
         return None
 
-    def chain_fwd(self, u, x0, w_hh, res_kind, res, gamma, lengths, nonlin):
-        return torch.ops.wcrnn_C.chain_fwd(u, x0, w_hh, res, gamma, lengths, res_kind, nonlin)
+    def chain_fwd(self, u, x0, w_hh, res_kind, res, gamma, lengths, nonlin, save_a):
+        return torch.ops.wcrnn_C.chain_fwd(u, x0, w_hh, res, gamma, lengths, res_kind, nonlin, save_a)
 
     def chain_bwd(self, grad_out, grad_hn, a, w_hh, res_kind, res, gamma, lengths, nonlin, need_delta):
-        dx0, delta = torch.ops.wcrnn_C.chain_bwd(grad_out, grad_hn, a, w_hh, res, gamma, lengths, res_kind, nonlin,
-                                                 need_delta)
-        return a, dx0, (delta if need_delta else None)
+        g, dx0, delta = torch.ops.wcrnn_C.chain_bwd(grad_out, grad_hn, a, w_hh, res, gamma, lengths, res_kind,
+                                                    nonlin, need_delta)
+        return g, dx0, (delta if need_delta else None)
 
 
 register_backend(CppBackend())

@@ -73,14 +73,14 @@ class CudaBackend:
                     "(backend='triton' or 'torch' runs it)")
         return None
 
-    def chain_fwd(self, u, x0, w_hh, res_kind, res, gamma, lengths, nonlin):
-        return torch.ops.wcrnn_C.chain_fwd(u, x0, w_hh, res, gamma, lengths, res_kind, nonlin)
+    def chain_fwd(self, u, x0, w_hh, res_kind, res, gamma, lengths, nonlin, save_a):
+        return torch.ops.wcrnn_C.chain_fwd(u, x0, w_hh, res, gamma, lengths, res_kind, nonlin, save_a)
 
     def chain_bwd(self, grad_out, grad_hn, a, w_hh, res_kind, res, gamma, lengths, nonlin, need_delta):
-        # ops.py hands float32 (float64) tensors here for every model dtype; g is written into `a`.
-        dx0, delta = torch.ops.wcrnn_C.chain_bwd(grad_out, grad_hn, a, w_hh, res, gamma, lengths, res_kind,
-                                                 nonlin, need_delta)
-        return a, dx0, (delta if need_delta else None)
+        # ops.py hands float32 (float64) tensors here for every model dtype; `a` is only read.
+        g, dx0, delta = torch.ops.wcrnn_C.chain_bwd(grad_out, grad_hn, a, w_hh, res, gamma, lengths, res_kind,
+                                                    nonlin, need_delta)
+        return g, dx0, (delta if need_delta else None)
 
 
 register_backend(CudaBackend())

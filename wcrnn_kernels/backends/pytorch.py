@@ -1,9 +1,9 @@
 """The "torch" backend: the forward chain and the analytic backward chain in plain PyTorch ops.
 
 This is the executable template every kernel follows (DESIGN.md section 5) and the fallback on any
-device. It runs without autograd: the forward writes x_1..x_T into one preallocated output, the backward
-runs the delta chain in reverse. float16 / bfloat16 inputs are computed with float32 state and
-accumulation, like the GPU kernels, and cast back on output.
+device. It runs without autograd: the forward writes x_1..x_T (and, for a backward, a_1..a_T) into
+preallocated outputs, the backward runs the delta chain in reverse. float16 / bfloat16 inputs are
+computed with float32 state and accumulation, like the GPU kernels, and cast back on output.
 """
 from __future__ import annotations
 
@@ -45,12 +45,13 @@ class TorchBackend:
     def supports(self, device, dtype, hidden_size):
         return None
 
-    def chain_fwd(self, u, x0, w_hh, res_kind, res, gamma, lengths, nonlin):
+    def chain_fwd(self, u, x0, w_hh, res_kind, res, gamma, lengths, nonlin, save_a):
         T, B, H = u.shape
         cd = compute_dtype(u.dtype)
         w_t = w_hh.to(cd).t()
         res, gamma = res.to(cd), gamma.to(cd)
         out = torch.empty((T, B, H), dtype=u.dtype, device=u.device)
+        a_all = torch.empty((T, B, H) if save_a else (0,), dtype=u.dtype, device=u.device)
         valid = _valid_mask(T, lengths, u.device)
         x = x0.to(cd)
         for t in range(T):
@@ -59,10 +60,14 @@ class TorchBackend:
             if valid is None:
                 x = x_new
                 out[t] = x
+                if save_a:
+                    a_all[t] = a
             else:
                 x = torch.where(valid[t], x_new, x)
                 out[t] = torch.where(valid[t], x, 0.0)
-        return out, x.to(u.dtype)
+                if save_a:
+                    a_all[t] = torch.where(valid[t], a, 0.0)
+        return out, x.to(u.dtype), a_all
 
     def chain_bwd(self, grad_out, grad_hn, a, w_hh, res_kind, res, gamma, lengths, nonlin, need_delta):
         T, B, H = a.shape
@@ -70,7 +75,7 @@ class TorchBackend:
         w = w_hh.to(cd)
         res, gamma = res.to(cd), gamma.to(cd)
         valid = _valid_mask(T, lengths, a.device)
-        g = a  # g_t overwrites a_t once a_t has been used
+        g = torch.empty_like(a)  # a is only read (the contract)
         deltas = torch.empty_like(a) if need_delta else None
         delta = grad_hn.to(cd).clone()
         for t in range(T - 1, -1, -1):

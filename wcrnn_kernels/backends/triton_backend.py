@@ -72,12 +72,11 @@ class TritonBackend:
                     f"use backend='cuda' or 'torch'")
         return None
 
-    def chain_fwd(self, u, x0, w_hh, res_kind, res, gamma, lengths, nonlin):
-        return _kernels().wcrnn_fwd(u, x0, w_hh, res_kind, res, gamma, lengths, nonlin)
+    def chain_fwd(self, u, x0, w_hh, res_kind, res, gamma, lengths, nonlin, save_a):
+        return _kernels().wcrnn_fwd(u, x0, w_hh, res_kind, res, gamma, lengths, nonlin, save_a)
 
     def chain_bwd(self, grad_out, grad_hn, a, w_hh, res_kind, res, gamma, lengths, nonlin, need_delta):
-        # ``a`` is only read: g gets its own buffer, which keeps the kernel free of a read-after-write
-        # race between warps and lets the autotuner re-run it.
+        # ``a`` is only read (the contract): g gets its own buffer, which also lets the autotuner re-run it.
         return _kernels().wcrnn_bwd(grad_out, grad_hn, a, w_hh, res_kind, res, gamma, lengths, nonlin,
                                     need_delta)
 
