@@ -12,7 +12,8 @@ is defined, so the check defines that macro exactly when the header is missing; 
 sources unchanged. The kernels include nothing that needs cuBLAS / cuDNN headers (which the toolkit here
 lacks), only cuda_runtime, cooperative_groups and c10/cuda.
 
-A second test compiles a small host program against csrc/cuda/chain_cuda.cuh and runs its launch planner
+The objects are then linked into one shared library (duplicate definitions across translation units fail
+there). A further test compiles a small host program against csrc/cuda/chain_cuda.cuh and runs its launch planner
 (block path vs grid path, tile height, units per block, shared memory) for A100 and H100 device limits.
 
 Without nvcc the tests skip with the reason, unless WCRNN_REQUIRE_NVCC=1 (CI sets it) turns that into a
@@ -132,6 +133,20 @@ def test_cuda_source_compiles(builds, src):
     if src in ("chain_fwd.cu", "chain_bwd.cu"):
         # fwd: 4 dtypes x {elementwise, dense} x 3 tile heights x {block, grid}; bwd: 2 dtypes x ...
         assert len(kernels[ARCHS[0]]) == (48 if src == "chain_fwd.cu" else 24), sorted(kernels[ARCHS[0]])
+
+
+def test_cuda_objects_link_into_one_library(builds, tmp_path):
+    """The objects link into one shared library, as setup.py and the JIT build link them: a symbol defined
+    in the shared header by every translation unit ("multiple definition of ...", which nvcc 13 produced for
+    a non-static __noinline__ device function) fails here, not on the first GPU machine. Unresolved symbols
+    (torch, cudart) are left to the loader, as in any shared library."""
+    objs = [builds[os.path.basename(s)]["obj"] for s in SOURCES]
+    if any(builds[os.path.basename(s)]["rc"] != 0 for s in SOURCES):
+        pytest.fail("a CUDA source did not compile (see test_cuda_source_compiles)")
+    lib = str(tmp_path / "libwcrnn_link_check.so")
+    proc = subprocess.run([NVCC, "-shared", "-Xcompiler", "-fPIC", *objs, "-o", lib], capture_output=True,
+                          text=True, timeout=600)
+    assert proc.returncode == 0, f"linking the CUDA objects failed:\n{(proc.stdout + proc.stderr)[-4000:]}"
 
 
 # ----------------------------------------------------------------------------------------------------------

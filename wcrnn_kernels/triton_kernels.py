@@ -153,21 +153,23 @@ def _dot_w(x, w, acc, PREC: tl.constexpr, EMULATE_BF16: tl.constexpr, SPLIT: tl.
     # error rounded), and both run on the tensor cores into the fp32 accumulator: the product then sees
     # ~16 bits of the state instead of 8 (bf16) for one extra MMA per step, and the kernel keeps the
     # fp32-state accuracy of the torch backend instead of cuDNN's bf16-state accuracy.
+    # out_dtype is passed explicitly: Triton 3.6 defaults it to float32 (3.8+: acc's dtype) and then
+    # rejects a float64 accumulator (an assertion in tl.dot, compiled or interpreted).
     if EMULATE_BF16:
         # Interpreter only: its bf16 tl.dot multiplies raw bit patterns and its fp32 -> bf16 cast
         # truncates. Operands rounded to nearest-even bf16 and multiplied in fp32 are exactly what the
         # tensor cores compute (bf16 products are exact in fp32).
         hi = _round_bf16(x.to(tl.float32))
-        r = tl.dot(hi, w.to(tl.float32), acc=acc, input_precision="ieee")
+        r = tl.dot(hi, w.to(tl.float32), acc=acc, input_precision="ieee", out_dtype=acc.dtype)
         if SPLIT:
             lo = _round_bf16(x.to(tl.float32) - hi)
-            r = tl.dot(lo, w.to(tl.float32), acc=r, input_precision="ieee")
+            r = tl.dot(lo, w.to(tl.float32), acc=r, input_precision="ieee", out_dtype=acc.dtype)
     else:
         hi = x.to(w.dtype)
-        r = tl.dot(hi, w, acc=acc, input_precision=PREC)
+        r = tl.dot(hi, w, acc=acc, input_precision=PREC, out_dtype=acc.dtype)
         if SPLIT:
             lo = (x - hi.to(x.dtype)).to(w.dtype)
-            r = tl.dot(lo, w, acc=r, input_precision=PREC)
+            r = tl.dot(lo, w, acc=r, input_precision=PREC, out_dtype=acc.dtype)
     return r
 
 
@@ -306,7 +308,7 @@ def _wcrnn_fwd_kernel(
                 a = _dot_w(xk, wk, a, PREC, EMULATE_BF16, SPLIT)
                 if RES_KIND == 2:
                     rk = tl.load(res_ptr + koff, mask=kmask, other=0.0).to(CD)
-                    r = tl.dot(xk, rk, acc=r, input_precision=PREC_CD)
+                    r = tl.dot(xk, rk, acc=r, input_precision=PREC_CD, out_dtype=CD)
             if RES_KIND != 2:
                 r = _residual(x, res0, res1, RES_KIND, BLOCK, HP)
             x, o = _fwd_update(x, r, a, gamma, t, lens, a_ptr, t_off, tile, mask, NONLIN, HAS_LENGTHS, SAVE_A,
@@ -453,7 +455,7 @@ def _wcrnn_bwd_kernel(
                 if RES_KIND == 2:
                     dk = tl.load(cur + srow + ks[None, :], mask=row_ok[:, None], other=0.0, cache_modifier=".cg")
                     rk = tl.load(res_ptr + koff, mask=kmask, other=0.0).to(CD)
-                    rtd = tl.dot(dk, rk, acc=rtd, input_precision=PREC_CD)
+                    rtd = tl.dot(dk, rk, acc=rtd, input_precision=PREC_CD, out_dtype=CD)
             if SCALE_G:
                 wg = wg * s[:, None]
             if RES_KIND != 2:

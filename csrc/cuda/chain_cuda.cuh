@@ -52,9 +52,11 @@ template <> struct AccType<double> { using type = double; };
 // tanh would not meet the float32 tolerances, so never build these files with --use_fast_math.
 
 // The double version is kept out of line: it is long, and the epilogues call it from several
-// unrolled sites (the float one is short and inlined).
+// unrolled sites (the float one is short and inlined). It is static because every .cu file includes
+// this header: with external linkage each object gets a host-side definition of it (seen with nvcc
+// 13.0) and linking the library fails with "multiple definition of wcrnn_cuda::tanh_acc(double)".
 __device__ __forceinline__ float tanh_acc(float a) { return tanhf(a); }
-__device__ __noinline__ double tanh_acc(double a) { return tanh(a); }
+static __device__ __noinline__ double tanh_acc(double a) { return tanh(a); }
 
 template <class A>
 __device__ __forceinline__ A phi(A a, int nonlin) {
