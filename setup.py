@@ -3,7 +3,7 @@
 * torch importable in the build environment (``pip install --no-build-isolation .``, or ``python setup.py
   develop``): the ``wcrnn_C`` library is compiled now, as the extension module ``wcrnn_kernels._C`` - the C++
   CPU kernels always, plus ``csrc/cuda/*.cu`` when torch has CUDA, nvcc is found and ``WCRNN_NO_CUDA`` is unset
-  (archs from ``WCRNN_CUDA_ARCH``, default "8.0;9.0"). A record of the torch / Python / source hash it was
+  (archs from ``WCRNN_CUDA_ARCH``, default "8.0;9.0+PTX"). A record of the torch / Python / source hash it was
   built for is written beside it (``_C_build.json``); at run time a library whose record does not match is
   never loaded.
 * torch not importable (pip's default build isolation: torch is deliberately not a build requirement, see

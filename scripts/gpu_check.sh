@@ -20,7 +20,7 @@
 #
 # Everything is logged to benchmarks/results/gpu_check_<stage>.log. Exit status: non-zero if any stage failed
 # (later stages still run). Environment: WCRNN_CUDA_ARCH (default: this GPU's architecture, which keeps the
-# build short; the package default is "8.0;9.0"), PYTHON (default python3).
+# build short; the package default is "8.0;9.0+PTX"), PYTHON (default python3).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 REPO=$(pwd)

@@ -57,7 +57,10 @@ _ENV_SANITIZER = {
 def _run(code: str, timeout: int):
     env = {k: v for k, v in os.environ.items() if not k.startswith("WCRNN_")}
     env.update(_ENV_SANITIZER)
-    env["LD_PRELOAD"] = ASAN
+    # libstdc++ too, right after libasan: Python does not link it, so without it ASan finds no real __cxa_throw
+    # to forward to and aborts ("CHECK failed ... real___cxa_throw") at the first C++ exception thrown in the
+    # process, e.g. by Triton 3.8's libtriton at import (torch 2.14 imports triton from torch._dynamo).
+    env["LD_PRELOAD"] = " ".join(p for p in (ASAN, _runtime("libstdc++.so")) if p)
     env["PYTHONPATH"] = REPO
     if "WCRNN_CACHE_DIR" in os.environ:
         env["WCRNN_CACHE_DIR"] = os.environ["WCRNN_CACHE_DIR"]

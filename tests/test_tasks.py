@@ -3,6 +3,7 @@ digits, and the IDX reader on small files this test writes (plain and gzip, seve
 from __future__ import annotations
 
 import gzip
+import importlib.util
 import math
 import struct
 
@@ -76,6 +77,11 @@ def test_copy_task_layout():
 
 # ------------------------------------------------------------------------------------------ digits
 
+NEEDS_SKLEARN = pytest.mark.skipif(importlib.util.find_spec("sklearn") is None,
+                                   reason="the digits come from scikit-learn (pip install scikit-learn)")
+
+
+@NEEDS_SKLEARN
 def test_sequential_digits_real_data_and_split():
     (xtr, ytr), (xte, yte) = tasks.sequential_digits(test_fraction=0.25, seed=3)
     assert xtr.shape[1:] == (64, 1) and xte.shape[1:] == (64, 1)
@@ -102,6 +108,7 @@ def test_sequential_digits_real_data_and_split():
     assert not torch.equal(xtr, xtr3)
 
 
+@NEEDS_SKLEARN
 def test_permuted_digits_apply_one_fixed_permutation():
     (x, y), (xt, yt) = tasks.sequential_digits(seed=1)
     (xp, yp), (xpt, ypt) = tasks.sequential_digits(permuted=True, seed=1, permutation_seed=5)

@@ -15,7 +15,7 @@ If neither works (no compiler, no ninja, ``WCRNN_NO_BUILD=1``), ``ok`` is False 
 how to fix it; ``available_backends()`` shows that reason and the "torch" backend keeps working.
 
 One library: the C++ sources (``csrc/*.cpp``, ``csrc/cpu/*.cpp``) always, plus ``csrc/cuda/*.cu`` when torch
-has CUDA, nvcc is found and ``WCRNN_NO_CUDA`` is unset (archs from ``WCRNN_CUDA_ARCH``, default "8.0;9.0").
+has CUDA, nvcc is found and ``WCRNN_NO_CUDA`` is unset (archs from ``WCRNN_CUDA_ARCH``, default "8.0;9.0+PTX").
 ``extension_info()`` says what was loaded, from where, and whether it carries CUDA kernels.
 
 Environment variables:
@@ -23,7 +23,7 @@ Environment variables:
                       ``~/.cache/wcrnn_kernels``)
     WCRNN_NO_BUILD=1  never compile at run time (only an installed extension is used)
     WCRNN_NO_CUDA=1   build without the CUDA kernels
-    WCRNN_CUDA_ARCH   CUDA architectures, ``TORCH_CUDA_ARCH_LIST`` syntax (default "8.0;9.0")
+    WCRNN_CUDA_ARCH   CUDA architectures, ``TORCH_CUDA_ARCH_LIST`` syntax (default "8.0;9.0+PTX")
     WCRNN_CPU_ISA     read by the CPU kernels at each call: default | avx2 | avx512 (default: the widest
                       this CPU runs)
 
@@ -44,7 +44,7 @@ import threading
 import traceback
 
 BUILD_RECORD = "_C_build.json"
-DEFAULT_CUDA_ARCH = "8.0;9.0"
+DEFAULT_CUDA_ARCH = "8.0;9.0+PTX"  # + PTX of compute_90: newer GPUs JIT it
 
 _PKG_DIR = os.path.dirname(os.path.abspath(__file__))
 _lock = threading.Lock()
@@ -136,6 +136,11 @@ def cuda_build_decision(root: str | None = None) -> tuple[bool, str]:
     if nvcc is None or not os.path.exists(nvcc):
         return False, ("nvcc not found (set CUDA_HOME to a CUDA toolkit matching torch's CUDA "
                        f"{torch.version.cuda})")
+    if not (os.path.isfile(os.path.join(CUDA_HOME, "include", "cuda_runtime.h"))
+            or glob.glob(os.path.join(CUDA_HOME, "targets", "*", "include", "cuda_runtime.h"))):
+        # e.g. nvcc on PATH is a wrapper script in /usr/local/bin: torch then guesses CUDA_HOME=/usr/local
+        return False, (f"CUDA_HOME={CUDA_HOME} (nvcc at {nvcc}) has no include/cuda_runtime.h: set CUDA_HOME to "
+                       f"the root of a CUDA toolkit matching torch's CUDA {torch.version.cuda}")
     return True, f"nvcc at {nvcc}, archs {cuda_arch_list()}"
 
 
@@ -238,7 +243,6 @@ def jit_build_and_load(build_dir: str, name: str, *, with_cuda: bool, extra_cfla
 
 
 def _jit(notes: list[str]) -> tuple[bool, str]:
-    import torch
     from torch.utils import cpp_extension
     root = source_root()
     if root is None:
@@ -255,14 +259,29 @@ def _jit(notes: list[str]) -> tuple[bool, str]:
         return False, "ninja is needed to compile the kernels on first use: `pip install ninja`"
     with_cuda, cuda_why = cuda_build_decision(root)
     _state["cuda_decision"] = cuda_why
+    ok, why = _jit_build(root, with_cuda)
+    if not ok and with_cuda:
+        # One library holds both: a CUDA compile or link failure must not take the C++ CPU kernels down too.
+        _state["cuda_decision"] = f"the build with the CUDA kernels failed, built without them: {why}"
+        print(f"wcrnn_kernels: {why}; building the C++ kernels without CUDA", file=sys.stderr, flush=True)
+        ok, why = _jit_build(root, False)
+    if not ok:
+        return False, why
+    notes.append(why)
+    return True, "; ".join(notes)
+
+
+def _jit_build(root: str, with_cuda: bool) -> tuple[bool, str]:
+    """Compile (once, cached) and load the library: (True, where it is) or (False, why not)."""
+    import torch
     # torch's git revision too: two builds may share a version string (local or nightly builds)
     digest = source_hash(root, with_cuda, extra=(getattr(torch.version, "git_version", None),))
     py = f"{sys.version_info[0]}{sys.version_info[1]}"
     name = f"wcrnn_C_{digest[:16]}"
     build_dir = os.path.join(cache_root(), f"torch-{torch.__version__}-py{py}", name)
     lib = os.path.join(build_dir, f"{name}.so")
+    what = "C++/CUDA" if with_cuda else "C++"
     if not os.path.isfile(lib):
-        what = "C++/CUDA" if with_cuda else "C++"
         print(f"wcrnn_kernels: compiling the {what} kernels once for torch {torch.__version__} into {build_dir} "
               "(about a minute; later runs reuse it)", file=sys.stderr, flush=True)
     try:
@@ -277,10 +296,9 @@ def _jit(notes: list[str]) -> tuple[bool, str]:
         lines = str(e).strip().splitlines()
         first_error = next((ln.strip() for ln in lines if "error" in ln.lower() and "ninja" not in ln), None)
         summary = first_error or (lines[-1] if lines else type(e).__name__)
-        return False, f"compiling the C++ kernels failed ({summary[:300]}); full log: {log}"
-    notes.append(f"compiled on first use, cached at {lib}")
+        return False, f"compiling the {what} kernels failed ({summary[:300]}); full log: {log}"
     _state.update(origin="jit", path=lib, cuda_built=with_cuda)
-    return True, "; ".join(notes)
+    return True, f"compiled on first use, cached at {lib}"
 
 
 def load_extension() -> tuple[bool, str]:
