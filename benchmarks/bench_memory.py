@@ -72,17 +72,22 @@ def child(impl: str, shape: str, dtype_name: str) -> dict:
     torch.autograd.backward([out, h], [g_out, g_h])
     del out, h
     peak = _status_kib("VmHWM")
-    return {"impl": impl, "shape": shape, "dtype": dtype_name, "T": T, "B": B, "I": I, "H": H,
+    import wcrnn_kernels
+    return {"impl": impl, "shape": shape, "dtype": dtype_name, "package": os.path.dirname(wcrnn_kernels.__file__),
+            "T": T, "B": B, "I": I, "H": H,
             "threads": torch.get_num_threads(), "peak_mib": (peak - before) / 1024,
             "retained_after_forward_mib": (after_fwd - before) / 1024,
             "output_mib": T * B * H * torch.finfo(dtype).bits / 8 / 2 ** 20}
 
 
 def measure(impl: str, shape: str, dtype_name: str) -> dict:
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536", MALLOC_TRIM_THRESHOLD_="0", MKL_DISABLE_FAST_MM="1")
+    # the child measures this checkout's wcrnn_kernels, not an installed copy (a script's sys.path[0] is its
+    # own folder, benchmarks/, so without this an installed package would shadow the checkout)
+    env["PYTHONPATH"] = os.pathsep.join([root] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
     proc = subprocess.run([sys.executable, os.path.abspath(__file__), "--child", impl, shape, dtype_name],
-                          capture_output=True, text=True, env=env,
-                          cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+                          capture_output=True, text=True, env=env, cwd=root)
     if proc.returncode != 0:
         return {"impl": impl, "shape": shape, "error": proc.stderr.strip().splitlines()[-1:]}
     return json.loads(proc.stdout.strip().splitlines()[-1])
