@@ -15,6 +15,7 @@
 #include <torch/library.h>
 
 #include <atomic>
+#include <type_traits>
 #include <cstdlib>
 #include <cstring>
 #include <limits>
@@ -26,6 +27,7 @@
 #include <tuple>
 
 #include "cpu/chain_kernels_api.h"
+#include "wcrnn_op_signatures.h"
 
 namespace wcrnn_cpu {
 namespace {
@@ -313,6 +315,12 @@ std::string cpu_info() {
 }
 
 }  // namespace wcrnn_cpu
+
+// the CUDA kernels register the same C++ types (cuda/chain_ops.cu): see wcrnn_op_signatures.h
+static_assert(std::is_same_v<decltype(wcrnn_cpu::chain_fwd_cpu), wcrnn_sig::ChainFwd>,
+              "chain_fwd_cpu must have the signature of wcrnn_op_signatures.h");
+static_assert(std::is_same_v<decltype(wcrnn_cpu::chain_bwd_cpu), wcrnn_sig::ChainBwd>,
+              "chain_bwd_cpu must have the signature of wcrnn_op_signatures.h");
 
 TORCH_LIBRARY_IMPL(wcrnn_C, CPU, m) {
   m.impl("chain_fwd", &wcrnn_cpu::chain_fwd_cpu);

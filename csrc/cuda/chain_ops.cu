@@ -9,6 +9,7 @@
 #include <limits>
 #include <optional>
 #include <tuple>
+#include <type_traits>
 
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
@@ -17,6 +18,7 @@
 #include <torch/library.h>
 
 #include "chain_cuda.cuh"
+#include "../wcrnn_op_signatures.h"
 
 namespace wcrnn_cuda {
 namespace {
@@ -214,6 +216,12 @@ std::tuple<Tensor, Tensor, Tensor> chain_bwd_cuda(const Tensor& grad_out_in, con
 
 }  // namespace
 }  // namespace wcrnn_cuda
+
+// the CPU kernels register the same C++ types (wcrnn_cpu.cpp): see wcrnn_op_signatures.h
+static_assert(std::is_same_v<decltype(wcrnn_cuda::chain_fwd_cuda), wcrnn_sig::ChainFwd>,
+              "chain_fwd_cuda must have the signature of wcrnn_op_signatures.h");
+static_assert(std::is_same_v<decltype(wcrnn_cuda::chain_bwd_cuda), wcrnn_sig::ChainBwd>,
+              "chain_bwd_cuda must have the signature of wcrnn_op_signatures.h");
 
 TORCH_LIBRARY_IMPL(wcrnn_C, CUDA, m) {
   m.impl("chain_fwd", &wcrnn_cuda::chain_fwd_cuda);

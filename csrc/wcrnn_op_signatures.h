@@ -1,0 +1,27 @@
+// The C++ signatures of the wcrnn_C kernels (schemas in wcrnn_ops.cpp). The CPU (wcrnn_cpu.cpp) and CUDA
+// (cuda/chain_ops.cu) implementations of one op must have exactly the same C++ type: when two registrations
+// of an op differ (even in const-ness of a reference), the dispatcher terminates the process while the
+// library loads ("Mismatch in kernel C++ signatures"), which no Python code can catch. Both files
+// static_assert against these types, so a mismatch fails the build instead (CI compiles both).
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+#include <cstdint>
+#include <optional>
+#include <tuple>
+
+namespace wcrnn_sig {
+
+using at::Tensor;
+
+// chain_fwd(u, x0, w_hh, res, gamma, lengths, res_kind, nonlin, save_a) -> (output, h_n, a)
+using ChainFwd = std::tuple<Tensor, Tensor, Tensor>(const Tensor&, const Tensor&, const Tensor&, const Tensor&,
+                                                    const Tensor&, const std::optional<Tensor>&, int64_t, int64_t,
+                                                    bool);
+// chain_bwd(grad_out, grad_hn, a, w_hh, res, gamma, lengths, res_kind, nonlin, need_delta) -> (g, dx0, delta)
+using ChainBwd = std::tuple<Tensor, Tensor, Tensor>(const Tensor&, const Tensor&, const Tensor&, const Tensor&,
+                                                    const Tensor&, const Tensor&, const std::optional<Tensor>&,
+                                                    int64_t, int64_t, bool);
+
+}  // namespace wcrnn_sig
