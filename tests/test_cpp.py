@@ -419,3 +419,19 @@ def test_cache_key_covers_sources_flags_and_torch(tmp_path):
     assert _build.source_hash(str(root), False) == h1 and _build.source_hash(str(root), True) != h1
     assert _build.source_hash(str(root), False, extra=("git-a",)) != _build.source_hash(str(root), False,
                                                                                        extra=("git-b",))
+
+
+def test_build_failure_summary_is_the_compiler_diagnostic():
+    """A failed build's reason quotes the compiler's or linker's message, not ninja's command line (whose flags
+    say "error" too)."""
+    from wcrnn_kernels._build import first_error_line
+    out = ["ninja: build stopped: subcommand failed.",
+           "[1/3] /usr/bin/nvcc --display_error_number -Werror=return-type -c chain_ops.cu -o chain_ops.cuda.o",
+           "FAILED: wcrnn_C.so",
+           "c++ chain_fwd.cuda.o chain_ops.cuda.o -shared -lcudart -o wcrnn_C.so",
+           "/usr/bin/ld: chain_ops.cuda.o: multiple definition of `wcrnn_cuda::tanh_acc(double)'",
+           "collect2: error: ld returned 1 exit status"]
+    assert first_error_line(out).endswith("multiple definition of `wcrnn_cuda::tanh_acc(double)'")
+    assert first_error_line(out[5:]) == "collect2: error: ld returned 1 exit status"
+    assert first_error_line(["csrc/x.cpp:3:1: error: expected ';'"]) == "csrc/x.cpp:3:1: error: expected ';'"
+    assert first_error_line(out[:4]) is None

@@ -37,6 +37,7 @@ import hashlib
 import importlib.machinery
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -242,6 +243,23 @@ def jit_build_and_load(build_dir: str, name: str, *, with_cuda: bool, extra_cfla
     return os.path.join(build_dir, f"{name}.so")
 
 
+_DIAGNOSTICS = (re.compile(r"\berror\b\s*:", re.IGNORECASE),
+                re.compile(r"fatal|undefined reference|multiple definition|cannot find -l", re.IGNORECASE))
+
+
+def first_error_line(lines: list[str]) -> str | None:
+    """The first compiler / linker diagnostic in a failed build's output ("file:line: error: ...", "multiple
+    definition of ...", "cannot find -lcudart"), skipping ninja's step lines and the command lines, whose
+    flags (-Werror, --display_error_number) mention "error" too."""
+    for ln in lines:
+        text = ln.strip()
+        if text.startswith("[") or " -o " in text or text.startswith(("FAILED:", "ninja:")):
+            continue
+        if any(p.search(text) for p in _DIAGNOSTICS):
+            return text
+    return None
+
+
 def _jit(notes: list[str]) -> tuple[bool, str]:
     from torch.utils import cpp_extension
     root = source_root()
@@ -294,8 +312,7 @@ def _jit_build(root: str, with_cuda: bool) -> tuple[bool, str]:
         except OSError:
             log = "(could not write a log)"
         lines = str(e).strip().splitlines()
-        first_error = next((ln.strip() for ln in lines if "error" in ln.lower() and "ninja" not in ln), None)
-        summary = first_error or (lines[-1] if lines else type(e).__name__)
+        summary = first_error_line(lines) or (lines[-1] if lines else type(e).__name__)
         return False, f"compiling the {what} kernels failed ({summary[:300]}); full log: {log}"
     _state.update(origin="jit", path=lib, cuda_built=with_cuda)
     return True, f"compiled on first use, cached at {lib}"
