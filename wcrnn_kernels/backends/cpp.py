@@ -44,7 +44,21 @@ def register_fakes() -> None:
         return torch.empty_like(a), torch.empty_like(grad_hn), delta
 
 
-class CppBackend:
+class WcrnnCOps:
+    """chain_fwd / chain_bwd through the wcrnn_C library's ops, which dispatch on the tensors' device to the
+    CPU kernels (csrc/) or the CUDA kernels (csrc/cuda/): shared by the "cpp" and "cuda" backends."""
+
+    def chain_fwd(self, u, x0, w_hh, res_kind, res, gamma, lengths, nonlin, save_a):
+        return torch.ops.wcrnn_C.chain_fwd(u, x0, w_hh, res, gamma, lengths, res_kind, nonlin, save_a)
+
+    def chain_bwd(self, grad_out, grad_hn, a, w_hh, res_kind, res, gamma, lengths, nonlin, need_delta):
+        # `a` is only read; the CUDA kernels run float32 / float64 only (ops.py upcasts half models' tensors)
+        g, dx0, delta = torch.ops.wcrnn_C.chain_bwd(grad_out, grad_hn, a, w_hh, res, gamma, lengths, res_kind,
+                                                    nonlin, need_delta)
+        return g, dx0, (delta if need_delta else None)
+
+
+class CppBackend(WcrnnCOps):
     name = "cpp"
     _availability = None
 
@@ -65,14 +79,5 @@ class CppBackend:
         if dtype not in _DTYPES:
             return f"runs float32 and float64 only, got {dtype} (backend='torch' runs it)"
         return None
-
-    def chain_fwd(self, u, x0, w_hh, res_kind, res, gamma, lengths, nonlin, save_a):
-        return torch.ops.wcrnn_C.chain_fwd(u, x0, w_hh, res, gamma, lengths, res_kind, nonlin, save_a)
-
-    def chain_bwd(self, grad_out, grad_hn, a, w_hh, res_kind, res, gamma, lengths, nonlin, need_delta):
-        g, dx0, delta = torch.ops.wcrnn_C.chain_bwd(grad_out, grad_hn, a, w_hh, res, gamma, lengths, res_kind,
-                                                    nonlin, need_delta)
-        return g, dx0, (delta if need_delta else None)
-
 
 register_backend(CppBackend())

@@ -30,6 +30,7 @@ import torch
 
 from .. import _build
 from . import register_backend
+from .cpp import WcrnnCOps
 
 _DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 # Largest hidden size the kernels are sized for on sm_80 / sm_90 class GPUs (the grid path's W_hh slice,
@@ -43,7 +44,7 @@ _INSTALL_HINT = ("install a CUDA build of torch (https://pytorch.org/get-started
                  "time with `pip install --no-build-isolation .`)")
 
 
-class CudaBackend:
+class CudaBackend(WcrnnCOps):
     name = "cuda"
 
     def availability(self):
@@ -72,15 +73,6 @@ class CudaBackend:
             return (f"hidden size {hidden_size} is beyond the {limit} the CUDA kernels are sized for in {dtype} "
                     "(backend='triton' or 'torch' runs it)")
         return None
-
-    def chain_fwd(self, u, x0, w_hh, res_kind, res, gamma, lengths, nonlin, save_a):
-        return torch.ops.wcrnn_C.chain_fwd(u, x0, w_hh, res, gamma, lengths, res_kind, nonlin, save_a)
-
-    def chain_bwd(self, grad_out, grad_hn, a, w_hh, res_kind, res, gamma, lengths, nonlin, need_delta):
-        # ops.py hands float32 (float64) tensors here for every model dtype; `a` is only read.
-        g, dx0, delta = torch.ops.wcrnn_C.chain_bwd(grad_out, grad_hn, a, w_hh, res, gamma, lengths, res_kind,
-                                                    nonlin, need_delta)
-        return g, dx0, (delta if need_delta else None)
 
 
 register_backend(CudaBackend())
