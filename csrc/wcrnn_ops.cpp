@@ -11,17 +11,15 @@
 
 #include <string>
 
+#include "wcrnn_op_signatures.h"
+
 namespace wcrnn_cpu {
 std::string cpu_info();  // wcrnn_cpu.cpp
 }
 
 TORCH_LIBRARY(wcrnn_C, m) {
-  m.def(
-      "chain_fwd(Tensor u, Tensor x0, Tensor w_hh, Tensor res, Tensor gamma, Tensor? lengths, int res_kind, "
-      "int nonlin, bool save_a) -> (Tensor, Tensor, Tensor)");
-  m.def(
-      "chain_bwd(Tensor grad_out, Tensor grad_hn, Tensor a, Tensor w_hh, Tensor res, Tensor gamma, "
-      "Tensor? lengths, int res_kind, int nonlin, bool need_delta) -> (Tensor, Tensor, Tensor)");
+  m.def(wcrnn_sig::kChainFwdSchema);
+  m.def(wcrnn_sig::kChainBwdSchema);
   m.def("cpu_info() -> str", &wcrnn_cpu::cpu_info);
 }
 

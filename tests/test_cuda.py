@@ -94,6 +94,18 @@ def reference(case, nonlinearity, diff=DIFF):
     return run_chain(on(case, "cpu", torch.float64), "reference", nonlinearity, diff)
 
 
+def block_path_refused(path, kind, H, dtype=torch.float64):
+    """True where the forced block path cannot hold W_hh (and a dense R) in one block's shared memory on any
+    sm_80 / sm_90 GPU (at most 227 KiB): then the op must refuse with the planner's message, not run."""
+    words = H * H * (2 if kind == "dense" else 1)
+    return path == "block" and words * torch.finfo(dtype).bits // 8 > 227 * 1024
+
+
+def expect_block_refusal(case, backend, nonlinearity, H):
+    with pytest.raises(RuntimeError, match=f"WCRNN_CUDA_PATH=block but H={H} needs .* bytes of shared memory"):
+        run_chain(case, backend, nonlinearity)
+
+
 def select(results, diff):
     keep = [0, 1] + [2 + DIFF.index(k) for k in diff]
     return [results[i] for i in keep], [NAMES[i] for i in keep]
@@ -114,6 +126,8 @@ SIZES = ((1, 1, 1), (4, 3, 3), (6, 3, 17), (3, 2, 130), (5, 11, 33), (2, 1, 130)
 def test_matches_reference_float64(monkeypatch, path, kind, nonlinearity, lengths, T, B, H):
     force_path(monkeypatch, path)
     case = make_case(kind, T, B, H, lengths=lengths)
+    if block_path_refused(path, kind, H):
+        return expect_block_refusal(on(case, "cuda"), "cuda", nonlinearity, H)
     expected = reference(case, nonlinearity)
     actual = run_chain(on(case, "cuda"), "cuda", nonlinearity)
     assert_all_close(actual, expected, rtol=1e-10, names=NAMES)
@@ -128,6 +142,8 @@ def test_every_tile_height(monkeypatch, rows, path, kind):
     force_path(monkeypatch, path)
     monkeypatch.setenv("WCRNN_CUDA_ROWS", rows)
     case = make_case(kind, 5, 13, 130, lengths=True, seed=3)
+    if block_path_refused(path, kind, 130):
+        return expect_block_refusal(on(case, "cuda"), "cuda", "tanh", 130)
     expected = reference(case, "tanh")
     actual = run_chain(on(case, "cuda"), "cuda", "tanh")
     assert_all_close(actual, expected, rtol=1e-10, names=NAMES)

@@ -42,7 +42,7 @@ __global__ void __launch_bounds__(kThreads) chain_bwd_kernel(const BwdParams<S> 
   const MatvecShape ms = matvec_shape(H, U);
   const SmemLayout L = smem_layout(H, U, BT, DENSE, 1, NX2, sizeof(A), sizeof(S));
 
-  extern __shared__ __align__(16) unsigned char smem[];
+  WCRNN_DYNAMIC_SMEM(smem);
   A* part = reinterpret_cast<A*>(smem + L.part);
   A* partR = reinterpret_cast<A*>(smem + L.partR);
   A* sg = reinterpret_cast<A*>(smem + L.x);   // [BT][H] g_t rows

@@ -36,6 +36,12 @@
 
 namespace wcrnn_cuda {
 
+// The block's dynamic shared memory, 16-byte aligned. The CPU emulator that runs these kernels in the
+// tests (tests/cuda_emu) hands each emulated block its own buffer through this macro instead.
+#ifndef WCRNN_DYNAMIC_SMEM
+#define WCRNN_DYNAMIC_SMEM(name) extern __shared__ __align__(16) unsigned char name[]
+#endif
+
 constexpr int kThreads = 256;  // threads per block, every kernel
 constexpr int kEarly = 4;      // epilogue operands a thread loads before the matvec (the rest load late)
 
@@ -363,15 +369,19 @@ Plan plan_chain(const char* op, int64_t B, int H, const DeviceInfo& dev, SmemOf 
 }
 
 // Launch one instantiation: the attribute call lifts the 48 KiB default shared-memory limit; the grid
-// path is launched cooperatively after checking that every block can be resident at once.
+// path is launched cooperatively after checking that every block can be resident at once. Both launches
+// go through the runtime API (cudaLaunchKernel is what <<<...>>> compiles to), which the CPU emulator of
+// tests/cuda_emu implements too: the tests run exactly these lines.
 template <class Kernel, class Params>
 void launch_kernel(const char* op, Kernel kernel, const Plan& plan, const DeviceInfo& dev, Params params,
                    cudaStream_t stream) {
-  C10_CUDA_CHECK(cudaFuncSetAttribute(reinterpret_cast<const void*>(kernel),
-                                      cudaFuncAttributeMaxDynamicSharedMemorySize,
+  C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                       static_cast<int>(plan.smem)));
+  void* args[] = {&params};
   if (!plan.grid) {
-    kernel<<<static_cast<unsigned int>(plan.blocks), kThreads, plan.smem, stream>>>(params);
+    TORCH_CHECK(plan.blocks <= 0x7fffffff, op, ": ", plan.blocks, " thread blocks exceed the grid limit");
+    C10_CUDA_CHECK(cudaLaunchKernel(kernel, dim3(static_cast<unsigned int>(plan.blocks)), dim3(kThreads), args,
+                                    plan.smem, stream));
     C10_CUDA_KERNEL_LAUNCH_CHECK();
     return;
   }
@@ -380,12 +390,11 @@ void launch_kernel(const char* op, Kernel kernel, const Plan& plan, const Device
   TORCH_CHECK(plan.blocks <= static_cast<int64_t>(per_sm) * dev.sms, op, ": the grid path needs ",
               plan.blocks, " co-resident blocks of ", plan.smem, " bytes of shared memory, the device holds ",
               per_sm, " per SM x ", dev.sms, " SMs");
-  void* args[] = {&params};
-  C10_CUDA_CHECK(cudaLaunchCooperativeKernel(reinterpret_cast<const void*>(kernel),
+  C10_CUDA_CHECK(cudaLaunchCooperativeKernel(kernel,
                                              dim3(static_cast<unsigned int>(plan.unit_blocks),
                                                   static_cast<unsigned int>(plan.row_groups)),
                                              dim3(kThreads), args, plan.smem, stream));
-  C10_CUDA_CHECK(cudaGetLastError());
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
 // ---------------------------------------------------------------------------------------------------

@@ -34,7 +34,7 @@ __global__ void __launch_bounds__(kThreads) chain_fwd_kernel(const FwdParams<S> 
   const MatvecShape ms = matvec_shape(H, U);
   const SmemLayout L = smem_layout(H, U, BT, DENSE, NX, 0, sizeof(A), sizeof(S));
 
-  extern __shared__ __align__(16) unsigned char smem[];
+  WCRNN_DYNAMIC_SMEM(smem);
   A* part = reinterpret_cast<A*>(smem + L.part);
   A* partR = reinterpret_cast<A*>(smem + L.partR);
   A* xs = reinterpret_cast<A*>(smem + L.x);  // [NX][BT][H] state rows

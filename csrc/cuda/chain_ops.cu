@@ -107,8 +107,14 @@ Common check_common(const char* op, const Tensor& seq, const Tensor& w_hh, const
   return c;
 }
 
+#ifdef WCRNN_CUDA_EMULATOR
+constexpr bool kDeviceTensors = false;  // tests/cuda_emu: CPU tensors, kernels run by the CPU emulator
+#else
+constexpr bool kDeviceTensors = true;
+#endif
+
 void check_sequence(const char* op, const char* name, const Tensor& t) {
-  TORCH_CHECK(t.is_cuda(), op, ": ", name, ": expected a CUDA tensor, got ", t.device());
+  TORCH_CHECK(!kDeviceTensors || t.is_cuda(), op, ": ", name, ": expected a CUDA tensor, got ", t.device());
   TORCH_CHECK(t.dim() == 3, op, ": ", name, ": expected a 3-D tensor (T, B, H), got shape ", t.sizes());
 }
 
@@ -223,7 +229,9 @@ static_assert(std::is_same_v<decltype(wcrnn_cuda::chain_fwd_cuda), wcrnn_sig::Ch
 static_assert(std::is_same_v<decltype(wcrnn_cuda::chain_bwd_cuda), wcrnn_sig::ChainBwd>,
               "chain_bwd_cuda must have the signature of wcrnn_op_signatures.h");
 
+#ifndef WCRNN_CUDA_EMULATOR  // the emulator registers these functions for its own op namespace
 TORCH_LIBRARY_IMPL(wcrnn_C, CUDA, m) {
   m.impl("chain_fwd", &wcrnn_cuda::chain_fwd_cuda);
   m.impl("chain_bwd", &wcrnn_cuda::chain_bwd_cuda);
 }
+#endif

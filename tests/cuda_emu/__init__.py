@@ -1,0 +1,58 @@
+"""Build and load the CPU emulator of the CUDA kernels (see include/cuda_runtime.h for what it is).
+
+``load()`` compiles csrc/cuda/*.cu as C++ against the emulated runtime in this directory, with torch's JIT
+extension builder (ninja), into a cache keyed by the torch version and a hash of every source it compiles,
+and loads it: the ops ``torch.ops.wcrnn_cuda_emu.chain_fwd`` / ``chain_bwd`` then run the CUDA backend's
+code on CPU tensors. Returns None and the reason when it cannot be built here.
+"""
+from __future__ import annotations
+
+import glob
+import hashlib
+import os
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(os.path.dirname(HERE))
+SOURCES = [os.path.join(HERE, f) for f in ("emu_runtime.cpp", "emu_fwd.cpp", "emu_bwd.cpp", "emu_ops.cpp", "emu_selftest.cpp")]
+
+_STATE: dict = {}
+
+
+def _inputs() -> list[str]:
+    files = SOURCES + glob.glob(os.path.join(HERE, "include", "**", "*.h"), recursive=True)
+    files += glob.glob(os.path.join(REPO, "csrc", "cuda", "*"))
+    files.append(os.path.join(REPO, "csrc", "wcrnn_op_signatures.h"))
+    return sorted(files)
+
+
+def _key() -> str:
+    import torch
+    h = hashlib.sha256(torch.__version__.encode())
+    for f in _inputs():
+        h.update(os.path.relpath(f, REPO).encode())
+        with open(f, "rb") as fh:
+            h.update(fh.read())
+    return h.hexdigest()[:16]
+
+
+def load():
+    """(True, build directory) once the emulated ops are registered, else (False, reason)."""
+    if "result" in _STATE:
+        return _STATE["result"]
+    import torch
+    from torch.utils import cpp_extension
+    try:
+        if not cpp_extension.is_ninja_available():
+            raise RuntimeError("ninja is needed to build it: `pip install ninja`")
+        cache = os.environ.get("WCRNN_CACHE_DIR") or os.path.join(os.path.expanduser("~"), ".cache", "wcrnn_kernels")
+        build_dir = os.path.join(cache, f"cuda_emu-{_key()}")
+        os.makedirs(build_dir, exist_ok=True)
+        cpp_extension.load(
+            name="wcrnn_cuda_emu", sources=SOURCES, extra_include_paths=[os.path.join(HERE, "include")],
+            extra_cflags=["-O2", "-std=c++17", "-Wall", "-Wno-unused-function", "-Wno-unknown-pragmas"],
+            build_directory=build_dir, is_python_module=False, verbose=False)
+        result = (True, build_dir)
+    except Exception as e:  # noqa: BLE001 - the reason is reported by the tests that need it
+        result = (False, f"the CUDA emulator did not build: {type(e).__name__}: {str(e).strip()[-2000:]}")
+    _STATE["result"] = result
+    return result

@@ -1,0 +1,365 @@
+"""The CUDA backend's own code, run on this CPU by an emulator, against the float64 reference.
+
+No GPU has been available to this project, so the CUDA kernels (csrc/cuda/) are compiled here a second time,
+as C++, against a CPU emulator of the CUDA runtime and device language (tests/cuda_emu/: each CUDA thread a
+fiber, __syncthreads() and the cooperative grid barrier real barriers, each block its own shared memory)
+and registered for CPU tensors as ``wcrnn_cuda_emu::chain_fwd`` / ``chain_bwd``. Kernels, launch planning,
+argument checks and allocation are the unchanged sources of chain_fwd.cu, chain_bwd.cu and chain_ops.cu;
+the Python side is the "cuda" backend's class with the op namespace swapped. The suite mirrors
+tests/test_cuda.py (the GPU suite) and adds what only an emulator can do: every launch's path is checked
+from the emulator's log, and the threads (and blocks) between two barriers run forward, in reverse and
+shuffled, so a missing barrier changes the results.
+
+What this does not verify (see tests/cuda_emu/include/cuda_runtime.h): the GPU memory model (the .cg
+loads and stores of the grid path's L2 exchange are plain accesses here), register limits, the device
+math library's accuracy, speed. tests/test_cuda.py and scripts/gpu_check.sh do that on a GPU.
+
+WCRNN_REQUIRE_CUDA_EMU=1 (set by CI) turns "the emulator did not build" into a failure instead of a skip.
+"""
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+import cuda_emu
+from helpers import DIFF, KINDS, NAMES, assert_all_close, make_case
+from test_cuda import (PATHS, SIZES, _errors, block_path_refused, expect_block_refusal, force_path, on, reference,
+                       run_chain, select)
+from wcrnn_kernels import FusedWCRNN, wcrnn_chain
+from wcrnn_kernels.backends import _REGISTRY, _RESOLVED, register_backend
+from wcrnn_kernels.backends.cpp import WcrnnCOps, register_fakes
+from wcrnn_kernels.backends.cuda import CudaBackend
+
+BACKEND = "cuda-emulated"
+ORDERS = ("forward", "reverse", "shuffle")
+H100 = {"WCRNN_EMU_SMS": "132", "WCRNN_EMU_SMEM_OPTIN": "232448"}
+A100 = {"WCRNN_EMU_SMS": "108", "WCRNN_EMU_SMEM_OPTIN": "166912"}
+
+
+class EmulatedCudaBackend(WcrnnCOps):
+    """The "cuda" backend's Python glue on the emulated ops: CPU tensors, the CUDA backend's dtypes and limits."""
+
+    name = BACKEND
+    ops_namespace = "wcrnn_cuda_emu"
+
+    def availability(self):
+        return True, "the CUDA kernels under the CPU emulator of tests/cuda_emu"
+
+    def supports(self, device, dtype, hidden_size):
+        if device.type != "cpu":
+            return f"runs CPU tensors only, got a {device.type} tensor"
+        return CudaBackend().supports(torch.device("cuda"), dtype, hidden_size)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def emulated_backend():
+    ok, why = cuda_emu.load()
+    if not ok:
+        if os.environ.get("WCRNN_REQUIRE_CUDA_EMU") == "1":
+            pytest.fail(f"WCRNN_REQUIRE_CUDA_EMU=1 but {why}")
+        pytest.skip(why)
+    register_fakes("wcrnn_cuda_emu")
+    register_backend(EmulatedCudaBackend())
+    yield
+    _REGISTRY.pop(BACKEND, None)
+    _RESOLVED.clear()
+
+
+@pytest.fixture(autouse=True)
+def emulated_device(monkeypatch, poison_empty):
+    """A small emulated GPU (8 SMs, an H100's shared memory per block), NaN-poisoned outputs, no path forced."""
+    monkeypatch.setenv("WCRNN_POISON_OUTPUTS", "1")
+    for var in ("WCRNN_CUDA_PATH", "WCRNN_CUDA_ROWS", "WCRNN_CUDA_ROW_GROUPS", "WCRNN_EMU_ORDER", "WCRNN_EMU_SEED"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("WCRNN_EMU_SMS", "8")
+    monkeypatch.setenv("WCRNN_EMU_SMEM_OPTIN", "232448")
+    launches()  # drop earlier records
+
+
+def launches() -> list[str]:
+    """The emulator's record of the kernel launches since the last call, one line each."""
+    return list(torch.ops.wcrnn_cuda_emu.take_log())
+
+
+def assert_path(log, path, n_min=2, several_blocks=True):
+    """Every launch in `log` took the expected path (the grid path on more than one block unless H <= 2,
+    a single unit slice)."""
+    assert len(log) >= n_min, log
+    for line in log:
+        assert "FAILED" not in line, line
+        if path == "block":
+            assert line.startswith("ordinary"), line
+        else:
+            assert line.startswith("cooperative"), line
+            if several_blocks:
+                assert line.split()[1] != "grid=1x1x1", f"the grid path ran on a single block: {line}"
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The emulator catches what it claims to (positive controls: small kernels with the bugs)
+
+@pytest.mark.parametrize("name,message", [
+    ("divergent_barrier", r"__syncthreads\(\) at .* is reached by 128 threads while 128 have returned"),
+    ("two_barrier_sites", r"threads wait at different __syncthreads\(\)"),
+    ("grid_barrier_ordinary_launch", r"grid.sync\(\) at .* in a launch that is not cooperative"),
+    ("block_exits_before_grid_barrier", r"reached by 768 threads while 256 have returned \(a GPU would hang\)"),
+    ("deep_stack", r"block \(0, 0, 0\): thread 0 overflowed its 128 KiB emulator stack"),
+    ("smem_over_default_limit", r"65536 bytes of dynamic shared memory, the kernel's limit is 49152"),
+    ("cooperative_too_large", r"cooperative launch of 65 blocks, at most 8 per SM x 8 SMs fit"),
+])
+def test_emulator_reports_launch_bugs(name, message):
+    import re
+    out = torch.zeros(8 * 256 * 9)
+    result = torch.ops.wcrnn_cuda_emu.selftest(name, out)
+    assert re.search(message, result), result
+
+
+def test_emulator_exposes_a_missing_barrier(monkeypatch):
+    """With the barrier every order gives the right answer; without it, every order gives a wrong one."""
+    expected = torch.cat([torch.roll(torch.arange(1, 257, dtype=torch.float32), -1)] * 4)
+    for order in ORDERS:
+        monkeypatch.setenv("WCRNN_EMU_ORDER", order)
+        out = torch.zeros(1024)
+        assert torch.ops.wcrnn_cuda_emu.selftest("neighbour", out) == "ok"
+        assert torch.equal(out, expected), order
+        out = torch.zeros(1024)
+        assert torch.ops.wcrnn_cuda_emu.selftest("neighbour_no_barrier", out) == "ok"
+        assert not torch.equal(out, expected), f"{order}: a missing barrier went unnoticed"
+
+
+# ----------------------------------------------------------------------------------------------------------
+# float64: both paths, every residual kind, both nonlinearities, with and without lengths, awkward sizes
+
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("lengths", [False, True], ids=["full", "lengths"])
+@pytest.mark.parametrize("nonlinearity", ["tanh", "relu"])
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("T,B,H", SIZES)
+def test_matches_reference_float64(monkeypatch, path, kind, nonlinearity, lengths, T, B, H):
+    force_path(monkeypatch, path)
+    case = make_case(kind, T, B, H, lengths=lengths)
+    if block_path_refused(path, kind, H):
+        expect_block_refusal(case, BACKEND, nonlinearity, H)
+        assert launches() == []
+        return
+    expected = reference(case, nonlinearity)
+    actual = run_chain(case, BACKEND, nonlinearity)
+    assert_path(launches(), "block" if path == "block" else "grid", several_blocks=H > 2)
+    assert_all_close(actual, expected, rtol=1e-10, names=NAMES)
+
+
+@pytest.mark.parametrize("rows", ["1", "4", "8"])
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("kind", ["diagonal", "rotational", "dense"])
+def test_every_tile_height(monkeypatch, rows, path, kind):
+    """Each compiled tile height; B = 13, H = 130: 8-row tiles hold more than 4 x 256 epilogue elements (the
+    late-load tail), partial tiles / chunks (one row group: 13, 4 or 2 chunks per step)."""
+    force_path(monkeypatch, path)
+    monkeypatch.setenv("WCRNN_CUDA_ROWS", rows)
+    case = make_case(kind, 5, 13, 130, lengths=True, seed=3)
+    if block_path_refused(path, kind, 130):
+        expect_block_refusal(case, BACKEND, "tanh", 130)
+        assert launches() == []
+        return
+    expected = reference(case, "tanh")
+    actual = run_chain(case, BACKEND, "tanh")
+    assert_path(launches(), "block" if path == "block" else "grid")
+    assert_all_close(actual, expected, rtol=1e-10, names=NAMES)
+
+
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("kind", ["rotational", "dense"])
+def test_thread_and_block_order_does_not_matter(monkeypatch, path, kind):
+    """Between two barriers the threads (and the blocks of the grid path) run forward, in reverse and
+    shuffled: a read of something another thread writes in the same phase would change the result."""
+    force_path(monkeypatch, path)
+    case = make_case(kind, 6, 11, 34, lengths=True, seed=13)
+    expected = reference(case, "tanh")
+    results = []
+    for order in ORDERS:
+        monkeypatch.setenv("WCRNN_EMU_ORDER", order)
+        results.append(run_chain(case, BACKEND, "tanh"))
+        assert_all_close(results[-1], expected, rtol=1e-10, names=NAMES)
+    for other in results[1:]:
+        for n, a, b in zip(NAMES, results[0], other):
+            assert torch.equal(a, b), f"{n}: the result depends on the thread order"
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_only_some_gradients(monkeypatch, path):
+    """Without residual / gamma gradients the op asks for no delta (need_delta=False)."""
+    force_path(monkeypatch, path)
+    case = make_case("rotational", 7, 5, 24, lengths=True, seed=4)
+    diff = ("u", "x0", "w_hh")
+    expected, names = select(reference(case, "relu", diff), diff)
+    actual, _ = select(run_chain(case, BACKEND, "relu", diff), diff)
+    assert_all_close(actual, expected, rtol=1e-10, names=names)
+
+
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("kind", ["scalar", "rotational", "dense"])
+def test_gradcheck(monkeypatch, path, kind):
+    force_path(monkeypatch, path)
+    case = make_case(kind, 3, 2, 6, lengths=True, seed=5)
+    args = [case[k].detach().clone().requires_grad_(True) for k in DIFF]
+
+    def f(u, x0, w, res, gamma):
+        return wcrnn_chain(u, x0, w, case["res_kind"], res, gamma, case["lengths"], "tanh", BACKEND)
+
+    assert torch.autograd.gradcheck(f, args, fast_mode=True)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# float32, float16, bfloat16 with the plans of a real H100 / A100 (132 / 108 SMs): H = 512 and 1024 take
+# the grid path under "auto", as they would on the GPU
+
+@pytest.mark.parametrize("nonlinearity", ["tanh", "relu"])
+@pytest.mark.parametrize("kind", ["scalar", "rotational", "dense"])
+@pytest.mark.parametrize("T,B,H,device", [(12, 32, 128, "H100"), (5, 3, 1024, "H100"), (6, 70, 256, "A100"),
+                                           (9, 5, 17, "H100")])
+def test_float32_within_reference_float32_error(monkeypatch, kind, nonlinearity, T, B, H, device):
+    for k, v in (H100 if device == "H100" else A100).items():
+        monkeypatch.setenv(k, v)
+    case = make_case(kind, T, B, H, lengths=True, seed=6)
+    c32 = on(case, dtype=torch.float32)
+    expected = reference(c32, nonlinearity)  # float64 reference of the float32-rounded inputs
+    actual = run_chain(c32, BACKEND, nonlinearity)
+    log = launches()
+    if H == 1024:
+        assert_path(log, "grid")
+    ref32 = run_chain(c32, "reference", nonlinearity)  # the reference loop itself in float32
+    for n, ea, er in zip(NAMES, _errors(actual, expected), _errors(ref32, expected)):
+        assert ea <= max(4 * er, 1e-5), f"{n}: emulated cuda float32 error {ea:.2e}, reference float32 error {er:.2e}"
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["float16", "bfloat16"])
+@pytest.mark.parametrize("kind", ["none", "rotational", "dense"])
+@pytest.mark.parametrize("T,B,H", [(20, 16, 64), (6, 4, 300), (4, 8, 512)])
+def test_half_precision_within_torch_backend_error(monkeypatch, dtype, kind, T, B, H):
+    for k, v in H100.items():
+        monkeypatch.setenv(k, v)
+    case = make_case(kind, T, B, H, lengths=True, seed=7)
+    ch = on(case, dtype=dtype)
+    expected = reference(ch, "tanh")
+    actual = run_chain(ch, BACKEND, "tanh")
+    other = run_chain(ch, "torch", "tanh")
+    step = torch.finfo(dtype).eps
+    for n, ea, eo in zip(NAMES, _errors(actual, expected), _errors(other, expected)):
+        assert ea <= 2 * eo + step, f"{n}: emulated cuda {dtype} error {ea:.2e}, torch backend error {eo:.2e}"
+
+
+def test_module_bidirectional_packed_matches_reference():
+    """FusedWCRNN on the emulated backend: two layers, both directions, a PackedSequence, every gradient."""
+    torch.manual_seed(14)
+    T, B, I, H = 7, 4, 3, 10
+    kw = dict(num_layers=2, bidirectional=True, residual="rotational", r=0.97, gamma=0.4, learn_residual=True,
+              learn_gamma=True, dtype=torch.float64)
+    ref = FusedWCRNN(I, H, backend="reference", **kw)
+    emu = FusedWCRNN(I, H, backend=BACKEND, **kw)
+    emu.load_state_dict(ref.state_dict())
+    x = torch.randn(T, B, I, dtype=torch.float64)
+    lengths = torch.tensor([7, 5, 2, 1])
+    results = []
+    for model in (ref, emu):
+        xi = x.clone().requires_grad_(True)
+        packed = torch.nn.utils.rnn.pack_padded_sequence(xi, lengths, enforce_sorted=False)
+        out, hn = model(packed)
+        out, _ = torch.nn.utils.rnn.pad_packed_sequence(out)
+        g = torch.Generator().manual_seed(15)
+        loss = (out * torch.randn(out.shape, generator=g, dtype=torch.float64)).sum() + \
+            (hn * torch.randn(hn.shape, generator=g, dtype=torch.float64)).sum()
+        params = [p for _, p in sorted(model.named_parameters())]
+        results.append([out.detach(), hn.detach(), *torch.autograd.grad(loss, [xi] + params)])
+    assert_path(launches(), "block", n_min=8)  # 2 layers x 2 directions x (forward + backward)
+    names = ["output", "h_n", "dx"] + [n for n, _ in sorted(ref.named_parameters())]
+    assert_all_close(results[1], results[0], rtol=1e-10, names=names)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The ops themselves: schema / fake tensors, errors, strided inputs, empty sizes (as in test_cuda.py)
+
+def _op_args(T=5, B=3, H=8, dtype=torch.float32, res_kind=1, seed=10):
+    g = torch.Generator().manual_seed(seed)
+    res_shape = {0: (H,), 1: (2, H), 2: (H, H)}[res_kind]
+    t = [torch.randn(T, B, H, generator=g), torch.randn(B, H, generator=g),
+         torch.randn(H, H, generator=g) / H ** 0.5, torch.rand(*res_shape, generator=g), torch.rand(H, generator=g)]
+    return [x.to(dtype) for x in t]
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_opcheck(monkeypatch, path):
+    force_path(monkeypatch, path)
+    ops = torch.ops.wcrnn_cuda_emu
+    u, x0, w, res, gamma = _op_args()
+    L = torch.tensor([5, 1, 0])
+    torch.library.opcheck(ops.chain_fwd.default, (u, x0, w, res, gamma, L, 1, 0, True))
+    torch.library.opcheck(ops.chain_fwd.default, (u, x0, w, res, gamma, None, 1, 1, False))
+    for need_delta in (False, True):
+        args = (torch.randn_like(u), torch.randn_like(x0), u.clone(), w, res, gamma, L, 1, 0, need_delta)
+        torch.library.opcheck(ops.chain_bwd.default, args)
+
+
+def test_errors_name_the_argument(monkeypatch):
+    u, x0, w, res, gamma = _op_args()
+    fwd, bwd = torch.ops.wcrnn_cuda_emu.chain_fwd, torch.ops.wcrnn_cuda_emu.chain_bwd
+    with pytest.raises(RuntimeError, match=r"x0: expected shape \(B, H\)"):
+        fwd(u, x0[:, :-1].contiguous(), w, res, gamma, None, 1, 0, False)
+    with pytest.raises(RuntimeError, match="lengths: expected dtype int64"):
+        fwd(u, x0, w, res, gamma, torch.tensor([1, 2, 3], dtype=torch.int32), 1, 0, False)
+    with pytest.raises(RuntimeError, match=r"res: expected shape \(2, H\)"):
+        fwd(u, x0, w, res[0].contiguous(), gamma, None, 1, 0, False)
+    with pytest.raises(RuntimeError, match="nonlin: expected 0"):
+        fwd(u, x0, w, res, gamma, None, 1, 2, False)
+    with pytest.raises(RuntimeError, match="gamma: expected dtype"):
+        fwd(u, x0, w, res, gamma.double(), None, 1, 0, False)
+    with pytest.raises(RuntimeError, match=r"grad_out: expected shape \(T, B, H\)"):
+        bwd(u[:1].contiguous(), x0, u, w, res, gamma, None, 1, 0, False)
+    h = [t.half() for t in (u, x0, w, res, gamma)]
+    with pytest.raises(RuntimeError, match="float32 or float64"):
+        bwd(h[0], h[1], h[0].clone(), h[2], h[3], h[4], None, 1, 0, False)
+    monkeypatch.setenv("WCRNN_CUDA_PATH", "sideways")
+    with pytest.raises(RuntimeError, match="WCRNN_CUDA_PATH"):
+        fwd(u, x0, w, res, gamma, None, 1, 0, False)
+    monkeypatch.setenv("WCRNN_CUDA_PATH", "block")
+    big = _op_args(T=2, B=2, H=1024, res_kind=2)
+    with pytest.raises(RuntimeError, match="shared memory"):
+        fwd(*big, None, 2, 0, False)
+    # a device too small for the grid path: the planner says so, naming the backends that run it
+    monkeypatch.setenv("WCRNN_CUDA_PATH", "auto")
+    monkeypatch.setenv("WCRNN_EMU_SMS", "2")
+    with pytest.raises(RuntimeError, match=r"too large for the CUDA kernels on this device.*backend='triton'"):
+        fwd(*big, None, 2, 0, False)
+    assert launches() == []  # nothing was launched by any failing call
+
+
+def test_non_contiguous_inputs_are_accepted():
+    """Read-only inputs may be strided (the op copies them); results equal the contiguous call."""
+    u, x0, w, res, gamma = _op_args(T=6, B=4, H=10, res_kind=2)
+    fwd = torch.ops.wcrnn_cuda_emu.chain_fwd
+    expected = fwd(u, x0, w, res, gamma, None, 2, 0, True)
+    wt = w.t().contiguous().t()  # same values, column-major
+    actual = fwd(u.transpose(0, 1).contiguous().transpose(0, 1), x0, wt, res.t().contiguous().t(), gamma, None, 2, 0,
+                 True)
+    for a, e in zip(actual, expected):
+        assert torch.equal(a, e)
+    go, a = torch.randn_like(u), expected[2]
+    bwd = torch.ops.wcrnn_cuda_emu.chain_bwd
+    expected = bwd(go, x0, a, w, res, gamma, None, 2, 0, True)
+    actual = bwd(go.transpose(0, 1).contiguous().transpose(0, 1), x0, a.transpose(0, 1).contiguous().transpose(0, 1),
+                 wt, res, gamma, None, 2, 0, True)
+    for a, e in zip(actual, expected):
+        assert torch.equal(a, e)
+
+
+def test_empty_sizes():
+    ops = torch.ops.wcrnn_cuda_emu
+    u, x0, w, res, gamma = _op_args(T=4, B=3, H=8)
+    out, hn, a = ops.chain_fwd(u[:0], x0, w, res, gamma, None, 1, 0, True)
+    assert out.shape == (0, 3, 8) and a.shape == (0, 3, 8) and torch.equal(hn, x0)
+    g, dx0, delta = ops.chain_bwd(u[:0], x0, u[:0].clone(), w, res, gamma, None, 1, 0, True)
+    assert torch.equal(dx0, x0) and g.shape == (0, 3, 8) and delta.shape == (0, 3, 8)
+    out, hn, a = ops.chain_fwd(u[:, :0], x0[:0], w, res, gamma, None, 1, 0, False)
+    assert out.shape == (4, 0, 8) and hn.shape == (0, 8) and a.numel() == 0
+    assert launches() == []
