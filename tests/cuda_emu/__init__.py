@@ -35,8 +35,12 @@ def _key() -> str:
     return h.hexdigest()[:16]
 
 
-def load():
-    """(True, build directory) once the emulated ops are registered, else (False, reason)."""
+def load(sanitize: bool = False):
+    """(True, build directory) once the emulated ops are registered, else (False, reason).
+
+    ``sanitize=True`` builds and loads the AddressSanitizer + UBSan variant instead; only a process that
+    started with libasan preloaded can load it (tests/test_cuda_emulated.py runs it in a subprocess).
+    """
     if "result" in _STATE:
         return _STATE["result"]
     import torch
@@ -45,11 +49,18 @@ def load():
         if not cpp_extension.is_ninja_available():
             raise RuntimeError("ninja is needed to build it: `pip install ninja`")
         cache = os.environ.get("WCRNN_CACHE_DIR") or os.path.join(os.path.expanduser("~"), ".cache", "wcrnn_kernels")
-        build_dir = os.path.join(cache, f"cuda_emu-{_key()}")
+        suffix = "-asan" if sanitize else ""
+        build_dir = os.path.join(cache, f"cuda_emu{suffix}-{_key()}")
         os.makedirs(build_dir, exist_ok=True)
+        cflags = ["-O2", "-std=c++17", "-Wall", "-Wno-unused-function", "-Wno-unknown-pragmas"]
+        ldflags = []
+        if sanitize:
+            cflags += ["-fsanitize=address,undefined", "-fno-sanitize-recover=undefined", "-fno-omit-frame-pointer",
+                       "-g", "-O1"]
+            ldflags = ["-fsanitize=address,undefined"]
         cpp_extension.load(
-            name="wcrnn_cuda_emu", sources=SOURCES, extra_include_paths=[os.path.join(HERE, "include")],
-            extra_cflags=["-O2", "-std=c++17", "-Wall", "-Wno-unused-function", "-Wno-unknown-pragmas"],
+            name=f"wcrnn_cuda_emu{suffix.replace('-', '_')}", sources=SOURCES,
+            extra_include_paths=[os.path.join(HERE, "include")], extra_cflags=cflags, extra_ldflags=ldflags,
             build_directory=build_dir, is_python_module=False, verbose=False)
         result = (True, build_dir)
     except Exception as e:  # noqa: BLE001 - the reason is reported by the tests that need it

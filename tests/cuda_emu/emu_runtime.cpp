@@ -45,9 +45,13 @@ struct Fiber {
   int line = 0;
 };
 
+struct FreeDeleter {
+  void operator()(unsigned char* p) const { std::free(p); }
+};
+
 struct Block {
   uint3 idx{};
-  std::unique_ptr<unsigned char[]> smem_alloc;
+  std::unique_ptr<unsigned char, FreeDeleter> smem_alloc;  // exactly the launch's bytes: ASan sees overflows
   unsigned char* smem = nullptr;
   std::vector<std::unique_ptr<Fiber>> threads;
 };
@@ -154,8 +158,10 @@ void resume(Launch& L, Fiber* f) {
 // Block `linear` of the grid; its threads take stacks first_stack, first_stack + 1, ... of `stacks`.
 void make_block(Launch& L, Block& b, size_t smem, unsigned int linear, const Stacks& stacks, size_t first_stack) {
   b.idx = uint3{linear % L.grid.x, (linear / L.grid.x) % L.grid.y, linear / (L.grid.x * L.grid.y)};
-  b.smem_alloc.reset(new unsigned char[smem + 16]);
-  b.smem = reinterpret_cast<unsigned char*>((reinterpret_cast<uintptr_t>(b.smem_alloc.get()) + 15) & ~uintptr_t{15});
+  void* mem = nullptr;
+  if (posix_memalign(&mem, 16, smem > 0 ? smem : 1) != 0) throw std::bad_alloc();
+  b.smem_alloc.reset(static_cast<unsigned char*>(mem));
+  b.smem = b.smem_alloc.get();
   std::memset(b.smem, 0xFF, smem);  // NaN in every float type: reading unwritten shared memory shows
   const unsigned int n = L.block.x * L.block.y * L.block.z;
   b.threads.reserve(n);

@@ -18,6 +18,7 @@ namespace cg = cooperative_groups;
 
 struct P {
   float* out;
+  int64_t n;  // elements of out
 };
 
 // Each thread writes its slot of shared memory, then reads its neighbour's: correct only with the barrier.
@@ -63,6 +64,11 @@ __global__ void deep_stack(P p) {
   p.out[0] = buf[12345];
 }
 
+// Writes one element past the end of `out`: only ever run under AddressSanitizer, which must report it.
+__global__ void write_past_end(P p) {
+  if (threadIdx.x == 0) p.out[p.n] = 1.0f;
+}
+
 std::string outcome(cudaError_t e) {
   return e == cudaSuccess ? std::string("ok") : std::string(cudaGetErrorString(e)) + ": " + ::wcrnn_emu::last_message();
 }
@@ -70,7 +76,7 @@ std::string outcome(cudaError_t e) {
 std::string selftest(const std::string& name, const at::Tensor& out) {
   TORCH_CHECK(out.is_contiguous() && out.scalar_type() == at::kFloat && out.numel() >= 4 * 256,
               "selftest: out: expected a contiguous float32 tensor of at least 1024 elements");
-  P p{out.data_ptr<float>()};
+  P p{out.data_ptr<float>(), out.numel()};
   void* args[] = {&p};
   const size_t smem = 256 * sizeof(float);
   cudaGetLastError();
@@ -87,6 +93,7 @@ std::string selftest(const std::string& name, const at::Tensor& out) {
   if (name == "block_exits_before_grid_barrier") {
     return outcome(cudaLaunchCooperativeKernel(block_exits_before_grid_barrier, dim3(4), dim3(256), args, 0));
   }
+  if (name == "write_past_end") return outcome(cudaLaunchKernel(write_past_end, dim3(1), dim3(32), args, 0));
   if (name == "deep_stack") return outcome(cudaLaunchKernel(deep_stack, dim3(1), dim3(1), args, 0));
   if (name == "smem_over_default_limit") {  // 64 KiB without cudaFuncSetAttribute
     return outcome(cudaLaunchKernel(neighbour<true>, dim3(1), dim3(256), args, 64 * 1024));

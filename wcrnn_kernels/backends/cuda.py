@@ -21,8 +21,10 @@ forces a path (an error if it cannot run the shape), ``WCRNN_CUDA_ROWS=1|4|8`` t
 chunk, ``WCRNN_CUDA_ROW_GROUPS=n`` the grid path's row groups, and ``WCRNN_POISON_OUTPUTS=1`` fills the
 op's outputs and exchange buffers with NaN before the kernels run (as the CPU kernels do).
 
-Status: compiled for sm_80 / sm_90 in CI, but no GPU was available while it was written; tests/test_cuda.py
-and scripts/gpu_check.sh are what a GPU session runs to verify it.
+Status: compiled for sm_80 / sm_90 in CI, and its source (kernels, planner, launches) runs in CI on CPU
+tensors under the emulator of tests/cuda_emu (tests/test_cuda_emulated.py, against the float64 reference and
+under AddressSanitizer); no GPU was available while it was written. tests/test_cuda.py and
+scripts/gpu_check.sh are what a GPU session runs to verify it on the hardware.
 """
 from __future__ import annotations
 
