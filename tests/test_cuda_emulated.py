@@ -24,11 +24,13 @@ import pytest
 import torch
 
 import cuda_emu
-from helpers import DIFF, KINDS, NAMES, assert_all_close, make_case
+import test_chain
+import test_module
+from helpers import DIFF, KINDS, NAMES, assert_all_close, check_saved_preactivations, make_case
 from test_cuda import (PATHS, SIZES, _errors, block_path_refused, expect_block_refusal, force_path, on, reference,
                        run_chain, select)
 from wcrnn_kernels import FusedWCRNN, wcrnn_chain
-from wcrnn_kernels.backends import _REGISTRY, _RESOLVED, register_backend
+from wcrnn_kernels.backends import _REGISTRY, _RESOLVED, get_backend, register_backend
 from wcrnn_kernels.backends.cpp import WcrnnCOps, register_fakes
 from wcrnn_kernels.backends.cuda import CudaBackend
 
@@ -275,6 +277,29 @@ def test_module_bidirectional_packed_matches_reference():
     assert_path(launches(), "block", n_min=8)  # 2 layers x 2 directions x (forward + backward)
     names = ["output", "h_n", "dx"] + [n for n, _ in sorted(ref.named_parameters())]
     assert_all_close(results[1], results[0], rtol=1e-10, names=names)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The generic backend suites (test_chain.py, test_module.py) on the emulated backend
+
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("lengths", [False, True], ids=["full", "lengths"])
+@pytest.mark.parametrize("kind", ["diagonal", "rotational", "dense"])
+def test_backend_contract_saved_preactivations(monkeypatch, path, kind, lengths):
+    force_path(monkeypatch, path)
+    check_saved_preactivations(get_backend(BACKEND), make_case(kind, 7, 4, 10, lengths=lengths, seed=5))
+
+
+def test_second_backward_with_retain_graph():
+    test_chain.test_second_backward_with_retain_graph(BACKEND)
+
+
+@pytest.mark.parametrize("lengths", [False, True], ids=["full", "packed"])
+@pytest.mark.parametrize("nonlinearity", ["tanh", "relu"])
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("T,B,H", [(4, 3, 17), (3, 2, 130)])
+def test_module_every_gradient_matches_reference(kind, nonlinearity, lengths, T, B, H):
+    test_module.test_module_every_gradient_matches_reference(BACKEND, kind, nonlinearity, lengths, T, B, H)
 
 
 # ----------------------------------------------------------------------------------------------------------
