@@ -245,41 +245,40 @@ def test_elman_rnn_equivalence_with_cudnn(monkeypatch):
 # ----------------------------------------------------------------------------------------------------------
 # The ops themselves: schema / fake tensors, errors, streams, determinism, devices
 
-def _op_args(T=5, B=3, H=8, dtype=torch.float32, res_kind=1, seed=10):
+def _op_args(T=5, B=3, H=8, dtype=torch.float32, res_kind=1, seed=10, device="cuda"):
     g = torch.Generator().manual_seed(seed)
     res_shape = {0: (H,), 1: (2, H), 2: (H, H)}[res_kind]
     t = [torch.randn(T, B, H, generator=g), torch.randn(B, H, generator=g),
          torch.randn(H, H, generator=g) / H ** 0.5, torch.rand(*res_shape, generator=g), torch.rand(H, generator=g)]
-    return [x.to("cuda", dtype) for x in t]
+    return [x.to(device, dtype) for x in t]
 
 
-@pytest.mark.parametrize("path", PATHS)
-def test_opcheck(monkeypatch, path):
-    force_path(monkeypatch, path)
-    u, x0, w, res, gamma = _op_args()
-    L = torch.tensor([5, 1, 0], device="cuda")
-    torch.library.opcheck(torch.ops.wcrnn_C.chain_fwd.default, (u, x0, w, res, gamma, L, 1, 0, True))
-    torch.library.opcheck(torch.ops.wcrnn_C.chain_fwd.default, (u, x0, w, res, gamma, None, 1, 1, False))
+# The op-level checks take the op namespace and the device: tests/test_cuda_emulated.py runs them on the CPU
+# emulation of these kernels (torch.ops.wcrnn_cuda_emu, CPU tensors).
+
+def check_opcheck(ops, device):
+    u, x0, w, res, gamma = _op_args(device=device)
+    L = torch.tensor([5, 1, 0], device=device)
+    torch.library.opcheck(ops.chain_fwd.default, (u, x0, w, res, gamma, L, 1, 0, True))
+    torch.library.opcheck(ops.chain_fwd.default, (u, x0, w, res, gamma, None, 1, 1, False))
     for need_delta in (False, True):
         args = (torch.randn_like(u), torch.randn_like(x0), u.clone(), w, res, gamma, L, 1, 0, need_delta)
-        torch.library.opcheck(torch.ops.wcrnn_C.chain_bwd.default, args)
+        torch.library.opcheck(ops.chain_bwd.default, args)
 
 
-def test_errors_name_the_argument(monkeypatch):
-    u, x0, w, res, gamma = _op_args()
-    fwd, bwd = torch.ops.wcrnn_C.chain_fwd, torch.ops.wcrnn_C.chain_bwd
+def check_errors_name_the_argument(monkeypatch, ops, device):
+    u, x0, w, res, gamma = _op_args(device=device)
+    fwd, bwd = ops.chain_fwd, ops.chain_bwd
     with pytest.raises(RuntimeError, match=r"x0: expected shape \(B, H\)"):
         fwd(u, x0[:, :-1].contiguous(), w, res, gamma, None, 1, 0, False)
     with pytest.raises(RuntimeError, match="lengths: expected dtype int64"):
-        fwd(u, x0, w, res, gamma, torch.tensor([1, 2, 3], device="cuda", dtype=torch.int32), 1, 0, False)
+        fwd(u, x0, w, res, gamma, torch.tensor([1, 2, 3], device=device, dtype=torch.int32), 1, 0, False)
     with pytest.raises(RuntimeError, match=r"res: expected shape \(2, H\)"):
         fwd(u, x0, w, res[0].contiguous(), gamma, None, 1, 0, False)
     with pytest.raises(RuntimeError, match="nonlin: expected 0"):
         fwd(u, x0, w, res, gamma, None, 1, 2, False)
     with pytest.raises(RuntimeError, match="gamma: expected dtype"):
         fwd(u, x0, w, res, gamma.double(), None, 1, 0, False)
-    with pytest.raises(RuntimeError, match="w_hh: expected a tensor on"):
-        fwd(u, x0, w.cpu(), res, gamma, None, 1, 0, False)
     with pytest.raises(RuntimeError, match=r"grad_out: expected shape \(T, B, H\)"):
         bwd(u[:1].contiguous(), x0, u, w, res, gamma, None, 1, 0, False)
     h = [t.half() for t in (u, x0, w, res, gamma)]
@@ -289,15 +288,16 @@ def test_errors_name_the_argument(monkeypatch):
     with pytest.raises(RuntimeError, match="WCRNN_CUDA_PATH"):
         fwd(u, x0, w, res, gamma, None, 1, 0, False)
     monkeypatch.setenv("WCRNN_CUDA_PATH", "block")
-    big = _op_args(T=2, B=2, H=1024, res_kind=2)
+    big = _op_args(T=2, B=2, H=1024, res_kind=2, device=device)
     with pytest.raises(RuntimeError, match="shared memory"):
         fwd(*big, None, 2, 0, False)
+    monkeypatch.delenv("WCRNN_CUDA_PATH")
 
 
-def test_non_contiguous_inputs_are_accepted():
+def check_non_contiguous_inputs_are_accepted(ops, device):
     """Read-only inputs may be strided (the op copies them); results equal the contiguous call."""
-    u, x0, w, res, gamma = _op_args(T=6, B=4, H=10, res_kind=2)
-    fwd = torch.ops.wcrnn_C.chain_fwd
+    u, x0, w, res, gamma = _op_args(T=6, B=4, H=10, res_kind=2, device=device)
+    fwd = ops.chain_fwd
     expected = fwd(u, x0, w, res, gamma, None, 2, 0, True)
     wt = w.t().contiguous().t()  # same values, column-major
     actual = fwd(u.transpose(0, 1).contiguous().transpose(0, 1), x0, wt, res.t().contiguous().t(), gamma, None, 2, 0,
@@ -305,7 +305,7 @@ def test_non_contiguous_inputs_are_accepted():
     for a, e in zip(actual, expected):
         assert torch.equal(a, e)
     go, a = torch.randn_like(u), expected[2]
-    bwd = torch.ops.wcrnn_C.chain_bwd
+    bwd = ops.chain_bwd
     expected = bwd(go, x0, a, w, res, gamma, None, 2, 0, True)
     actual = bwd(go.transpose(0, 1).contiguous().transpose(0, 1), x0, a.transpose(0, 1).contiguous().transpose(0, 1),
                  wt, res, gamma, None, 2, 0, True)
@@ -313,14 +313,35 @@ def test_non_contiguous_inputs_are_accepted():
         assert torch.equal(a, e)
 
 
-def test_empty_sizes():
-    u, x0, w, res, gamma = _op_args(T=4, B=3, H=8)
-    out, hn, a = torch.ops.wcrnn_C.chain_fwd(u[:0], x0, w, res, gamma, None, 1, 0, True)
+def check_empty_sizes(ops, device):
+    u, x0, w, res, gamma = _op_args(T=4, B=3, H=8, device=device)
+    out, hn, a = ops.chain_fwd(u[:0], x0, w, res, gamma, None, 1, 0, True)
     assert out.shape == (0, 3, 8) and a.shape == (0, 3, 8) and torch.equal(hn, x0)
-    g, dx0, delta = torch.ops.wcrnn_C.chain_bwd(u[:0], x0, u[:0].clone(), w, res, gamma, None, 1, 0, True)
+    g, dx0, delta = ops.chain_bwd(u[:0], x0, u[:0].clone(), w, res, gamma, None, 1, 0, True)
     assert torch.equal(dx0, x0) and g.shape == (0, 3, 8) and delta.shape == (0, 3, 8)
-    out, hn, a = torch.ops.wcrnn_C.chain_fwd(u[:, :0], x0[:0], w, res, gamma, None, 1, 0, False)
+    out, hn, a = ops.chain_fwd(u[:, :0], x0[:0], w, res, gamma, None, 1, 0, False)
     assert out.shape == (4, 0, 8) and hn.shape == (0, 8) and a.numel() == 0
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_opcheck(monkeypatch, path):
+    force_path(monkeypatch, path)
+    check_opcheck(torch.ops.wcrnn_C, "cuda")
+
+
+def test_errors_name_the_argument(monkeypatch):
+    check_errors_name_the_argument(monkeypatch, torch.ops.wcrnn_C, "cuda")
+    u, x0, w, res, gamma = _op_args()
+    with pytest.raises(RuntimeError, match="w_hh: expected a tensor on"):
+        torch.ops.wcrnn_C.chain_fwd(u, x0, w.cpu(), res, gamma, None, 1, 0, False)
+
+
+def test_non_contiguous_inputs_are_accepted():
+    check_non_contiguous_inputs_are_accepted(torch.ops.wcrnn_C, "cuda")
+
+
+def test_empty_sizes():
+    check_empty_sizes(torch.ops.wcrnn_C, "cuda")
 
 
 @pytest.mark.parametrize("path", PATHS)

@@ -25,6 +25,7 @@ import torch
 
 import cuda_emu
 import test_chain
+import test_cuda
 import test_module
 from helpers import DIFF, KINDS, NAMES, assert_all_close, check_saved_preactivations, make_case
 from test_cuda import (PATHS, SIZES, _errors, block_path_refused, expect_block_refusal, force_path, on, reference,
@@ -305,88 +306,31 @@ def test_module_every_gradient_matches_reference(kind, nonlinearity, lengths, T,
 # ----------------------------------------------------------------------------------------------------------
 # The ops themselves: schema / fake tensors, errors, strided inputs, empty sizes (as in test_cuda.py)
 
-def _op_args(T=5, B=3, H=8, dtype=torch.float32, res_kind=1, seed=10):
-    g = torch.Generator().manual_seed(seed)
-    res_shape = {0: (H,), 1: (2, H), 2: (H, H)}[res_kind]
-    t = [torch.randn(T, B, H, generator=g), torch.randn(B, H, generator=g),
-         torch.randn(H, H, generator=g) / H ** 0.5, torch.rand(*res_shape, generator=g), torch.rand(H, generator=g)]
-    return [x.to(dtype) for x in t]
+OPS_ARGS = (torch.ops.wcrnn_cuda_emu, "cpu")
 
 
 @pytest.mark.parametrize("path", PATHS)
 def test_opcheck(monkeypatch, path):
     force_path(monkeypatch, path)
-    ops = torch.ops.wcrnn_cuda_emu
-    u, x0, w, res, gamma = _op_args()
-    L = torch.tensor([5, 1, 0])
-    torch.library.opcheck(ops.chain_fwd.default, (u, x0, w, res, gamma, L, 1, 0, True))
-    torch.library.opcheck(ops.chain_fwd.default, (u, x0, w, res, gamma, None, 1, 1, False))
-    for need_delta in (False, True):
-        args = (torch.randn_like(u), torch.randn_like(x0), u.clone(), w, res, gamma, L, 1, 0, need_delta)
-        torch.library.opcheck(ops.chain_bwd.default, args)
+    test_cuda.check_opcheck(*OPS_ARGS)
 
 
 def test_errors_name_the_argument(monkeypatch):
-    u, x0, w, res, gamma = _op_args()
-    fwd, bwd = torch.ops.wcrnn_cuda_emu.chain_fwd, torch.ops.wcrnn_cuda_emu.chain_bwd
-    with pytest.raises(RuntimeError, match=r"x0: expected shape \(B, H\)"):
-        fwd(u, x0[:, :-1].contiguous(), w, res, gamma, None, 1, 0, False)
-    with pytest.raises(RuntimeError, match="lengths: expected dtype int64"):
-        fwd(u, x0, w, res, gamma, torch.tensor([1, 2, 3], dtype=torch.int32), 1, 0, False)
-    with pytest.raises(RuntimeError, match=r"res: expected shape \(2, H\)"):
-        fwd(u, x0, w, res[0].contiguous(), gamma, None, 1, 0, False)
-    with pytest.raises(RuntimeError, match="nonlin: expected 0"):
-        fwd(u, x0, w, res, gamma, None, 1, 2, False)
-    with pytest.raises(RuntimeError, match="gamma: expected dtype"):
-        fwd(u, x0, w, res, gamma.double(), None, 1, 0, False)
-    with pytest.raises(RuntimeError, match=r"grad_out: expected shape \(T, B, H\)"):
-        bwd(u[:1].contiguous(), x0, u, w, res, gamma, None, 1, 0, False)
-    h = [t.half() for t in (u, x0, w, res, gamma)]
-    with pytest.raises(RuntimeError, match="float32 or float64"):
-        bwd(h[0], h[1], h[0].clone(), h[2], h[3], h[4], None, 1, 0, False)
-    monkeypatch.setenv("WCRNN_CUDA_PATH", "sideways")
-    with pytest.raises(RuntimeError, match="WCRNN_CUDA_PATH"):
-        fwd(u, x0, w, res, gamma, None, 1, 0, False)
-    monkeypatch.setenv("WCRNN_CUDA_PATH", "block")
-    big = _op_args(T=2, B=2, H=1024, res_kind=2)
-    with pytest.raises(RuntimeError, match="shared memory"):
-        fwd(*big, None, 2, 0, False)
+    test_cuda.check_errors_name_the_argument(monkeypatch, *OPS_ARGS)
     # a device too small for the grid path: the planner says so, naming the backends that run it
-    monkeypatch.setenv("WCRNN_CUDA_PATH", "auto")
+    big = test_cuda._op_args(T=2, B=2, H=1024, res_kind=2, device="cpu")
     monkeypatch.setenv("WCRNN_EMU_SMS", "2")
     with pytest.raises(RuntimeError, match=r"too large for the CUDA kernels on this device.*backend='triton'"):
-        fwd(*big, None, 2, 0, False)
-    assert launches() == []  # nothing was launched by any failing call
+        torch.ops.wcrnn_cuda_emu.chain_fwd(*big, None, 2, 0, False)
+    assert launches() == []  # no failing call launched anything
 
 
 def test_non_contiguous_inputs_are_accepted():
-    """Read-only inputs may be strided (the op copies them); results equal the contiguous call."""
-    u, x0, w, res, gamma = _op_args(T=6, B=4, H=10, res_kind=2)
-    fwd = torch.ops.wcrnn_cuda_emu.chain_fwd
-    expected = fwd(u, x0, w, res, gamma, None, 2, 0, True)
-    wt = w.t().contiguous().t()  # same values, column-major
-    actual = fwd(u.transpose(0, 1).contiguous().transpose(0, 1), x0, wt, res.t().contiguous().t(), gamma, None, 2, 0,
-                 True)
-    for a, e in zip(actual, expected):
-        assert torch.equal(a, e)
-    go, a = torch.randn_like(u), expected[2]
-    bwd = torch.ops.wcrnn_cuda_emu.chain_bwd
-    expected = bwd(go, x0, a, w, res, gamma, None, 2, 0, True)
-    actual = bwd(go.transpose(0, 1).contiguous().transpose(0, 1), x0, a.transpose(0, 1).contiguous().transpose(0, 1),
-                 wt, res, gamma, None, 2, 0, True)
-    for a, e in zip(actual, expected):
-        assert torch.equal(a, e)
+    test_cuda.check_non_contiguous_inputs_are_accepted(*OPS_ARGS)
 
 
 def test_empty_sizes():
-    ops = torch.ops.wcrnn_cuda_emu
-    u, x0, w, res, gamma = _op_args(T=4, B=3, H=8)
-    out, hn, a = ops.chain_fwd(u[:0], x0, w, res, gamma, None, 1, 0, True)
-    assert out.shape == (0, 3, 8) and a.shape == (0, 3, 8) and torch.equal(hn, x0)
-    g, dx0, delta = ops.chain_bwd(u[:0], x0, u[:0].clone(), w, res, gamma, None, 1, 0, True)
-    assert torch.equal(dx0, x0) and g.shape == (0, 3, 8) and delta.shape == (0, 3, 8)
-    out, hn, a = ops.chain_fwd(u[:, :0], x0[:0], w, res, gamma, None, 1, 0, False)
-    assert out.shape == (4, 0, 8) and hn.shape == (0, 8) and a.numel() == 0
+    test_cuda.check_empty_sizes(*OPS_ARGS)
     assert launches() == []
 
 
