@@ -101,9 +101,17 @@ def block_path_refused(path, kind, H, dtype=torch.float64):
     return path == "block" and words * torch.finfo(dtype).bits // 8 > 227 * 1024
 
 
-def expect_block_refusal(case, backend, nonlinearity, H):
-    with pytest.raises(RuntimeError, match=f"WCRNN_CUDA_PATH=block but H={H} needs .* bytes of shared memory"):
-        run_chain(case, backend, nonlinearity)
+def compare_with_reference(case, backend, device, path, kind, H, nonlinearity):
+    """Runs the float64 case on `device` (path already forced) against the reference; where the forced block
+    path cannot hold it, expects the planner's refusal instead. Returns whether the chain ran."""
+    if block_path_refused(path, kind, H):
+        with pytest.raises(RuntimeError, match=f"WCRNN_CUDA_PATH=block but H={H} needs .* bytes of shared memory"):
+            run_chain(on(case, device), backend, nonlinearity)
+        return False
+    expected = reference(case, nonlinearity)
+    actual = run_chain(on(case, device), backend, nonlinearity)
+    assert_all_close(actual, expected, rtol=1e-10, names=NAMES)
+    return True
 
 
 def select(results, diff):
@@ -125,12 +133,7 @@ SIZES = ((1, 1, 1), (4, 3, 3), (6, 3, 17), (3, 2, 130), (5, 11, 33), (2, 1, 130)
 @pytest.mark.parametrize("T,B,H", SIZES)
 def test_matches_reference_float64(monkeypatch, path, kind, nonlinearity, lengths, T, B, H):
     force_path(monkeypatch, path)
-    case = make_case(kind, T, B, H, lengths=lengths)
-    if block_path_refused(path, kind, H):
-        return expect_block_refusal(on(case, "cuda"), "cuda", nonlinearity, H)
-    expected = reference(case, nonlinearity)
-    actual = run_chain(on(case, "cuda"), "cuda", nonlinearity)
-    assert_all_close(actual, expected, rtol=1e-10, names=NAMES)
+    compare_with_reference(make_case(kind, T, B, H, lengths=lengths), "cuda", "cuda", path, kind, H, nonlinearity)
 
 
 @pytest.mark.parametrize("rows", ["1", "4", "8"])
@@ -141,12 +144,7 @@ def test_every_tile_height(monkeypatch, rows, path, kind):
     (the late-load tail) and leaves partial tiles / chunks (one row group: 13, 4 or 2 chunks per step)."""
     force_path(monkeypatch, path)
     monkeypatch.setenv("WCRNN_CUDA_ROWS", rows)
-    case = make_case(kind, 5, 13, 130, lengths=True, seed=3)
-    if block_path_refused(path, kind, 130):
-        return expect_block_refusal(on(case, "cuda"), "cuda", "tanh", 130)
-    expected = reference(case, "tanh")
-    actual = run_chain(on(case, "cuda"), "cuda", "tanh")
-    assert_all_close(actual, expected, rtol=1e-10, names=NAMES)
+    compare_with_reference(make_case(kind, 5, 13, 130, lengths=True, seed=3), "cuda", "cuda", path, kind, 130, "tanh")
 
 
 @pytest.mark.parametrize("path", PATHS)

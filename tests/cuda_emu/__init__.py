@@ -13,7 +13,8 @@ import os
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(os.path.dirname(HERE))
-SOURCES = [os.path.join(HERE, f) for f in ("emu_runtime.cpp", "emu_fwd.cpp", "emu_bwd.cpp", "emu_ops.cpp", "emu_selftest.cpp")]
+SOURCES = [os.path.join(HERE, f)
+           for f in ("emu_runtime.cpp", "emu_fwd.cpp", "emu_bwd.cpp", "emu_ops.cpp", "emu_selftest.cpp")]
 
 _STATE: dict = {}
 
@@ -41,8 +42,8 @@ def load(sanitize: bool = False):
     ``sanitize=True`` builds and loads the AddressSanitizer + UBSan variant instead; only a process that
     started with libasan preloaded can load it (tests/test_cuda_emulated.py runs it in a subprocess).
     """
-    if "result" in _STATE:
-        return _STATE["result"]
+    if sanitize in _STATE:
+        return _STATE[sanitize]
     import torch
     from torch.utils import cpp_extension
     try:
@@ -65,5 +66,5 @@ def load(sanitize: bool = False):
         result = (True, build_dir)
     except Exception as e:  # noqa: BLE001 - the reason is reported by the tests that need it
         result = (False, f"the CUDA emulator did not build: {type(e).__name__}: {str(e).strip()[-2000:]}")
-    _STATE["result"] = result
+    _STATE[sanitize] = result
     return result

@@ -34,12 +34,12 @@ def register_fakes(namespace: str = "wcrnn_C") -> None:
 
     @torch.library.register_fake(f"{namespace}::chain_fwd")
     def _chain_fwd_fake(u, x0, w_hh, res, gamma, lengths, res_kind, nonlin, save_a):
-        torch._check(u.dim() == 3, lambda: f"wcrnn_C::chain_fwd: u: expected (T, B, H), got {tuple(u.shape)}")
+        torch._check(u.dim() == 3, lambda: f"{namespace}::chain_fwd: u: expected (T, B, H), got {tuple(u.shape)}")
         return torch.empty_like(u), torch.empty_like(x0), (torch.empty_like(u) if save_a else u.new_empty((0,)))
 
     @torch.library.register_fake(f"{namespace}::chain_bwd")
     def _chain_bwd_fake(grad_out, grad_hn, a, w_hh, res, gamma, lengths, res_kind, nonlin, need_delta):
-        torch._check(a.dim() == 3, lambda: f"wcrnn_C::chain_bwd: a: expected (T, B, H), got {tuple(a.shape)}")
+        torch._check(a.dim() == 3, lambda: f"{namespace}::chain_bwd: a: expected (T, B, H), got {tuple(a.shape)}")
         delta = torch.empty_like(a) if need_delta else a.new_empty((0,))
         return torch.empty_like(a), torch.empty_like(grad_hn), delta
 
