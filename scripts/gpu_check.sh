@@ -1,46 +1,123 @@
 #!/usr/bin/env bash
-# The one command a GPU session runs for the CUDA backend (csrc/cuda/, wcrnn_kernels/backends/cuda.py):
+# The one entry point of a GPU session (one H200 lent for 15 minutes of device time, 10 minutes a command):
 #
-#   scripts/gpu_check.sh                 # every stage: info build test sanitize bench suite
-#   scripts/gpu_check.sh info build test # only some stages; where one command may run 10 minutes at most,
-#   scripts/gpu_check.sh sanitize bench  # run them in these three groups (the build is cached in between)
-#   scripts/gpu_check.sh suite
+#   scripts/gpu_check.sh              tiers 1 and 2 in one command; ends within WCRNN_GPU_LIMIT_S (530 s)
+#   scripts/gpu_check.sh 3            tier 3, a second command, only if tier 1 was clean and >= 6.5 min remain
+#   scripts/gpu_check.sh --dry-run    the same steps on this CPU machine (CI runs it: tests/test_gpu_check.py)
 #
-# Stages
-#   info      the device, driver, torch, nvcc, compute-sanitizer
-#   build     compiles the wcrnn_C library with the CUDA kernels (JIT, cached under build/wcrnn_cache, an
-#             ignored folder, so later stages and later calls reuse it) and fails unless available_backends()
-#             reports "cuda" as available
-#   test      tests/test_cuda.py (WCRNN_REQUIRE_CUDA=1: a missing GPU or build fails instead of skipping)
-#   sanitize  compute-sanitizer memcheck, racecheck and synccheck on small cases: both paths (block, grid),
-#             every residual form, lengths, forward and backward, float32 / float64 / bfloat16
-#   bench     benchmarks/ on CUDA for float32 and bfloat16 (S1-S4, G4 beside nn.RNN/cuDNN, Triton, the
-#             reference and the GEMM floor), JSON to benchmarks/results/, and a table of the cuda/cuDNN ratios
-#   suite     the rest of tests/ on this machine (the generic suites pick up CUDA where they have GPU cases)
+# Tier 1 (about 4 minutes): the environment (SMs, shared-memory opt-in, cooperative launch, versions); the
+#   build of the CUDA kernels, started first in the background while the Triton smoke and the compiles of the
+#   Triton benchmark variants run beside it; the correctness smoke of both GPU backends against the float64
+#   reference (scripts/gpu_smoke.py: both CUDA paths, every residual form, tanh and relu, float64 at 1e-10,
+#   float32 and bfloat16 within the reference's own error, H up to 1024, a 2048-step grid-path run repeated
+#   and compared bit for bit); one benchmark line per (nn.RNN/cuDNN, cuda, triton, GEMM floor) x (forward,
+#   forward+backward) x (float32, bfloat16) x (S1-S4, G4) with microseconds per step (scripts/gpu_bench.py).
+# Tier 2 (about 3 minutes): compute-sanitizer memcheck over both CUDA paths x residual forms x dtypes and a
+#   few Triton launches; racecheck and synccheck on float32 cases (scripts/gpu_sanitize_cases.py). A plan the
+#   planner refuses is recorded and skipped, never fatal.
+# Tier 3: the pytest-benchmark harness (autotuned Triton, float32 and bfloat16, JSON with device, versions
+#   and commit), then the GPU test files with a per-test timeout, as far as the time allows.
 #
-# Everything is logged to benchmarks/results/gpu_check_<stage>.log. Exit status: non-zero if any stage failed
-# (later stages still run). Environment: WCRNN_CUDA_ARCH (default: this GPU's architecture, which keeps the
-# build short; the package default is "8.0;9.0+PTX"), PYTHON (default python3).
+# Every step runs under `timeout`, bounded by what is left of WCRNN_GPU_LIMIT_S, and appends its results as
+# it goes. Files, in $OUT when set (the device tool's folder), else benchmarks/results/gpu_run (dry run:
+# build/gpu_dry_run), at most 7 per command:
+#   summary.txt  one line per step (status, exit code, seconds), then the smoke counts and the benchmark table
+#   env.txt      versions and device attributes          build.log   the build of the CUDA kernels
+#   smoke.jsonl  one line per smoke case                  bench.jsonl one line per benchmark (metadata first)
+#   sanitize.log compute-sanitizer's reports              full.log    everything, in order
+# Tier 3 writes summary.txt, env.txt, build.log, bench_harness_float32.json, bench_harness_bfloat16.json,
+# tests.log and full.log instead.
+# Exit status: 0 when every step passed, 1 otherwise. Environment: WCRNN_GPU_LIMIT_S (seconds for the whole
+# command), WCRNN_COMMIT (recorded in the results where git is absent), PYTHON (default python3),
+# WCRNN_CUDA_ARCH (default: this GPU's architecture, which keeps the build short).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 REPO=$(pwd)
 PY=${PYTHON:-python3}
-RESULTS=$REPO/benchmarks/results
-mkdir -p "$RESULTS"
-export PYTHONPATH=$REPO${PYTHONPATH:+:$PYTHONPATH}
-export WCRNN_CACHE_DIR=${WCRNN_CACHE_DIR:-$REPO/build/wcrnn_cache}
-export PYTHONUNBUFFERED=1
 
-STAGES=("$@")
-[ ${#STAGES[@]} -eq 0 ] && STAGES=(info build test sanitize bench suite)
+DRY=0
+TIERS=()
+for a in "$@"; do
+    case "$a" in
+        --dry-run) DRY=1 ;;
+        1|2|3) TIERS+=("$a") ;;
+        -h|--help) sed -n '2,34p' "$0"; exit 0 ;;
+        *) echo "gpu_check.sh: unknown argument '$a' (expected --dry-run and tiers 1, 2, 3)"; exit 2 ;;
+    esac
+done
+[ ${#TIERS[@]} -eq 0 ] && TIERS=(1 2)
+
+if [ -n "${OUT:-}" ]; then OUTDIR=$OUT
+elif [ "$DRY" = 1 ]; then OUTDIR=$REPO/build/gpu_dry_run
+else OUTDIR=$REPO/benchmarks/results/gpu_run
+fi
+mkdir -p "$OUTDIR"
+WORK=$(mktemp -d)
+LIMIT=${WCRNN_GPU_LIMIT_S:-530}
+RESERVE=8                       # seconds kept for the summary at the end
+START=$(date +%s)
+SUMMARY=$OUTDIR/summary.txt
+FULL=$OUTDIR/full.log
+: > "$SUMMARY"
+: > "$FULL"
+rm -f "$OUTDIR"/smoke.jsonl "$OUTDIR"/bench.jsonl "$OUTDIR"/sanitize.log   # appended to below: start empty
+export PYTHONPATH=$REPO${PYTHONPATH:+:$PYTHONPATH}
+export PYTHONUNBUFFERED=1
+export WCRNN_COMMIT=${WCRNN_COMMIT:-$(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo unknown)}
+DRYARG=()
+if [ "$DRY" = 1 ]; then
+    DRYARG=(--dry-run)
+    # nothing of wcrnn_C is needed: the Triton interpreter and the CUDA emulator (its own cache) do the work
+    export WCRNN_NO_BUILD=1
+else
+    export WCRNN_CACHE_DIR=${WCRNN_CACHE_DIR:-$REPO/build/wcrnn_cache}
+    if [ -z "${WCRNN_CUDA_ARCH:-}" ]; then
+        WCRNN_CUDA_ARCH=$($PY -c "import torch; c = torch.cuda.get_device_capability(); print(f'{c[0]}.{c[1]}')" \
+                          2>/dev/null)
+        export WCRNN_CUDA_ARCH=${WCRNN_CUDA_ARCH:-9.0}
+    fi
+fi
 FAILED=()
 
-if [ -z "${WCRNN_CUDA_ARCH:-}" ]; then
-    WCRNN_CUDA_ARCH=$($PY -c "import torch; c = torch.cuda.get_device_capability(); print(f'{c[0]}.{c[1]}')" 2>/dev/null)
-    export WCRNN_CUDA_ARCH=${WCRNN_CUDA_ARCH:-8.0;9.0}
-fi
+log() { echo "$*" | tee -a "$FULL"; }
+elapsed() { echo $(( $(date +%s) - START )); }
 
-find_sanitizer() {
+# step NAME BUDGET_S LOGFILE CMD...: CMD under `timeout`, bounded by the time left; its output goes to LOGFILE
+# (appended to full.log when it ends); one line in summary.txt. Returns CMD's exit status (124: timed out).
+step() {
+    local name=$1 budget=$2 logf=$3
+    shift 3
+    local left=$(( LIMIT - $(elapsed) - RESERVE ))
+    local t=$(( budget < left ? budget : left ))
+    if [ "$t" -lt 5 ]; then
+        printf '%-22s %-8s %5s %6s s  %s\n' "$name" skipped - 0 "no time left in the ${LIMIT} s" >> "$SUMMARY"
+        return 125
+    fi
+    local s rc
+    s=$(date +%s)
+    echo "== $name (limit ${t} s): $*" >> "$logf"
+    timeout -k 5 "$t" "$@" >> "$logf" 2>&1
+    rc=$?
+    local took=$(( $(date +%s) - s )) status=ok
+    [ "$rc" -ne 0 ] && status=FAILED
+    [ "$rc" -eq 124 ] && status=TIMEOUT
+    printf '%-22s %-8s %5s %6s s\n' "$name" "$status" "$rc" "$took" >> "$SUMMARY"
+    { echo "---------------- $name: $status (exit $rc, ${took} s)"; cat "$logf"; } >> "$FULL"
+    return "$rc"
+}
+
+# wait_step PID NAME: wait for a background step; record its failure
+wait_step() {
+    wait "$1" || FAILED+=("$2")
+}
+
+run_or_fail() {  # run_or_fail NAME BUDGET LOG CMD...: a foreground step whose failure is recorded
+    local name=$1
+    step "$@" || FAILED+=("$name")
+}
+
+sanitizer() {
+    local c
     for c in "$(command -v compute-sanitizer 2>/dev/null)" "${CUDA_HOME:-/usr/local/cuda}/bin/compute-sanitizer" \
              /usr/local/cuda/compute-sanitizer/compute-sanitizer; do
         [ -n "$c" ] && [ -x "$c" ] && { echo "$c"; return 0; }
@@ -48,149 +125,132 @@ find_sanitizer() {
     return 1
 }
 
-stage_info() {
-    nvidia-smi || true
-    command -v nvcc && nvcc --version || echo "nvcc not on PATH (CUDA_HOME=${CUDA_HOME:-unset})"
-    find_sanitizer || echo "compute-sanitizer not found"
-    $PY - <<'EOF'
-import torch
-print("torch", torch.__version__, "cuda", torch.version.cuda, "cudnn", torch.backends.cudnn.version())
-for i in range(torch.cuda.device_count()):
-    p = torch.cuda.get_device_properties(i)
-    print(f"device {i}: {p.name}, sm_{p.major}{p.minor}, {p.multi_processor_count} SMs, "
-          f"{p.total_memory / 2**30:.1f} GiB")
-EOF
-}
-
-stage_build() {
-    echo "WCRNN_CUDA_ARCH=$WCRNN_CUDA_ARCH WCRNN_CACHE_DIR=$WCRNN_CACHE_DIR"
-    $PY - <<'EOF'
-import json, sys, time
-t0 = time.time()
-from wcrnn_kernels import _build, available_backends
-info = _build.extension_info()
-print(json.dumps(info, indent=1, default=str))
-report = available_backends()
-print(json.dumps(report, indent=1))
-print(f"build/load took {time.time() - t0:.0f} s")
-if not info.get("cuda_kernels") or not report["cuda"]["available"]:
-    sys.exit("the CUDA kernels are not available: " + report["cuda"]["reason"])
-EOF
-}
-
-stage_test() {
-    WCRNN_REQUIRE_CUDA=1 $PY -m pytest tests/test_cuda.py -q -rs -p no:cacheprovider --durations=10
-}
-
-stage_suite() {
-    $PY -m pytest tests -q -rs -p no:cacheprovider --ignore=tests/test_cuda.py
-}
-
-SANITIZE_CASES=$(cat <<'EOF'
-# Small cases for compute-sanitizer: each one a forward and a backward through the fused op.
-import os, torch
-from wcrnn_kernels import canonical_residual, wcrnn_chain
-torch.manual_seed(0)
-dev = "cuda"
-for path in ("block", "grid", "grid-1group"):  # the last: one row group, so blocks walk several chunks
-    os.environ["WCRNN_CUDA_PATH"] = "block" if path == "block" else "grid"
-    os.environ["WCRNN_CUDA_ROW_GROUPS"] = "1" if path == "grid-1group" else ""
-    for kind in ("scalar", "rotational", "dense"):
-        for dtype in (torch.float32, torch.float64, torch.bfloat16):
-            for T, B, H, lengths in ((3, 3, 18, True), (2, 11, 34, True), (2, 2, 130, False)):
-                res_kind, res = canonical_residual(kind, H, 0.9, torch.rand(H // 2) if kind == "rotational" else None,
-                                                   dtype=dtype, device=dev)
-                u = torch.randn(T, B, H, device=dev, dtype=dtype, requires_grad=True)
-                x0 = torch.randn(B, H, device=dev, dtype=dtype, requires_grad=True)
-                w = (torch.randn(H, H, device=dev, dtype=dtype) / H ** 0.5).requires_grad_(True)
-                res = res.detach().requires_grad_(True)
-                gamma = torch.rand(H, device=dev, dtype=dtype, requires_grad=True)
-                L = torch.tensor([T] + [0] + [T - 1] * (B - 2), device=dev) if lengths else None
-                out, hn = wcrnn_chain(u, x0, w, res_kind, res, gamma, L, "tanh", "cuda")
-                (out.float().square().sum() + hn.float().sum()).backward()
-torch.cuda.synchronize()
-print("sanitizer cases done")
-EOF
-)
-
-stage_sanitize() {
-    local san rc=0 filter=()
-    san=$(find_sanitizer) || { echo "compute-sanitizer not found (CUDA toolkit bin/ on PATH?)"; return 1; }
-    # Only our kernels are instrumented (faster, and no reports from library kernels); the option's name
-    # changed across sanitizer versions.
-    if "$san" --help 2>&1 | grep -q -- "--kernel-name "; then
-        filter=(--kernel-name kns=chain_)
-    elif "$san" --help 2>&1 | grep -q -- "--filter "; then
-        filter=(--filter kns=chain_)
-    fi
-    local case_file
-    case_file=$(mktemp --suffix=.py)
-    echo "$SANITIZE_CASES" > "$case_file"
-    # Every tensor its own cudaMalloc, so memcheck sees an access past a tensor's end.
-    export PYTORCH_NO_CUDA_MEMORY_CACHING=1
-    for tool in memcheck racecheck synccheck; do
-        echo "== compute-sanitizer --tool $tool"
-        "$san" --tool "$tool" "${filter[@]}" --error-exitcode 1 $PY "$case_file" || { echo "$tool: FAILED"; rc=1; }
+tier1() {
+    run_or_fail env 60 "$OUTDIR/env.txt" $PY scripts/gpu_env.py
+    [ "$DRY" = 0 ] && { nvidia-smi >> "$OUTDIR/env.txt" 2>&1 || true; }
+    # the build first, in the background; the Triton work needs no build (WCRNN_NO_BUILD=1 in those processes,
+    # so that they never wait on the build's lock) and runs beside it
+    step build 300 "$OUTDIR/build.log" $PY scripts/gpu_build.py "${DRYARG[@]}" &
+    local build_pid=$! pids=() names=() dt
+    for dt in float64 float32 bfloat16; do
+        WCRNN_NO_BUILD=1 step "smoke-triton-$dt" 240 "$WORK/smoke-triton-$dt.log" \
+            $PY scripts/gpu_smoke.py --backend triton --dtypes "$dt" --out "$OUTDIR/smoke.jsonl" \
+            $([ "$dt" = float32 ] || echo --no-repeat) "${DRYARG[@]}" &
+        pids+=($!); names+=("smoke-triton-$dt")
     done
-    unset PYTORCH_NO_CUDA_MEMORY_CACHING
-    rm -f "$case_file"
-    return $rc
-}
-
-stage_bench() {
-    local rc=0 dev
-    dev=$($PY -c "import torch; print(torch.cuda.get_device_name().replace(' ', '_'))")
-    for dtype in float32 bfloat16; do
-        WCRNN_BENCH_DEVICE=cuda WCRNN_BENCH_DTYPE=$dtype $PY -m pytest benchmarks/test_bench_wcrnn.py \
-            --benchmark-only -q -p no:cacheprovider \
-            --benchmark-json="$RESULTS/gpu_${dev}_${dtype}.json" || rc=1
-    done
-    $PY - "$RESULTS" "$dev" <<'EOF'
-import json, os, sys
-results, dev = sys.argv[1], sys.argv[2]
-for dtype in ("float32", "bfloat16"):
-    path = os.path.join(results, f"gpu_{dev}_{dtype}.json")
-    if not os.path.exists(path):
-        continue
-    rows = {}
-    for b in json.load(open(path))["benchmarks"]:
-        e = b["extra_info"]
-        rows[(e["shape"], e["mode"], e["impl"])] = b["stats"]["mean"]
-    print(f"\n{dev} {dtype}: mean ms per call; ratio = nn.RNN (cuDNN) time / cuda time (>1: cuda faster)")
-    print(f"{'shape':6} {'mode':17} {'cuda':>9} {'nn.RNN':>9} {'triton':>9} {'ratio':>6} {'us/step':>8}")
-    for (shape, mode, impl), t in sorted(rows.items()):
-        if impl != "cuda":
-            continue
-        base = rows.get((shape, mode, "nn.RNN"))
-        tri = rows.get((shape, mode, "triton"))
-        T = {"S1": 784, "S2": 1024, "S3": 1024, "S4": 100, "G4": 4096}.get(shape, 1)
-        print(f"{shape:6} {mode:17} {t * 1e3:9.3f} {base * 1e3 if base else float('nan'):9.3f} "
-              f"{tri * 1e3 if tri else float('nan'):9.3f} {base / t if base else float('nan'):6.2f} "
-              f"{t / T * 1e6:8.2f}")
-EOF
-    return $rc
-}
-
-for s in "${STAGES[@]}"; do
-    case "$s" in
-        info|build|test|sanitize|bench|suite) ;;
-        *) echo "unknown stage '$s' (expected info, build, test, sanitize, bench, suite)"; exit 2 ;;
-    esac
-    echo "==================== $s"
-    log="$RESULTS/gpu_check_$s.log"
-    start=$(date +%s)
-    "stage_$s" 2>&1 | tee "$log"
-    status=${PIPESTATUS[0]}
-    echo "== $s: exit $status in $(( $(date +%s) - start )) s (log: $log)" | tee -a "$log"
-    [ "$status" -ne 0 ] && FAILED+=("$s")
-    if [ "$s" = build ] && [ "$status" -ne 0 ]; then
-        echo "build failed: skipping the remaining stages"
-        break
+    # compile the Triton variants the benchmark times (T = 2), so that the timed run compiles nothing
+    WCRNN_NO_BUILD=1 step prewarm-triton 240 "$WORK/prewarm.log" $PY scripts/gpu_bench.py --prewarm \
+        --impls triton "${DRYARG[@]}" &
+    pids+=($!); names+=(prewarm-triton)
+    if wait "$build_pid"; then
+        run_or_fail smoke-cuda 240 "$WORK/smoke-cuda.log" $PY scripts/gpu_smoke.py --backend cuda \
+            --out "$OUTDIR/smoke.jsonl" "${DRYARG[@]}"
+    else
+        FAILED+=(build)
     fi
+    local i
+    for i in "${!pids[@]}"; do wait_step "${pids[$i]}" "${names[$i]}"; done
+    # timings alone on the device
+    local shapes=S1,S2,S3,S4,G4
+    [ "$DRY" = 1 ] && shapes=S2,G4
+    run_or_fail bench 240 "$WORK/bench.log" $PY scripts/gpu_bench.py --out "$OUTDIR/bench.jsonl" --shapes "$shapes" \
+        "${DRYARG[@]}"
+}
+
+tier2() {
+    local san="" pids=() names=() n
+    if [ "$DRY" = 1 ]; then
+        log "dry run: the sanitizer cases run without compute-sanitizer"
+    elif ! san=$(sanitizer); then
+        log "compute-sanitizer not found (CUDA toolkit bin/ on PATH?)"
+        FAILED+=(sanitize)
+        return
+    fi
+    # name tool kernel-filter python-args...   (runs in parallel: one process per tool, the GPU is large)
+    local jobs=(
+        "memcheck-cuda|memcheck|kns=chain_|--backends cuda --dtypes float32,float64,bfloat16"
+        "memcheck-triton|memcheck|kns=_wcrnn_|--backends triton --dtypes float32,bfloat16"
+        "racecheck-cuda|racecheck|kns=chain_|--backends cuda --dtypes float32"
+        "synccheck-cuda|synccheck|kns=chain_|--backends cuda --dtypes float32"
+        "racecheck-triton|racecheck|kns=_wcrnn_|--backends triton --dtypes float32"
+    )
+    local filter_opt=--kernel-name
+    if [ -n "$san" ] && ! "$san" --help 2>&1 | grep -q -- "--kernel-name "; then filter_opt=--filter; fi
+    local j name tool filt pyargs
+    for j in "${jobs[@]}"; do
+        IFS='|' read -r name tool filt pyargs <<< "$j"
+        if [ "$DRY" = 1 ]; then
+            [ "$tool" = memcheck ] || continue   # the same cases: once is enough without a sanitizer
+            # shellcheck disable=SC2086
+            WCRNN_NO_BUILD=1 step "$name" 240 "$WORK/$name.log" $PY scripts/gpu_sanitize_cases.py $pyargs --dry-run &
+        else
+            local extra=()
+            # every tensor its own cudaMalloc, so memcheck sees an access past a tensor's end
+            [ "$tool" = memcheck ] && extra=(env PYTORCH_NO_CUDA_MEMORY_CACHING=1)
+            # shellcheck disable=SC2086
+            step "$name" 240 "$WORK/$name.log" "${extra[@]}" "$san" --tool "$tool" "$filter_opt" "$filt" \
+                --error-exitcode 1 --print-limit 20 $PY scripts/gpu_sanitize_cases.py $pyargs &
+        fi
+        pids+=($!); names+=("$name")
+    done
+    local i
+    for i in "${!pids[@]}"; do
+        wait_step "${pids[$i]}" "${names[$i]}"
+        cat "$WORK/${names[$i]}.log" >> "$OUTDIR/sanitize.log" 2>/dev/null
+    done
+}
+
+tier3() {
+    run_or_fail env 60 "$OUTDIR/env.txt" $PY scripts/gpu_env.py
+    if ! step build 300 "$OUTDIR/build.log" $PY scripts/gpu_build.py "${DRYARG[@]}"; then
+        FAILED+=(build)
+        return
+    fi
+    local dt dev=cuda mode=--benchmark-only
+    if [ "$DRY" = 1 ]; then dev=cpu; mode=--collect-only; fi
+    for dt in float32 bfloat16; do
+        WCRNN_BENCH_DEVICE=$dev WCRNN_BENCH_DTYPE=$dt WCRNN_TRITON_AUTOTUNE=1 run_or_fail "harness-$dt" 200 \
+            "$WORK/harness-$dt.log" $PY -m pytest benchmarks/test_bench_wcrnn.py "$mode" -q -p no:cacheprovider \
+            --benchmark-json="$OUTDIR/bench_harness_$dt.json"
+        grep -A80 "WCRNN benchmark summary" "$WORK/harness-$dt.log" >> "$SUMMARY" 2>/dev/null
+    done
+    local targs=(-q -rs -p no:cacheprovider)
+    if [ "$DRY" = 1 ]; then targs+=(--collect-only); else targs+=(--timeout=120); fi
+    WCRNN_REQUIRE_CUDA=1 run_or_fail tests 600 "$OUTDIR/tests.log" $PY -m pytest tests/test_cuda.py tests/test_triton.py \
+        "${targs[@]}"
+}
+
+log "gpu_check: tiers ${TIERS[*]}$([ "$DRY" = 1 ] && echo ' (dry run on CPU)'), commit $WCRNN_COMMIT, limit ${LIMIT} s, results in $OUTDIR"
+for t in "${TIERS[@]}"; do
+    s=$(date +%s)
+    "tier$t"
+    printf '%-22s %-8s %5s %6s s\n' "== tier $t" done - $(( $(date +%s) - s )) >> "$SUMMARY"
 done
 
-if [ ${#FAILED[@]} -ne 0 ]; then
-    echo "gpu_check: FAILED stages: ${FAILED[*]}"
-    exit 1
+# the summary: steps, smoke counts, benchmark table (the reply of the device tool shows the end of stdout)
+if [ -f "$OUTDIR/smoke.jsonl" ]; then
+    $PY - "$OUTDIR/smoke.jsonl" >> "$SUMMARY" 2>&1 <<'EOF'
+import collections, json, sys
+rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
+c = collections.Counter((r["backend"], r["status"]) for r in rows)
+print("smoke:", ", ".join(f"{b} {s} {n}" for (b, s), n in sorted(c.items())))
+for r in rows:
+    if r["status"] in ("fail", "error"):
+        print("  ", r["status"], r["backend"], r["path"], r["dtype"], r["kind"], r["nonlinearity"], f"L={r['lengths']}",
+              f"T={r['T']} B={r['B']} H={r['H']}", r.get("failed", ""), r.get("message", "")[:200])
+EOF
 fi
-echo "gpu_check: all stages passed: ${STAGES[*]}"
+[ -f "$WORK/bench.log" ] && sed -n '/^ms per call/,$p' "$WORK/bench.log" >> "$SUMMARY"
+if [ -f "$OUTDIR/sanitize.log" ]; then
+    grep -E "ERROR SUMMARY|RACECHECK SUMMARY|sanitizer cases done|refused \(planner\)" "$OUTDIR/sanitize.log" \
+        | sort | uniq -c >> "$SUMMARY"
+fi
+if [ ${#FAILED[@]} -ne 0 ]; then
+    echo "gpu_check: FAILED steps: ${FAILED[*]} ($(elapsed) s)" >> "$SUMMARY"
+else
+    echo "gpu_check: all steps passed ($(elapsed) s)" >> "$SUMMARY"
+fi
+cat "$SUMMARY"
+cat "$SUMMARY" >> "$FULL"
+rm -rf "$WORK"
+[ ${#FAILED[@]} -eq 0 ]

@@ -635,7 +635,10 @@ def _launch(kernel_tuned, kernel, grid, config, args, meta, HP, w_itemsize, cd_i
     cfg = dict(config) if config is not None else _default_config(
         HP, w_itemsize, cd_itemsize, dense, _is_fma(meta["PREC"], w_itemsize))
     num_warps = cfg.pop("num_warps", 4)
-    kernel[grid](*args, **meta, **cfg, num_warps=num_warps)
+    # num_stages as in every autotune candidate and in the shared-memory estimates (_chunk_fits): Triton's
+    # own default (3) pipelines the W tiles one stage deeper, past an sm_90 block's shared memory
+    num_stages = cfg.pop("num_stages", 2)
+    kernel[grid](*args, **meta, **cfg, num_warps=num_warps, num_stages=num_stages)
 
 
 def wcrnn_fwd(u, x0, w_hh, res_kind, res, gamma, lengths=None, nonlin=0, save_a=False, *, config=None):

@@ -1,0 +1,227 @@
+"""Tier-1 benchmark lines: one layer per (implementation, mode, dtype, shape), timed with CUDA events.
+
+    python scripts/gpu_bench.py --out bench.jsonl                       # S1-S4, G4; float32, bfloat16
+    python scripts/gpu_bench.py --prewarm                               # compile the Triton variants only
+    python scripts/gpu_bench.py --dry-run --out bench.jsonl             # CPU plumbing check (tiny T)
+
+Implementations: ``nn.RNN`` (cuDNN), ``cuda`` and ``triton`` (``FusedWCRNN(backend=...)`` with its default
+residual, scalar r = 1, gamma = 0.01: the same layer the pytest-benchmark harness in benchmarks/ times), and
+``gemm-floor`` (forward only: T dependent (B x H) @ (H x H) products and nothing else). ``forward`` runs under
+no_grad; ``forward+backward`` backpropagates one upstream gradient into output and h_n with the input, the
+weights and the biases requiring grad. The Triton kernels run their default configurations here
+(WCRNN_TRITON_AUTOTUNE=0 unless the caller sets it), so every line costs at most two compiles; tier 3 runs
+the autotuned harness.
+
+Timing (METHOD.md): two warm-up calls (compiles, cuDNN plans), then repeated calls, each bracketed by CUDA
+events, until 0.25 s or 40 calls (at least 5); the median is reported with the min and max. Inputs are random
+normal, never zeros. One JSON line per measurement is appended to --out as soon as it is taken (a metadata
+line first: device, versions, commit); the table at the end gives ms per call, microseconds per step and the
+ratio nn.RNN time / best GPU backend time (> 1: faster than cuDNN).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if "--dry-run" in sys.argv:
+    os.environ["TRITON_INTERPRET"] = "1"
+os.environ.setdefault("WCRNN_TRITON_AUTOTUNE", "0")
+sys.path[:0] = [REPO, os.path.join(REPO, "benchmarks"), os.path.join(REPO, "scripts")]
+
+import torch  # noqa: E402
+
+from bench_config import SHAPES  # noqa: E402
+from wcrnn_kernels import FusedWCRNN  # noqa: E402
+from wcrnn_kernels.backends import get_backend  # noqa: E402
+
+MODES = ("forward", "forward+backward")
+
+
+def commit() -> str:
+    env = os.environ.get("WCRNN_COMMIT")
+    if env:
+        return env
+    try:
+        return subprocess.run(["git", "-C", REPO, "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                              timeout=10).stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def meta(device):
+    m = {"meta": True, "torch": torch.__version__, "cuda": torch.version.cuda, "commit": commit(),
+         "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    try:
+        import triton
+        m["triton"] = triton.__version__
+    except Exception as e:  # noqa: BLE001 - reporting only
+        m["triton"] = f"unavailable ({type(e).__name__})"
+    if device == "cuda":
+        m["device"] = torch.cuda.get_device_name()
+        m["cudnn"] = torch.backends.cudnn.version()
+        m["sms"] = torch.cuda.get_device_properties(0).multi_processor_count
+    else:
+        m["device"] = "cpu (dry run)"
+    m["autotune"] = os.environ.get("WCRNN_TRITON_AUTOTUNE")
+    return m
+
+
+class Timer:
+    """Per-call wall time of fn: CUDA events on a GPU, perf_counter on the CPU."""
+
+    def __init__(self, device):
+        self.cuda = device == "cuda"
+
+    def __call__(self, fn):
+        if self.cuda:
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn()
+            end.record()
+            end.synchronize()
+            return start.elapsed_time(end) * 1e-3
+        t0 = time.perf_counter()
+        fn()
+        return time.perf_counter() - t0
+
+
+def build(impl, mode, shape, dtype, device, T_override=None):
+    """The callable that runs one measurement, and (T, B, I, H)."""
+    T, B, I, H = SHAPES[shape]
+    if T_override:
+        T = min(T, T_override)
+    torch.manual_seed(0)
+    if impl == "gemm-floor":
+        x = torch.randn(B, H, device=device, dtype=dtype)
+        w = torch.randn(H, H, device=device, dtype=dtype) / H ** 0.5
+        y = torch.empty(B, H, device=device, dtype=dtype)
+
+        def fn():
+            for _ in range(T):
+                torch.mm(x, w, out=y)
+        return fn, (T, B, I, H)
+    if impl == "nn.RNN":
+        model = torch.nn.RNN(I, H, device=device, dtype=dtype)
+    else:
+        model = FusedWCRNN(I, H, backend=impl, device=device, dtype=dtype)
+    x = torch.randn(T, B, I, device=device, dtype=dtype, requires_grad=(mode != "forward"))
+    g_out = torch.randn(T, B, H, device=device, dtype=dtype)
+    g_h = torch.randn(1, B, H, device=device, dtype=dtype)
+    if mode == "forward":
+        def fn():
+            with torch.no_grad():
+                model(x)
+    else:
+        def fn():
+            out, h = model(x)
+            torch.autograd.backward([out, h], [g_out, g_h])
+    return fn, (T, B, I, H)
+
+
+def measure(fn, timer, min_reps, max_reps, budget_s):
+    timer(fn)
+    timer(fn)
+    times = []
+    while len(times) < min_reps or (len(times) < max_reps and sum(times) < budget_s):
+        times.append(timer(fn))
+    return times
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", help="JSON lines, appended")
+    ap.add_argument("--dtypes", default="float32,bfloat16")
+    ap.add_argument("--shapes", default="S1,S2,S3,S4,G4")
+    ap.add_argument("--impls", default="nn.RNN,cuda,triton,gemm-floor")
+    ap.add_argument("--modes", default=",".join(MODES))
+    ap.add_argument("--prewarm", action="store_true", help="run each Triton / CUDA variant once at T = 2, no output")
+    ap.add_argument("--dry-run", action="store_true")
+    args = ap.parse_args()
+
+    device = "cpu" if args.dry_run else "cuda"
+    impls = [i.strip() for i in args.impls.split(",") if i.strip()]
+    if args.dry_run:
+        # the same plumbing on CPU: cuda -> the emulator, triton -> the interpreter, a few steps
+        os.environ.update({"WCRNN_EMU_SMS": "132", "WCRNN_EMU_SMEM_OPTIN": "232448"})
+        if "cuda" in impls:
+            from gpu_smoke import setup_backend
+            impls[impls.index("cuda")] = setup_backend("cuda", True)[0]
+    T_cap = 2 if args.prewarm else (4 if args.dry_run else None)
+    timer = Timer(device)
+    reps = (1, 1, 0.0) if (args.dry_run or args.prewarm) else (5, 40, 0.25)
+    rows = []
+    if args.out and not args.prewarm:
+        with open(args.out, "a") as f:
+            f.write(json.dumps(meta(device)) + "\n")
+    for dt_name in args.dtypes.split(","):
+        dtype = getattr(torch, dt_name.strip())
+        for shape in args.shapes.split(","):
+            shape = shape.strip()
+            for mode in args.modes.split(","):
+                for impl in impls:
+                    if impl == "gemm-floor" and mode != "forward":
+                        continue
+                    if args.prewarm and impl in ("nn.RNN", "gemm-floor"):
+                        continue
+                    rec = dict(impl=impl, mode=mode if impl != "gemm-floor" else "floor", dtype=dt_name,
+                               shape=shape)
+                    t0 = time.perf_counter()
+                    try:
+                        if impl not in ("nn.RNN", "gemm-floor"):
+                            b = get_backend(impl)
+                            ok, why = b.availability()
+                            why = why if not ok else b.supports(torch.device(device), dtype, SHAPES[shape][3])
+                            if not ok or why is not None:
+                                raise RuntimeError(f"backend {impl!r} does not run this: {why}")
+                        fn, (T, B, I, H) = build(impl, mode, shape, dtype, device, T_cap)
+                        times = measure(fn, timer, *reps)
+                        med = statistics.median(times)
+                        rec.update(status="ok", T=T, B=B, I=I, H=H, median_ms=med * 1e3, min_ms=min(times) * 1e3,
+                                   max_ms=max(times) * 1e3, reps=len(times), us_per_step=med * 1e6 / T,
+                                   tokens_per_s=T * B / med)
+                    except Exception as e:  # noqa: BLE001 - recorded, the sweep goes on
+                        rec.update(status="error", message=f"{type(e).__name__}: {str(e).strip()[:300]}")
+                    rec["seconds"] = round(time.perf_counter() - t0, 2)
+                    rows.append(rec)
+                    if args.out and not args.prewarm:
+                        with open(args.out, "a") as f:
+                            f.write(json.dumps(rec) + "\n")
+                    if rec["status"] == "ok":
+                        print(f"{dt_name:8} {shape} {rec['mode']:16} {impl:13} {rec['median_ms']:10.3f} ms "
+                              f"{rec['us_per_step']:8.2f} us/step ({rec['reps']} reps, {rec['seconds']} s)", flush=True)
+                    else:
+                        print(f"{dt_name:8} {shape} {rec['mode']:16} {impl:13} ERROR {rec['message']}", flush=True)
+    if not args.prewarm:
+        print_table(rows)
+    sys.exit(1 if any(r["status"] != "ok" for r in rows) else 0)
+
+
+def print_table(rows):
+    by = {(r["dtype"], r["shape"], r["mode"], r["impl"]): r for r in rows if r["status"] == "ok"}
+    keys = sorted({(r["dtype"], r["shape"], r["mode"]) for r in rows if r["mode"] != "floor"})
+    gpu = [i for i in ("cuda", "triton", "cuda-emulated") if any(k[3] == i for k in by)]
+    print("\nms per call (median); ratio = nn.RNN / best of " + "/".join(gpu) + " (> 1: faster than nn.RNN)")
+    print(f"{'dtype':8} {'shape':5} {'mode':16} {'nn.RNN':>9} " + " ".join(f"{i:>9}" for i in gpu)
+          + f" {'floor':>9} {'ratio':>6} {'us/step':>8}")
+    for dt, shape, mode in keys:
+        base = by.get((dt, shape, mode, "nn.RNN"))
+        cand = [by[(dt, shape, mode, i)] for i in gpu if (dt, shape, mode, i) in by]
+        best = min(cand, key=lambda r: r["median_ms"]) if cand else None
+        floor = by.get((dt, shape, "floor", "gemm-floor"))
+
+        def ms(r):
+            return f"{r['median_ms']:9.3f}" if r else f"{'-':>9}"
+        ratio = f"{base['median_ms'] / best['median_ms']:6.2f}" if base and best else f"{'-':>6}"
+        us = f"{best['us_per_step']:8.2f}" if best else f"{'-':>8}"
+        print(f"{dt:8} {shape:5} {mode:16} {ms(base)} " + " ".join(ms(by.get((dt, shape, mode, i))) for i in gpu)
+              + f" {ms(floor) if mode == 'forward' else f'{chr(32) * 9}'} {ratio} {us}")
+
+
+if __name__ == "__main__":
+    main()
