@@ -141,6 +141,7 @@ def main():
     ap.add_argument("--impls", default="nn.RNN,cuda,triton,gemm-floor")
     ap.add_argument("--modes", default=",".join(MODES))
     ap.add_argument("--prewarm", action="store_true", help="run each Triton / CUDA variant once at T = 2, no output")
+    ap.add_argument("--tag", default="", help="recorded in every line (e.g. an environment variable that was set)")
     ap.add_argument("--dry-run", action="store_true")
     args = ap.parse_args()
 
@@ -170,7 +171,7 @@ def main():
                     if args.prewarm and impl in ("nn.RNN", "gemm-floor"):
                         continue
                     rec = dict(impl=impl, mode=mode if impl != "gemm-floor" else "floor", dtype=dt_name,
-                               shape=shape)
+                               shape=shape, tag=args.tag)
                     t0 = time.perf_counter()
                     try:
                         if impl not in ("nn.RNN", "gemm-floor"):
@@ -193,11 +194,11 @@ def main():
                         with open(args.out, "a") as f:
                             f.write(json.dumps(rec) + "\n")
                     if rec["status"] == "ok":
-                        print(f"{dt_name:8} {shape} {rec['mode']:16} {impl:13} {rec['median_ms']:10.3f} ms "
+                        print(f"{args.tag}{' ' if args.tag else ''}{dt_name:8} {shape} {rec['mode']:16} {impl:13} {rec['median_ms']:10.3f} ms "
                               f"{rec['us_per_step']:8.2f} us/step ({rec['reps']} reps, {rec['seconds']} s)", flush=True)
                     else:
                         print(f"{dt_name:8} {shape} {rec['mode']:16} {impl:13} ERROR {rec['message']}", flush=True)
-    if not args.prewarm:
+    if not args.prewarm and not args.tag:
         print_table(rows)
     sys.exit(1 if any(r["status"] != "ok" for r in rows) else 0)
 

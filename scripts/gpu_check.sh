@@ -143,8 +143,14 @@ tier1() {
         --impls triton "${DRYARG[@]}" &
     pids+=($!); names+=(prewarm-triton)
     if wait "$build_pid"; then
-        run_or_fail smoke-cuda 240 "$WORK/smoke-cuda.log" $PY scripts/gpu_smoke.py --backend cuda \
-            --out "$OUTDIR/smoke.jsonl" "${DRYARG[@]}"
+        # do C++ errors of the compiled ops arrive as Python exceptions? (the first run died on one)
+        [ "$DRY" = 0 ] && run_or_fail diag-errors 150 "$WORK/diag-errors.log" $PY scripts/gpu_diag_errors.py
+        # one process per dtype: a crash loses the rest of one dtype's cases, not the whole smoke
+        for dt in float64 float32 bfloat16; do
+            step "smoke-cuda-$dt" 240 "$WORK/smoke-cuda-$dt.log" $PY scripts/gpu_smoke.py --backend cuda \
+                --dtypes "$dt" --out "$OUTDIR/smoke.jsonl" $([ "$dt" = float32 ] || echo --no-repeat) "${DRYARG[@]}" &
+            pids+=($!); names+=("smoke-cuda-$dt")
+        done
     else
         FAILED+=(build)
     fi
@@ -155,6 +161,13 @@ tier1() {
     [ "$DRY" = 1 ] && shapes=S2,G4
     run_or_fail bench 240 "$WORK/bench.log" $PY scripts/gpu_bench.py --out "$OUTDIR/bench.jsonl" --shapes "$shapes" \
         "${DRYARG[@]}"
+    # the CUDA block path's batch-tile height (the planner picks BT = 1 where B <= #SMs): forced 4 and 8
+    local rows
+    [ "$DRY" = 0 ] && for rows in 4 8; do
+        WCRNN_CUDA_ROWS=$rows run_or_fail "bench-cuda-rows$rows" 60 "$WORK/bench-cuda-rows$rows.log" $PY \
+            scripts/gpu_bench.py --out "$OUTDIR/bench.jsonl" --impls cuda --dtypes float32 --shapes S1,S2,S3,S4 \
+            --tag "WCRNN_CUDA_ROWS=$rows"
+    done
 }
 
 tier2() {
@@ -175,7 +188,7 @@ tier2() {
         "racecheck-triton|racecheck|kns=_wcrnn_|--backends triton --dtypes float32"
     )
     local filter_opt=--kernel-name
-    if [ -n "$san" ] && ! "$san" --help 2>&1 | grep -q -- "--kernel-name "; then filter_opt=--filter; fi
+    if [ -n "$san" ] && ! "$san" --help 2>&1 | grep -q -- "--kernel-name"; then filter_opt=--filter; fi
     local j name tool filt pyargs
     for j in "${jobs[@]}"; do
         IFS='|' read -r name tool filt pyargs <<< "$j"
@@ -241,6 +254,7 @@ for r in rows:
 EOF
 fi
 [ -f "$WORK/bench.log" ] && sed -n '/^ms per call/,$p' "$WORK/bench.log" >> "$SUMMARY"
+cat "$WORK"/bench-cuda-rows*.log 2>/dev/null | grep "^WCRNN_CUDA_ROWS=" >> "$SUMMARY"
 if [ -f "$OUTDIR/sanitize.log" ]; then
     grep -E "ERROR SUMMARY|RACECHECK SUMMARY|sanitizer cases done|refused \(planner\)" "$OUTDIR/sanitize.log" \
         | sort | uniq -c >> "$SUMMARY"
