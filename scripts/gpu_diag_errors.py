@@ -71,6 +71,12 @@ def main():
             return
         print("NO ERROR", flush=True)
         return
+    for tool in (["c++", "--version"], ["ld", "--version"]):
+        try:
+            out = subprocess.run(tool, capture_output=True, text=True, timeout=30).stdout.strip().splitlines()
+            print(f"{tool[0]}: {out[0] if out else '?'}", flush=True)
+        except OSError as e:
+            print(f"{tool[0]}: {e}", flush=True)
     crashed = []
     env = dict(os.environ, PYTHONFAULTHANDLER="1")
     for name in CASES:
