@@ -25,8 +25,9 @@
 #   env.txt      versions and device attributes          build.log   the build of the CUDA kernels
 #   smoke.jsonl  one line per smoke case                  bench.jsonl one line per benchmark (metadata first)
 #   sanitize.log compute-sanitizer's reports              full.log    everything, in order
-# Tier 3 writes summary.txt, env.txt, build.log, bench_harness_float32.json, bench_harness_bfloat16.json,
-# tests.log and full.log instead.
+# Tier 3 adds bench_harness_float32.json and bench_harness_bfloat16.json (its tests' log goes to full.log and
+# their outcome to summary.txt); WCRNN_GPU_TIER3=tests (or harness) runs one part only, so that
+# `gpu_check.sh 1 2 3` with WCRNN_GPU_TIER3=tests stays within 7 files.
 # Exit status: 0 when every step passed, 1 otherwise. Environment: WCRNN_GPU_LIMIT_S (seconds for the whole
 # command), WCRNN_COMMIT (recorded in the results where git is absent), PYTHON (default python3),
 # WCRNN_CUDA_ARCH (default: this GPU's architecture, which keeps the build short).
@@ -214,29 +215,38 @@ tier2() {
 }
 
 tier3() {
-    run_or_fail env 60 "$OUTDIR/env.txt" $PY scripts/gpu_env.py
-    if ! step build 300 "$OUTDIR/build.log" $PY scripts/gpu_build.py "${DRYARG[@]}"; then
-        FAILED+=(build)
-        return
+    # parts: harness (the autotuned pytest-benchmark harness, float32 and bfloat16) and tests (the GPU test files)
+    local parts=",${WCRNN_GPU_TIER3:-harness,tests},"
+    if [ "$TIER1_RAN" = 0 ]; then
+        run_or_fail env 60 "$OUTDIR/env.txt" $PY scripts/gpu_env.py
+        if ! step build 300 "$OUTDIR/build.log" $PY scripts/gpu_build.py "${DRYARG[@]}"; then
+            FAILED+=(build)
+            return
+        fi
     fi
     local dt dev=cuda mode=--benchmark-only
     if [ "$DRY" = 1 ]; then dev=cpu; mode=--collect-only; fi
-    for dt in float32 bfloat16; do
+    [[ $parts == *,harness,* ]] && for dt in float32 bfloat16; do
         WCRNN_BENCH_DEVICE=$dev WCRNN_BENCH_DTYPE=$dt WCRNN_TRITON_AUTOTUNE=1 run_or_fail "harness-$dt" 200 \
             "$WORK/harness-$dt.log" $PY -m pytest benchmarks/test_bench_wcrnn.py "$mode" -q -p no:cacheprovider \
             --benchmark-json="$OUTDIR/bench_harness_$dt.json"
         grep -A80 "WCRNN benchmark summary" "$WORK/harness-$dt.log" >> "$SUMMARY" 2>/dev/null
     done
-    local targs=(-q -rs -p no:cacheprovider)
-    if [ "$DRY" = 1 ]; then targs+=(--collect-only); else targs+=(--timeout=120); fi
-    WCRNN_REQUIRE_CUDA=1 run_or_fail tests 600 "$OUTDIR/tests.log" $PY -m pytest tests/test_cuda.py tests/test_triton.py \
-        "${targs[@]}"
+    if [[ $parts == *,tests,* ]]; then
+        local targs=(-q -rs -p no:cacheprovider)
+        if [ "$DRY" = 1 ]; then targs+=(--collect-only); else targs+=(--timeout=60); fi
+        WCRNN_REQUIRE_CUDA=1 run_or_fail tests 600 "$WORK/tests.log" $PY -m pytest tests/test_cuda.py \
+            tests/test_triton.py "${targs[@]}"
+        grep -E "^(FAILED|ERROR) |[0-9]+ (passed|failed)|tests? collected" "$WORK/tests.log" | head -40 >> "$SUMMARY"
+    fi
 }
 
+TIER1_RAN=0
 log "gpu_check: tiers ${TIERS[*]}$([ "$DRY" = 1 ] && echo ' (dry run on CPU)'), commit $WCRNN_COMMIT, limit ${LIMIT} s, results in $OUTDIR"
 for t in "${TIERS[@]}"; do
     s=$(date +%s)
     "tier$t"
+    [ "$t" = 1 ] && TIER1_RAN=1
     printf '%-22s %-8s %5s %6s s\n' "== tier $t" done - $(( $(date +%s) - s )) >> "$SUMMARY"
 done
 
