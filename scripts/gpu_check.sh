@@ -29,7 +29,7 @@
 # their outcome to summary.txt); WCRNN_GPU_TIER3=tests (or harness) runs one part only, so that
 # `gpu_check.sh 1 2 3` with WCRNN_GPU_TIER3=tests stays within 7 files.
 # Exit status: 0 when every step passed, 1 otherwise. Environment: WCRNN_GPU_LIMIT_S (seconds for the whole
-# command), WCRNN_COMMIT (recorded in the results where git is absent), PYTHON (default python3),
+# command), WCRNN_GPU_SKIP (comma-separated step-name prefixes to skip, e.g. smoke-triton,prewarm,bench), WCRNN_COMMIT (recorded in the results where git is absent), PYTHON (default python3),
 # WCRNN_CUDA_ARCH (default: this GPU's architecture, which keeps the build short).
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -94,6 +94,13 @@ step() {
         printf '%-22s %-8s %5s %6s s  %s\n' "$name" skipped - 0 "no time left in the ${LIMIT} s" >> "$SUMMARY"
         return 125
     fi
+    local skip
+    for skip in ${WCRNN_GPU_SKIP//,/ }; do
+        if [[ $name == "$skip"* ]]; then
+            printf '%-22s %-8s %5s %6s s  %s\n' "$name" skipped - 0 "WCRNN_GPU_SKIP" >> "$SUMMARY"
+            return 0
+        fi
+    done
     local s rc
     s=$(date +%s)
     echo "== $name (limit ${t} s): $*" >> "$logf"
@@ -182,7 +189,7 @@ tier2() {
     fi
     # name tool kernel-filter python-args...   (runs in parallel: one process per tool, the GPU is large)
     local jobs=(
-        "memcheck-cuda|memcheck|kns=chain_|--backends cuda --dtypes float32,float64,bfloat16"
+        "memcheck-cuda|memcheck|kns=chain_|--backends cuda --dtypes float32,bfloat16,float64"
         "memcheck-triton|memcheck|kns=_wcrnn_|--backends triton --dtypes float32,bfloat16"
         "racecheck-cuda|racecheck|kns=chain_|--backends cuda --dtypes float32"
         "synccheck-cuda|synccheck|kns=chain_|--backends cuda --dtypes float32"

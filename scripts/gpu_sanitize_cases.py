@@ -49,8 +49,9 @@ def one(backend, device, kind, dtype, T, B, H, lengths, seed):
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--backends", default="cuda")
-    ap.add_argument("--dtypes", default="float32,float64,bfloat16")
-    ap.add_argument("--paths", default="block,grid,grid-1group")
+    # the order puts the one case the block path refuses (dense float64 H = 130) last
+    ap.add_argument("--dtypes", default="float32,bfloat16,float64")
+    ap.add_argument("--paths", default="grid,grid-1group,block")
     ap.add_argument("--dry-run", action="store_true")
     args = ap.parse_args()
     device = "cpu" if args.dry_run else "cuda"
