@@ -153,6 +153,8 @@ tier1() {
     if wait "$build_pid"; then
         # do C++ errors of the compiled ops arrive as Python exceptions? (the first run died on one)
         [ "$DRY" = 0 ] && run_or_fail diag-errors 150 "$WORK/diag-errors.log" $PY scripts/gpu_diag_errors.py
+        # what the library links, and relinked variants probed for the crash diag-errors found (run 2)
+        [ "$DRY" = 0 ] && run_or_fail diag-link 150 "$WORK/diag-link.log" $PY scripts/gpu_diag_link.py
         # one process per dtype: a crash loses the rest of one dtype's cases, not the whole smoke
         for dt in float64 float32 bfloat16; do
             step "smoke-cuda-$dt" 240 "$WORK/smoke-cuda-$dt.log" $PY scripts/gpu_smoke.py --backend cuda \
@@ -172,7 +174,7 @@ tier1() {
     # the CUDA block path's batch-tile height (the planner picks BT = 1 where B <= #SMs): forced 4 and 8
     local rows
     [ "$DRY" = 0 ] && for rows in 4 8; do
-        WCRNN_CUDA_ROWS=$rows run_or_fail "bench-cuda-rows$rows" 60 "$WORK/bench-cuda-rows$rows.log" $PY \
+        WCRNN_CUDA_ROWS=$rows run_or_fail "rows-sweep-cuda-$rows" 60 "$WORK/rows-sweep-cuda-$rows.log" $PY \
             scripts/gpu_bench.py --out "$OUTDIR/bench.jsonl" --impls cuda --dtypes float32 --shapes S1,S2,S3,S4 \
             --tag "WCRNN_CUDA_ROWS=$rows"
     done
@@ -240,8 +242,12 @@ tier3() {
         grep -A80 "WCRNN benchmark summary" "$WORK/harness-$dt.log" >> "$SUMMARY" 2>/dev/null
     done
     if [[ $parts == *,tests,* ]]; then
-        local targs=(-q -rs -p no:cacheprovider)
+        local targs=(-q -rfEs -p no:cacheprovider)
         if [ "$DRY" = 1 ]; then targs+=(--collect-only); else targs+=(--timeout=60); fi
+        # several workers (pytest-xdist, where installed): faster, and a test that kills its process fails alone
+        if [ "$DRY" = 0 ] && $PY -c "import xdist" 2>/dev/null; then
+            targs+=(-n "${WCRNN_GPU_TEST_WORKERS:-8}")
+        fi
         WCRNN_REQUIRE_CUDA=1 run_or_fail tests 600 "$WORK/tests.log" $PY -m pytest tests/test_cuda.py \
             tests/test_triton.py "${targs[@]}"
         grep -E "^(FAILED|ERROR) |[0-9]+ (passed|failed)|tests? collected" "$WORK/tests.log" | head -40 >> "$SUMMARY"
@@ -271,7 +277,7 @@ for r in rows:
 EOF
 fi
 [ -f "$WORK/bench.log" ] && sed -n '/^ms per call/,$p' "$WORK/bench.log" >> "$SUMMARY"
-cat "$WORK"/bench-cuda-rows*.log 2>/dev/null | grep "^WCRNN_CUDA_ROWS=" >> "$SUMMARY"
+cat "$WORK"/rows-sweep-cuda-*.log 2>/dev/null | grep "^WCRNN_CUDA_ROWS=" >> "$SUMMARY"
 if [ -f "$OUTDIR/sanitize.log" ]; then
     grep -E "ERROR SUMMARY|RACECHECK SUMMARY|sanitizer cases done|refused \(planner\)" "$OUTDIR/sanitize.log" \
         | sort | uniq -c >> "$SUMMARY"
