@@ -198,7 +198,10 @@ tier2() {
         "racecheck-triton|racecheck|kns=_wcrnn_|--backends triton --dtypes float32"
     )
     local filter_opt=--kernel-name
-    if [ -n "$san" ] && ! "$san" --help 2>&1 | grep -q -- "--kernel-name"; then filter_opt=--filter; fi
+    # (help text captured first: with pipefail, `--help | grep -q` fails when grep stops reading early)
+    local help=""
+    [ -n "$san" ] && help=$("$san" --help 2>&1)
+    if [ -n "$san" ] && [[ $help != *--kernel-name* ]]; then filter_opt=--filter; fi
     local j name tool filt pyargs
     for j in "${jobs[@]}"; do
         IFS='|' read -r name tool filt pyargs <<< "$j"
