@@ -111,7 +111,16 @@ def cxx_flags() -> list[str]:
 
 
 def ld_flags() -> list[str]:
-    return ["-fopenmp"] if _use_openmp() else []
+    flags = ["-fopenmp"] if _use_openmp() else []
+    if sys.platform.startswith("linux"):
+        # The C++ runtime by its shared library's name, before the driver's own -lstdc++. Where a toolchain
+        # offers only the archive libstdc++.a for -lstdc++, the linker silently copies the runtime into the
+        # library; beside the process's libstdc++.so.6 (loaded by torch) the two copies disagree about locale
+        # facets, and an error message that formats an integer drops the number or crashes the process. The
+        # first GPU machine run (Ubuntu 24.04, g++ 13.3) crashed so in every such message. See
+        # static_cxx_runtime(), which refuses a library built that way.
+        flags.append("-l:libstdc++.so.6")
+    return flags
 
 
 def nvcc_flags() -> list[str]:
@@ -163,6 +172,56 @@ def build_record(root: str, with_cuda: bool) -> dict:
     return {"torch": torch.__version__, "torch_git": getattr(torch.version, "git_version", None),
             "python": f"{sys.version_info[0]}.{sys.version_info[1]}", "cuda": bool(with_cuda),
             "source_hash": source_hash(root, with_cuda)}
+
+
+# --------------------------------------------------------------------------------------------------------
+# The built library must use the process's C++ runtime, not a copy of its own
+
+# Functions that live in libstdc++'s own sources (not in headers): a library that defines one of them carries a
+# static copy of the C++ runtime.
+_CXX_RUNTIME_SYMBOLS = (b"_ZNSt8ios_base4InitC1Ev", b"_ZNSt6locale5classicEv", b"_ZNSt6locale7_ImplC1Em",
+                        b"_ZNKSt7codecvtIDsc11__mbstate_tE10do_unshiftERS0_PcS3_RS3_")
+
+
+def static_cxx_runtime(path: str) -> str | None:
+    """The first C++-runtime function the shared library at ``path`` defines itself (a static copy of
+    libstdc++ linked into it), or None. Reads the ELF dynamic symbol table (64-bit little-endian; None for any
+    other file)."""
+    import struct
+    try:
+        with open(path, "rb") as fh:
+            data = fh.read()
+    except OSError:
+        return None
+    if data[:4] != b"\x7fELF" or data[4] != 2 or data[5] != 1:
+        return None
+    shoff, = struct.unpack_from("<Q", data, 0x28)
+    shentsize, shnum = struct.unpack_from("<HH", data, 0x3A)
+    sections = [struct.unpack_from("<IIQQQQIIQQ", data, shoff + i * shentsize) for i in range(shnum)]
+    for sh in sections:
+        if sh[1] != 11:  # SHT_DYNSYM
+            continue
+        sym_off, sym_size, strtab = sh[4], sh[5], sections[sh[6]]
+        str_off = strtab[4]
+        for k in range(sym_off, sym_off + sym_size, 24):
+            st_name, _, _, st_shndx = struct.unpack_from("<IBBH", data, k)
+            if st_shndx == 0:  # undefined: imported, as it should be
+                continue
+            end = data.index(b"\0", str_off + st_name)
+            name = data[str_off + st_name:end]
+            if name in _CXX_RUNTIME_SYMBOLS:
+                return name.decode()
+    return None
+
+
+def _static_cxx_runtime_reason(lib: str) -> str | None:
+    sym = static_cxx_runtime(lib)
+    if sym is None:
+        return None
+    return (f"{lib} carries its own static copy of the C++ runtime (it defines {sym}): the linker took "
+            "libstdc++.a instead of libstdc++.so, and beside the process's libstdc++.so.6 error messages that "
+            "format numbers would crash the process; install your g++'s libstdc++ development package (the "
+            "libstdc++.so link) and rebuild")
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -314,6 +373,9 @@ def _jit_build(root: str, with_cuda: bool) -> tuple[bool, str]:
         lines = str(e).strip().splitlines()
         summary = first_error_line(lines) or (lines[-1] if lines else type(e).__name__)
         return False, f"compiling the {what} kernels failed ({summary[:300]}); full log: {log}"
+    bad = _static_cxx_runtime_reason(lib)
+    if bad is not None:
+        return False, bad
     _state.update(origin="jit", path=lib, cuda_built=with_cuda)
     return True, f"compiled on first use, cached at {lib}"
 
@@ -341,7 +403,7 @@ def _load() -> tuple[bool, str]:
     notes = []
     lib = _installed_library()
     if lib is not None:
-        why_not = _check_record(lib)
+        why_not = _check_record(lib) or _static_cxx_runtime_reason(lib)
         if why_not is None:
             try:
                 torch.ops.load_library(lib)
