@@ -95,7 +95,7 @@ step() {
         return 125
     fi
     local skip
-    for skip in ${WCRNN_GPU_SKIP//,/ }; do
+    for skip in ${WCRNN_GPU_SKIP:+${WCRNN_GPU_SKIP//,/ }}; do
         if [[ $name == "$skip"* ]]; then
             printf '%-22s %-8s %5s %6s s  %s\n' "$name" skipped - 0 "WCRNN_GPU_SKIP" >> "$SUMMARY"
             return 0

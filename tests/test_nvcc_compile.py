@@ -13,8 +13,10 @@ sources unchanged. The kernels include nothing that needs cuBLAS / cuDNN headers
 lacks), only cuda_runtime, cooperative_groups and c10/cuda.
 
 The objects are then linked into one shared library (duplicate definitions across translation units fail
-there). A further test compiles a small host program against csrc/cuda/chain_cuda.cuh and runs its launch planner
-(block path vs grid path, tile height, units per block, shared memory) for A100 and H100 device limits.
+there). The ``ptxas -v`` report of the same compile is checked for every kernel instantiation and architecture
+(no static shared memory; stack and spills printed). A further test compiles a small host program against
+csrc/cuda/chain_cuda.cuh and runs its launch planner (block path vs grid path, tile height, units per block,
+shared memory) for A100 and H100 device limits.
 
 Without nvcc the tests skip with the reason, unless WCRNN_REQUIRE_NVCC=1 (CI sets it) turns that into a
 failure.
@@ -147,6 +149,81 @@ def test_cuda_objects_link_into_one_library(builds, tmp_path):
     proc = subprocess.run([NVCC, "-shared", "-Xcompiler", "-fPIC", *objs, "-o", lib], capture_output=True,
                           text=True, timeout=600)
     assert proc.returncode == 0, f"linking the CUDA objects failed:\n{(proc.stdout + proc.stderr)[-4000:]}"
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The ptxas resource report of the compile above (-Xptxas -v): every kernel instantiation, per architecture.
+#
+# The kernels take all their shared memory dynamically (WCRNN_DYNAMIC_SMEM), sized by the launch planner
+# against the device's opt-in limit (test_planner_fits_every_shape, below); any static shared memory would come on
+# top of that, unplanned, so there must be none. Spills are reported in the test output, not failed: every
+# instantiation can be chosen by the planner, and there is no measured cost of these few bytes to set a
+# threshold by; growth shows up in the printed table.
+
+def ptxas_report(log: str) -> list[dict]:
+    """One entry per (kernel, architecture) of a ``ptxas -v`` log: registers, stack frame, spill stores /
+    loads and static shared memory, in bytes."""
+    out, cur = [], None
+    for line in log.splitlines():
+        m = re.search(r"Compiling entry function '(\w+)' for 'sm_(\d+)a?'", line)
+        if m:
+            cur = {"kernel": m.group(1), "arch": m.group(2), "regs": None, "stack": 0, "spill_stores": 0,
+                   "spill_loads": 0, "smem": 0}
+            out.append(cur)
+            continue
+        if cur is None:
+            continue
+        m = re.search(r"(\d+) bytes stack frame, (\d+) bytes spill stores, (\d+) bytes spill loads", line)
+        if m:
+            cur["stack"], cur["spill_stores"], cur["spill_loads"] = map(int, m.groups())
+        m = re.search(r"Used (\d+) registers", line)
+        if m:
+            cur["regs"] = int(m.group(1))
+            s = re.search(r"(\d+) bytes smem", line)
+            cur["smem"] = int(s.group(1)) if s else 0
+    return out
+
+
+def demangle(names: list[str]) -> dict[str, str]:
+    """Readable kernel names (c++filt where available)."""
+    tool = shutil.which("c++filt")
+    if not tool or not names:
+        return {n: n for n in names}
+    proc = subprocess.run([tool], input="\n".join(names), capture_output=True, text=True, timeout=60)
+    lines = proc.stdout.splitlines()
+    return dict(zip(names, lines)) if proc.returncode == 0 and len(lines) == len(names) else {n: n for n in names}
+
+
+def ptxas_table(entries: list[dict], arch: str) -> str:
+    names = demangle(sorted({e["kernel"] for e in entries}))
+    rows = ["| kernel | regs | stack B | spill stores B | spill loads B | static smem B |",
+            "|---|---|---|---|---|---|"]
+    for e in sorted((e for e in entries if e["arch"] == arch), key=lambda e: names[e["kernel"]]):
+        short = re.sub(r"^(void )?wcrnn_cuda::\(anonymous namespace\)::", "", names[e["kernel"]])
+        rows.append(f"| `{short}` | {e['regs']} | {e['stack']} | {e['spill_stores']} | {e['spill_loads']} "
+                    f"| {e['smem']} |")
+    return "\n".join(rows)
+
+
+def test_cuda_ptxas_report(builds):
+    """Every kernel of chain_fwd.cu / chain_bwd.cu was assembled for sm_80 and sm_90 with a register count
+    and no static shared memory (the planner's budget, checked against the opt-in limits of A100 and H100
+    above, is then the whole of it); their stack and spills are printed."""
+    entries = []
+    for src in ("chain_fwd.cu", "chain_bwd.cu"):
+        r = builds[src]
+        assert r["rc"] == 0, f"nvcc failed for {src} (see test_cuda_source_compiles)"
+        entries += ptxas_report(r["log"])
+    for a in ARCHS:
+        mine = [e for e in entries if e["arch"] == a]
+        assert len(mine) == 48 + 24, len(mine)
+        for e in mine:
+            assert e["regs"] is not None, e
+            assert e["smem"] == 0, e
+        spilling = [e for e in mine if e["stack"] or e["spill_stores"] or e["spill_loads"]]
+        regs = [e["regs"] for e in mine]
+        print(f"\nsm_{a}: {len(mine)} kernels, registers {min(regs)}-{max(regs)}, {len(spilling)} with stack or "
+              f"spills" + ("" if not spilling else ":\n" + ptxas_table(spilling, a)))
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -19,7 +19,7 @@ Two ways to feed the recurrent product, chosen per (H, dtype, residual kind, pre
   only choice once W no longer fits on chip (H > 256 for 2-byte weights, H > 128 for 4-byte ones).
 
 Sizes are padded to powers of two >= 16 (``tl.dot`` needs tiles of at least 16) and masked. Autotuning is
-keyed on H, the residual kind, the dot precision and the tensors' dtypes, never on T; T and B are not
+keyed on H, the residual kind, the dot precisions and the tensors' dtypes, never on T; T and B are not
 specialised either (``do_not_specialize``), so a new sequence length or batch size never recompiles.
 Time offsets are 64-bit (T * B * H may pass 2^31); offsets inside one (B, H) slab are 32-bit, which the
 launchers check.
@@ -48,6 +48,7 @@ import contextlib
 import inspect
 import os
 import time
+from typing import NamedTuple
 
 import torch
 import triton
@@ -55,7 +56,6 @@ import triton.language as tl
 
 BLOCK_B = 16          # batch rows per program: the smallest tl.dot M, hence the most programs in flight
 MAX_HIDDEN = 1024     # the state, its accumulator and one W tile must fit in registers
-_RESIDENT_BYTES = 128 * 1024   # on-chip budget for the tiles a W_RESIDENT program keeps for all steps
 
 
 # --------------------------------------------------------------------------------------------------
@@ -474,61 +474,187 @@ INTERPRETER = type(_wcrnn_fwd_kernel).__name__ == "InterpretedFunction"
 
 
 # --------------------------------------------------------------------------------------------------
-# Config selection: autotuned on a GPU (keyed on H, residual kind, precision, dtypes; never T)
+# Config selection: autotuned on a GPU (keyed on H, residual kind, precisions, dtypes; never T)
 # --------------------------------------------------------------------------------------------------
+
+# The most shared memory one block may opt in to on sm_90 (H100 / H200): 227 KiB. Every config the
+# launchers can choose must stay within it (tests/test_resources.py compiles them all and checks).
+SMEM_LIMIT = 232448
+
+
+class _Problem(NamedTuple):
+    """What config selection depends on: one launch situation of one kernel."""
+    backward: bool
+    HP: int
+    w_size: int      # element size of W_hh as the kernel reads it (2, 4 or 8)
+    r_size: int      # element size of a dense R as the kernel reads it: the input dtype in the forward,
+    #                  the compute dtype in the backward (ops.py passes it so)
+    cd_size: int     # the state's (compute) dtype: 4 or 8
+    dense: bool      # RES_KIND == 2
+    prec: str        # PREC: the W_hh product
+    prec_cd: str     # PREC_CD: the fp32 / fp64 products (a dense R)
+    split: bool      # SPLIT: half weights multiply the state as hi + lo
+
+
+def _problem(meta, w_itemsize, backward):
+    cd_size = 8 if meta["CD"] == tl.float64 else 4
+    return _Problem(backward, meta["HP"], w_itemsize, cd_size if backward else w_itemsize, cd_size,
+                    meta["RES_KIND"] == 2, meta["PREC"], meta["PREC_CD"], bool(meta["SPLIT"]))
+
+
+def _smem_bytes(resident, block_k, num_stages, p):
+    """Upper bound on the shared memory of one program, as Triton lays these kernels out on sm_80 / sm_90
+    (checked against the compiled kernels by tests/test_resources.py). BLOCK_B = 16 rows make every
+    tl.dot an mma.sync whose operands pass through shared memory:
+
+    * resident: W_hh (and a dense R) are loop-invariant dot operands that stay in shared memory for all
+      steps. 3xTF32 keeps both halves, hi and lo, of each (twice the bytes); a dense R of a half model is
+      converted to fp32 first. Per step, the state operands (16 x HP: hi + lo for 3xTF32 and for split
+      half weights) and one layout conversion of a 16 x HP state tile come on top.
+    * streamed: the K-chunks of W, R and the state are async copies into ``num_stages - 1`` buffers,
+      live during the K loop only (the state tile's layout conversions happen outside it). 3xTF32 splits
+      after the copy, in registers. A dense R of a half model whose product runs as exact fp32 FMA
+      ("ieee") gets a converted fp32 copy of its chunk. Without pipelining (num_stages=1) the two
+      products stage their operands in turn.
+    """
+    rows, HP = BLOCK_B, p.HP
+    w_split = 2 if p.prec == "tf32x3" else 1                  # only for fp32 weights
+    r_split = 2 if p.dense and p.prec_cd == "tf32x3" else 1
+    convert = rows * HP * p.cd_size
+    if resident:
+        held = HP * HP * p.w_size * w_split + (HP * HP * p.cd_size * r_split if p.dense else 0)
+        # state operands of the W product: the weights' dtype (hi + lo when split) or the fp32 / fp64 state
+        a_w = p.w_size * (2 if p.split else 1) if p.w_size == 2 else p.cd_size * w_split
+        # the R product reads its own copy unless it multiplies the same fp32 / fp64 tile as W
+        same = not p.backward and p.w_size == p.cd_size
+        a_r = p.cd_size * r_split if p.dense and not same else 0
+        return held + rows * HP * (a_w + a_r) + convert
+    K = block_k
+    n_state = 2 if p.backward and p.dense else 1               # x (read by both products), or g and delta
+    r_copy = K * HP * p.cd_size if p.dense and p.r_size != p.cd_size and p.prec_cd == "ieee" else 0
+    # half weights: the state chunk rounded to them (hi, lo) may be staged as well
+    a_copy = rows * K * p.w_size * (2 if p.split else 1) if p.w_size == 2 else 0
+    if num_stages >= 2:
+        per_stage = K * HP * p.w_size + (K * HP * p.r_size if p.dense else 0) + rows * K * p.cd_size * n_state
+        loop = (num_stages - 1) * per_stage + r_copy + a_copy
+    else:
+        w_dot = (rows * K * p.cd_size + K * HP * p.w_size) * w_split + a_copy
+        r_dot = (rows * K * p.cd_size + K * HP * p.r_size) * r_split + r_copy if p.dense else 0
+        loop = max(w_dot, r_dot)
+    return max(loop, convert)
+
 
 def _configs():
     # Resident: Triton keeps the loop-invariant W operand in shared memory for the whole loop and
-    # re-reads it into registers each step; 16 warps give each thread fewer W registers at H = 256.
-    # Streamed: small K-chunks bound the register footprint (the fp32 "ieee" FMA product needs a
-    # thread's whole K x N slice of W in registers) and run any H; W stays hot in L1 / L2.
+    # re-reads it into registers each step. Streamed: small K-chunks bound the register footprint (the
+    # fp32 "ieee" FMA product needs a thread's whole K x N slice of W in registers) and run any H; W
+    # stays hot in L1 / L2. num_stages=2 double-buffers the chunks with async copies; num_stages=1 does
+    # not, which saves the registers of that pipeline (the spill-free or least-spilling choice from
+    # H = 128 on, see _default_config): the autotuner weighs one against the other.
     cfgs = [triton.Config({"W_RESIDENT": True, "BLOCK_K": 16}, num_warps=nw, num_stages=2) for nw in (4, 8, 16)]
     cfgs += [triton.Config({"W_RESIDENT": False, "BLOCK_K": bk}, num_warps=nw, num_stages=2)
-             for bk, nw in ((16, 4), (16, 8), (32, 4), (32, 8), (64, 8))]
+             for bk, nw in ((16, 4), (16, 8), (16, 16), (32, 4), (32, 8), (32, 16), (64, 8))]
+    cfgs += [triton.Config({"W_RESIDENT": False, "BLOCK_K": 16}, num_warps=nw, num_stages=1) for nw in (8, 16, 32)]
     return cfgs
 
 
-def _resident_fits(HP, w_itemsize, cd_itemsize, dense, fma=False):
-    # fma: an fp32 / fp64 product without tensor cores; resident W then spills heavily from H = 128 on
-    # (ptxas on sm_90: 8 KiB of stack per thread at H = 128)
-    if fma and HP >= 128:
+def _valid_config(cfg_kwargs, num_warps, num_stages, p):
+    """Whether an autotune candidate is worth compiling and timing for the problem ``p``: it fits in
+    shared memory (the _smem_bytes bound) and is not of a kind that spills kilobytes per thread on
+    sm_90 (measured with ptxas for Triton 3.6 and 3.9, see tests/test_resources.py)."""
+    resident, HP = cfg_kwargs["W_RESIDENT"], p.HP
+    if not resident and cfg_kwargs["BLOCK_K"] >= HP:
+        return False            # one chunk would be the whole W: that is the resident variant
+    if _smem_bytes(resident, cfg_kwargs["BLOCK_K"], num_stages, p) > SMEM_LIMIT:
         return False
-    return HP * HP * (w_itemsize + (cd_itemsize if dense else 0)) <= _RESIDENT_BYTES
-
-
-def _chunk_fits(BK, HP, w_itemsize, cd_itemsize, dense):
-    # a streamed step's W (and dense R) chunk stays within 64 KiB: two pipeline stages fit in shared memory
-    return BK < HP and BK * HP * (w_itemsize + (cd_itemsize if dense else 0)) <= 65536
-
-
-def _valid_config(cfg_kwargs, num_warps, HP, w_itemsize, cd_itemsize, dense, fma=False):
-    if cfg_kwargs["W_RESIDENT"]:
-        return _resident_fits(HP, w_itemsize, cd_itemsize, dense, fma) and (num_warps < 16 or HP >= 256)
-    return _chunk_fits(cfg_kwargs["BLOCK_K"], HP, w_itemsize, cd_itemsize, dense)
+    # an fp32 "ieee" product (FMA, no tensor cores) with W resident spills 1-7 KB per thread from H = 128
+    if resident and _is_fma(p.prec, p.w_size) and HP >= 128:
+        return False
+    # Warps: 4 spill up to 8.6 KB per thread from H = 128 on; 16 and 32 only where a 16 x HP state tile
+    # still gives each thread several elements; at least HP / 64 (8 warps spill up to 10 KB at H = 1024).
+    if num_warps == 4 and HP > 64 or num_warps == 16 and HP < 128 or num_warps == 32 and HP < 256:
+        return False
+    if num_warps < HP // 64:
+        return False
+    # without pipelining only where registers are tight (several K-chunks per step)
+    return num_stages >= 2 or HP >= 128
 
 
 def _is_fma(prec, w_itemsize):
-    return prec == "ieee" and w_itemsize >= 4
+    # exact fp32 products run on the FMA units; fp64 ones on the tensor cores (DMMA), like tf32 and half
+    return prec == "ieee" and w_itemsize == 4
 
 
 def _prune(configs, named_args, **kwargs):
-    w = named_args["wt_ptr"] if "wt_ptr" in named_args else named_args["w_ptr"]
-    HP, dense = kwargs["HP"], kwargs["RES_KIND"] == 2
-    cd_size = 8 if kwargs["CD"] == tl.float64 else 4
-    fma = _is_fma(kwargs["PREC"], w.element_size())
-    kept = [c for c in configs if _valid_config(c.kwargs, c.num_warps, HP, w.element_size(), cd_size, dense, fma)]
-    return kept or [triton.Config(_default_config(HP, w.element_size(), cd_size, dense, fma), num_warps=4)]
+    backward = "w_ptr" in named_args
+    w = named_args["w_ptr"] if backward else named_args["wt_ptr"]
+    p = _problem(kwargs, w.element_size(), backward)
+    kept = [c for c in configs if _valid_config(c.kwargs, c.num_warps, c.num_stages, p)]
+    if kept:
+        return kept
+    d = _default_config(p)
+    return [triton.Config({"W_RESIDENT": d["W_RESIDENT"], "BLOCK_K": d["BLOCK_K"]}, num_warps=d["num_warps"],
+                          num_stages=d["num_stages"])]
 
 
-def _default_config(HP, w_itemsize, cd_itemsize, dense, fma=False):
-    """The config used where nothing is tuned (the interpreter, WCRNN_TRITON_AUTOTUNE=0): resident
-    when it fits, else the widest streamed chunk that fits."""
-    if _resident_fits(HP, w_itemsize, cd_itemsize, dense, fma):
-        return {"W_RESIDENT": True, "BLOCK_K": 16, "num_warps": 8 if HP >= 128 else 4}
-    for bk in (32, 16):
-        if _chunk_fits(bk, HP, w_itemsize, cd_itemsize, dense):
-            return {"W_RESIDENT": False, "BLOCK_K": bk, "num_warps": 8 if HP >= 256 else 4}
-    return {"W_RESIDENT": False, "BLOCK_K": 16, "num_warps": 8}
+def _default_config(p):
+    """The config used where nothing is tuned (the interpreter, WCRNN_TRITON_AUTOTUNE=0): the one without
+    spills, or with the least, in what ptxas reports for sm_90 with Triton 3.6 and 3.9, for H % 16 == 0
+    and != 0 alike (tests/test_resources.py checks it; ``python -m wcrnn_kernels.triton_kernels`` prints
+    the table). Chosen from measurements of every kernel, dtype, precision and residual form; ptxas spills
+    a few bytes in some variants and not in their neighbours, hence the exceptions:
+
+    * H <= 32: W resident, 4 warps.
+    * H = 64: W resident, 8 warps (with 4 the fp32 forward spills up to 3 KB per thread when
+      H % 16 != 0); 4 for the backward with fp32 weights and a dense R (8 spill up to 16 B there).
+    * H = 128, fp16 / bf16 forward with a per-unit residual: W resident, 8 warps, the configuration the
+      first GPU run measured fastest for bfloat16.
+    * H = 128 otherwise: streamed in chunks of 16 with 8 warps and no software pipelining (num_stages=1): the
+      registers of the async-copy pipeline are what makes several variants spill (up to 40 B per thread
+      with num_stages=2). The backward with a dense R needs 16 warps with 3xTF32 weights, and keeps the
+      pipeline with fp16 / bf16 weights (a direct wcrnn_bwd call; the op passes fp32 ones).
+    * H >= 256: streamed in chunks of 16, num_stages=1, 8 warps, or 32 where a 16 x H state tile is
+      8 KB or more (fp32 from H = 512, fp64 from 256): the least spilling of what was measured (4 to 32
+      warps, both num_stages). Not everything can be spill-free there: a step keeps several 16 x H
+      tiles (the state, the accumulators, the prefetched inputs, their offsets and masks) and a thread
+      may have at most 64K / threads registers (128 with 16 warps, 64 with 32). At H = 256 these
+      defaults spill only where H % 16 != 0 (up to 56 B per thread) and in float64 (up to 264 B); at
+      512 and 1024 all do, up to 0.8 KB and 1.6 KB per thread (float64), where the previous defaults
+      (8 warps, pipelined) spilled up to 1.6 KB and 9.8 KB.
+    """
+    if p.HP <= 32:
+        return {"W_RESIDENT": True, "BLOCK_K": 16, "num_warps": 4, "num_stages": 2}
+    if p.HP == 64:
+        num_warps = 4 if p.backward and p.dense and p.w_size == 4 else 8
+        return {"W_RESIDENT": True, "BLOCK_K": 16, "num_warps": num_warps, "num_stages": 2}
+    if p.HP == 128 and not p.backward and p.w_size == 2 and not p.dense:
+        # fp16 / bf16 forward, per-unit residual: W resident with 8 warps, the config with which the first
+        # H200 run measured the fastest bfloat16 forward at S1 (benchmarks/results/h200-8527ece-run1);
+        # spill-free. (A dense R spills resident at 8 and 16 warps: streamed below.)
+        return {"W_RESIDENT": True, "BLOCK_K": 16, "num_warps": 8, "num_stages": 2}
+    cfg = {"W_RESIDENT": False, "BLOCK_K": 16, "num_warps": 8, "num_stages": 1}
+    if p.HP * p.cd_size >= 2048:
+        cfg["num_warps"] = 32
+    elif p.HP == 128 and p.backward and p.dense:
+        if p.w_size == 2:
+            cfg["num_stages"] = 2
+        elif p.prec == "tf32x3":
+            cfg["num_warps"] = 16
+    return cfg
+
+
+def _launch_choices(kind, w_dtype, HP, res_kind, fp32_precision="highest"):
+    """What a launcher may run for one situation: (the meta it passes, its default config, the autotune
+    candidates _prune keeps), each config a dict with num_warps and num_stages. ``w_dtype`` is W_hh as
+    the kernel gets it; ``fp32_precision`` is torch.get_float32_matmul_precision()."""
+    cd = _compute_dtype(w_dtype)
+    prec, prec_cd = _precisions(w_dtype, cd, fp32_precision)
+    meta = dict(HP=HP, RES_KIND=res_kind, CD=_TL_DTYPE[cd], PREC=prec, PREC_CD=prec_cd,
+                SPLIT=SPLIT_HALF_STATE and w_dtype in _HALF)
+    w_arg = {"w_ptr" if kind == "bwd" else "wt_ptr": torch.empty(0, dtype=w_dtype)}
+    kept = [dict(c.kwargs, num_warps=c.num_warps, num_stages=c.num_stages)
+            for c in _prune(_configs(), w_arg, **meta)]
+    return meta, _default_config(_problem(meta, w_dtype.itemsize, kind == "bwd")), kept
 
 
 def _cpu_bench(kernel_call, quantiles=None):
@@ -540,15 +666,17 @@ def _cpu_bench(kernel_call, quantiles=None):
 
 
 def _autotune(kernel):
-    # Keyed on H, the residual kind and the dot precision; the autotuner adds every tensor argument's
-    # dtype to the key. Never T or B. Results are cached on disk where this Triton supports it.
+    # Keyed on H, the residual kind and both dot precisions (PREC_CD decides whether a half model's dense
+    # R takes twice the shared memory, so a config tuned under one fp32 precision may not fit under
+    # another); the autotuner adds every tensor argument's dtype to the key. Never T or B. Results are
+    # cached on disk where this Triton supports it.
     kw = {}
     params = inspect.signature(triton.autotune).parameters
     if INTERPRETER and "do_bench" in params:
         kw["do_bench"] = _cpu_bench
     if not INTERPRETER and "cache_results" in params:
         kw["cache_results"] = True
-    return triton.autotune(_configs(), key=["H", "RES_KIND", "PREC"],
+    return triton.autotune(_configs(), key=["H", "RES_KIND", "PREC", "PREC_CD"],
                            prune_configs_by={"early_config_prune": _prune}, **kw)(kernel)
 
 
@@ -583,11 +711,12 @@ def _compute_dtype(dtype):
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
-def _precisions(w_dtype, cd):
-    """(precision of the W_hh product, precision of the fp32 / fp64 products such as a dense R)."""
+def _precisions(w_dtype, cd, fp32_precision=None):
+    """(precision of the W_hh product, precision of the fp32 / fp64 products such as a dense R), for
+    torch.get_float32_matmul_precision() or the setting ``fp32_precision``."""
     if cd == torch.float64:
         return "ieee", "ieee"
-    fp32 = _FP32_PRECISION.get(torch.get_float32_matmul_precision(), "ieee")
+    fp32 = _FP32_PRECISION.get(fp32_precision or torch.get_float32_matmul_precision(), "ieee")
     return (fp32 if w_dtype == torch.float32 else "ieee"), fp32
 
 
@@ -628,15 +757,14 @@ def _check_common(T, B, H, w, res_kind, res, gamma, lengths, nonlin, device):
                          f"got tensors on {device}")
 
 
-def _launch(kernel_tuned, kernel, grid, config, args, meta, HP, w_itemsize, cd_itemsize, dense):
+def _launch(kernel_tuned, kernel, grid, config, args, meta, w_itemsize, backward):
     if config is None and (TUNE_UNDER_INTERPRETER if INTERPRETER else AUTOTUNE):
         kernel_tuned[grid](*args, **meta)
         return
-    cfg = dict(config) if config is not None else _default_config(
-        HP, w_itemsize, cd_itemsize, dense, _is_fma(meta["PREC"], w_itemsize))
+    cfg = dict(config) if config is not None else _default_config(_problem(meta, w_itemsize, backward))
     num_warps = cfg.pop("num_warps", 4)
-    # num_stages as in every autotune candidate and in the shared-memory estimates (_chunk_fits): Triton's
-    # own default (3) pipelines the W tiles one stage deeper, past an sm_90 block's shared memory
+    # num_stages as in every autotune candidate and in the shared-memory bound (_smem_bytes): Triton's
+    # own default (3) pipelines the W chunks one buffer deeper, past an sm_90 block's shared memory
     num_stages = cfg.pop("num_stages", 2)
     kernel[grid](*args, **meta, **cfg, num_warps=num_warps, num_stages=num_stages)
 
@@ -679,8 +807,7 @@ def wcrnn_fwd(u, x0, w_hh, res_kind, res, gamma, lengths=None, nonlin=0, save_a=
             scratch, T, B, H)
     grid = (triton.cdiv(B, BLOCK_B),)
     with torch.cuda.device(dev) if dev.type == "cuda" else contextlib.nullcontext():
-        _launch(_wcrnn_fwd_tuned, _wcrnn_fwd_kernel, grid, config, args, meta, HP, w_hh.element_size(),
-                torch.empty((), dtype=cd).element_size(), res_kind == 2)
+        _launch(_wcrnn_fwd_tuned, _wcrnn_fwd_kernel, grid, config, args, meta, w_hh.element_size(), False)
     return out, hn, a
 
 
@@ -721,23 +848,21 @@ def wcrnn_bwd(grad_out, grad_hn, a, w_hh, res_kind, res, gamma, lengths=None, no
             delta if need_delta else g, scratch, T, B, H)
     grid = (triton.cdiv(B, BLOCK_B),)
     with torch.cuda.device(dev) if dev.type == "cuda" else contextlib.nullcontext():
-        _launch(_wcrnn_bwd_tuned, _wcrnn_bwd_kernel, grid, config, args, meta, HP, w_hh.element_size(),
-                a.element_size(), res_kind == 2)
+        _launch(_wcrnn_bwd_tuned, _wcrnn_bwd_kernel, grid, config, args, meta, w_hh.element_size(), True)
     return g, dx0, delta
 
 
 # --------------------------------------------------------------------------------------------------
-# Cross-compilation without a GPU: what a kernel variant costs on the target (used by the tests, and
-# `python -m wcrnn_kernels.triton_kernels` prints the table for the benchmark shapes)
+# Cross-compilation without a GPU: what a kernel variant costs on the target (used by the tests and by
+# triton_resources; `python -m wcrnn_kernels.triton_kernels` prints the table of every launcher choice)
 # --------------------------------------------------------------------------------------------------
 
 _SIG_DTYPE = {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "fp32", torch.float64: "fp64"}
 
 
-def cross_compile(kind, w_dtype, H, res_kind, config, *, prec="ieee", nonlin=0, lengths=True, arch=90):
-    """Compile one variant of ``_wcrnn_{kind}_kernel`` for ``sm_{arch}`` through Triton's NVIDIA pipeline
-    (no GPU needed). ``config``: {"W_RESIDENT", "BLOCK_K", "num_warps"}. The backward's state dtype is
-    float32 (float64 for float64 weights), as the op passes it. Returns the CompiledKernel."""
+def _compile_source(kind, w_dtype, H, res_kind, config, prec="ieee", prec_cd=None, nonlin=0, lengths=True,
+                    arch=90):
+    """(ASTSource, GPUTarget, options) of one kernel variant, specialised as a launch specialises it."""
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
     wdt = _SIG_DTYPE[w_dtype]
@@ -748,8 +873,10 @@ def cross_compile(kind, w_dtype, H, res_kind, config, *, prec="ieee", nonlin=0, 
         fn, ptrs = _wcrnn_bwd_kernel, [cd, cd, cd, wdt, cd, cd, "i64", cd, cd, cd, cd]
     else:
         raise ValueError(f"kind: expected 'fwd' or 'bwd', got {kind!r}")
+    if prec_cd is None:
+        prec_cd = prec
     const = dict(RES_KIND=res_kind, NONLIN=nonlin, HAS_LENGTHS=lengths, CD=tl.float64 if cd == "fp64" else tl.float32,
-                 PREC=prec if wdt == "fp32" else "ieee", PREC_CD=prec if cd == "fp32" else "ieee",
+                 PREC=prec if wdt == "fp32" else "ieee", PREC_CD=prec_cd if cd == "fp32" else "ieee",
                  EMULATE_BF16=False, SPLIT=SPLIT_HALF_STATE and w_dtype in _HALF, HP=padded_hidden(H),
                  BLOCK=BLOCK_B, W_RESIDENT=config["W_RESIDENT"], BLOCK_K=config["BLOCK_K"])
     if kind == "fwd":
@@ -758,9 +885,26 @@ def cross_compile(kind, w_dtype, H, res_kind, config, *, prec="ieee", nonlin=0, 
         const.update(NEED_DELTA=True, SCALE_G=w_dtype == torch.float16)
     sig = dict(zip(fn.arg_names, ["*" + p for p in ptrs] + ["i32"] * 3))
     sig.update({k: "constexpr" for k in const})
-    src = ASTSource(fn=fn, signature=sig, constexprs={(fn.arg_names.index(k),): v for k, v in const.items()})
-    return triton.compile(src, target=GPUTarget("cuda", arch, 32),
-                          options=dict(num_warps=config.get("num_warps", 4), num_stages=2))
+    # The specialisation a launch gets: every tensor 16-byte aligned (torch's allocations are), and H
+    # marked divisible by 16 when it is (T and B are never specialised). The divisibility matters: at
+    # H = 64 the fp32 resident forward needs 80 registers, at H = 63 ptxas spills it.
+    aligned = list(range(len(ptrs))) + ([fn.arg_names.index("H")] if H % 16 == 0 else [])
+    src = ASTSource(fn=fn, signature=sig, constexprs={(fn.arg_names.index(k),): v for k, v in const.items()},
+                    attrs={(i,): [["tt.divisibility", 16]] for i in aligned})
+    options = dict(num_warps=config.get("num_warps", 4), num_stages=config.get("num_stages", 2))
+    return src, GPUTarget("cuda", arch, 32), options
+
+
+def cross_compile(kind, w_dtype, H, res_kind, config, *, prec="ieee", prec_cd=None, nonlin=0, lengths=True,
+                  arch=90):
+    """Compile one variant of ``_wcrnn_{kind}_kernel`` for ``sm_{arch}`` through Triton's NVIDIA pipeline
+    (no GPU needed). ``config``: {"W_RESIDENT", "BLOCK_K", "num_warps", "num_stages"}. ``prec``: the fp32
+    precision ("ieee", "tf32x3", "tf32"), PREC for float32 weights and PREC_CD (a dense R) unless
+    ``prec_cd`` says otherwise; float64 is always "ieee". The backward's state dtype is float32 (float64
+    for float64 weights), as the op passes it. Returns the CompiledKernel."""
+    src, target, options = _compile_source(kind, w_dtype, H, res_kind, config, prec, prec_cd, nonlin, lengths,
+                                           arch)
+    return triton.compile(src, target=target, options=options)
 
 
 def resource_usage(compiled):
@@ -783,30 +927,10 @@ def resource_usage(compiled):
     return regs, stack, compiled.metadata.shared
 
 
-def _print_resource_table(arch=90):
-    rows = []
-    for H in (64, 128, 256, 512):
-        for w_dtype, prec in ((torch.float32, "ieee"), (torch.float32, "tf32x3"), (torch.bfloat16, "ieee")):
-            for kind in ("fwd", "bwd"):
-                # the op hands the backward float32 weights for half inputs (see ops.py)
-                wd = torch.float32 if (kind == "bwd" and w_dtype in _HALF) else w_dtype
-                cd_size = 8 if wd == torch.float64 else 4
-                for cfg in _configs():
-                    kw = dict(cfg.kwargs)
-                    if not _valid_config(kw, cfg.num_warps, padded_hidden(H), wd.itemsize, cd_size, False,
-                                         _is_fma(prec, wd.itemsize)):
-                        continue
-                    kw["num_warps"] = cfg.num_warps
-                    t0 = time.perf_counter()
-                    regs, stack, smem = resource_usage(cross_compile(kind, wd, H, 1, kw, prec=prec, arch=arch))
-                    rows.append((kind, H, _SIG_DTYPE[w_dtype], prec, "resident" if kw["W_RESIDENT"] else
-                                 f"streamed/{kw['BLOCK_K']}", kw["num_warps"], regs, stack, smem,
-                                 time.perf_counter() - t0))
-    print(f"sm_{arch}, rotation residual, tanh, lengths; triton {triton.__version__}")
-    print("| kernel | H | input dtype | fp32 precision | variant | warps | regs | stack B | smem B | compile s |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
-    for r in rows:
-        print("| " + " | ".join(f"{v:.1f}" if isinstance(v, float) else str(v) for v in r) + " |")
+def _print_resource_table(argv=None):
+    """The table of every config the launchers can choose, cross-compiled for sm_90 (see triton_resources)."""
+    from wcrnn_kernels import triton_resources
+    triton_resources.main(argv)
 
 
 if __name__ == "__main__":
