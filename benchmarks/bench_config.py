@@ -30,3 +30,41 @@ def bench_shapes() -> list[str]:
     return ["S1", "S2", "S3", "S4"] + (["G4"] if bench_device() == "cuda" else [])
 
 
+
+
+def layer_call(impl: str, mode: str, T: int, B: int, I: int, H: int, device, dtype):
+    """The callable one measurement times (shared by this harness and scripts/gpu_bench.py).
+
+    impl "nn.RNN" or a FusedWCRNN backend name: one full layer (input projection + chain, the default
+    residual); mode "forward" runs it under no_grad, "forward+backward" backpropagates one upstream gradient
+    into output and h_n with the input, weights and biases requiring grad. impl "gemm-floor": the forward
+    chain's floor, T dependent (B x H) @ (H x H) products and nothing else (mode ignored).
+    """
+    torch.manual_seed(0)
+    if impl == "gemm-floor":
+        x = torch.randn(B, H, device=device, dtype=dtype)
+        w = torch.randn(H, H, device=device, dtype=dtype) / H ** 0.5
+        y = torch.empty(B, H, device=device, dtype=dtype)
+
+        def floor():
+            for _ in range(T):
+                torch.mm(x, w, out=y)
+        return floor
+    from wcrnn_kernels import FusedWCRNN
+    if impl == "nn.RNN":
+        model = torch.nn.RNN(I, H, device=device, dtype=dtype)
+    else:
+        model = FusedWCRNN(I, H, backend=impl, device=device, dtype=dtype)
+    x = torch.randn(T, B, I, device=device, dtype=dtype, requires_grad=(mode != "forward"))
+    g_out = torch.randn(T, B, H, device=device, dtype=dtype)
+    g_h = torch.randn(1, B, H, device=device, dtype=dtype)
+    if mode == "forward":
+        def forward():
+            with torch.no_grad():
+                model(x)
+        return forward
+
+    def forward_backward():
+        out, h = model(x)
+        torch.autograd.backward([out, h], [g_out, g_h])
+    return forward_backward

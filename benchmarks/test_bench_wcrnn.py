@@ -17,8 +17,8 @@ import time
 import pytest
 import torch
 
-from bench_config import SHAPES, bench_device, bench_dtype, bench_shapes
-from wcrnn_kernels import FusedWCRNN, available_backends
+from bench_config import SHAPES, bench_device, bench_dtype, bench_shapes, layer_call
+from wcrnn_kernels import available_backends
 from wcrnn_kernels.backends import get_backend
 
 KERNEL_BACKENDS = ("torch", "cpp", "triton", "cuda")
@@ -75,24 +75,7 @@ def _info(shape, mode, impl):
 def test_layer(benchmark, shape, mode, impl):
     T, B, I, H = SHAPES[shape]
     _skip_unless_runs(impl, H)
-    dev, dtype = bench_device(), bench_dtype()
-    torch.manual_seed(0)
-    if impl == "nn.RNN":
-        model = torch.nn.RNN(I, H, device=dev, dtype=dtype)
-    else:
-        model = FusedWCRNN(I, H, backend=impl, device=dev, dtype=dtype)
-    x = torch.randn(T, B, I, device=dev, dtype=dtype, requires_grad=(mode != "forward"))
-    g_out = torch.randn(T, B, H, device=dev, dtype=dtype)
-    g_h = torch.randn(1, B, H, device=dev, dtype=dtype)
-
-    if mode == "forward":
-        def fn():
-            with torch.no_grad():
-                return model(x)
-    else:
-        def fn():
-            out, h = model(x)
-            torch.autograd.backward([out, h], [g_out, g_h])
+    fn = layer_call(impl, mode, T, B, I, H, bench_device(), bench_dtype())
 
     def timed():
         fn()
@@ -106,14 +89,10 @@ def test_gemm_floor(benchmark, shape):
     """The forward chain's floor: T dependent-size products (B x H) @ (H x H), nothing else."""
     T, B, I, H = SHAPES[shape]
     _skip_unless_runs("gemm-floor", H)
-    dev, dtype = bench_device(), bench_dtype()
-    x = torch.randn(B, H, device=dev, dtype=dtype)
-    w = torch.randn(H, H, device=dev, dtype=dtype) / H ** 0.5
-    y = torch.empty(B, H, device=dev, dtype=dtype)
+    floor = layer_call("gemm-floor", "floor", T, B, I, H, bench_device(), bench_dtype())
 
     def fn():
-        for _ in range(T):
-            torch.mm(x, w, out=y)
+        floor()
         _sync()
 
     _run(benchmark, fn, _info(shape, "floor", "gemm-floor"))

@@ -36,8 +36,7 @@ sys.path[:0] = [REPO, os.path.join(REPO, "benchmarks"), os.path.join(REPO, "scri
 
 import torch  # noqa: E402
 
-from bench_config import SHAPES  # noqa: E402
-from wcrnn_kernels import FusedWCRNN  # noqa: E402
+from bench_config import SHAPES, layer_call  # noqa: E402
 from wcrnn_kernels.backends import get_backend  # noqa: E402
 
 MODES = ("forward", "forward+backward")
@@ -92,36 +91,11 @@ class Timer:
 
 
 def build(impl, mode, shape, dtype, device, T_override=None):
-    """The callable that runs one measurement, and (T, B, I, H)."""
+    """The callable that runs one measurement (the harness's own, benchmarks/bench_config.py), and (T, B, I, H)."""
     T, B, I, H = SHAPES[shape]
     if T_override:
         T = min(T, T_override)
-    torch.manual_seed(0)
-    if impl == "gemm-floor":
-        x = torch.randn(B, H, device=device, dtype=dtype)
-        w = torch.randn(H, H, device=device, dtype=dtype) / H ** 0.5
-        y = torch.empty(B, H, device=device, dtype=dtype)
-
-        def fn():
-            for _ in range(T):
-                torch.mm(x, w, out=y)
-        return fn, (T, B, I, H)
-    if impl == "nn.RNN":
-        model = torch.nn.RNN(I, H, device=device, dtype=dtype)
-    else:
-        model = FusedWCRNN(I, H, backend=impl, device=device, dtype=dtype)
-    x = torch.randn(T, B, I, device=device, dtype=dtype, requires_grad=(mode != "forward"))
-    g_out = torch.randn(T, B, H, device=device, dtype=dtype)
-    g_h = torch.randn(1, B, H, device=device, dtype=dtype)
-    if mode == "forward":
-        def fn():
-            with torch.no_grad():
-                model(x)
-    else:
-        def fn():
-            out, h = model(x)
-            torch.autograd.backward([out, h], [g_out, g_h])
-    return fn, (T, B, I, H)
+    return layer_call(impl, mode, T, B, I, H, device, dtype), (T, B, I, H)
 
 
 def measure(fn, timer, min_reps, max_reps, budget_s):
