@@ -34,7 +34,7 @@ import torch
 _REGISTRY: dict = {}
 
 # Preference order for backend="auto", per device type. CUDA: "cuda" first, measured on an H200
-# (benchmarks/results/h200-8527ece-run1): faster than "triton" at every benchmark shape in float32 (1.1-9.6x) and
+# (benchmarks/results/h200-8527ece-run1): faster than "triton" at every benchmark shape in float32 (1.1-9.9x) and
 # in bfloat16 forward+backward except S2; "triton" wins bfloat16 forward at small H (S1-S3).
 _AUTO_ORDER = {"cuda": ("cuda", "triton", "torch"), "cpu": ("cpp", "torch")}
 
