@@ -30,8 +30,6 @@ def bench_shapes() -> list[str]:
     return ["S1", "S2", "S3", "S4"] + (["G4"] if bench_device() == "cuda" else [])
 
 
-
-
 def layer_call(impl: str, mode: str, T: int, B: int, I: int, H: int, device, dtype):
     """The callable one measurement times (shared by this harness and scripts/gpu_bench.py).
 

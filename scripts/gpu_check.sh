@@ -29,8 +29,9 @@
 # their outcome to summary.txt); WCRNN_GPU_TIER3=tests (or harness) runs one part only, so that
 # `gpu_check.sh 1 2 3` with WCRNN_GPU_TIER3=tests stays within 7 files.
 # Exit status: 0 when every step passed, 1 otherwise. Environment: WCRNN_GPU_LIMIT_S (seconds for the whole
-# command), WCRNN_GPU_SKIP (comma-separated step-name prefixes to skip, e.g. smoke-triton,prewarm,bench), WCRNN_COMMIT (recorded in the results where git is absent), PYTHON (default python3),
-# WCRNN_CUDA_ARCH (default: this GPU's architecture, which keeps the build short).
+# command), WCRNN_GPU_SKIP (comma-separated step-name prefixes to skip, e.g. smoke-triton,prewarm,bench),
+# WCRNN_COMMIT (recorded in the results where git is absent), PYTHON (default python3), WCRNN_CUDA_ARCH
+# (default: this GPU's architecture, which keeps the build short).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 REPO=$(pwd)
@@ -42,7 +43,7 @@ for a in "$@"; do
     case "$a" in
         --dry-run) DRY=1 ;;
         1|2|3) TIERS+=("$a") ;;
-        -h|--help) sed -n '2,34p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,/^set -uo pipefail/p' "$0" | sed '$d'; exit 0 ;;
         *) echo "gpu_check.sh: unknown argument '$a' (expected --dry-run and tiers 1, 2, 3)"; exit 2 ;;
     esac
 done

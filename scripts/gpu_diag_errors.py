@@ -77,13 +77,15 @@ def main():
             print(f"{tool[0]}: {out[0] if out else '?'}", flush=True)
         except OSError as e:
             print(f"{tool[0]}: {e}", flush=True)
-    crashed = []
+    crashed, wrong = [], []
     env = dict(os.environ, PYTHONFAULTHANDLER="1")
     for name in CASES:
         r = subprocess.run([sys.executable, __file__, "--case", name], capture_output=True, text=True, timeout=120,
                            env=env)
         last = (r.stdout.strip().splitlines() or ["(no output)"])[-1]
         print(f"{name:20} exit {r.returncode:4}  {last}", flush=True)
+        if r.returncode == 0 and not last.startswith("RAISED"):
+            wrong.append(name)
         if r.returncode != 0:
             crashed.append(name)
             print("    " + "\n    ".join(r.stderr.strip().splitlines()[-12:]), flush=True)
@@ -102,6 +104,8 @@ def main():
             print("\n".join(lines[-60:]), flush=True)
         except subprocess.TimeoutExpired:
             print("cuda-gdb timed out", flush=True)
+    if crashed or wrong:
+        sys.exit(f"error paths that did not raise a Python exception: crashed {crashed}, no error {wrong}")
 
 
 if __name__ == "__main__":

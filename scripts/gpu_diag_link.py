@@ -73,7 +73,8 @@ def main():
     print("-- ldflags:", ldflags)
     objs = sorted(glob.glob(os.path.join(bdir, "*.o")))
     print("-- objects:", [os.path.basename(o) for o in objs])
-    print("-- probe of the library as built:", probe(lib))
+    as_built = probe(lib)
+    print("-- probe of the library as built:", as_built)
     cudart_so = sorted(glob.glob(os.path.join(os.environ.get("CUDA_HOME", "/usr/local/cuda"), "lib64",
                                               "libcudart.so*")))
     import torch
@@ -105,6 +106,9 @@ def main():
         if name == "as-built":
             print("   link map of the static libstdc++ pieces:",
                   sh(f"{cmd} -Wl,--trace 2>&1 | grep -iE 'libstdc|cudart|\\.a' | head -8"))
+    # the library as built must raise, with the number in its message
+    if not as_built.startswith("exit 0: RAISED") or "got 7" not in as_built:
+        sys.exit(f"the library as built does not raise a complete error message: {as_built}")
 
 
 if __name__ == "__main__":

@@ -42,12 +42,9 @@ sys.path[:0] = [REPO, os.path.join(REPO, "tests")]
 
 import torch  # noqa: E402
 
-from wcrnn_kernels import wcrnn_chain  # noqa: E402
+from helpers import KINDS, NAMES, make_case, max_rel_err, run_chain  # noqa: E402
 from wcrnn_kernels.backends import get_backend  # noqa: E402
 
-KINDS = ("none", "scalar", "diagonal", "rotational", "dense")
-DIFF = ("u", "x0", "w_hh", "res", "gamma")
-NAMES = ("output", "h_n") + tuple("d" + k for k in DIFF)
 DTYPES = {"float64": torch.float64, "float32": torch.float32, "bfloat16": torch.bfloat16,
           "float16": torch.float16}
 
@@ -76,45 +73,16 @@ def cases(dtype_name: str, dry: bool):
 
 
 # ------------------------------------------------------------------------------------------------------------
-# One chain, forward and backward
-
-def make_case(kind, T, B, H, seed):
-    from helpers import make_case as helper_case
-    return helper_case(kind, T, B, H, dtype=torch.float64, lengths=False, seed=seed)
-
-
-def with_lengths(case, T, B, seed):
-    g = torch.Generator().manual_seed(seed + 7)
-    L = torch.randint(0, T + 1, (B,), generator=g)
-    L[0] = T
-    if B > 1:
-        L[1] = 0
-    return dict(case, lengths=L)
-
+# One chain, forward and backward: the test suite's case builder and runner (tests/helpers.py)
 
 def on(case, device, dtype):
     return {k: (v.to(device=device, dtype=dtype if v.is_floating_point() else v.dtype)
                 if isinstance(v, torch.Tensor) else v) for k, v in case.items()}
 
 
-def run(case, backend, nonlinearity, seed=1):
+def run(case, backend, nonlinearity):
     """Forward + backward of <output, G_out> + <h_n, G_h>: (output, h_n, du, dx0, dw_hh, dres, dgamma) on CPU."""
-    inputs = {k: (v.detach().clone().requires_grad_(True) if k in DIFF else v) for k, v in case.items()}
-    out, h_n = wcrnn_chain(inputs["u"], inputs["x0"], inputs["w_hh"], inputs["res_kind"], inputs["res"],
-                           inputs["gamma"], inputs["lengths"], nonlinearity, backend)
-    g = torch.Generator().manual_seed(seed)
-    g_out = torch.randn(out.shape, generator=g, dtype=torch.float64).to(out.device, out.dtype)
-    g_h = torch.randn(h_n.shape, generator=g, dtype=torch.float64).to(out.device, out.dtype)
-    grads = torch.autograd.grad((out * g_out).sum() + (h_n * g_h).sum(), [inputs[k] for k in DIFF])
-    return tuple(t.detach().cpu() for t in (out, h_n) + tuple(grads))
-
-
-def rel_err(a, e):
-    if e.numel() == 0:
-        return 0.0
-    if not torch.isfinite(a).all():
-        return float("inf")
-    return float((a.double() - e.double()).abs().max() / e.double().abs().max().clamp_min(1e-30))
+    return tuple(t.detach().cpu() for t in run_chain(case, backend, nonlinearity))
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -184,9 +152,7 @@ def check_case(backend, device, dtype_name, kind, nl, lengths, T, B, H, seed, pa
     dtype = DTYPES[dtype_name]
     if kind == "rotational" and H % 2:
         H += 1
-    case = make_case(kind, T, B, H, seed)
-    if lengths:
-        case = with_lengths(case, T, B, seed)
+    case = make_case(kind, T, B, H, lengths=lengths, seed=seed)
     lo = on(case, "cpu", dtype)                       # the inputs rounded to the dtype
     t0 = time.perf_counter()
     exact = run(on(lo, device, torch.float64), "reference", nl)
@@ -211,14 +177,14 @@ def check_case(backend, device, dtype_name, kind, nl, lengths, T, B, H, seed, pa
                 rec["traceback"] = traceback.format_exc()[-1500:]
             emit(rec)
             continue
-        errs = {n: rel_err(a, e) for n, a, e in zip(NAMES, got, exact)}
+        errs = {n: max_rel_err(a, e) for n, a, e in zip(NAMES, got, exact)}
         if dtype == torch.float64:
             tols = {n: 1e-10 for n in NAMES}
         elif dtype == torch.float32:
-            tols = {n: max(4 * rel_err(y, e), 1e-5) for n, y, e in zip(NAMES, yard, exact)}
+            tols = {n: max(4 * max_rel_err(y, e), 1e-5) for n, y, e in zip(NAMES, yard, exact)}
         else:
             eps = torch.finfo(dtype).eps
-            tols = {n: 2 * rel_err(y, e) + eps for n, y, e in zip(NAMES, yard, exact)}
+            tols = {n: 2 * max_rel_err(y, e) + eps for n, y, e in zip(NAMES, yard, exact)}
         bad = [n for n in NAMES if not errs[n] <= tols[n]]
         dtypes_ok = all(t.dtype == dtype for t in got)
         rec.update(status="pass" if not bad and dtypes_ok else "fail", seconds=round(time.perf_counter() - t0, 3),

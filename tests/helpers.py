@@ -91,8 +91,8 @@ def run_chain(case, backend, nonlinearity, upstream_seed=1):
     out, h_n = wcrnn_chain(inputs["u"], inputs["x0"], inputs["w_hh"], inputs["res_kind"], inputs["res"],
                            inputs["gamma"], inputs["lengths"], nonlinearity, backend)
     g = torch.Generator().manual_seed(upstream_seed)
-    g_out = torch.randn(out.shape, generator=g, dtype=torch.float64).to(out.dtype)
-    g_h = torch.randn(h_n.shape, generator=g, dtype=torch.float64).to(out.dtype)
+    g_out = torch.randn(out.shape, generator=g, dtype=torch.float64).to(out.device, out.dtype)
+    g_h = torch.randn(h_n.shape, generator=g, dtype=torch.float64).to(out.device, out.dtype)
     grads = torch.autograd.grad((out * g_out).sum() + (h_n * g_h).sum(), [inputs[k] for k in DIFF])
     return (out, h_n) + tuple(grads)
 
