@@ -100,9 +100,18 @@ def check_lowp_against_reference(case64, dtype, nonlinearity="tanh", factor=4.0,
     # float16 / bfloat16: the reference loop keeps its state in that dtype, a loose yardstick; the torch
     # backend keeps fp32 state like the kernels, so hold them to a small multiple of its error as well
     torch_lo = run_chain(lo, "torch", nonlinearity) if dtype != torch.float32 else ref_lo
+    half_max = torch.finfo(dtype).max / 2
     for n, e, r, t, a in zip(NAMES, exact, ref_lo, torch_lo, got):
         assert a.dtype == dtype, n
-        assert torch.isfinite(a).all(), n
+        # entries whose exact value is near or past the dtype's range (float16 gradients of a growing chain
+        # reach 1e5 > 65504): the right answer there is +-inf or a large value of the same sign; compared
+        # as such, and left out of the error measure. Everywhere else the result is finite.
+        big = e.abs() > half_max
+        assert torch.isfinite(a[~big]).all(), n
+        assert (torch.sign(a[big].double()) == torch.sign(e[big])).all(), f"{n}: sign of out-of-range entries"
+        assert (a[big].double().abs() > half_max / 2).all(), f"{n}: out-of-range entries came out small"
+        if big.any():
+            e, r, t, a = (x.masked_fill(big, 0) for x in (e, r, t, a))
         ref_err, err = max_rel_err(r, e), max_rel_err(a, e)
         assert err <= factor * ref_err + floor, f"{n}: triton {dtype} error {err:.2e} vs reference {ref_err:.2e}"
         t_err = max_rel_err(t, e)

@@ -25,10 +25,15 @@ from .residual import (NONLIN_CODES, RES_DENSE, RES_DIAG, RES_ROT, canonical_sha
 _EMPTY = (0,)
 
 
+# The ops take the backend as the caller asked for it ("auto" unless forced) and resolve it when they run,
+# from their inputs' device and dtype: a graph traced here (torch.export, torch.compile) records "auto" and
+# runs with the fastest backend of wherever it is loaded, a GPU included.
+
 @torch.library.custom_op("wcrnn_kernels::chain", mutates_args=())
 def _chain(u: Tensor, x0: Tensor, w_hh: Tensor, res: Tensor, gamma: Tensor, lengths: Optional[Tensor],
            res_kind: int, nonlin: int, backend: str, save_a: bool) -> tuple[Tensor, Tensor, Tensor]:
-    return get_backend(backend).chain_fwd(u, x0, w_hh, res_kind, res, gamma, lengths, nonlin, save_a)
+    name = resolve_backend(backend, u.device, u.dtype, u.shape[-1])
+    return get_backend(name).chain_fwd(u, x0, w_hh, res_kind, res, gamma, lengths, nonlin, save_a)
 
 
 @torch.library.custom_op("wcrnn_kernels::chain_bwd", mutates_args=())
@@ -41,7 +46,8 @@ def _chain_bwd(grad_out: Tensor, grad_hn: Tensor, a: Tensor, x0: Tensor, out: Te
     # a_t = u_t + W_hh x_{t-1} was saved by the forward (DESIGN.md section 5): no recompute GEMM here.
     # It is read, never written: a second backward (retain_graph=True) reads it again.
     a_c, x0_c, out_c = a.to(cd), x0.to(cd), out.to(cd)
-    g, dx0, delta = get_backend(backend).chain_bwd(
+    name = resolve_backend(backend, a.device, a.dtype, H)
+    g, dx0, delta = get_backend(name).chain_bwd(
         grad_out.to(cd), grad_hn.to(cd), a_c, w_hh.to(cd), res_kind, res.to(cd), gamma.to(cd), lengths, nonlin,
         need_res or need_gamma)
 
@@ -177,15 +183,26 @@ def wcrnn_chain(u: Tensor, x0: Tensor, w_hh: Tensor, res_kind: int, res: Tensor,
     if lengths is not None:
         lengths = _check_lengths(lengths, B, T, u.device)
 
-    name = resolve_backend(backend, u.device, u.dtype, H)
-    if name == "reference":
+    # resolved here to check a forced backend early (eager); the op resolves the request again when it runs
+    if resolve_backend(backend, u.device, u.dtype, H) == "reference":
         return wcrnn_chain_ref(u, x0, w_hh, res_kind, res, gamma, lengths, nonlinearity)
+    if _onnx_exporting():
+        # torch.onnx.export(..., dynamo=True): the chain as a scan, which becomes an ONNX Scan with dynamic
+        # T and B (the custom op has no ONNX translation; onnx_export.py)
+        from .onnx_export import chain_as_scan
+        return chain_as_scan(u, x0, w_hh, res_kind, res, gamma, lengths, NONLIN_CODES[nonlinearity])
     gamma = gamma.reshape(-1).expand(H) if gamma.numel() == 1 else gamma
     # The pre-activations are stored only when a backward can follow.
     save_a = torch.is_grad_enabled() and any(t.requires_grad for t in (u, x0, w_hh, res, gamma))
     out, h_n, _ = _chain(u.contiguous(), x0.contiguous(), w_hh.contiguous(), res.contiguous(),
-                         gamma.contiguous(), lengths, res_kind, NONLIN_CODES[nonlinearity], name, save_a)
+                         gamma.contiguous(), lengths, res_kind, NONLIN_CODES[nonlinearity], backend, save_a)
     return out, h_n
+
+
+@torch._dynamo.assume_constant_result
+def _onnx_exporting() -> bool:
+    # evaluated eagerly: Dynamo folds torch.onnx.is_in_onnx_export() to False when it traces for the exporter
+    return torch.onnx.is_in_onnx_export()
 
 
 def _check_lengths(lengths, B, T, device):

@@ -559,10 +559,15 @@ def _configs():
 
 
 def _valid_config(cfg_kwargs, num_warps, num_stages, p):
-    """Whether an autotune candidate is worth compiling and timing for the problem ``p``: it fits in
-    shared memory (the _smem_bytes bound) and is not of a kind that spills kilobytes per thread on
-    sm_90 (measured with ptxas for Triton 3.6 and 3.9, see tests/test_resources.py)."""
+    """Whether an autotune candidate is worth compiling and timing for the problem ``p``: the default
+    config (measured on the H200); else it fits in shared memory (the _smem_bytes bound) and is not of a
+    kind that spills kilobytes per thread on sm_90 (measured with ptxas for Triton 3.6 and 3.9, see
+    tests/test_resources.py)."""
     resident, HP = cfg_kwargs["W_RESIDENT"], p.HP
+    d = _default_config(p)
+    if (resident, num_warps, num_stages) == (d["W_RESIDENT"], d["num_warps"], d["num_stages"]) and (
+            resident or cfg_kwargs["BLOCK_K"] == d["BLOCK_K"]):
+        return True
     if not resident and cfg_kwargs["BLOCK_K"] >= HP:
         return False            # one chunk would be the whole W: that is the resident variant
     if _smem_bytes(resident, cfg_kwargs["BLOCK_K"], num_stages, p) > SMEM_LIMIT:
@@ -598,49 +603,37 @@ def _prune(configs, named_args, **kwargs):
 
 
 def _default_config(p):
-    """The config used where nothing is tuned (the interpreter, WCRNN_TRITON_AUTOTUNE=0): the one without
-    spills, or with the least, in what ptxas reports for sm_90 with Triton 3.6 and 3.9, for H % 16 == 0
-    and != 0 alike (tests/test_resources.py checks it; ``python -m wcrnn_kernels.triton_kernels`` prints
-    the table). Chosen from measurements of every kernel, dtype, precision and residual form; ptxas spills
-    a few bytes in some variants and not in their neighbours, hence the exceptions:
+    """The config used where nothing is tuned (the interpreter, WCRNN_TRITON_AUTOTUNE=0; the autotuner always
+    has it among its candidates). Chosen from what the H200 measured (benchmarks/results/h200-8527ece-run1
+    against h200-fbeda44-run3, the same shapes, default residual):
 
     * H <= 32: W resident, 4 warps.
-    * H = 64: W resident, 8 warps (with 4 the fp32 forward spills up to 3 KB per thread when
-      H % 16 != 0); 4 for the backward with fp32 weights and a dense R (8 spill up to 16 B there).
-    * H = 128, fp16 / bf16 forward with a per-unit residual: W resident, 8 warps, the configuration the
-      first GPU run measured fastest for bfloat16.
-    * H = 128 otherwise: streamed in chunks of 16 with 8 warps and no software pipelining (num_stages=1): the
-      registers of the async-copy pipeline are what makes several variants spill (up to 40 B per thread
-      with num_stages=2). The backward with a dense R needs 16 warps with 3xTF32 weights, and keeps the
-      pipeline with fp16 / bf16 weights (a direct wcrnn_bwd call; the op passes fp32 ones).
-    * H >= 256: streamed in chunks of 16, num_stages=1, 8 warps, or 32 where a 16 x H state tile is
-      8 KB or more (fp32 from H = 512, fp64 from 256): the least spilling of what was measured (4 to 32
-      warps, both num_stages). Not everything can be spill-free there: a step keeps several 16 x H
-      tiles (the state, the accumulators, the prefetched inputs, their offsets and masks) and a thread
-      may have at most 64K / threads registers (128 with 16 warps, 64 with 32). At H = 256 these
-      defaults spill only where H % 16 != 0 (up to 56 B per thread) and in float64 (up to 264 B); at
-      512 and 1024 all do, up to 0.8 KB and 1.6 KB per thread (float64), where the previous defaults
-      (8 warps, pipelined) spilled up to 1.6 KB and 9.8 KB.
+    * H = 64: W resident, 8 warps (with 4 the fp32 forward spills up to 3 KB per thread when H % 16 != 0,
+      and run 3 measured 8 warps 12-16 % faster at S2); 4 for the backward with fp32 weights and a dense R
+      (8 spill up to 16 B there).
+    * H >= 128: W (and a dense R) resident where its tiles take at most 128 KB and the product runs on
+      tensor cores; else streamed in the widest K-chunk (32, then 16) whose tiles take at most 64 KB,
+      pipelined (num_stages=2), 8 warps (4 when streamed at H = 128). These spill (up to kilobytes per
+      thread at H = 1024, see tests/test_resources.py), and are still faster than the spill-free or least
+      spilling configs (streamed by 16, num_stages=1, 8-32 warps) that commit 1505ea8 made the default:
+      run 3 measured those 1.2x slower at S1 / S3 float32 (H = 128, 256), 2.6x at G4 float32 (H = 512),
+      3.4x at S3 bfloat16, 2.0x at G4 bfloat16. Losing the software pipeline costs more than the spills.
+      Every choice is held to the shared-memory limit (_smem_bytes); the last resort, streamed by 16
+      without pipelining, fits every H.
     """
     if p.HP <= 32:
         return {"W_RESIDENT": True, "BLOCK_K": 16, "num_warps": 4, "num_stages": 2}
     if p.HP == 64:
         num_warps = 4 if p.backward and p.dense and p.w_size == 4 else 8
         return {"W_RESIDENT": True, "BLOCK_K": 16, "num_warps": num_warps, "num_stages": 2}
-    if p.HP == 128 and not p.backward and p.w_size == 2 and not p.dense:
-        # fp16 / bf16 forward, per-unit residual: W resident with 8 warps, the config with which the first
-        # H200 run measured the fastest bfloat16 forward at S1 (benchmarks/results/h200-8527ece-run1);
-        # spill-free. (A dense R spills resident at 8 and 16 warps: streamed below.)
+    tile = p.w_size + (p.cd_size if p.dense else 0)      # bytes per W (+ R) element kept on chip
+    if (not _is_fma(p.prec, p.w_size) and p.HP * p.HP * tile <= 128 * 1024
+            and _smem_bytes(True, 16, 2, p) <= SMEM_LIMIT):
         return {"W_RESIDENT": True, "BLOCK_K": 16, "num_warps": 8, "num_stages": 2}
-    cfg = {"W_RESIDENT": False, "BLOCK_K": 16, "num_warps": 8, "num_stages": 1}
-    if p.HP * p.cd_size >= 2048:
-        cfg["num_warps"] = 32
-    elif p.HP == 128 and p.backward and p.dense:
-        if p.w_size == 2:
-            cfg["num_stages"] = 2
-        elif p.prec == "tf32x3":
-            cfg["num_warps"] = 16
-    return cfg
+    for bk in (32, 16):
+        if bk < p.HP and bk * p.HP * tile <= 64 * 1024 and _smem_bytes(False, bk, 2, p) <= SMEM_LIMIT:
+            return {"W_RESIDENT": False, "BLOCK_K": bk, "num_warps": 8 if p.HP >= 256 else 4, "num_stages": 2}
+    return {"W_RESIDENT": False, "BLOCK_K": 16, "num_warps": 8, "num_stages": 1}
 
 
 def _launch_choices(kind, w_dtype, HP, res_kind, fp32_precision="highest"):
