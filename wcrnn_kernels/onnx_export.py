@@ -13,7 +13,7 @@ import torch
 from torch._higher_order_ops.scan import scan
 
 from .backends.pytorch import compute_dtype, phi
-from .residual import apply_residual
+from .residual import RES_DENSE, RES_DIAG
 
 
 def chain_as_scan(u, x0, w_hh, res_kind, res, gamma, lengths, nonlin):
@@ -21,8 +21,25 @@ def chain_as_scan(u, x0, w_hh, res_kind, res, gamma, lengths, nonlin):
     cd = compute_dtype(u.dtype)
     w_t, res_c, gamma_c = w_hh.to(cd).t(), res.to(cd), gamma.to(cd)
 
+    H = u.shape[-1]
+    if res_kind == RES_DIAG:
+        def residual(x):
+            return res_c * x
+    elif res_kind == RES_DENSE:
+        res_t = res_c.t()
+
+        def residual(x):
+            return x @ res_t
+    else:
+        # the pair swap as a gather with a fixed permutation (2k <-> 2k+1): residual.swap_pairs reshapes
+        # with the batch size, which inside a scan body becomes a symbolic output the scan cannot stack
+        swap = torch.arange(H, device=u.device) ^ 1
+
+        def residual(x):
+            return res_c[0] * x + res_c[1] * x.index_select(-1, swap)
+
     def advance(x, u_t):
-        return apply_residual(res_kind, res_c, x) + gamma_c * phi(u_t.to(cd) + x @ w_t, nonlin)
+        return residual(x) + gamma_c * phi(u_t.to(cd) + x @ w_t, nonlin)
 
     if lengths is None:
         def step(x, u_t):

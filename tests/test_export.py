@@ -1,0 +1,156 @@
+"""Exported models: torch.export programs that choose their backend where they run, and ONNX.
+
+* ``torch.export`` records the fused op with the backend the user asked for ("auto" by default), never
+  the one this process resolved, so a program exported here runs with the fastest backend of the machine
+  that loads it, and still runs where the compiled library is missing.
+* ``torch.onnx.export(..., dynamo=True)`` writes the chain as an ONNX Scan (wcrnn_kernels/onnx_export.py):
+  checked with onnxruntime against PyTorch at sequence lengths and batch sizes other than the traced
+  ones, for every canonical residual form, several layers, both directions, tanh and relu.
+
+The ONNX tests need onnx, onnxscript and onnxruntime (``pip install ".[onnx]"``); they skip without them
+unless WCRNN_REQUIRE_ONNX=1 (CI sets it).
+"""
+from __future__ import annotations
+
+import importlib.util
+import io
+import os
+
+import pytest
+import torch
+
+from wcrnn_kernels import FusedWCRNN, backends
+from wcrnn_kernels.backends.pytorch import TorchBackend
+from wcrnn_kernels.onnx_export import chain_as_scan
+from wcrnn_kernels.reference import wcrnn_chain_ref
+from wcrnn_kernels.residual import NONLIN_CODES, canonical_residual
+
+ONNX_MISSING = [m for m in ("onnx", "onnxscript", "onnxruntime") if importlib.util.find_spec(m) is None]
+REQUIRE_ONNX = os.environ.get("WCRNN_REQUIRE_ONNX") == "1"
+
+
+def _chain_nodes(ep):
+    return [n for n in ep.graph.nodes if n.op == "call_function" and "wcrnn_kernels.chain" in str(n.target)]
+
+
+def _export(model, x):
+    return torch.export.export(model, (x,))
+
+
+def test_export_records_the_requested_backend_not_the_resolved_one():
+    torch.manual_seed(0)
+    model = FusedWCRNN(4, 6, num_layers=2, residual="rotational", gamma=0.3).eval()
+    ep = _export(model, torch.randn(5, 2, 4))
+    nodes = _chain_nodes(ep)
+    assert len(nodes) == 2
+    assert all("auto" in n.args for n in nodes), [n.args for n in nodes]
+    for name in backends.backend_names():
+        if name != "auto":
+            assert all(name not in n.args for n in nodes), name
+    forced = _export(FusedWCRNN(4, 6, backend="torch").eval(), torch.randn(5, 2, 4))
+    assert all("torch" in n.args for n in _chain_nodes(forced))     # a forced backend still wins
+
+
+def test_exported_program_runs_where_the_compiled_library_is_missing(monkeypatch):
+    """Saved and loaded, the program resolves "auto" when it runs: with only the torch backend left (as on
+    a machine without the C++ library) it runs that one, and gives the eager result."""
+    torch.manual_seed(1)
+    model = FusedWCRNN(4, 6, residual="dense", gamma=0.2, r=0.5).eval()
+    x = torch.randn(7, 3, 4)
+    buf = io.BytesIO()
+    torch.export.save(_export(model, x), buf)
+    buf.seek(0)
+    loaded = torch.export.load(buf).module()
+    with torch.no_grad():
+        expected = model(x)
+    monkeypatch.setitem(backends._AUTO_ORDER, "cpu", ("torch",))
+    monkeypatch.setattr(backends, "_RESOLVED", {})
+    calls = []
+    orig = TorchBackend.chain_fwd
+    monkeypatch.setattr(TorchBackend, "chain_fwd", lambda self, *a: calls.append(1) or orig(self, *a))
+    x2 = torch.randn(7, 3, 4)
+    with torch.no_grad():
+        got = loaded(x2)
+        exp2 = model(x2)
+    assert calls, "the loaded program did not resolve 'auto' to the torch backend when it ran"
+    for g, e in zip(got, exp2):
+        torch.testing.assert_close(g, e, rtol=1e-5, atol=1e-6)
+    assert not torch.equal(expected[0], got[0])     # a different input: the program is not a constant
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (exported on CPU, run on it)")
+def test_program_exported_on_cpu_runs_on_the_gpu():
+    torch.manual_seed(2)
+    model = FusedWCRNN(4, 8, num_layers=2, residual="scalar", r=0.9, gamma=0.2).eval()
+    x = torch.randn(6, 3, 4)
+    buf = io.BytesIO()
+    torch.export.save(_export(model, x), buf)
+    buf.seek(0)
+    loaded = torch.export.load(buf).module().to("cuda")
+    with torch.no_grad():
+        got = loaded(x.cuda())
+        expected = model.to("cuda")(x.cuda())
+    for g, e in zip(got, expected):
+        torch.testing.assert_close(g, e, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("kind", ["diagonal", "rotational", "dense"])
+@pytest.mark.parametrize("lengths", [False, True])
+def test_scan_chain_equals_the_reference(kind, lengths):
+    """The chain the ONNX export traces, run eagerly, is the reference's chain (float64)."""
+    torch.manual_seed(3)
+    T, B, H = 6, 4, 8
+    g = torch.Generator().manual_seed(4)
+    r = {"diagonal": torch.rand(H, generator=g), "rotational": 0.9, "dense": torch.randn(H, H, generator=g) / H}[kind]
+    theta = torch.rand(H // 2, generator=g) if kind == "rotational" else None
+    res_kind, res = canonical_residual(kind, H, r, theta, dtype=torch.float64, device="cpu")
+    u = torch.randn(T, B, H, dtype=torch.float64)
+    x0 = torch.randn(B, H, dtype=torch.float64)
+    w = torch.randn(H, H, dtype=torch.float64) / H ** 0.5
+    gamma = torch.rand(H, dtype=torch.float64)
+    L = torch.tensor([6, 0, 3, 5]) if lengths else None
+    for nonlin in ("tanh", "relu"):
+        got = chain_as_scan(u, x0, w, res_kind, res, gamma, L, NONLIN_CODES[nonlin])
+        expected = wcrnn_chain_ref(u, x0, w, res_kind, res, gamma, L, nonlin)
+        for a, e in zip(got, expected):
+            torch.testing.assert_close(a, e, rtol=1e-12, atol=1e-12)
+
+
+ONNX_CASES = {
+    "scalar-1layer": dict(residual="scalar", r=0.9, gamma=0.1),
+    "diagonal-2layers-bidir-relu": dict(residual="diagonal", num_layers=2, bidirectional=True, gamma=0.2,
+                                        nonlinearity="relu"),
+    "rotational-2layers-bidir": dict(residual="rotational", num_layers=2, bidirectional=True, gamma=0.2),
+    "dense-batch-first": dict(residual="dense", r=0.3, gamma=0.3, batch_first=True),
+}
+
+
+@pytest.mark.parametrize("case", list(ONNX_CASES))
+def test_onnx_export_with_dynamic_length_and_batch(case, tmp_path):
+    if ONNX_MISSING:
+        msg = f"needs {', '.join(ONNX_MISSING)} (pip install '.[onnx]')"
+        if REQUIRE_ONNX:
+            pytest.fail(msg + "; WCRNN_REQUIRE_ONNX=1 asks for the ONNX tests")
+        pytest.skip(msg)
+    import onnxruntime as ort
+    kw = ONNX_CASES[case]
+    torch.manual_seed(5)
+    model = FusedWCRNN(5, 8, **kw).eval()
+    bf = kw.get("batch_first", False)
+    x = torch.randn((3, 7, 5) if bf else (7, 3, 5))
+    h0 = torch.randn(model.num_layers * (2 if model.bidirectional else 1), 3, 8)
+    T, B = torch.export.Dim("T", min=2), torch.export.Dim("B", min=2)
+    dyn = ({0: B, 1: T} if bf else {0: T, 1: B}, {1: B})
+    path = tmp_path / "model.onnx"
+    torch.onnx.export(model, (x, h0), str(path), dynamo=True, dynamic_shapes=dyn,
+                      input_names=["input", "h0"], output_names=["output", "h_n"])
+    sess = ort.InferenceSession(str(path))
+    for t, b in ((7, 3), (13, 4), (2, 2), (40, 5)):
+        xx = torch.randn((b, t, 5) if bf else (t, b, 5))
+        hh = torch.randn(h0.shape[0], b, 8)
+        out, hn = sess.run(None, {"input": xx.numpy(), "h0": hh.numpy()})
+        with torch.no_grad():
+            e_out, e_hn = model(xx, hh)
+        assert out.shape == tuple(e_out.shape) and hn.shape == tuple(e_hn.shape), (t, b)
+        torch.testing.assert_close(torch.from_numpy(out), e_out, rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(torch.from_numpy(hn), e_hn, rtol=1e-4, atol=1e-5)
