@@ -1,4 +1,4 @@
-"""Benchmark configuration: shapes (DESIGN.md section 7) and the device/dtype/shape selection from the
+"""Benchmark configuration: shapes (docs/design.md section 7) and the device/dtype/shape selection from the
 environment (see conftest.py for the variables)."""
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import os
 
 import torch
 
-SHAPES = {  # name: (T, B, I, H), DESIGN.md section 7
+SHAPES = {  # name: (T, B, I, H), docs/design.md section 7
     "S1": (784, 32, 1, 128),
     "S2": (1024, 16, 32, 64),
     "S3": (1024, 64, 32, 256),

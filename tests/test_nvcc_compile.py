@@ -292,7 +292,7 @@ def probe(builds):
     return run
 
 
-# DESIGN.md's benchmark shapes (B, H) and the large-H targets.
+# docs/design.md's benchmark shapes (B, H) and the large-H targets.
 SHAPES = {"S1": (32, 128), "S2": (16, 64), "S3": (64, 256), "S4": (100, 128), "G4": (8, 512),
           "H1024": (8, 1024), "H1024_B64": (64, 1024), "odd": (3, 17), "H1": (1, 1)}
 

@@ -92,7 +92,7 @@ def rounded(case, dtype):
 
 def check_lowp_against_reference(case64, dtype, nonlinearity="tanh", factor=4.0, floor=1e-6):
     """A low-precision run's error to the float64 result of the same (rounded) inputs is at most
-    ``factor`` times the reference loop's own error in that dtype (DESIGN.md section 8)."""
+    ``factor`` times the reference loop's own error in that dtype (docs/design.md section 8)."""
     lo = rounded(case64, dtype)
     exact = run_chain(rounded(lo, torch.float64), "reference", nonlinearity)
     ref_lo = run_chain(lo, "reference", nonlinearity)

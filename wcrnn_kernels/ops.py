@@ -3,7 +3,7 @@
     output, h_n = wcrnn_chain(u, x0, w_hh, res_kind, res, gamma, lengths, nonlinearity, backend)
 
 ``u`` is the precomputed input projection (both biases included), so only the sequential chain of
-DESIGN.md section 5 lives here. The op is registered with ``torch.library`` as ``wcrnn_kernels::chain``
+docs/design.md section 5 lives here. The op is registered with ``torch.library`` as ``wcrnn_kernels::chain``
 (a custom op with a fake implementation and an autograd formula), and its backward is the custom op
 ``wcrnn_kernels::chain_bwd``; both are opaque to ``torch.compile``, so ``fullgraph=True`` works.
 
@@ -43,7 +43,7 @@ def _chain_bwd(grad_out: Tensor, grad_hn: Tensor, a: Tensor, x0: Tensor, out: Te
                ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     T, B, H = a.shape
     cd = compute_dtype(a.dtype)
-    # a_t = u_t + W_hh x_{t-1} was saved by the forward (DESIGN.md section 5): no recompute GEMM here.
+    # a_t = u_t + W_hh x_{t-1} was saved by the forward (docs/design.md section 5): no recompute GEMM here.
     # It is read, never written: a second backward (retain_graph=True) reads it again.
     a_c, x0_c, out_c = a.to(cd), x0.to(cd), out.to(cd)
     name = resolve_backend(backend, a.device, a.dtype, H)

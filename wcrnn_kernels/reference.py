@@ -5,7 +5,7 @@
 
 Every backend is checked against this loop (autograd through it is the gradient oracle). It is written to
 be obviously right: one step is one line of arithmetic, the loop iterates with ``unbind`` (indexing a
-tensor per step would make autograd's backward quadratic in T), and lengths follow DESIGN.md section 4.
+tensor per step would make autograd's backward quadratic in T), and lengths follow docs/design.md section 4.
 It works for any floating dtype and device and is differentiable in every argument.
 """
 from __future__ import annotations
@@ -24,7 +24,7 @@ def _phi(a: torch.Tensor, nonlinearity: str) -> torch.Tensor:
 
 
 def wcrnn_chain_ref(u, x0, w_hh, res_kind, res, gamma, lengths=None, nonlinearity="tanh"):
-    """The sequential chain on the fused-op boundary (DESIGN.md section 5), by autograd.
+    """The sequential chain on the fused-op boundary (docs/design.md section 5), by autograd.
 
     Shapes: u (T, B, H) precomputed input projection including both biases; x0 (B, H); w_hh (H, H);
     res the canonical residual of ``res_kind`` (see ``residual.py``); gamma (H,) or a scalar;
@@ -54,7 +54,7 @@ def wcrnn_layer_ref(input, x0, w_ih, w_hh, b_ih=None, b_hh=None, *, residual="sc
                     theta=None, gamma=0.01, nonlinearity="tanh", lengths=None):
     """One layer, one direction, time-major: input (T, B, I), x0 (B, H) -> (output (T, B, H), h_n (B, H)).
 
-    ``residual``/``r``/``theta`` are the user-facing parameters of DESIGN.md section 2 (r a number or a
+    ``residual``/``r``/``theta`` are the user-facing parameters of docs/design.md section 2 (r a number or a
     tensor of the kind's shape, theta the rotation angles); gamma a number, a 0-d tensor or (H,).
     """
     H = w_hh.shape[0]

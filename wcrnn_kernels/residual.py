@@ -1,6 +1,6 @@
 """Residual maps R: the user-facing kinds and the three canonical forms that kernels see.
 
-User-facing kinds (DESIGN.md section 2): ``none``, ``scalar``, ``diagonal``, ``rotational``, ``dense``.
+User-facing kinds (docs/design.md section 2): ``none``, ``scalar``, ``diagonal``, ``rotational``, ``dense``.
 Kernels only implement three canonical forms, selected by an integer code:
 
 * ``RES_DIAG``  (0): ``res`` has shape ``(H,)``;     R(x) = res * x            (none, scalar, diagonal)

@@ -3,7 +3,7 @@
     forward   x_t = R(x_{t-1}) + gamma * phi(u_t + W_hh x_{t-1})                t = 1..T
     backward  delta_t += e_t;  g_t = gamma * phi'(a_t) * delta_t;  delta_{t-1} = R^T delta_t + W_hh^T g_t
 
-(DESIGN.md section 5.) One program owns a tile of BLOCK_B = 16 batch rows and runs the whole time loop:
+(docs/design.md section 5.) One program owns a tile of BLOCK_B = 16 batch rows and runs the whole time loop:
 rows are independent through time, so no program ever waits for another, and the launch cost is paid
 once, not T times. The state (x or delta) stays in registers in float32 (float64 for float64 inputs)
 for the whole sequence; the next step's inputs are prefetched while the current step computes.

@@ -10,7 +10,7 @@
 //   WCRNN_TABLE_FN  the accessor to define (see chain_kernels_api.h)
 // and after including chain_kernels_prelude.h (the standard headers, outside the target pragma).
 //
-// Design (DESIGN.md section 6): a thread owns a block of batch rows and runs the whole time loop for them.
+// Design (docs/design.md section 6): a thread owns a block of batch rows and runs the whole time loop for them.
 // W_hh (and a dense residual) is packed once per call into column panels of the micro-tile's width, so
 // each step is one small GEMM (rows x H) @ (H x N) straight from L1/L2 into a per-thread scratch, followed
 // by a pointwise epilogue (bias add, phi, residual, lengths). Nothing is allocated inside the loop.

@@ -28,7 +28,7 @@ struct FwdProblem {
   const T* packed;
 };
 
-// One backward delta chain (DESIGN.md section 5), rows independent:
+// One backward delta chain (docs/design.md section 5), rows independent:
 //   delta_t = e_t + carry;  g_t = gamma * phi'(a_t) * delta_t;  carry = R^T delta_t + W_hh^T g_t.
 // a (T, B, H) holds a_t and is only read; g (T, B, H) receives g_t; delta (T, B, H) is written when
 // non-null; dx0 (B, H) receives the final carry. `packed` is Kernels::pack with backward = true.

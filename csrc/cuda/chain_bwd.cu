@@ -1,4 +1,4 @@
-// The backward (delta) chain on CUDA, one persistent kernel per call (DESIGN.md section 5):
+// The backward (delta) chain on CUDA, one persistent kernel per call (docs/design.md section 5):
 //
 //     delta_T = e_T,   g_t = gamma * phi'(a_t) * delta_t,   delta_{t-1} = e_{t-1} + R^T delta_t + W_hh^T g_t
 //

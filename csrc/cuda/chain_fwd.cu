@@ -1,5 +1,5 @@
 // The forward chain on CUDA: x_t = R(x_{t-1}) + gamma * phi(u_t + W_hh x_{t-1}), t = 1..T, one
-// persistent kernel per call (DESIGN.md sections 5-6). Mirrors TorchBackend.chain_fwd step by step:
+// persistent kernel per call (docs/design.md sections 5-6). Mirrors TorchBackend.chain_fwd step by step:
 //
 //   torch backend                                  this kernel (per block, per step t)
 //   a = addmm(u[t], x, W^T)                        (3) partial dot products + (4) a = u_t + sum

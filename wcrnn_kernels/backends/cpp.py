@@ -5,7 +5,7 @@ registered with ``TORCH_LIBRARY`` for the CPU dispatch key). ``wcrnn_kernels._bu
 that library on first use; importing this module never compiles, never raises, and a missing compiler
 shows up in ``available_backends()`` with the fix.
 
-Kernel design (DESIGN.md section 6, details in csrc/cpu/chain_kernels.h): each thread owns a block of batch
+Kernel design (docs/design.md section 6, details in csrc/cpu/chain_kernels.h): each thread owns a block of batch
 rows and runs the whole time loop for it with no per-step synchronisation; W_hh is packed once per call into
 register-tile panels that stay in L1/L2; each step is one small GEMM plus a vectorised epilogue (tanh from a
 vector expm1); nothing is allocated inside the loop. The instruction set (AVX-512, AVX2+FMA or the

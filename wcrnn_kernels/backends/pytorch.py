@@ -1,6 +1,6 @@
 """The "torch" backend: the forward chain and the analytic backward chain in plain PyTorch ops.
 
-This is the executable template every kernel follows (DESIGN.md section 5) and the fallback on any
+This is the executable template every kernel follows (docs/design.md section 5) and the fallback on any
 device. It runs without autograd: the forward writes x_1..x_T (and, for a backward, a_1..a_T) into
 preallocated outputs, the backward runs the delta chain in reverse. float16 / bfloat16 inputs are
 computed with float32 state and accumulation, like the GPU kernels, and cast back on output.
