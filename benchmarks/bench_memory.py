@@ -27,7 +27,9 @@ import os
 import subprocess
 import sys
 
-SHAPES = {"S1": (784, 32, 1, 128), "S2": (1024, 16, 32, 64), "S3": (1024, 64, 32, 256), "S4": (100, 100, 2, 128)}
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from bench_config import SHAPES  # noqa: E402  (docs/design.md section 7)
+
 IMPLS = ("nn.RNN", "cpp", "torch", "reference")
 
 

@@ -41,6 +41,17 @@ SOURCES = sorted(glob.glob(os.path.join(CUDA_DIR, "*.cu")))
 ARCHS = ("80", "90")
 
 
+def _bench_shapes():
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("_bench_config", os.path.join(ROOT, "benchmarks", "bench_config.py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod.SHAPES
+
+
+BENCH_SHAPES = _bench_shapes()     # name: (T, B, I, H), the one definition (benchmarks/bench_config.py)
+
+
 def find_nvcc() -> str | None:
     cands = []
     for home in (os.environ.get("CUDA_HOME"), os.environ.get("CUDA_PATH"), cpp_extension.CUDA_HOME,
@@ -293,8 +304,8 @@ def probe(builds):
 
 
 # docs/design.md's benchmark shapes (B, H) and the large-H targets.
-SHAPES = {"S1": (32, 128), "S2": (16, 64), "S3": (64, 256), "S4": (100, 128), "G4": (8, 512),
-          "H1024": (8, 1024), "H1024_B64": (64, 1024), "odd": (3, 17), "H1": (1, 1)}
+SHAPES = {name: (B, H) for name, (_, B, _, H) in BENCH_SHAPES.items()}
+SHAPES.update({"H1024": (8, 1024), "H1024_B64": (64, 1024), "odd": (3, 17), "H1": (1, 1)})
 
 
 @pytest.mark.parametrize("device", sorted(DEVICES))
