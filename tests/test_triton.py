@@ -176,7 +176,7 @@ def _child_env(extra):
 def test_kernels_cross_compile_for_hopper():
     """Both kernels, both variants, compile to a cubin for sm_90 through Triton's NVIDIA pipeline with no
     GPU present (catches layout / type errors the interpreter cannot see); T and B stay runtime values."""
-    from wcrnn_kernels import triton_kernels as tk
+    from wcrnn_kernels import triton_kernels as tk, triton_resources as tr
 
     for kern in (tk._wcrnn_fwd_kernel, tk._wcrnn_bwd_kernel):
         params = {p.name: p for p in kern.params}
@@ -191,14 +191,14 @@ def test_kernels_cross_compile_for_hopper():
     for kind, wdt, H, res_kind, resident, block_k, prec in variants:
         cfg = {"W_RESIDENT": resident, "BLOCK_K": block_k, "num_warps": 4}
         try:
-            ck = tk.cross_compile(kind, wdt, H, res_kind, cfg, prec=prec)
+            ck = tr.cross_compile(kind, wdt, H, res_kind, cfg, prec=prec)
         except (RuntimeError, FileNotFoundError) as e:
             msg = str(e).lower()
             if "ptxas" in msg and ("not found" in msg or "no such file" in msg):
                 pytest.skip(f"Triton's ptxas is not usable here: {e}")
             raise
         assert len(ck.asm["cubin"]) > 0
-        regs, stack, smem = tk.resource_usage(ck)
+        regs, stack, smem = tr.resource_usage(ck)
         assert smem <= 227 * 1024, (kind, wdt, H, smem)   # fits one H100 / H200 SM
         assert regs is None or regs <= 255
 
@@ -258,7 +258,7 @@ def _even(kind, H):
 
 
 if INTERP and HAS_TRITON:
-    from wcrnn_kernels import triton_kernels as tk
+    from wcrnn_kernels import triton_jit, triton_kernels as tk
 
     pytestmark = [pytest.mark.usefixtures("poison_empty"),
                   pytest.mark.skipif(INTERP_BROKEN is not None, reason=str(INTERP_BROKEN))]
@@ -408,7 +408,7 @@ if INTERP and HAS_TRITON:
         @triton.jit
         def tanh_kernel(x_ptr, y_ptr, N, BLOCK: tl.constexpr):
             o = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
-            tl.store(y_ptr + o, tk._tanh(tl.load(x_ptr + o, mask=o < N, other=0.0)), mask=o < N)
+            tl.store(y_ptr + o, triton_jit._tanh(tl.load(x_ptr + o, mask=o < N, other=0.0)), mask=o < N)
 
         x = torch.cat([torch.logspace(-30, 1.5, 4000, dtype=torch.float64), torch.linspace(0.1, 0.15, 2000,
                        dtype=torch.float64), torch.tensor([0.0, 0.125, 19.0, 40.0, 1e4], dtype=torch.float64)])

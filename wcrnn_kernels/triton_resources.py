@@ -6,7 +6,7 @@ the autotune candidates that ``_prune`` keeps. ``launcher_variants()`` lists eve
 choices can produce; ``measure()`` cross-compiles them for sm_90 in a process pool and reads registers,
 stack and shared memory; ``markdown_table()`` formats the result. ``tests/test_resources.py`` fails on
 a variant over the shared-memory limit or a default that spills where none should;
-``python -m wcrnn_kernels.triton_kernels`` prints the table.
+``python -m wcrnn_kernels.triton_resources`` prints the table.
 
 What makes two variants different compiles: the kernel, the dtypes, both dot precisions (PREC_CD only
 where a dense R uses it), the residual form, the padded size HP, the config (resident or streamed,
@@ -99,6 +99,85 @@ class Uses:
         return bool(self.default_for)
 
 
+# --------------------------------------------------------------------------------------------------
+# Cross-compilation of one kernel variant without a GPU, and what it costs on the target
+# --------------------------------------------------------------------------------------------------
+
+_SIG_DTYPE = {"float16": "fp16", "bfloat16": "bf16", "float32": "fp32", "float64": "fp64"}
+
+
+def _compile_source(kind, w_dtype, H, res_kind, config, prec="ieee", prec_cd=None, nonlin=0, lengths=True,
+                    arch=90):
+    """(ASTSource, GPUTarget, options) of one kernel variant, specialised as a launch specialises it."""
+    import torch
+    import triton.language as tl
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+    from . import triton_kernels as tk
+    wdt = _SIG_DTYPE[str(w_dtype).replace("torch.", "")]
+    cd = "fp64" if w_dtype == torch.float64 else "fp32"
+    if kind == "fwd":
+        fn, ptrs = tk._wcrnn_fwd_kernel, [wdt] * 5 + ["i64", wdt, wdt, wdt, cd]
+    elif kind == "bwd":
+        fn, ptrs = tk._wcrnn_bwd_kernel, [cd, cd, cd, wdt, cd, cd, "i64", cd, cd, cd, cd]
+    else:
+        raise ValueError(f"kind: expected 'fwd' or 'bwd', got {kind!r}")
+    if prec_cd is None:
+        prec_cd = prec
+    const = dict(RES_KIND=res_kind, NONLIN=nonlin, HAS_LENGTHS=lengths, CD=tl.float64 if cd == "fp64" else tl.float32,
+                 PREC=prec if wdt == "fp32" else "ieee", PREC_CD=prec_cd if cd == "fp32" else "ieee",
+                 EMULATE_BF16=False, SPLIT=tk.SPLIT_HALF_STATE and w_dtype in tk._HALF,
+                 HP=tk.padded_hidden(H), BLOCK=tk.BLOCK_B, W_RESIDENT=config["W_RESIDENT"], BLOCK_K=config["BLOCK_K"])
+    if kind == "fwd":
+        const.update(SAVE_A=True)
+    if kind == "bwd":
+        const.update(NEED_DELTA=True, SCALE_G=w_dtype == torch.float16)
+    sig = dict(zip(fn.arg_names, ["*" + p for p in ptrs] + ["i32"] * 3))
+    sig.update({k: "constexpr" for k in const})
+    # The specialisation a launch gets: every tensor 16-byte aligned (torch's allocations are), and H
+    # marked divisible by 16 when it is (T and B are never specialised). The divisibility matters: at
+    # H = 64 the fp32 resident forward needs 80 registers, at H = 63 ptxas spills it.
+    aligned = list(range(len(ptrs))) + ([fn.arg_names.index("H")] if H % 16 == 0 else [])
+    src = ASTSource(fn=fn, signature=sig, constexprs={(fn.arg_names.index(k),): v for k, v in const.items()},
+                    attrs={(i,): [["tt.divisibility", 16]] for i in aligned})
+    options = dict(num_warps=config.get("num_warps", 4), num_stages=config.get("num_stages", 2))
+    return src, GPUTarget("cuda", arch, 32), options
+
+
+def cross_compile(kind, w_dtype, H, res_kind, config, *, prec="ieee", prec_cd=None, nonlin=0, lengths=True,
+                  arch=90):
+    """Compile one variant of ``_wcrnn_{kind}_kernel`` for ``sm_{arch}`` through Triton's NVIDIA pipeline
+    (no GPU needed). ``config``: {"W_RESIDENT", "BLOCK_K", "num_warps", "num_stages"}. ``prec``: the fp32
+    precision ("ieee", "tf32x3", "tf32"), PREC for float32 weights and PREC_CD (a dense R) unless
+    ``prec_cd`` says otherwise; float64 is always "ieee". The backward's state dtype is float32 (float64
+    for float64 weights), as the op passes it. Returns the CompiledKernel."""
+    import triton
+    src, target, options = _compile_source(kind, w_dtype, H, res_kind, config, prec, prec_cd, nonlin, lengths,
+                                           arch)
+    return triton.compile(src, target=target, options=options)
+
+
+def resource_usage(compiled):
+    """(registers per thread, stack bytes per thread, shared memory bytes) of a cross-compiled kernel,
+    read from its cubin with the cuobjdump that ships with Triton (None where unavailable)."""
+    import re
+    import subprocess
+    import tempfile
+    import triton
+    tool = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
+    regs = stack = None
+    if os.path.exists(tool):
+        with tempfile.TemporaryDirectory() as d:
+            path = os.path.join(d, "k.cubin")
+            with open(path, "wb") as f:
+                f.write(compiled.asm["cubin"])
+            txt = subprocess.run([tool, "--dump-resource-usage", path], capture_output=True, text=True).stdout
+        m_regs, m_stack = re.search(r"REG:(\d+)", txt), re.search(r"STACK:(\d+)", txt)
+        regs = int(m_regs.group(1)) if m_regs else None
+        stack = int(m_stack.group(1)) if m_stack else None
+    return regs, stack, compiled.metadata.shared
+
+
 def _tl_dtype(torch_dtype):
     from . import triton_kernels as tk
     return tk._TL_DTYPE[torch_dtype]
@@ -153,9 +232,8 @@ def shared_memory_only(v: Variant, nonlin=0, lengths=True):
     from triton._C.libtriton import ir, nvidia, passes
     from triton.backends.nvidia.compiler import get_ptx_version_from_options
     from triton.compiler.compiler import make_backend
-    from . import triton_kernels as tk
-    src, target, options = tk._compile_source(v.kind, _torch_dtype(v.w_dtype), v.H, v.res_kind, v.config(),
-                                              v.prec, v.prec_cd, nonlin, lengths)
+    src, target, options = _compile_source(v.kind, _torch_dtype(v.w_dtype), v.H, v.res_kind, v.config(),
+                                           v.prec, v.prec_cd, nonlin, lengths)
     backend = make_backend(target)
     options = backend.parse_options(options)
     stages = {}
@@ -189,12 +267,11 @@ def shared_memory_only(v: Variant, nonlin=0, lengths=True):
 def measure_one(v: Variant, full: bool, nonlin=0, lengths=True) -> Usage:
     """Cross-compile one variant for sm_90: through ptxas (registers, stack, shared memory) when ``full``,
     else only as far as its shared memory is known."""
-    from . import triton_kernels as tk
     t0 = time.perf_counter()
     if full:
-        ck = tk.cross_compile(v.kind, _torch_dtype(v.w_dtype), v.H, v.res_kind, v.config(), prec=v.prec,
-                              prec_cd=v.prec_cd, nonlin=nonlin, lengths=lengths)
-        regs, stack, smem = tk.resource_usage(ck)
+        ck = cross_compile(v.kind, _torch_dtype(v.w_dtype), v.H, v.res_kind, v.config(), prec=v.prec,
+                           prec_cd=v.prec_cd, nonlin=nonlin, lengths=lengths)
+        regs, stack, smem = resource_usage(ck)
     else:
         regs = stack = None
         smem, _ = shared_memory_only(v, nonlin, lengths)
@@ -217,7 +294,7 @@ def toolchain_key():
     h.update(f"{triton.__version__} ptxas {get_ptxas(90).version} {env} split {tk.SPLIT_HALF_STATE}".encode())
     h.update(tk._wcrnn_fwd_kernel.cache_key.encode())
     h.update(tk._wcrnn_bwd_kernel.cache_key.encode())
-    for fn in (tk._compile_source, tk.cross_compile, tk.resource_usage, shared_memory_only, measure_one):
+    for fn in (_compile_source, cross_compile, resource_usage, shared_memory_only, measure_one):
         h.update(inspect.getsource(fn).encode())
     return h.hexdigest()[:20]
 
@@ -310,12 +387,12 @@ def markdown_table(uses, usage, title=""):
 
 
 def main(argv=None):
-    """`python -m wcrnn_kernels.triton_kernels [--defaults-only] [--no-cache] [--workers N]`: the table of
+    """`python -m wcrnn_kernels.triton_resources [--defaults-only] [--no-cache] [--workers N]`: the table of
     every launcher-choosable variant, cross-compiled for sm_90, as markdown on stdout."""
     import argparse
     import triton
     from . import triton_kernels as tk
-    ap = argparse.ArgumentParser(prog="python -m wcrnn_kernels.triton_kernels", description=main.__doc__)
+    ap = argparse.ArgumentParser(prog="python -m wcrnn_kernels.triton_resources", description=main.__doc__)
     ap.add_argument("--defaults-only", action="store_true", help="only the default configs")
     ap.add_argument("--no-cache", action="store_true", help="compile everything again")
     ap.add_argument("--workers", type=int, default=None)
@@ -333,3 +410,7 @@ def main(argv=None):
              f"memory only), {time.perf_counter() - t0:.0f} s. Shared-memory limit {tk.SMEM_LIMIT} B: "
              f"{len(over)} over. Defaults with stack: {len(spilling)}.")
     print(markdown_table(uses, usage, title))
+
+
+if __name__ == "__main__":
+    main()
