@@ -22,8 +22,8 @@ import textwrap
 import pytest
 import torch
 
-from helpers import DIFF, KINDS, NAMES, assert_all_close, max_rel_err, run_chain
-from wcrnn_kernels import FusedWCRNN, canonical_residual, wcrnn_chain
+from helpers import DIFF, KINDS, NAMES, assert_all_close, make_case, max_rel_err, run_chain
+from wcrnn_kernels import FusedWCRNN, wcrnn_chain
 from wcrnn_kernels.backends import BackendUnavailableError, available_backends, resolve_backend
 
 _CPP = available_backends().get("cpp", {"available": False, "reason": "no wcrnn_kernels.backends.cpp module"})
@@ -54,33 +54,6 @@ def isa(request, monkeypatch):
     monkeypatch.setenv("WCRNN_CPU_ISA", request.param)
     assert _cpu_info()["isa"] == request.param
     return request.param
-
-
-def make_case(kind, T, B, H, dtype=torch.float64, lengths=False, seed=0):
-    """Random inputs for one chain (H is made even for the rotational kind)."""
-    if kind == "rotational" and H % 2:
-        H += 1
-    g = torch.Generator().manual_seed(seed)
-
-    def rnd(*shape, scale=1.0):
-        return torch.randn(*shape, generator=g, dtype=torch.float64) * scale
-
-    r = {"none": 0.0, "scalar": 0.97, "diagonal": 0.8 + 0.25 * torch.rand(H, generator=g, dtype=torch.float64),
-         "rotational": 0.9 + 0.15 * torch.rand(H // 2, generator=g, dtype=torch.float64),
-         "dense": rnd(H, H, scale=0.9 / H ** 0.5)}[kind]
-    theta = torch.rand(H // 2, generator=g, dtype=torch.float64) * 3.0 if kind == "rotational" else None
-    res_kind, res = canonical_residual(kind, H, r, theta, dtype=torch.float64)
-    case = dict(u=rnd(T, B, H), x0=rnd(B, H, scale=0.5), w_hh=rnd(H, H, scale=1.2 / H ** 0.5), res_kind=res_kind,
-                res=res.detach().clone(), gamma=0.3 + 0.5 * torch.rand(H, generator=g, dtype=torch.float64),
-                lengths=None)
-    if lengths:
-        L = torch.randint(0, T + 1, (B,), generator=g)
-        L[0] = T
-        if B > 1:
-            L[1] = 0
-        case["lengths"] = L
-    return {k: (v.to(dtype) if isinstance(v, torch.Tensor) and v.is_floating_point() else v)
-            for k, v in case.items()}
 
 
 # (T, B, H). The kernels pad H to the vector length (2-16 lanes) and tile rows by 4-8 and H by 2-3 vectors:
