@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import inspect
-import os
 import time
 from typing import NamedTuple
 
@@ -21,6 +20,7 @@ import torch
 import triton
 import triton.language as tl
 
+from . import _env
 from .triton_jit import _wcrnn_bwd_kernel, _wcrnn_fwd_kernel
 
 BLOCK_B = 16          # batch rows per program: the smallest tl.dot M, hence the most programs in flight
@@ -236,7 +236,7 @@ _wcrnn_bwd_tuned = _autotune(_wcrnn_bwd_kernel)
 # On a GPU every new (H, kind, precision, dtypes) key is tuned once per process (each config compiled
 # and timed); WCRNN_TRITON_AUTOTUNE=0 uses ``_default_config`` instead (quick test runs). Under the
 # interpreter ``_default_config`` is used unless a test sets TUNE_UNDER_INTERPRETER.
-AUTOTUNE = os.environ.get("WCRNN_TRITON_AUTOTUNE", "1") != "0"
+AUTOTUNE = _env.flag("WCRNN_TRITON_AUTOTUNE", True)
 TUNE_UNDER_INTERPRETER = False
 
 
@@ -249,7 +249,7 @@ _TL_DTYPE = {torch.float16: tl.float16, torch.bfloat16: tl.bfloat16, torch.float
 _HALF = (torch.float16, torch.bfloat16)
 # Split the fp32 state into hi + lo half operands for the W_hh product (see _dot_w);
 # WCRNN_TRITON_SPLIT_STATE=0 rounds it once instead (cuDNN-like accuracy, one MMA per step).
-SPLIT_HALF_STATE = os.environ.get("WCRNN_TRITON_SPLIT_STATE", "1") != "0"
+SPLIT_HALF_STATE = _env.flag("WCRNN_TRITON_SPLIT_STATE", True)
 _FP32_PRECISION = {"highest": "ieee", "high": "tf32x3", "medium": "tf32"}
 
 

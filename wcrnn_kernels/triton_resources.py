@@ -301,7 +301,8 @@ def toolchain_key():
 
 def default_cache_dir():
     """WCRNN_RESOURCE_CACHE (a directory; empty: no cache), else ~/.cache/wcrnn_kernels."""
-    d = os.environ.get("WCRNN_RESOURCE_CACHE")
+    from . import _env
+    d = _env.get("WCRNN_RESOURCE_CACHE")
     if d is not None:
         return d or None
     return os.path.join(os.path.expanduser("~"), ".cache", "wcrnn_kernels")
