@@ -114,7 +114,7 @@ def setup_backend(name, dry):
     os.environ.update({"WCRNN_EMU_SMS": "132", "WCRNN_EMU_SMEM_OPTIN": "232448"})
     import cuda_emu
     from wcrnn_kernels.backends import register_backend
-    from wcrnn_kernels.backends.cpp import WcrnnCOps, register_fakes
+    from wcrnn_kernels.backends.compiled import WcrnnCOps, register_fakes
     from wcrnn_kernels.backends.cuda import CudaBackend
     ok, why = cuda_emu.load()
     if not ok:

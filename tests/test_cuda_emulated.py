@@ -31,7 +31,7 @@ from helpers import DIFF, KINDS, NAMES, assert_all_close, check_saved_preactivat
 from test_cuda import PATHS, SIZES, _errors, compare_with_reference, force_path, on, reference, run_chain, select
 from wcrnn_kernels import FusedWCRNN, wcrnn_chain
 from wcrnn_kernels.backends import _REGISTRY, _RESOLVED, get_backend, register_backend
-from wcrnn_kernels.backends.cpp import WcrnnCOps, register_fakes
+from wcrnn_kernels.backends.compiled import WcrnnCOps, register_fakes
 from wcrnn_kernels.backends.cuda import CudaBackend
 
 BACKEND = "cuda-emulated"

@@ -64,7 +64,7 @@ def test_exported_program_runs_where_the_compiled_library_is_missing(monkeypatch
     with torch.no_grad():
         expected = model(x)
     monkeypatch.setitem(backends._AUTO_ORDER, "cpu", ("torch",))
-    monkeypatch.setattr(backends, "_RESOLVED", {})
+    monkeypatch.setattr(backends._registry, "_RESOLVED", {})
     calls = []
     orig = TorchBackend.chain_fwd
     monkeypatch.setattr(TorchBackend, "chain_fwd", lambda self, *a: calls.append(1) or orig(self, *a))

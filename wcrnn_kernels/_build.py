@@ -389,9 +389,6 @@ def load_extension() -> tuple[bool, str]:
             except Exception as e:  # noqa: BLE001 - never let a loader bug break `import wcrnn_kernels`
                 ok, why = False, f"loading the compiled extension failed: {type(e).__name__}: {e}"
             _state.update(ok=ok, reason=why)
-            if ok:
-                from .backends.cpp import register_fakes
-                register_fakes()
         return _state["ok"], _state["reason"]
 
 

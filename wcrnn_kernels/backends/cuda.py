@@ -31,8 +31,8 @@ from __future__ import annotations
 import torch
 
 from .. import _build
-from . import register_backend
-from .cpp import WcrnnCOps
+from ._registry import register_backend
+from .compiled import WcrnnCOps, load
 
 _DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 # Largest hidden size the kernels are sized for on sm_80 / sm_90 class GPUs (the grid path's W_hh slice,
@@ -55,7 +55,7 @@ class CudaBackend(WcrnnCOps):
         if not torch.cuda.is_available():
             return False, ("no CUDA device is visible to torch (torch.cuda.is_available() is False); check the "
                            "driver and CUDA_VISIBLE_DEVICES")
-        ok, why = _build.load_extension()
+        ok, why = load()
         if not ok:
             return False, why
         if not torch._C._dispatch_has_kernel_for_dispatch_key("wcrnn_C::chain_fwd", "CUDA"):

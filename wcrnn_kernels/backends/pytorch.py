@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 
 from ..residual import apply_residual, apply_residual_transpose
-from . import register_backend
+from ._registry import register_backend
 
 
 def compute_dtype(dtype: torch.dtype) -> torch.dtype:

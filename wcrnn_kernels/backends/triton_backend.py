@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from . import register_backend
+from ._registry import register_backend
 
 _DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 _state = {"kernels": None, "error": None, "tried": False}
