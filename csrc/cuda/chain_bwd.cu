@@ -216,50 +216,20 @@ size_t bwd_smem(int H, int U, int BT, bool grid, bool dense) {
 template <class S, bool DENSE, int BT>
 void launch_bwd_rows(const BwdCall& c, const Plan& plan, const DeviceInfo& dev) {
   BwdParams<S> p;
+  set_chain_params(p, c, plan);
   p.grad_out = static_cast<const S*>(c.grad_out);
   p.grad_hn = static_cast<const S*>(c.grad_hn);
   p.a = static_cast<const S*>(c.a);
   p.g = static_cast<S*>(c.g);
-  p.w = static_cast<const S*>(c.w);
-  p.res = static_cast<const S*>(c.res);
-  p.gamma = static_cast<const S*>(c.gamma);
-  p.lengths = c.lengths;
   p.dx0 = static_cast<S*>(c.dx0);
   p.deltas = static_cast<S*>(c.deltas);
   p.dbuf = static_cast<S*>(c.dbuf);
-  p.T = c.T;
-  p.B = c.B;
-  p.H = c.H;
-  p.U = plan.U;
-  p.rows_per_group = plan.rows_per_group;
-  p.nonlin = c.nonlin;
-  p.res_kind = c.res_kind;
   if (plan.grid) {
     TORCH_CHECK(c.dbuf != nullptr, "chain_bwd: internal error: the grid path needs its delta buffer");
     launch_kernel("wcrnn_C::chain_bwd", chain_bwd_kernel<S, DENSE, BT, true>, plan, dev, p, c.stream);
   } else {
     launch_kernel("wcrnn_C::chain_bwd", chain_bwd_kernel<S, DENSE, BT, false>, plan, dev, p, c.stream);
   }
-}
-
-template <class S, bool DENSE>
-void launch_bwd_res(const BwdCall& c, const Plan& plan, const DeviceInfo& dev) {
-  switch (plan.rows) {
-    case 1: return launch_bwd_rows<S, DENSE, 1>(c, plan, dev);
-    case 4: return launch_bwd_rows<S, DENSE, 4>(c, plan, dev);
-    case 8: return launch_bwd_rows<S, DENSE, 8>(c, plan, dev);
-  }
-  TORCH_CHECK(false, "chain_bwd: internal error: unsupported tile height ", plan.rows);
-}
-
-template <class S>
-void launch_bwd_dtype(const BwdCall& c, const Plan& plan, const DeviceInfo& dev) {
-  switch (c.res_kind) {
-    case kResDiag:
-    case kResRot: return launch_bwd_res<S, false>(c, plan, dev);
-    case kResDense: return launch_bwd_res<S, true>(c, plan, dev);
-  }
-  TORCH_CHECK(false, "chain_bwd: res_kind must be 0, 1 or 2, got ", c.res_kind);
 }
 
 template <class S>
@@ -272,22 +242,17 @@ Plan plan_bwd_dtype(const BwdCall& c, const DeviceInfo& dev) {
 }  // namespace
 
 Plan plan_bwd(const BwdCall& c, const DeviceInfo& dev) {
-  switch (c.dtype) {
-    case DType::kFloat: return plan_bwd_dtype<float>(c, dev);
-    case DType::kDouble: return plan_bwd_dtype<double>(c, dev);
-    default: break;
-  }
-  TORCH_CHECK(false, "chain_bwd: the CUDA backward chain runs in float32 or float64");
-  return Plan{};
+  return dispatch_dtype<false>(c.dtype, "chain_bwd", [&](auto tag) {
+    return plan_bwd_dtype<typename decltype(tag)::type>(c, dev);
+  });
 }
 
 void launch_bwd(const BwdCall& c, const Plan& plan, const DeviceInfo& dev) {
-  switch (c.dtype) {
-    case DType::kFloat: return launch_bwd_dtype<float>(c, plan, dev);
-    case DType::kDouble: return launch_bwd_dtype<double>(c, plan, dev);
-    default: break;
-  }
-  TORCH_CHECK(false, "chain_bwd: the CUDA backward chain runs in float32 or float64");
+  dispatch_dtype<false>(c.dtype, "chain_bwd", [&](auto tag) {
+    dispatch_variant(c.res_kind, plan.rows, "chain_bwd", [&](auto dense, auto rows) {
+      launch_bwd_rows<typename decltype(tag)::type, decltype(dense)::value, decltype(rows)::value>(c, plan, dev);
+    });
+  });
 }
 
 }  // namespace wcrnn_cuda

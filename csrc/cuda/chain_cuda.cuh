@@ -26,6 +26,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <string>
+#include <type_traits>
 
 #include <cuda_runtime.h>
 
@@ -52,6 +53,46 @@ enum class DType : int { kFloat, kDouble, kHalf, kBFloat16 };
 // State and accumulation type: float for float/half/bfloat16 storage, double for double.
 template <class S> struct AccType { using type = float; };
 template <> struct AccType<double> { using type = double; };
+
+// ---------------------------------------------------------------------------------------------------
+// Host-side dispatch from run-time values to kernel template arguments, written once for both chains.
+
+template <class S> struct TypeTag { using type = S; };
+
+// f(TypeTag<S>{}) for the storage type of `dtype`; the half types only where WITH_HALF (the backward
+// chain runs float32 / float64: ops.py upcasts half models' tensors, and no half backward is compiled).
+template <bool WITH_HALF, class F>
+decltype(auto) dispatch_dtype(DType dtype, const char* op, F&& f) {
+  if (dtype == DType::kFloat) return f(TypeTag<float>{});
+  if (dtype == DType::kDouble) return f(TypeTag<double>{});
+  if constexpr (WITH_HALF) {
+    if (dtype == DType::kHalf) return f(TypeTag<c10::Half>{});
+    if (dtype == DType::kBFloat16) return f(TypeTag<c10::BFloat16>{});
+  }
+  TORCH_CHECK(false, op, ": unsupported dtype (the CUDA ", op, " runs ",
+              WITH_HALF ? "float32, float64, float16 and bfloat16" : "float32 and float64", ")");
+  return f(TypeTag<float>{});  // not reached
+}
+
+// f(std::bool_constant<DENSE>{}, std::integral_constant<int, BT>{}) for a residual form and a tile height.
+template <class F>
+void dispatch_variant(int res_kind, int rows, const char* op, F&& f) {
+  TORCH_CHECK(res_kind == kResDiag || res_kind == kResRot || res_kind == kResDense, op,
+              ": res_kind must be 0, 1 or 2, got ", res_kind);
+  auto with_rows = [&](auto dense) {
+    switch (rows) {
+      case 1: return f(dense, std::integral_constant<int, 1>{});
+      case 4: return f(dense, std::integral_constant<int, 4>{});
+      case 8: return f(dense, std::integral_constant<int, 8>{});
+    }
+    TORCH_CHECK(false, op, ": internal error: unsupported tile height ", rows);
+  };
+  if (res_kind == kResDense) {
+    with_rows(std::true_type{});
+  } else {
+    with_rows(std::false_type{});
+  }
+}
 
 // ---------------------------------------------------------------------------------------------------
 // Device math. tanhf/tanh are the accurate library functions (about 2 ulp); the approximate hardware
@@ -194,38 +235,35 @@ __device__ __forceinline__ A sum_partials(const A* part, int r, int i, int U, in
 // Kernel parameters (passed by value). All pointers are contiguous device tensors.
 
 template <class S>
-struct FwdParams {
-  const S* u;               // (T, B, H) input projection
-  const S* x0;              // (B, H)
+struct ChainParams {        // what both chains read
   const S* w;               // (H, H) W_hh
   const S* res;             // canonical residual: (H,), (2, H) or (H, H)
   const S* gamma;           // (H,)
   const int64_t* lengths;   // (B,) or nullptr: every row runs all T steps
-  S* out;                   // (T, B, H)
-  S* hn;                    // (B, H)
-  S* a_out;                 // (T, B, H) pre-activations a_t (0 past a row's length), or nullptr
-  typename AccType<S>::type* xbuf;  // grid path: (2, B, H) state exchange; unused on the block path
   int64_t T, B;
-  int64_t rows_per_group;  // grid path: batch rows per blockIdx.y
+  int64_t rows_per_group;   // grid path: batch rows per blockIdx.y
   int H, U, nonlin, res_kind;
 };
 
 template <class S>
-struct BwdParams {
+struct FwdParams : ChainParams<S> {
+  const S* u;               // (T, B, H) input projection
+  const S* x0;              // (B, H)
+  S* out;                   // (T, B, H)
+  S* hn;                    // (B, H)
+  S* a_out;                 // (T, B, H) pre-activations a_t (0 past a row's length), or nullptr
+  typename AccType<S>::type* xbuf;  // grid path: (2, B, H) state exchange; unused on the block path
+};
+
+template <class S>
+struct BwdParams : ChainParams<S> {
   const S* grad_out;        // (T, B, H) dL/d output
   const S* grad_hn;         // (B, H)    dL/d h_n
   const S* a;               // (T, B, H) pre-activations a_t (read only)
   S* g;                     // (T, B, H) g_t; on the grid path also the exchange buffer for g_t
-  const S* w;               // (H, H)
-  const S* res;
-  const S* gamma;
-  const int64_t* lengths;
   S* dx0;                   // (B, H)
   S* deltas;                // (T, B, H) or nullptr when delta is not asked for
   S* dbuf;                  // grid path: (2, B, H) delta exchange; unused on the block path
-  int64_t T, B;
-  int64_t rows_per_group;  // grid path: batch rows per blockIdx.y
-  int H, U, nonlin, res_kind;
 };
 
 // ---------------------------------------------------------------------------------------------------
@@ -400,35 +438,47 @@ void launch_kernel(const char* op, Kernel kernel, const Plan& plan, const Device
 // ---------------------------------------------------------------------------------------------------
 // Entry points implemented in chain_fwd.cu / chain_bwd.cu and called by chain_ops.cu.
 
-struct FwdCall {
-  DType dtype;
+struct ChainCall {  // what both chains' calls share
+  DType dtype;       // the backward: kFloat or kDouble
   int res_kind, nonlin;
   int64_t T, B;
   int H;
-  const void *u, *x0, *w, *res, *gamma;
+  const void *w, *res, *gamma;
   const int64_t* lengths;
-  void *out, *hn;
-  void* a_out;  // nullptr unless the forward saves the pre-activations
-  void* xbuf;  // set by the caller after plan_fwd when plan.grid: (2, B, H) of the accumulation type
   int device;
   cudaStream_t stream;
 };
 
-struct BwdCall {
-  DType dtype;  // kFloat or kDouble
-  int res_kind, nonlin;
-  int64_t T, B;
-  int H;
+struct FwdCall : ChainCall {
+  const void *u, *x0;
+  void *out, *hn;
+  void* a_out;  // nullptr unless the forward saves the pre-activations
+  void* xbuf;   // set by the caller after plan_fwd when plan.grid: (2, B, H) of the accumulation type
+};
+
+struct BwdCall : ChainCall {
   const void *grad_out, *grad_hn;
   const void* a;
   void* g;
-  const void *w, *res, *gamma;
-  const int64_t* lengths;
   void *dx0, *deltas;
   void* dbuf;  // set by the caller after plan_bwd when plan.grid: (2, B, H)
-  int device;
-  cudaStream_t stream;
 };
+
+// The shared kernel parameters from a call and its plan: written once for both chains.
+template <class S>
+void set_chain_params(ChainParams<S>& p, const ChainCall& c, const Plan& plan) {
+  p.w = static_cast<const S*>(c.w);
+  p.res = static_cast<const S*>(c.res);
+  p.gamma = static_cast<const S*>(c.gamma);
+  p.lengths = c.lengths;
+  p.T = c.T;
+  p.B = c.B;
+  p.H = c.H;
+  p.U = plan.U;
+  p.rows_per_group = plan.rows_per_group;
+  p.nonlin = c.nonlin;
+  p.res_kind = c.res_kind;
+}
 
 Plan plan_fwd(const FwdCall& c, const DeviceInfo& dev);
 void launch_fwd(const FwdCall& c, const Plan& plan, const DeviceInfo& dev);

@@ -156,49 +156,19 @@ size_t fwd_smem(int H, int U, int BT, bool grid, bool dense) {
 template <class S, bool DENSE, int BT>
 void launch_fwd_rows(const FwdCall& c, const Plan& plan, const DeviceInfo& dev) {
   FwdParams<S> p;
+  set_chain_params(p, c, plan);
   p.u = static_cast<const S*>(c.u);
   p.x0 = static_cast<const S*>(c.x0);
-  p.w = static_cast<const S*>(c.w);
-  p.res = static_cast<const S*>(c.res);
-  p.gamma = static_cast<const S*>(c.gamma);
-  p.lengths = c.lengths;
   p.out = static_cast<S*>(c.out);
   p.hn = static_cast<S*>(c.hn);
   p.a_out = static_cast<S*>(c.a_out);
   p.xbuf = static_cast<typename AccType<S>::type*>(c.xbuf);
-  p.T = c.T;
-  p.B = c.B;
-  p.H = c.H;
-  p.U = plan.U;
-  p.rows_per_group = plan.rows_per_group;
-  p.nonlin = c.nonlin;
-  p.res_kind = c.res_kind;
   if (plan.grid) {
     TORCH_CHECK(c.xbuf != nullptr, "chain_fwd: internal error: the grid path needs its state buffer");
     launch_kernel("wcrnn_C::chain_fwd", chain_fwd_kernel<S, DENSE, BT, true>, plan, dev, p, c.stream);
   } else {
     launch_kernel("wcrnn_C::chain_fwd", chain_fwd_kernel<S, DENSE, BT, false>, plan, dev, p, c.stream);
   }
-}
-
-template <class S, bool DENSE>
-void launch_fwd_res(const FwdCall& c, const Plan& plan, const DeviceInfo& dev) {
-  switch (plan.rows) {
-    case 1: return launch_fwd_rows<S, DENSE, 1>(c, plan, dev);
-    case 4: return launch_fwd_rows<S, DENSE, 4>(c, plan, dev);
-    case 8: return launch_fwd_rows<S, DENSE, 8>(c, plan, dev);
-  }
-  TORCH_CHECK(false, "chain_fwd: internal error: unsupported tile height ", plan.rows);
-}
-
-template <class S>
-void launch_fwd_dtype(const FwdCall& c, const Plan& plan, const DeviceInfo& dev) {
-  switch (c.res_kind) {
-    case kResDiag:
-    case kResRot: return launch_fwd_res<S, false>(c, plan, dev);
-    case kResDense: return launch_fwd_res<S, true>(c, plan, dev);
-  }
-  TORCH_CHECK(false, "chain_fwd: res_kind must be 0, 1 or 2, got ", c.res_kind);
 }
 
 template <class S>
@@ -211,24 +181,17 @@ Plan plan_fwd_dtype(const FwdCall& c, const DeviceInfo& dev) {
 }  // namespace
 
 Plan plan_fwd(const FwdCall& c, const DeviceInfo& dev) {
-  switch (c.dtype) {
-    case DType::kFloat: return plan_fwd_dtype<float>(c, dev);
-    case DType::kDouble: return plan_fwd_dtype<double>(c, dev);
-    case DType::kHalf: return plan_fwd_dtype<c10::Half>(c, dev);
-    case DType::kBFloat16: return plan_fwd_dtype<c10::BFloat16>(c, dev);
-  }
-  TORCH_CHECK(false, "chain_fwd: unsupported dtype");
-  return Plan{};
+  return dispatch_dtype<true>(c.dtype, "chain_fwd", [&](auto tag) {
+    return plan_fwd_dtype<typename decltype(tag)::type>(c, dev);
+  });
 }
 
 void launch_fwd(const FwdCall& c, const Plan& plan, const DeviceInfo& dev) {
-  switch (c.dtype) {
-    case DType::kFloat: return launch_fwd_dtype<float>(c, plan, dev);
-    case DType::kDouble: return launch_fwd_dtype<double>(c, plan, dev);
-    case DType::kHalf: return launch_fwd_dtype<c10::Half>(c, plan, dev);
-    case DType::kBFloat16: return launch_fwd_dtype<c10::BFloat16>(c, plan, dev);
-  }
-  TORCH_CHECK(false, "chain_fwd: unsupported dtype");
+  dispatch_dtype<true>(c.dtype, "chain_fwd", [&](auto tag) {
+    dispatch_variant(c.res_kind, plan.rows, "chain_fwd", [&](auto dense, auto rows) {
+      launch_fwd_rows<typename decltype(tag)::type, decltype(dense)::value, decltype(rows)::value>(c, plan, dev);
+    });
+  });
 }
 
 }  // namespace wcrnn_cuda

@@ -118,6 +118,23 @@ void check_sequence(const char* op, const char* name, const Tensor& t) {
   TORCH_CHECK(t.dim() == 3, op, ": ", name, ": expected a 3-D tensor (T, B, H), got shape ", t.sizes());
 }
 
+// The fields both calls share, from the checked arguments; `on` is the tensor whose device runs the chain.
+void set_chain_call(ChainCall& c, DType dt, int64_t res_kind, int64_t nonlin, int64_t T, int64_t B, int64_t H,
+                    const Common& cm, const Tensor& on) {
+  c.dtype = dt;
+  c.res_kind = static_cast<int>(res_kind);
+  c.nonlin = static_cast<int>(nonlin);
+  c.T = T;
+  c.B = B;
+  c.H = static_cast<int>(H);
+  c.w = cm.w_hh.data_ptr();
+  c.res = cm.res.data_ptr();
+  c.gamma = cm.gamma.data_ptr();
+  c.lengths = cm.lengths.has_value() ? cm.lengths->data_ptr<int64_t>() : nullptr;
+  c.device = on.get_device();
+  c.stream = c10::cuda::getCurrentCUDAStream(c.device).stream();
+}
+
 std::tuple<Tensor, Tensor, Tensor> chain_fwd_cuda(const Tensor& u_in, const Tensor& x0_in, const Tensor& w_hh,
                                                   const Tensor& res, const Tensor& gamma,
                                                   const std::optional<Tensor>& lengths, int64_t res_kind,
@@ -137,24 +154,13 @@ std::tuple<Tensor, Tensor, Tensor> chain_fwd_cuda(const Tensor& u_in, const Tens
   Tensor hn = at::empty({B, H}, u.options());
 
   FwdCall c{};
-  c.dtype = dt;
-  c.res_kind = static_cast<int>(res_kind);
-  c.nonlin = static_cast<int>(nonlin);
-  c.T = T;
-  c.B = B;
-  c.H = static_cast<int>(H);
+  set_chain_call(c, dt, res_kind, nonlin, T, B, H, cm, u);
   c.u = u.data_ptr();
   c.x0 = x0.data_ptr();
-  c.w = cm.w_hh.data_ptr();
-  c.res = cm.res.data_ptr();
-  c.gamma = cm.gamma.data_ptr();
-  c.lengths = cm.lengths.has_value() ? cm.lengths->data_ptr<int64_t>() : nullptr;
   c.out = out.data_ptr();
   c.hn = hn.data_ptr();
   c.a_out = save_a ? a.data_ptr() : nullptr;
   c.xbuf = nullptr;
-  c.device = u.get_device();
-  c.stream = c10::cuda::getCurrentCUDAStream(c.device).stream();
 
   const DeviceInfo dev = device_info(c.device);
   const Plan plan = plan_fwd(c, dev);
@@ -188,25 +194,14 @@ std::tuple<Tensor, Tensor, Tensor> chain_bwd_cuda(const Tensor& grad_out_in, con
   Tensor dx0 = at::empty({B, H}, a.options());
 
   BwdCall c{};
-  c.dtype = dt;
-  c.res_kind = static_cast<int>(res_kind);
-  c.nonlin = static_cast<int>(nonlin);
-  c.T = T;
-  c.B = B;
-  c.H = static_cast<int>(H);
+  set_chain_call(c, dt, res_kind, nonlin, T, B, H, cm, a);
   c.grad_out = grad_out.data_ptr();
   c.grad_hn = grad_hn.data_ptr();
   c.a = a.data_ptr();
   c.g = g.data_ptr();
-  c.w = cm.w_hh.data_ptr();
-  c.res = cm.res.data_ptr();
-  c.gamma = cm.gamma.data_ptr();
-  c.lengths = cm.lengths.has_value() ? cm.lengths->data_ptr<int64_t>() : nullptr;
   c.dx0 = dx0.data_ptr();
   c.deltas = need_delta ? deltas.data_ptr() : nullptr;
   c.dbuf = nullptr;
-  c.device = a.get_device();
-  c.stream = c10::cuda::getCurrentCUDAStream(c.device).stream();
 
   const DeviceInfo dev = device_info(c.device);
   const Plan plan = plan_bwd(c, dev);
