@@ -45,8 +45,9 @@ REQUIRE = os.environ.get("WCRNN_REQUIRE_TRITON_RESOURCES") == "1"
 CHECK_ALL = os.environ.get("WCRNN_RESOURCE_CHECK_ALL") == "1"
 SPILL_FREE_UP_TO = 64       # defaults up to this padded H must not spill
 # (HP, float64) -> most stack per thread a default above SPILL_FREE_UP_TO may have: the worst measured with
-# Triton 3.6 and 3.9 for the defaults the H200 measured fastest (see _default_config), rounded up to a power
-# of two. They spill: the spill-free configs of 1505ea8 were 1.2-3.4x slower on the GPU. A regression past
+# Triton 3.6 / 3.9 for the defaults the H200 measured fastest (see _default_config), rounded up to a power
+# of two. Measured (B, fp16/bf16/fp32 and fp64): HP 128: 1008 / 1048 and 1088 / 1208; 256: 992 / 1040 and
+# 880 / 1080; 512: 1704 / 1672 and 2832 / 2624; 1024: 7488 / 5264 and 7208 / 9568. They spill: the spill-free configs of 1505ea8 were 1.2-3.4x slower on the GPU. A regression past
 # these (say, a default that loses its K-chunking) fails.
 STACK_CEILING = {(128, False): 2048, (128, True): 2048, (256, False): 2048, (256, True): 2048,
                  (512, False): 2048, (512, True): 4096, (1024, False): 8192, (1024, True): 16384}
