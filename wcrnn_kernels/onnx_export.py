@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 from torch._higher_order_ops.scan import scan
 
-from .backends.pytorch import compute_dtype, phi
+from .reference import compute_dtype, phi
 from .residual import RES_DENSE, RES_DIAG
 
 

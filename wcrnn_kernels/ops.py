@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 
 from .backends import get_backend, resolve_backend
-from .backends.pytorch import compute_dtype, phi
+from .reference import compute_dtype, phi
 from .reference import wcrnn_chain_ref
 from .residual import (NONLIN_CODES, RES_DENSE, RES_DIAG, RES_ROT, canonical_shape, swap_pairs)
 

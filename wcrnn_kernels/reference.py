@@ -15,12 +15,31 @@ import torch
 from .residual import apply_residual, canonical_residual
 
 
-def _phi(a: torch.Tensor, nonlinearity: str) -> torch.Tensor:
-    if nonlinearity == "tanh":
-        return torch.tanh(a)
-    if nonlinearity == "relu":
-        return torch.relu(a)
-    raise ValueError(f"nonlinearity: expected 'tanh' or 'relu', got {nonlinearity!r}")
+def _is_tanh(nonlinearity) -> bool:
+    if nonlinearity in ("tanh", 0):
+        return True
+    if nonlinearity in ("relu", 1):
+        return False
+    raise ValueError(f"nonlinearity: expected 'tanh' or 'relu' (or their codes 0, 1), got {nonlinearity!r}")
+
+
+def phi(a: torch.Tensor, nonlinearity) -> torch.Tensor:
+    """The nonlinearity: "tanh" / "relu", or their op codes 0 / 1 (the one definition in the package)."""
+    return torch.tanh(a) if _is_tanh(nonlinearity) else torch.relu(a)
+
+
+def phi_prime(a: torch.Tensor, nonlinearity) -> torch.Tensor:
+    """phi'(a): 1 - tanh(a)^2, or the step function of relu (0 at a = 0)."""
+    if _is_tanh(nonlinearity):
+        y = torch.tanh(a)
+        return 1.0 - y * y
+    return (a > 0).to(a.dtype)
+
+
+def compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """State and accumulation dtype of the backends: float32 for half inputs, else the input dtype
+    (docs/design.md section 10)."""
+    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
 
 
 def wcrnn_chain_ref(u, x0, w_hh, res_kind, res, gamma, lengths=None, nonlinearity="tanh"):
@@ -38,7 +57,7 @@ def wcrnn_chain_ref(u, x0, w_hh, res_kind, res, gamma, lengths=None, nonlinearit
         valid = (steps[:, None] < lengths.to(u.device)[None, :]).unsqueeze(-1)  # (T, B, 1)
         valid_steps = valid.unbind(0)
     for t, u_t in enumerate(u.unbind(0)):
-        x_new = apply_residual(res_kind, res, x) + gamma * _phi(u_t + x @ w_hh.t(), nonlinearity)
+        x_new = apply_residual(res_kind, res, x) + gamma * phi(u_t + x @ w_hh.t(), nonlinearity)
         if lengths is None:
             x = x_new
             outs.append(x)

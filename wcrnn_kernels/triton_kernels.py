@@ -21,6 +21,7 @@ import triton
 import triton.language as tl
 
 from . import _env
+from .reference import compute_dtype as _compute_dtype
 from .triton_jit import _wcrnn_bwd_kernel, _wcrnn_fwd_kernel
 
 BLOCK_B = 16          # batch rows per program: the smallest tl.dot M, hence the most programs in flight
@@ -255,10 +256,6 @@ _FP32_PRECISION = {"highest": "ieee", "high": "tf32x3", "medium": "tf32"}
 
 def padded_hidden(H: int) -> int:
     return max(16, triton.next_power_of_2(H))
-
-
-def _compute_dtype(dtype):
-    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 def _precisions(w_dtype, cd, fp32_precision=None):

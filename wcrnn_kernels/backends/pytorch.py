@@ -9,13 +9,9 @@ from __future__ import annotations
 
 import torch
 
+from ..reference import compute_dtype, phi, phi_prime
 from ..residual import apply_residual, apply_residual_transpose
 from ._registry import register_backend
-
-
-def compute_dtype(dtype: torch.dtype) -> torch.dtype:
-    """State and accumulation dtype: float32 for half inputs, else the input dtype."""
-    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
 
 
 def _valid_mask(T, lengths, device):
@@ -23,17 +19,6 @@ def _valid_mask(T, lengths, device):
     if lengths is None:
         return None
     return (torch.arange(T, device=device)[:, None] < lengths[None, :]).unsqueeze(-1)
-
-
-def phi(a, nonlin):
-    return torch.tanh(a) if nonlin == 0 else torch.relu(a)
-
-
-def phi_prime(a, nonlin):
-    if nonlin == 0:
-        y = torch.tanh(a)
-        return 1.0 - y * y
-    return (a > 0).to(a.dtype)
 
 
 class TorchBackend:
