@@ -13,12 +13,13 @@ from .dynamics import lyapunov_spectrum, residual_log_spectrum
 from .module import FusedWCRNN
 from .ops import wcrnn_chain
 from .reference import wcrnn_chain_ref, wcrnn_layer_ref
-from .residual import RES_DENSE, RES_DIAG, RES_ROT, RESIDUAL_KINDS, canonical_residual
+from .residual import RES_DENSE, RES_DIAG, RES_ROT, RESIDUAL_KINDS, ResidualForm, canonical_residual
 
 __version__ = "0.1.0"
 
 __all__ = [
     "FusedWCRNN", "wcrnn_chain", "wcrnn_chain_ref", "wcrnn_layer_ref", "available_backends",
-    "BackendUnavailableError", "canonical_residual", "RESIDUAL_KINDS", "RES_DIAG", "RES_ROT", "RES_DENSE",
+    "BackendUnavailableError", "canonical_residual", "ResidualForm", "RESIDUAL_KINDS", "RES_DIAG", "RES_ROT",
+    "RES_DENSE",
     "init", "dynamics", "tasks", "lyapunov_spectrum", "residual_log_spectrum",
 ]

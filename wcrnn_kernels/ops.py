@@ -138,8 +138,9 @@ def wcrnn_chain(u: Tensor, x0: Tensor, w_hh: Tensor, res_kind: int, res: Tensor,
         u: (T, B, H) input projection W_ih s_t + b_ih + b_hh for every step.
         x0: (B, H) initial state.
         w_hh: (H, H) recurrent weights.
-        res_kind, res: canonical residual (``residual.RES_DIAG`` with res (H,), ``RES_ROT`` with (2, H),
-            ``RES_DENSE`` with (H, H)); ``residual.canonical_residual`` builds them from a user kind.
+        res_kind, res: canonical residual: ``ResidualForm.DIAG`` with res (H,), ``ResidualForm.ROT`` with
+            (2, H), ``ResidualForm.DENSE`` with (H, H) (or the codes 0, 1, 2);
+            ``residual.canonical_residual`` builds them from a user kind.
         gamma: a number, a 0-d tensor or (H,) coupling.
         lengths: optional (B,) integer tensor, 0 <= L_b <= T; steps past L_b keep the state and output 0.
         nonlinearity: "tanh" or "relu".
@@ -162,8 +163,10 @@ def wcrnn_chain(u: Tensor, x0: Tensor, w_hh: Tensor, res_kind: int, res: Tensor,
                          f"got {tuple(x0.shape)}")
     if tuple(w_hh.shape) != (H, H):
         raise ValueError(f"w_hh: expected shape (H, H) = {(H, H)}, got {tuple(w_hh.shape)}")
-    if res_kind not in (RES_DIAG, RES_ROT, RES_DENSE):
-        raise ValueError(f"res_kind: expected 0 (diagonal), 1 (rotation pairs) or 2 (dense), got {res_kind!r}")
+    if isinstance(res_kind, bool) or res_kind not in (RES_DIAG, RES_ROT, RES_DENSE):
+        raise ValueError(f"res_kind: expected 0 (diagonal), 1 (rotation pairs) or 2 (dense), a ResidualForm, "
+                         f"got {res_kind!r}")
+    res_kind = int(res_kind)    # plain ints on the op boundary (kernels and traced graphs see 0, 1, 2)
     if res_kind == RES_ROT and H % 2:
         raise ValueError(f"res: rotation pairs need an even hidden size, got H = {H}")
     if not isinstance(res, torch.Tensor) or tuple(res.shape) != canonical_shape(res_kind, H):

@@ -15,13 +15,23 @@ The conversion is built from ordinary autograd ops, so gradients reach rho and t
 """
 from __future__ import annotations
 
+import enum
 import numbers
 
 import torch
 
-RES_DIAG = 0
-RES_ROT = 1
-RES_DENSE = 2
+
+class ResidualForm(enum.IntEnum):
+    """The three canonical residual forms the kernels implement (docs/design.md section 2): the
+    ``res_kind`` argument of ``wcrnn_chain``. Members are ints, so the codes 0, 1, 2 work too."""
+    DIAG = 0    # res (H,):   R(x) = res * x                 (none, scalar, diagonal)
+    ROT = 1     # res (2, H): res[0] * x + res[1] * swap_pairs(x)   (rotational)
+    DENSE = 2   # res (H, H): R(x) = res @ x                 (dense)
+
+
+RES_DIAG = ResidualForm.DIAG
+RES_ROT = ResidualForm.ROT
+RES_DENSE = ResidualForm.DENSE
 
 RESIDUAL_KINDS = ("none", "scalar", "diagonal", "rotational", "dense")
 NONLINEARITIES = ("tanh", "relu")
@@ -33,7 +43,7 @@ def swap_pairs(x: torch.Tensor) -> torch.Tensor:
     return x.unflatten(-1, (-1, 2)).flip(-1).flatten(-2)
 
 
-def canonical_kind(kind: str) -> int:
+def canonical_kind(kind: str) -> ResidualForm:
     if kind in ("none", "scalar", "diagonal"):
         return RES_DIAG
     if kind == "rotational":

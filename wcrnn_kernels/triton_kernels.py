@@ -334,6 +334,7 @@ def wcrnn_fwd(u, x0, w_hh, res_kind, res, gamma, lengths=None, nonlin=0, save_a=
     _check("u", u, (T, B, H))
     _check("x0", x0, (B, H), dtype=dt, device=dev)
     _check_common(T, B, H, w_hh, res_kind, res, gamma, lengths, nonlin, dev)
+    res_kind = int(res_kind)
     cd = _compute_dtype(dt)
     out = torch.empty_like(u)
     hn = torch.empty_like(x0)
@@ -377,6 +378,7 @@ def wcrnn_bwd(grad_out, grad_hn, a, w_hh, res_kind, res, gamma, lengths=None, no
     _check("grad_out", grad_out, (T, B, H), dtype=cd, device=dev)
     _check("grad_hn", grad_hn, (B, H), dtype=cd, device=dev)
     _check_common(T, B, H, w_hh, res_kind, res, gamma, lengths, nonlin, dev)
+    res_kind = int(res_kind)
     g = torch.empty_like(a)
     delta = torch.empty_like(a) if need_delta else None
     dx0 = torch.empty_like(grad_hn)
