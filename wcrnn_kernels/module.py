@@ -371,6 +371,10 @@ class FusedWCRNN(nn.Module):
         dt = torch.get_autocast_dtype(device.type)
         return dt if dt in (torch.float16, torch.bfloat16) else None
 
+    def _chain_weights_contiguous(self, layer: int, direction: int) -> ChainWeights:
+        cw = self.chain_weights(layer, direction)
+        return cw._replace(res=cw.res.contiguous(), gamma=cw.gamma.contiguous())
+
     def _check_input(self, x: Tensor, hx: Optional[Tensor], batched: bool, amp: Optional[torch.dtype]):
         w = self.weight_ih_l0
         if x.shape[-1] != self.input_size:
@@ -473,6 +477,10 @@ class FusedWCRNN(nn.Module):
         dev_lengths = lengths.to(x.device) if lengths is not None else None
         h_n = []
         layer_in = x
+        # Every layer's weights up front: under torch.compile their small elementwise preparations (bias sums,
+        # residual and gamma in canonical form) then fuse into one generated kernel instead of one per layer.
+        cws = None if self.backend == "reference" else \
+            [self._chain_weights_contiguous(layer, d) for layer in range(self.num_layers) for d in range(num_dir)]
         for layer in range(self.num_layers):
             outs = []
             for d in range(num_dir):
@@ -485,7 +493,7 @@ class FusedWCRNN(nn.Module):
                         with torch.autocast(x.device.type, enabled=False):
                             out, h = self._reference_layer(inp.to(sdt), x0, layer, d, dev_lengths)
                 else:
-                    cw = self.chain_weights(layer, d)
+                    cw = cws[layer * num_dir + d]
                     u = F.linear(inp, cw.w_ih, cw.bias)  # under autocast: in the autocast dtype
                     if amp is None:
                         out, h = wcrnn_chain(u, x0, cw.w_hh, cw.res_kind, cw.res, cw.gamma, dev_lengths,
