@@ -46,7 +46,6 @@ def _reverse_time(x: Tensor, lengths: Optional[Tensor]) -> Tensor:
     return x.gather(0, idx.unsqueeze(-1).expand_as(x))
 
 
-
 def _show(v) -> str:
     if isinstance(v, torch.Tensor):
         return f"{v.item():g}" if v.numel() == 1 else f"<tensor of shape {tuple(v.shape)}>"
@@ -73,7 +72,6 @@ def _min_value(v) -> float:
     if isinstance(v, torch.Tensor):
         return float(v.detach().min()) if v.device.type != "meta" and v.numel() else 0.0
     return float(v)
-
 
 
 def _check_packed(data: Tensor, batch_sizes: Tensor) -> None:
@@ -414,7 +412,8 @@ class FusedWCRNN(nn.Module):
         amp = self._autocast_dtype(data.device)
         if isinstance(input, PackedSequence):
             data, batch_sizes, sorted_indices, unsorted_indices = input
-            _check_packed(data, batch_sizes)
+            if not torch.compiler.is_compiling():  # data-dependent checks: eager only
+                _check_packed(data, batch_sizes)
             self._check_input(data, hx, batched=True, amp=amp)
             T, B = batch_sizes.shape[0], int(batch_sizes[0])
             # padded time-major layout in the packed (length-sorted) batch order
