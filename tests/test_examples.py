@@ -57,3 +57,23 @@ def test_sequential_digits_example(tmp_path):
     (res,) = data["results"]
     assert len(res["test_acc"]) == 2 and all(0.0 <= a <= 1.0 for a in res["test_acc"])
     assert data["meta"]["permuted"] is True and "psDigits" in stdout
+
+
+def test_stateful_lm_example(tmp_path):
+    """docs/from_nn_rnn.md's advice, on the example's quick run: FusedWCRNN.from_rnn(rnn) trains exactly as the
+    nn.RNN does with the state carried over the epoch; with r = 1 the carried state drifts past any bound, with
+    r < 1 it stays within gamma / (1 - r)."""
+    out = tmp_path / "stateful_lm.json"
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.run([sys.executable, os.path.join(EXAMPLES, "stateful_lm.py"), "--quick", "--threads", "1",
+                           "--out", str(out)], capture_output=True, text=True, timeout=300, env=env, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    res = {r["name"]: r for r in json.loads(out.read_text())["results"]}
+    rnn, fused = res["nn.RNN"], res["fused none gamma=1"]
+    assert all(abs(a - b) < 1e-3 for a, b in zip(rnn["loss_per_tenth"], fused["loss_per_tenth"]))
+    for name, bound in (("fused r=0.995 gamma=0.01", 2.0), ("fused r=0.95 gamma=0.1", 2.0),
+                        ("fused r=0.995 gamma=0.1", 20.0)):
+        assert res[name]["max_abs_h_epoch"] <= bound * (1 + 1e-5), name
+    assert res["fused r=1 gamma=0.01 (default)"]["max_abs_h_epoch"] > 2.0  # no bound: it integrates
+    assert res["fused r=1 gamma=0.1"]["max_abs_h_epoch"] > 20.0
+    assert "| model |" in proc.stdout

@@ -8,8 +8,11 @@ It loads the library into the process at most once and prefers, in order:
    these sources - a library built against another torch is never loaded (it would fail with undefined
    symbols, or worse, load and misbehave);
 2. a build on first use with ninja (``torch.utils.cpp_extension.load``) into a cache directory keyed by the
-   torch version, the Python version and a hash of the sources and flags. It is compiled once, announced by
-   one line on stderr, and reused by every later process.
+   torch version, the Python version and a hash of the sources' contents, the compiler and the flags
+   (``cache_entry``). It is compiled once per machine, announced by one line on stderr with the reason, and
+   loaded as it is by every later process of every environment with that torch and Python: a finished build
+   carries a record (``build_record.json``) and is never handed to ninja again, so other absolute paths (a
+   second virtual environment, the source tree) cannot rebuild it.
 
 If neither works (no compiler, no ninja, ``WCRNN_NO_BUILD=1``), ``ok`` is False and ``reason`` says why and
 how to fix it; ``available_backends()`` shows that reason and the "torch" backend keeps working.
@@ -319,8 +322,19 @@ def first_error_line(lines: list[str]) -> str | None:
     return None
 
 
-def _jit(notes: list[str]) -> tuple[bool, str]:
+def _missing_build_tool() -> str | None:
+    """Why nothing can be compiled here (no compiler, no ninja), or None."""
     from torch.utils import cpp_extension
+    cxx = os.environ.get("CXX", "c++")
+    if shutil.which(cxx) is None:
+        return (f"no C++ compiler ({cxx!r} not found): install g++ or clang (or set CXX), or install "
+                "a build made elsewhere; the 'torch' backend runs meanwhile")
+    if not cpp_extension.is_ninja_available():
+        return "ninja is needed to compile the kernels on first use: `pip install ninja`"
+    return None
+
+
+def _jit(notes: list[str]) -> tuple[bool, str]:
     root = source_root()
     if root is None:
         return False, ("the C++ sources (csrc/) are not part of this installation, so nothing can be compiled; "
@@ -328,16 +342,10 @@ def _jit(notes: list[str]) -> tuple[bool, str]:
     if os.environ.get("WCRNN_NO_BUILD"):
         return False, "WCRNN_NO_BUILD is set, so nothing is compiled at run time; unset it, or install " \
                       "with `pip install --no-build-isolation .` to compile at install time"
-    cxx = os.environ.get("CXX", "c++")
-    if shutil.which(cxx) is None:
-        return False, (f"no C++ compiler ({cxx!r} not found): install g++ or clang (or set CXX), or install "
-                       "a build made elsewhere; the 'torch' backend runs meanwhile")
-    if not cpp_extension.is_ninja_available():
-        return False, "ninja is needed to compile the kernels on first use: `pip install ninja`"
     with_cuda, cuda_why = cuda_build_decision(root)
     _state["cuda_decision"] = cuda_why
     ok, why = _jit_build(root, with_cuda)
-    if not ok and with_cuda:
+    if not ok and with_cuda and why.startswith("compiling"):
         # One library holds both: a CUDA compile or link failure must not take the C++ CPU kernels down too.
         _state["cuda_decision"] = f"the build with the CUDA kernels failed, built without them: {why}"
         print(f"wcrnn_kernels: {why}; building the C++ kernels without CUDA", file=sys.stderr, flush=True)
@@ -348,21 +356,110 @@ def _jit(notes: list[str]) -> tuple[bool, str]:
     return True, "; ".join(notes)
 
 
-def _jit_build(root: str, with_cuda: bool) -> tuple[bool, str]:
-    """Compile (once, cached) and load the library: (True, where it is) or (False, why not)."""
+CACHE_RECORD = "build_record.json"
+
+
+def cache_entry(root: str, with_cuda: bool) -> tuple[str, str, dict]:
+    """(directory, library path, record) of the cached first-use build for these sources, this torch, this
+    Python, this compiler and these flags. Every environment on the machine with the same torch and Python maps
+    to the same entry, wherever its copy of the sources lives (the hash covers the files' contents and
+    relative paths, never absolute ones)."""
     import torch
     # torch's git revision too: two builds may share a version string (local or nightly builds)
     digest = source_hash(root, with_cuda, extra=(getattr(torch.version, "git_version", None),))
-    py = f"{sys.version_info[0]}{sys.version_info[1]}"
+    py = f"{sys.version_info[0]}.{sys.version_info[1]}"
     name = f"wcrnn_C_{digest[:16]}"
-    build_dir = os.path.join(cache_root(), f"torch-{torch.__version__}-py{py}", name)
-    lib = os.path.join(build_dir, f"{name}.so")
-    what = "C++/CUDA" if with_cuda else "C++"
+    build_dir = os.path.join(cache_root(), f"torch-{torch.__version__}-py{py.replace('.', '')}", name)
+    record = {"digest": digest, "torch": torch.__version__,
+              "torch_git": getattr(torch.version, "git_version", None), "python": py, "cuda": bool(with_cuda),
+              "compiler": compiler_id(), "cxx_flags": cxx_flags(), "ld_flags": ld_flags()}
+    return build_dir, os.path.join(build_dir, f"{name}.so"), record
+
+
+def _cached_build_problem(lib: str, record: dict) -> str | None:
+    """None when the cache entry holds a finished build for exactly `record`, else why it cannot be used."""
+    rec_path = os.path.join(os.path.dirname(lib), CACHE_RECORD)
     if not os.path.isfile(lib):
-        print(f"wcrnn_kernels: compiling the {what} kernels once for torch {torch.__version__} into {build_dir} "
-              "(about a minute; later runs reuse it)", file=sys.stderr, flush=True)
+        return "no build in the cache for these sources, this torch, Python, compiler and flags yet"
     try:
-        lib = jit_build_and_load(build_dir, name, with_cuda=with_cuda)
+        with open(rec_path) as fh:
+            have = json.load(fh)
+    except (OSError, ValueError):
+        return f"the cached library has no readable build record ({rec_path}): an interrupted or older build"
+    for k in record:
+        if have.get(k) != record[k]:
+            return f"the cached build record differs in {k!r} ({have.get(k)!r}, need {record[k]!r})"
+    return None
+
+
+class _FileLock:
+    """An exclusive lock on `path` across processes (fcntl; a no-op where fcntl does not exist)."""
+
+    def __init__(self, path: str):
+        self.path, self.fh = path, None
+
+    def __enter__(self):
+        self.fh = open(self.path, "a")
+        try:
+            import fcntl
+            fcntl.flock(self.fh.fileno(), fcntl.LOCK_EX)
+        except ImportError:
+            pass
+        return self
+
+    def __exit__(self, *exc):
+        self.fh.close()  # closing releases the lock
+
+
+def _jit_build(root: str, with_cuda: bool) -> tuple[bool, str]:
+    """Load the cached library, compiling it first if the cache has no finished build: (True, where) or
+    (False, why not).
+
+    A finished build (the library plus a build record naming the full hash, torch, Python, compiler and
+    flags) is loaded as it is: ninja never runs for it, so another environment or a source checkout with
+    other absolute paths cannot trigger a rebuild. A build happens under a lock in a private staging
+    directory and is moved into place with its record only when it succeeded; every build prints one line
+    on stderr with its reason."""
+    import torch
+    build_dir, lib, record = cache_entry(root, with_cuda)
+    what = "C++/CUDA" if with_cuda else "C++"
+    problem = _cached_build_problem(lib, record)
+    if problem is not None:
+        missing = _missing_build_tool()  # only a compile needs them: a finished build loads without
+        if missing is not None:
+            return False, missing
+        os.makedirs(build_dir, exist_ok=True)
+        with _FileLock(os.path.join(build_dir, ".lock")):
+            problem = _cached_build_problem(lib, record)  # another process may have built it meanwhile
+            if problem is not None:
+                ok, why = _compile_into_cache(root, with_cuda, build_dir, lib, record, problem, what)
+                if not ok:
+                    return False, why
+    if not _ops_registered():
+        bad = _static_cxx_runtime_reason(lib)
+        if bad is not None:
+            return False, bad
+        try:
+            torch.ops.load_library(lib)
+        except OSError as e:
+            return False, f"loading the cached library {lib} failed ({e}); delete {build_dir} to rebuild it"
+    bad = _static_cxx_runtime_reason(lib)
+    if bad is not None:
+        return False, bad
+    _state.update(origin="jit", path=lib, cuda_built=with_cuda)
+    return True, f"compiled on first use, cached at {lib}"
+
+
+def _compile_into_cache(root, with_cuda, build_dir, lib, record, reason, what) -> tuple[bool, str]:
+    import torch
+    name = os.path.basename(lib)[:-len(".so")]
+    staging = os.path.join(build_dir, f"staging-{os.getpid()}")
+    shutil.rmtree(staging, ignore_errors=True)
+    print(f"wcrnn_kernels: compiling the {what} kernels for torch {torch.__version__}, Python {record['python']} "
+          f"into {build_dir} ({reason}; about a minute, once for every environment on this machine)",
+          file=sys.stderr, flush=True)
+    try:
+        built = jit_build_and_load(staging, name, with_cuda=with_cuda)
     except Exception as e:  # noqa: BLE001 - any build failure becomes the backend's reason
         log = os.path.join(build_dir, "build_error.log")
         try:
@@ -373,11 +470,13 @@ def _jit_build(root: str, with_cuda: bool) -> tuple[bool, str]:
         lines = str(e).strip().splitlines()
         summary = first_error_line(lines) or (lines[-1] if lines else type(e).__name__)
         return False, f"compiling the {what} kernels failed ({summary[:300]}); full log: {log}"
-    bad = _static_cxx_runtime_reason(lib)
-    if bad is not None:
-        return False, bad
-    _state.update(origin="jit", path=lib, cuda_built=with_cuda)
-    return True, f"compiled on first use, cached at {lib}"
+    os.replace(built, lib)  # the loaded library stays mapped; later processes load it from `lib`
+    tmp = os.path.join(build_dir, f".{CACHE_RECORD}.{os.getpid()}")
+    with open(tmp, "w") as fh:
+        json.dump(record, fh, indent=1)
+    os.replace(tmp, os.path.join(build_dir, CACHE_RECORD))
+    shutil.rmtree(staging, ignore_errors=True)
+    return True, "compiled"
 
 
 def load_extension() -> tuple[bool, str]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import warnings
 from typing import NamedTuple, Optional
 
 import torch
@@ -45,6 +46,77 @@ def _reverse_time(x: Tensor, lengths: Optional[Tensor]) -> Tensor:
     return x.gather(0, idx.unsqueeze(-1).expand_as(x))
 
 
+def _show(v) -> str:
+    if isinstance(v, torch.Tensor):
+        return f"{v.item():g}" if v.numel() == 1 else f"<tensor of shape {tuple(v.shape)}>"
+    return repr(v)
+
+
+def _check_finite(name: str, v) -> None:
+    """Raise ValueError naming `name` when the number or tensor `v` holds NaN or an infinity."""
+    if v is None:
+        return
+    if isinstance(v, torch.Tensor):
+        if v.device.type == "meta" or not v.is_floating_point():
+            return
+        bad = ~torch.isfinite(v.detach())
+        if bool(bad.any()):
+            idx = tuple(int(i) for i in bad.nonzero()[0])
+            where = f" at index {idx}" if v.dim() else ""
+            raise ValueError(f"{name}: expected finite values, got {v.detach()[idx].item()}{where}")
+    elif not math.isfinite(float(v)):
+        raise ValueError(f"{name}: expected a finite number, got {v!r}")
+
+
+def _min_value(v) -> float:
+    if isinstance(v, torch.Tensor):
+        return float(v.detach().min()) if v.device.type != "meta" and v.numel() else 0.0
+    return float(v)
+
+
+def _check_packed(data: Tensor, batch_sizes: Tensor) -> None:
+    """A PackedSequence's batch_sizes must describe its data (as pack_padded_sequence makes them)."""
+    if not isinstance(batch_sizes, torch.Tensor) or batch_sizes.dim() != 1 or batch_sizes.dtype != torch.int64 \
+            or batch_sizes.device.type != "cpu":
+        raise ValueError("input: a PackedSequence's batch_sizes must be a 1-D int64 CPU tensor, got "
+                         f"{batch_sizes!r}")
+    if data.dim() != 2:
+        raise ValueError(f"input: a PackedSequence's data must be 2-D (sum of lengths, input_size), got shape "
+                         f"{tuple(data.shape)}")
+    if batch_sizes.numel():
+        total = int(batch_sizes.sum())
+        if total != data.shape[0]:
+            raise ValueError(f"input: the PackedSequence's batch_sizes add up to {total} steps (its lengths "
+                             f"run over T = {batch_sizes.numel()} steps), but its data has {data.shape[0]} rows; "
+                             "build it with torch.nn.utils.rnn.pack_padded_sequence or pack_sequence")
+        if int(batch_sizes.min()) < 1 or bool((batch_sizes[1:] > batch_sizes[:-1]).any()):
+            raise ValueError("input: a PackedSequence's batch_sizes must be positive and non-increasing, got "
+                             f"{batch_sizes.tolist()}")
+
+
+_AUTO_FALLBACK_WARNED = False
+
+
+@torch._dynamo.assume_constant_result
+def _warn_if_auto_falls_back(device_type: str, dtype: torch.dtype) -> bool:
+    """Once per process: warn when backend="auto" runs CPU tensors on the slow "torch" backend because the
+    compiled C++ backend could not be loaded or built here (the reason says how to fix it). Evaluated eagerly
+    when torch.compile traces it."""
+    global _AUTO_FALLBACK_WARNED
+    if _AUTO_FALLBACK_WARNED or device_type != "cpu" or dtype not in (torch.float32, torch.float64):
+        return True
+    _AUTO_FALLBACK_WARNED = True
+    if "cpp" not in backend_names():
+        return True
+    ok, why = get_backend("cpp").availability()
+    if not ok:
+        warnings.warn(f"wcrnn_kernels: backend='auto' runs CPU tensors on the 'torch' backend (several times "
+                      f"slower than the compiled 'cpp' backend), because the compiled backend is not available "
+                      f"here: {why}. Fix that and restart, or pass backend='torch' to choose it explicitly.",
+                      RuntimeWarning, stacklevel=4)
+    return True
+
+
 class FusedWCRNN(nn.Module):
     r"""Weakly coupled residual RNN with ``torch.nn.RNN``'s interface.
 
@@ -54,22 +126,34 @@ class FusedWCRNN(nn.Module):
     dropout, bidirectional``):
         residual: ``"none"``, ``"scalar"``, ``"diagonal"``, ``"rotational"`` or ``"dense"`` (DESIGN.md section 2).
         r: residual strength: a number, or a tensor of the kind's shape (() scalar, (H,) diagonal,
-            (H/2,) rotational magnitudes rho, (H, H) dense). A number means r*I for dense. Default 1
-            (the paper's critical network).
-        gamma: coupling, a number or an (H,) tensor. Default 0.01.
-        theta: rotational angles (H/2,); None draws them uniformly from [0, pi).
+            (H/2,) rotational magnitudes rho, (H, H) dense). A number means r*I for dense. Default (None):
+            1, the paper's critical network. Must be finite; ``residual="none"`` takes no ``r``.
+        gamma: coupling, a number or an (H,) tensor, finite and >= 0. Default 0.01. (A negative coupling
+            is refused: for tanh it is the same network as a positive one with W_ih, W_hh and both biases
+            negated, so it only ever arises by mistake. Values learned with ``learn_gamma=True`` are not
+            constrained.)
+        theta: rotational angles (H/2,), finite; None draws them uniformly from [0, pi).
         learn_residual, learn_gamma: make r/theta and gamma trainable ``nn.Parameter``s (default: buffers).
         backend: ``"auto"`` (fastest available for the tensors' device), ``"reference"``, ``"torch"``,
             ``"cpp"``, ``"triton"`` or ``"cuda"``. See ``wcrnn_kernels.available_backends()``.
 
-    Parameter names and default initialisation are ``nn.RNN``'s, so an ``nn.RNN`` state_dict loads;
-    residual and coupling live in ``r_l{k}``, ``theta_l{k}``, ``gamma_l{k}`` (``_reverse`` for the
-    second direction).
+    Parameter names and default initialisation are ``nn.RNN``'s. ``load_state_dict`` accepts an
+    ``nn.RNN`` state_dict, also with ``strict=True``: the weights and biases come from it, and the residual
+    and gamma keep the values given to the constructor (a state_dict holds none of ``r_l{k}``,
+    ``theta_l{k}``, ``gamma_l{k}``: all of them missing is read as "an nn.RNN state_dict"; some but not all
+    missing is an error as usual). Residual and coupling live in ``r_l{k}``, ``theta_l{k}``,
+    ``gamma_l{k}`` (``_reverse`` for the second direction).
+
+    Under ``torch.autocast`` (CPU bfloat16, CUDA float16 / bfloat16) a float32 module behaves as ``nn.RNN``
+    does: the input projection runs in the autocast dtype, ``output`` and ``h_n`` come back in the autocast
+    dtype, the parameters get float32 gradients, and ``input`` / ``hx`` may be float32 or the autocast
+    dtype. The recurrent chain itself runs in float32 (state, accumulation, W_hh, r and gamma), so a
+    residual such as r = 0.999 is not rounded to bfloat16's 1.0.
     """
 
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, nonlinearity: str = "tanh",
                  bias: bool = True, batch_first: bool = False, dropout: float = 0.0,
-                 bidirectional: bool = False, residual: str = "scalar", r=1.0, gamma=0.01, theta=None,
+                 bidirectional: bool = False, residual: str = "scalar", r=None, gamma=0.01, theta=None,
                  learn_residual: bool = False, learn_gamma: bool = False, backend: str = "auto",
                  device=None, dtype=None):
         super().__init__()
@@ -81,15 +165,38 @@ class FusedWCRNN(nn.Module):
             raise ValueError(f"nonlinearity: expected 'tanh' or 'relu', got {nonlinearity!r}")
         if not isinstance(dropout, numbers.Number) or not 0 <= dropout <= 1 or isinstance(dropout, bool):
             raise ValueError(f"dropout: expected a number in [0, 1], got {dropout!r}")
+        if dropout > 0 and num_layers == 1:
+            # nn.RNN's own warning, word for word
+            warnings.warn("dropout option adds dropout after all but last recurrent layer, so non-zero dropout "
+                          f"expects num_layers greater than 1, but got dropout={dropout} and "
+                          f"num_layers={num_layers}", stacklevel=2)
         if residual not in RESIDUAL_KINDS:
             raise ValueError(f"residual: expected one of {RESIDUAL_KINDS}, got {residual!r}")
-        check_residual_args(residual, hidden_size, r, theta)
+        if residual == "none":
+            if r is not None:
+                raise ValueError(f"r: residual='none' has no residual map, so r={_show(r)} would be ignored; "
+                                 "leave r out, or choose a residual kind that uses it (e.g. residual='scalar')")
+            if learn_residual:
+                raise ValueError("learn_residual: residual='none' has no residual parameters to learn; "
+                                 "leave learn_residual=False, or choose a residual kind that has them")
+        elif r is None:
+            r = 1.0
+        check_residual_args(residual, hidden_size, 0.0 if r is None else r, theta)
+        _check_finite("r", r)
+        _check_finite("theta", theta)
         if isinstance(gamma, torch.Tensor):
             if gamma.numel() != 1 and tuple(gamma.shape) != (hidden_size,):
                 raise ValueError(f"gamma: expected a number or a tensor of shape () or ({hidden_size},), "
                                  f"got shape {tuple(gamma.shape)}")
+            if not gamma.is_floating_point():
+                raise ValueError(f"gamma: expected a floating-point tensor, got dtype {gamma.dtype}")
         elif isinstance(gamma, bool) or not isinstance(gamma, numbers.Real):
             raise ValueError(f"gamma: expected a number or a tensor, got {type(gamma).__name__}")
+        _check_finite("gamma", gamma)
+        if _min_value(gamma) < 0:
+            raise ValueError(f"gamma: expected a coupling >= 0, got {_show(gamma)} (min {_min_value(gamma):g}); "
+                             "a negative coupling with tanh is the same network as a positive one with W_ih, "
+                             "W_hh and both biases negated")
         if backend != "auto" and backend not in backend_names():
             raise ValueError(f"backend: expected 'auto' or one of {backend_names()}, got {backend!r}")
         if backend not in ("auto", "reference"):
@@ -186,10 +293,13 @@ class FusedWCRNN(nn.Module):
         return [ws[i:i + per] for i in range(0, len(ws), per)]
 
     @classmethod
-    def from_rnn(cls, rnn: nn.RNN, **kwargs) -> "FusedWCRNN":
+    def from_rnn(cls, rnn: nn.RNN, **overrides) -> "FusedWCRNN":
         """A FusedWCRNN with ``rnn``'s configuration and a copy of its weights.
 
-        ``from_rnn(rnn, residual="none", gamma=1.0)`` computes exactly what ``rnn`` computes.
+        Without overrides the result computes exactly what ``rnn`` computes: ``residual="none"``,
+        ``gamma=1.0`` (an Elman RNN). Every constructor argument can be overridden; a weakly coupled network
+        from an ``nn.RNN``'s weights is ``from_rnn(rnn, residual="scalar", r=1.0, gamma=0.01)`` (name
+        ``gamma`` too: an override of ``residual`` alone keeps ``rnn``'s coupling, gamma = 1).
         """
         if not isinstance(rnn, nn.RNN):
             raise TypeError(f"rnn: expected a torch.nn.RNN, got {type(rnn).__name__}")
@@ -198,13 +308,33 @@ class FusedWCRNN(nn.Module):
         w = rnn.weight_ih_l0
         cfg = dict(input_size=rnn.input_size, hidden_size=rnn.hidden_size, num_layers=rnn.num_layers,
                    nonlinearity=rnn.nonlinearity, bias=rnn.bias, batch_first=rnn.batch_first,
-                   dropout=float(rnn.dropout), bidirectional=rnn.bidirectional, device=w.device, dtype=w.dtype)
-        cfg.update(kwargs)
-        model = cls(**cfg)
+                   dropout=float(rnn.dropout), bidirectional=rnn.bidirectional, residual="none", gamma=1.0,
+                   device=w.device, dtype=w.dtype)
+        cfg.update(overrides)
+        with warnings.catch_warnings():
+            if (cfg["num_layers"], cfg["dropout"]) == (rnn.num_layers, float(rnn.dropout)):
+                # rnn's constructor already warned about this dropout
+                warnings.filterwarnings("ignore", message="dropout option adds dropout")
+            model = cls(**cfg)
         with torch.no_grad():
             for n in model._flat_weights_names:
                 getattr(model, n).copy_(getattr(rnn, n))
         return model
+
+    def _extra_state_names(self) -> list[str]:
+        """Names of the residual / coupling tensors, which an nn.RNN state_dict does not have."""
+        return [n for n, _ in self.named_parameters(recurse=False) if n.startswith(("r_l", "theta_l", "gamma_l"))] + \
+            [n for n, _ in self.named_buffers(recurse=False) if n.startswith(("r_l", "theta_l", "gamma_l"))]
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                              error_msgs):
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                                      error_msgs)
+        extra = [prefix + n for n in self._extra_state_names()]
+        if not any(k in state_dict for k in extra):
+            # an nn.RNN state_dict: weights from it, residual and gamma as constructed
+            drop = set(extra)
+            missing_keys[:] = [k for k in missing_keys if k not in drop]
 
     # ------------------------------------------------------------------------------------- forward
     def _suffix(self, layer: int, direction: int) -> str:
@@ -212,6 +342,14 @@ class FusedWCRNN(nn.Module):
 
     def chain_weights(self, layer: int = 0, direction: int = 0) -> ChainWeights:
         """Weights of one layer/direction with the residual in canonical form (differentiable)."""
+        num_dir = 2 if self.bidirectional else 1
+        if isinstance(layer, bool) or not isinstance(layer, numbers.Integral) or not 0 <= layer < self.num_layers:
+            raise ValueError(f"layer: expected an integer in [0, {self.num_layers - 1}] "
+                             f"(num_layers = {self.num_layers}), got {layer!r}")
+        if isinstance(direction, bool) or not isinstance(direction, numbers.Integral) or \
+                not 0 <= direction < num_dir:
+            allowed = "0 or 1 (bidirectional)" if num_dir == 2 else "0 (the module is not bidirectional)"
+            raise ValueError(f"direction: expected {allowed}, got {direction!r}")
         sfx = self._suffix(layer, direction)
         w_ih, w_hh = getattr(self, "weight_ih" + sfx), getattr(self, "weight_hh" + sfx)
         bias = getattr(self, "bias_ih" + sfx) + getattr(self, "bias_hh" + sfx) if self.bias else None
@@ -223,13 +361,26 @@ class FusedWCRNN(nn.Module):
         gamma = gamma.expand(self.hidden_size) if gamma.dim() == 0 else gamma
         return ChainWeights(w_ih, w_hh, bias, res_kind, res, gamma, self.nonlinearity)
 
-    def _check_input(self, x: Tensor, hx: Optional[Tensor], batched: bool):
+    def _autocast_dtype(self, device: torch.device) -> Optional[torch.dtype]:
+        """The autocast dtype when autocast is on for `device` and would cast this module (float32 weights),
+        else None: nn.RNN's rule (autocast casts float32 tensors only)."""
+        if self.weight_ih_l0.dtype != torch.float32 or not torch.is_autocast_enabled(device.type):
+            return None
+        dt = torch.get_autocast_dtype(device.type)
+        return dt if dt in (torch.float16, torch.bfloat16) else None
+
+    def _chain_weights_contiguous(self, layer: int, direction: int) -> ChainWeights:
+        cw = self.chain_weights(layer, direction)
+        return cw._replace(res=cw.res.contiguous(), gamma=cw.gamma.contiguous())
+
+    def _check_input(self, x: Tensor, hx: Optional[Tensor], batched: bool, amp: Optional[torch.dtype]):
         w = self.weight_ih_l0
         if x.shape[-1] != self.input_size:
             raise ValueError(f"input: expected input.size(-1) == input_size = {self.input_size}, "
                              f"got {x.shape[-1]}")
-        if x.dtype != w.dtype:
-            raise ValueError(f"input: dtype {x.dtype} does not match the module's parameters ({w.dtype}); "
+        if x.dtype != w.dtype and not (amp is not None and x.dtype == amp):
+            also = f" or, under autocast, {amp}" if amp is not None else ""
+            raise ValueError(f"input: dtype {x.dtype} does not match the module's parameters ({w.dtype}{also}); "
                              f"convert the input with input.to({w.dtype}) or the model with model.to({x.dtype})")
         if x.device != w.device:
             raise ValueError(f"input: on {x.device} but the module's parameters are on {w.device}")
@@ -243,7 +394,10 @@ class FusedWCRNN(nn.Module):
         if batched and hx.dim() != 3:
             raise ValueError(f"hx: for batched 3-D input, hx should also be 3-D "
                              f"(num_layers * num_directions, batch, hidden_size), got a {hx.dim()}-D tensor")
-        if hx.dtype != x.dtype:
+        if amp is not None:
+            if hx.dtype not in (w.dtype, amp):
+                raise ValueError(f"hx: dtype {hx.dtype}: under autocast expected {w.dtype} or {amp}")
+        elif hx.dtype != x.dtype:
             raise ValueError(f"hx: dtype {hx.dtype} does not match the input's dtype {x.dtype}")
         if hx.device != x.device:
             raise ValueError(f"hx: on {hx.device} but the input is on {x.device}")
@@ -252,9 +406,15 @@ class FusedWCRNN(nn.Module):
         num_dir = 2 if self.bidirectional else 1
         H = self.hidden_size
         lengths = None
+        data = input.data if isinstance(input, PackedSequence) else input
+        if not isinstance(data, torch.Tensor):
+            raise TypeError(f"input: expected a tensor or a PackedSequence, got {type(input).__name__}")
+        amp = self._autocast_dtype(data.device)
         if isinstance(input, PackedSequence):
             data, batch_sizes, sorted_indices, unsorted_indices = input
-            self._check_input(data, hx, batched=True)
+            if not torch.compiler.is_compiling():  # data-dependent checks: eager only
+                _check_packed(data, batch_sizes)
+            self._check_input(data, hx, batched=True, amp=amp)
             T, B = batch_sizes.shape[0], int(batch_sizes[0])
             # padded time-major layout in the packed (length-sorted) batch order
             valid = torch.arange(B)[None, :] < batch_sizes[:, None]  # (T, B) on CPU
@@ -266,13 +426,11 @@ class FusedWCRNN(nn.Module):
                 hx = hx.index_select(1, sorted_indices)
             batched = True
         else:
-            if not isinstance(input, torch.Tensor):
-                raise TypeError(f"input: expected a tensor or a PackedSequence, got {type(input).__name__}")
             if input.dim() not in (2, 3):
                 raise ValueError(f"input: expected a 2-D (unbatched) or 3-D tensor, got {input.dim()}-D "
                                  f"with shape {tuple(input.shape)}")
             batched = input.dim() == 3
-            self._check_input(input, hx, batched)
+            self._check_input(input, hx, batched, amp)
             if not batched:
                 x = input.unsqueeze(1)
                 hx = hx.unsqueeze(1) if hx is not None else None
@@ -288,10 +446,11 @@ class FusedWCRNN(nn.Module):
             raise ValueError(f"hx: expected shape {shown}, got {got}")
 
         if B == 0:
-            out = x.new_zeros((T, 0, num_dir * H))
-            h_n = x.new_zeros(expected_hx)
+            dt = amp or x.dtype
+            out = x.new_zeros((T, 0, num_dir * H), dtype=dt)
+            h_n = x.new_zeros(expected_hx, dtype=dt)
         else:
-            out, h_n = self._run_layers(x, hx, lengths)
+            out, h_n = self._run_layers(x, hx, lengths, amp)
 
         if isinstance(input, PackedSequence):
             out = PackedSequence(out[valid], batch_sizes, sorted_indices, unsorted_indices)
@@ -302,26 +461,48 @@ class FusedWCRNN(nn.Module):
             return out.squeeze(1), h_n.squeeze(1)
         return (out.transpose(0, 1) if self.batch_first else out), h_n
 
-    def _run_layers(self, x: Tensor, hx: Optional[Tensor], lengths: Optional[Tensor]):
+    def _run_layers(self, x: Tensor, hx: Optional[Tensor], lengths: Optional[Tensor], amp: Optional[torch.dtype]):
+        """All layers and directions. Under autocast (`amp` = its dtype) the input projection runs in `amp`
+        (autocast casts it), the chain in float32 with autocast off, and each layer's output is cast to `amp`."""
         num_dir = 2 if self.bidirectional else 1
         T, B = x.shape[:2]
+        sdt = self.weight_hh_l0.dtype  # the chain's dtype (float32 under autocast)
         if hx is None:
-            hx = x.new_zeros((self.num_layers * num_dir, B, self.hidden_size))
+            hx = x.new_zeros((self.num_layers * num_dir, B, self.hidden_size), dtype=sdt)
+        elif amp is not None:
+            hx = hx.to(sdt)
+        if self.backend == "auto":
+            _warn_if_auto_falls_back(x.device.type, sdt)
         dev_lengths = lengths.to(x.device) if lengths is not None else None
         h_n = []
         layer_in = x
+        # Every layer's weights up front: under torch.compile their small elementwise preparations (bias sums,
+        # residual and gamma in canonical form) then fuse into one generated kernel instead of one per layer.
+        cws = None if self.backend == "reference" else \
+            [self._chain_weights_contiguous(layer, d) for layer in range(self.num_layers) for d in range(num_dir)]
         for layer in range(self.num_layers):
             outs = []
             for d in range(num_dir):
-                cw = self.chain_weights(layer, d)
                 inp = layer_in if d == 0 else _reverse_time(layer_in, dev_lengths)
                 x0 = hx[layer * num_dir + d]
                 if self.backend == "reference":
-                    out, h = self._reference_layer(inp, x0, layer, d, dev_lengths)
+                    if amp is None:
+                        out, h = self._reference_layer(inp, x0, layer, d, dev_lengths)
+                    else:  # the specification, in float32 throughout
+                        with torch.autocast(x.device.type, enabled=False):
+                            out, h = self._reference_layer(inp.to(sdt), x0, layer, d, dev_lengths)
                 else:
-                    u = F.linear(inp, cw.w_ih, cw.bias)
-                    out, h = wcrnn_chain(u, x0, cw.w_hh, cw.res_kind, cw.res, cw.gamma, dev_lengths,
-                                         self.nonlinearity, self.backend)
+                    cw = cws[layer * num_dir + d]
+                    u = F.linear(inp, cw.w_ih, cw.bias)  # under autocast: in the autocast dtype
+                    if amp is None:
+                        out, h = wcrnn_chain(u, x0, cw.w_hh, cw.res_kind, cw.res, cw.gamma, dev_lengths,
+                                             self.nonlinearity, self.backend)
+                    else:
+                        with torch.autocast(x.device.type, enabled=False):
+                            out, h = wcrnn_chain(u.to(sdt), x0, cw.w_hh, cw.res_kind, cw.res, cw.gamma,
+                                                 dev_lengths, self.nonlinearity, self.backend)
+                if amp is not None:
+                    out, h = out.to(amp), h.to(amp)
                 outs.append(out if d == 0 else _reverse_time(out, dev_lengths))
                 h_n.append(h)
             layer_in = outs[0] if num_dir == 1 else torch.cat(outs, dim=-1)

@@ -1,0 +1,368 @@
+"""What real nn.RNN clients do with the module (issue 13): strict nn.RNN state_dicts, from_rnn without
+overrides, autocast, bad values, PackedSequence checks, the warning when "auto" loses the compiled backend."""
+from __future__ import annotations
+
+import io
+import os
+import subprocess
+import sys
+import textwrap
+import warnings
+
+import pytest
+import torch
+import torch.nn as nn
+from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence
+
+import wcrnn_kernels
+from helpers import max_rel_err, require_backend
+from wcrnn_kernels import FusedWCRNN
+
+F64 = torch.float64
+
+
+# ------------------------------------------------------------------------------------------- state dicts
+
+@pytest.mark.parametrize("kw", [dict(), dict(residual="none", gamma=1.0), dict(residual="rotational", r=0.99),
+                                dict(residual="dense", learn_residual=True, learn_gamma=True),
+                                dict(residual="diagonal", r=torch.linspace(0.9, 1.0, 6), gamma=torch.full((6,), 0.2))],
+                         ids=["default", "elman", "rotational", "dense-learned", "diagonal"])
+def test_strict_load_of_an_nn_rnn_state_dict(kw):
+    torch.manual_seed(0)
+    rnn = nn.RNN(4, 6, num_layers=2, bidirectional=True)
+    model = FusedWCRNN(4, 6, num_layers=2, bidirectional=True, **kw)
+    before = {k: v.clone() for k, v in model.state_dict().items() if k.startswith(("r_", "theta_", "gamma_"))}
+    assert before, "the module has residual / coupling state"
+    result = model.load_state_dict(rnn.state_dict())  # strict=True, the default
+    assert not result.missing_keys and not result.unexpected_keys
+    for name, p in rnn.named_parameters():
+        assert torch.equal(getattr(model, name), p), name
+    for k, v in before.items():  # residual and gamma as constructed
+        assert torch.equal(model.state_dict()[k], v), k
+
+
+def test_strict_load_still_reports_a_partial_residual_state():
+    """A FusedWCRNN state_dict that lost some (not all) of its residual / coupling keys is an error."""
+    model = FusedWCRNN(3, 4, num_layers=2)
+    sd = model.state_dict()
+    del sd["gamma_l1"]
+    with pytest.raises(RuntimeError, match='Missing key\\(s\\) in state_dict: "gamma_l1"'):
+        FusedWCRNN(3, 4, num_layers=2).load_state_dict(sd)
+    sd = model.state_dict()
+    del sd["weight_hh_l0"]
+    with pytest.raises(RuntimeError, match='"weight_hh_l0"'):
+        FusedWCRNN(3, 4, num_layers=2).load_state_dict(sd)
+    other = FusedWCRNN(3, 4, num_layers=2, r=0.5, gamma=0.3)
+    other.load_state_dict(model.state_dict())  # a full FusedWCRNN state_dict overrides r and gamma
+    assert other.r_l0.item() == 1.0 and other.gamma_l1.item() == pytest.approx(0.01)
+
+
+def test_nn_rnn_state_dict_under_a_prefix():
+    """Inside a client model (the state_dict keys carry a prefix) the same holds."""
+    class Client(nn.Module):
+        def __init__(self, rnn):
+            super().__init__()
+            self.encoder = nn.Embedding(10, 3)
+            self.rnn = rnn
+    torch.manual_seed(1)
+    src = Client(nn.RNN(3, 5))
+    dst = Client(FusedWCRNN(3, 5, residual="none", gamma=1.0))
+    dst.load_state_dict(src.state_dict())
+    x = torch.randint(0, 10, (6, 2))
+    torch.testing.assert_close(dst.rnn(dst.encoder(x))[0], src.rnn(src.encoder(x))[0], rtol=1e-5, atol=1e-6)
+
+
+# --------------------------------------------------------------------------------------------- from_rnn
+
+@pytest.mark.parametrize("cfg", [dict(num_layers=1), dict(num_layers=2, bidirectional=True, batch_first=True),
+                                 dict(num_layers=2, nonlinearity="relu", bias=False)],
+                         ids=["1layer", "2layer-bidir", "relu-nobias"])
+def test_from_rnn_without_overrides_is_the_rnn(cfg):
+    torch.manual_seed(2)
+    rnn = nn.RNN(3, 5, **cfg).double()
+    model = FusedWCRNN.from_rnn(rnn)
+    assert model.residual == "none" and float(model.gamma_l0) == 1.0
+    x = torch.randn(4, 6, 3, dtype=F64)
+    for a, e in zip(model(x), rnn(x)):
+        assert max_rel_err(a, e) < 1e-12
+
+
+def test_from_rnn_overrides_and_dropout_warning():
+    rnn = nn.RNN(3, 6, num_layers=2, dropout=0.25)
+    wc = FusedWCRNN.from_rnn(rnn, residual="scalar", r=1.0, gamma=0.01)
+    assert (wc.residual, float(wc.r_l0), float(wc.gamma_l0), wc.dropout) == ("scalar", 1.0, pytest.approx(0.01), 0.25)
+    with pytest.warns(UserWarning, match="non-zero dropout expects num_layers greater than 1"):
+        one = nn.RNN(3, 6, dropout=0.5)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # nn.RNN warned when it was made; from_rnn does not repeat it
+        FusedWCRNN.from_rnn(one)
+    with pytest.warns(UserWarning, match="non-zero dropout expects num_layers greater than 1"):
+        FusedWCRNN.from_rnn(rnn, num_layers=1)  # an override that makes the dropout useless does warn
+
+
+# ---------------------------------------------------------------------------------------------- values
+
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(gamma=float("nan")), "gamma: expected a finite number, got nan"),
+    (dict(gamma=float("inf")), "gamma: expected a finite number, got inf"),
+    (dict(gamma=torch.tensor([0.1, float("nan"), 0.1, 0.1])), r"gamma: expected finite values, got nan at index \(1,\)"),
+    (dict(gamma=-0.5), "gamma: expected a coupling >= 0, got -0.5"),
+    (dict(gamma=torch.tensor([0.1, -0.1, 0.1, 0.1])), "gamma: expected a coupling >= 0"),
+    (dict(r=float("nan")), "r: expected a finite number, got nan"),
+    (dict(r=float("-inf")), "r: expected a finite number, got -inf"),
+    (dict(residual="diagonal", r=torch.tensor([1.0, float("nan"), 1.0, 1.0])),
+     r"r: expected finite values, got nan at index \(1,\)"),
+    (dict(residual="dense", r=torch.full((4, 4), float("inf"))), r"r: expected finite values, got inf at index \(0, 0\)"),
+    (dict(residual="rotational", theta=torch.tensor([0.1, float("nan")])), "theta: expected finite values"),
+    (dict(residual="none", r=0.5), "r: residual='none' has no residual map, so r=0.5 would be ignored"),
+    (dict(residual="none", r=1.0), "r: residual='none' has no residual map"),
+    (dict(residual="none", learn_residual=True), "learn_residual: residual='none' has no residual parameters"),
+])
+def test_bad_values_are_errors(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        FusedWCRNN(3, 4, **kwargs)
+
+
+def test_values_that_stay_allowed():
+    """gamma = 0 (a linear residual network) and a negative r (an oscillating residual) mean what they say."""
+    x = torch.randn(5, 2, 3, dtype=F64)
+    m = FusedWCRNN(3, 4, r=-0.5, gamma=0.0, dtype=F64)
+    h0 = torch.randn(1, 2, 4, dtype=F64)
+    out, h = m(x, h0)
+    torch.testing.assert_close(h, (-0.5) ** 5 * h0, rtol=1e-12, atol=1e-14)
+
+
+def test_single_layer_dropout_warns_like_nn_rnn():
+    with warnings.catch_warnings(record=True) as theirs:
+        warnings.simplefilter("always")
+        nn.RNN(3, 4, dropout=0.5)
+    with warnings.catch_warnings(record=True) as ours:
+        warnings.simplefilter("always")
+        FusedWCRNN(3, 4, dropout=0.5)
+    assert [str(w.message) for w in ours] == [str(w.message) for w in theirs] and len(ours) == 1
+    assert ours[0].filename == __file__  # points at the caller, as nn.RNN's does
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        FusedWCRNN(3, 4, num_layers=2, dropout=0.5)
+        FusedWCRNN(3, 4, dropout=0.0)
+
+
+def test_chain_weights_index_errors():
+    m = FusedWCRNN(3, 4, num_layers=2)
+    with pytest.raises(ValueError, match=r"layer: expected an integer in \[0, 1\] \(num_layers = 2\), got 5"):
+        m.chain_weights(5, 0)
+    with pytest.raises(ValueError, match="layer: expected an integer in"):
+        m.chain_weights(-1)
+    with pytest.raises(ValueError, match=r"direction: expected 0 \(the module is not bidirectional\), got 1"):
+        m.chain_weights(0, 1)
+    b = FusedWCRNN(3, 4, bidirectional=True)
+    assert b.chain_weights(0, 1).w_hh is b.weight_hh_l0_reverse
+    with pytest.raises(ValueError, match=r"direction: expected 0 or 1 \(bidirectional\), got 2"):
+        b.chain_weights(0, 2)
+
+
+def test_packed_sequence_that_does_not_fit_its_data():
+    m = FusedWCRNN(3, 4)
+    with pytest.raises(ValueError, match="batch_sizes add up to 6 steps .* T = 3 steps.* data has 4 rows"):
+        m(PackedSequence(torch.randn(4, 3), torch.tensor([2, 2, 2])))
+    with pytest.raises(ValueError, match="batch_sizes must be positive and non-increasing"):
+        m(PackedSequence(torch.randn(5, 3), torch.tensor([2, 3])))
+    with pytest.raises(ValueError, match="data must be 2-D"):
+        m(PackedSequence(torch.randn(4, 1, 3), torch.tensor([2, 2])))
+    ok = pack_padded_sequence(torch.randn(5, 2, 3), torch.tensor([5, 2]))
+    assert m(ok)[0].data.shape == (7, 4)
+
+
+# --------------------------------------------------------------------------------------------- autocast
+
+AMP_BACKENDS = ["reference", "torch", "cpp", "triton"]
+
+
+def _amp_case(backend, cfg, seed=0):
+    torch.manual_seed(seed)
+    rnn = nn.RNN(5, 16, **cfg)
+    model = FusedWCRNN.from_rnn(rnn, backend=backend)
+    x = torch.randn(12, 3, 5)
+    return rnn, model, x
+
+
+def _run(m, x, hx=None, amp=True):
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
+        out, h = m(x, hx)
+    loss = (out.float() * torch.linspace(-1, 1, out.shape[-1])).sum() + h.float().sum()
+    grads = torch.autograd.grad(loss, list(m.parameters()))
+    return out, h, grads
+
+
+@pytest.mark.parametrize("backend", AMP_BACKENDS)
+@pytest.mark.parametrize("cfg", [dict(num_layers=1), dict(num_layers=2, bidirectional=True)], ids=["1layer", "2bidir"])
+def test_autocast_cpu_bfloat16_behaves_as_nn_rnn(backend, cfg):
+    """Output and h_n in bfloat16, float32 gradients for every parameter, and errors against the float32 run
+    no larger than nn.RNN's own under the same autocast (plus bfloat16's resolution)."""
+    if backend != "reference":
+        require_backend(backend, dtype=torch.float32, hidden_size=16)
+    rnn, model, x = _amp_case(backend, cfg)
+    r_out, r_h, r_g = _run(rnn, x)
+    m_out, m_h, m_g = _run(model, x)
+    assert (m_out.dtype, m_h.dtype) == (r_out.dtype, r_h.dtype) == (torch.bfloat16, torch.bfloat16)
+    assert m_out.shape == r_out.shape and m_h.shape == r_h.shape
+    f_out, f_h, f_g = _run(model, x, amp=False)  # the float32 run of the same network
+    assert f_out.dtype == torch.float32
+    rf_out, rf_h, rf_g = _run(rnn, x, amp=False)
+    eps = 2 ** -8
+    assert max_rel_err(m_out, f_out) <= max(max_rel_err(r_out, rf_out), eps)
+    assert max_rel_err(m_h, f_h) <= max(max_rel_err(r_h, rf_h), eps)
+    for (name, p), g, gf, rg, rgf in zip(model.named_parameters(), m_g, f_g, r_g, rf_g):
+        assert g.dtype == p.dtype == torch.float32, name
+        assert max_rel_err(g, gf) <= max(2 * max_rel_err(rg, rgf), 4 * eps), name
+
+
+@pytest.mark.parametrize("backend", AMP_BACKENDS)
+def test_autocast_cpu_accepts_what_nn_rnn_accepts(backend):
+    """bfloat16 input, and a bfloat16 h_n carried into the next call as hx (stateful training under autocast)."""
+    if backend != "reference":
+        require_backend(backend, dtype=torch.float32, hidden_size=16)
+    rnn, model, x = _amp_case(backend, dict(num_layers=2))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        _, h_r = rnn(x.bfloat16())
+        _, h_m = model(x.bfloat16())
+        out_r, h_r = rnn(x, h_r)
+        out_m, h_m = model(x, h_m)
+    assert out_m.dtype == out_r.dtype and h_m.dtype == h_r.dtype
+    with pytest.raises(ValueError, match="hx: dtype torch.float16: under autocast expected torch.float32 or torch.bfloat16"):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            model(x, h_m.half())
+
+
+@pytest.mark.parametrize("backend", AMP_BACKENDS)
+def test_autocast_keeps_the_residual_in_float32(backend):
+    """r = 0.999 is 1.0 in bfloat16: a chain run in bfloat16 parameters would not decay at all. Decoupled
+    (gamma = 0), h_n = r^T x0 exactly; 0.999^300 = 0.741."""
+    if backend != "reference":
+        require_backend(backend, dtype=torch.float32, hidden_size=4)
+    m = FusedWCRNN(3, 4, r=0.999, gamma=0.0, backend=backend)
+    x0 = torch.ones(1, 2, 4)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        _, h = m(torch.randn(300, 2, 3), x0)
+    assert h.dtype == torch.bfloat16
+    torch.testing.assert_close(h.float(), torch.full_like(x0, 0.999 ** 300), rtol=2 ** -8, atol=0)
+
+
+def test_autocast_leaves_a_float64_module_alone():
+    """autocast casts float32 only (nn.RNN's rule): a float64 module stays float64."""
+    m = FusedWCRNN(3, 4, dtype=F64)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out, h = m(torch.randn(5, 2, 3, dtype=F64))
+    assert out.dtype == h.dtype == F64
+
+
+def test_autocast_under_torch_compile():
+    torch._dynamo.reset()
+    torch.manual_seed(3)
+    model = FusedWCRNN(3, 8, num_layers=2, r=0.99, gamma=0.3, learn_gamma=True)
+    x = torch.randn(6, 2, 3)
+
+    def step(m):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out, h = m(x)
+        return out, h
+
+    eager = step(model)
+    out, h = step(torch.compile(model, fullgraph=True, backend="aot_eager"))
+    assert out.dtype == h.dtype == torch.bfloat16
+    torch.testing.assert_close(out, eager[0], rtol=0, atol=0)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("backend", ["auto", "torch", "cuda", "triton"])
+def test_autocast_cuda_behaves_as_nn_rnn(backend, dtype):
+    if backend != "auto":
+        require_backend(backend, device="cuda", dtype=torch.float32, hidden_size=16)
+    torch.manual_seed(0)
+    rnn = nn.RNN(5, 16, num_layers=2, bidirectional=True).cuda()
+    model = FusedWCRNN.from_rnn(rnn, backend=backend)
+    x = torch.randn(12, 3, 5, device="cuda")
+
+    def run(m, amp):
+        with torch.autocast("cuda", dtype=dtype, enabled=amp):
+            out, h = m(x)
+        loss = out.float().sum() + h.float().sum()
+        return out, h, torch.autograd.grad(loss, list(m.parameters()))
+
+    r_out, r_h, r_g = run(rnn, True)
+    m_out, m_h, m_g = run(model, True)
+    f_out, f_h, f_g = run(model, False)
+    rf_out, rf_h, rf_g = run(rnn, False)
+    assert (m_out.dtype, m_h.dtype) == (r_out.dtype, r_h.dtype) == (dtype, dtype)
+    eps = 2 ** -8 if dtype == torch.bfloat16 else 2 ** -11
+    assert max_rel_err(m_out, f_out) <= max(max_rel_err(r_out, rf_out), eps)
+    for (name, p), g, gf, rg, rgf in zip(model.named_parameters(), m_g, f_g, r_g, rf_g):
+        assert g.dtype == torch.float32, name
+        assert max_rel_err(g, gf) <= max(2 * max_rel_err(rg, rgf), 4 * eps), name
+
+
+# ------------------------------------------------------------------------------------ weights_only loading
+
+def test_weights_only_load_of_a_pickled_model_needs_the_class_allowlisted_as_for_nn_rnn():
+    """What docs/from_nn_rnn.md says: torch.load(weights_only=True) of a whole pickled model needs
+    FusedWCRNN in safe_globals, exactly as it needs nn.RNN; state_dicts need nothing."""
+    m = FusedWCRNN(3, 4, residual="rotational", r=0.99)
+    buf = io.BytesIO()
+    torch.save(m, buf)
+    buf.seek(0)
+    with pytest.raises(Exception, match="FusedWCRNN"):
+        torch.load(buf, weights_only=True)
+    buf.seek(0)
+    with torch.serialization.safe_globals([FusedWCRNN]):
+        loaded = torch.load(buf, weights_only=True)
+    x = torch.randn(4, 2, 3)
+    torch.testing.assert_close(loaded(x)[0], m(x)[0], rtol=0, atol=0)
+    buf = io.BytesIO()
+    torch.save(m.state_dict(), buf)
+    buf.seek(0)
+    fresh = FusedWCRNN(3, 4, residual="rotational")
+    fresh.load_state_dict(torch.load(buf, weights_only=True))
+    torch.testing.assert_close(fresh(x)[0], m(x)[0], rtol=0, atol=0)
+
+
+# ----------------------------------------------------------------------- "auto" without the compiled backend
+
+FALLBACK = textwrap.dedent(r"""
+    import warnings, torch
+    from torch.utils import cpp_extension
+    cpp_extension.is_ninja_available = lambda: False          # a machine without ninja
+    from wcrnn_kernels import FusedWCRNN, _build
+    _build._installed_library = lambda: None                   # and without an install-time build
+    warnings.simplefilter("always")
+    with warnings.catch_warnings(record=True) as w:
+        m = FusedWCRNN(3, 4)
+        m(torch.randn(5, 2, 3)); m(torch.randn(5, 2, 3))
+        FusedWCRNN(3, 4, dtype=torch.float64)(torch.randn(5, 2, 3, dtype=torch.float64))
+        FusedWCRNN(3, 4, backend="torch")(torch.randn(5, 2, 3))
+    msgs = [str(x.message) for x in w if "wcrnn_kernels" in str(x.message)]
+    print(len(msgs))
+    print(msgs[0] if msgs else "")
+""")
+
+
+def test_auto_warns_once_when_it_falls_back_from_the_compiled_backend(tmp_path):
+    pkg_parent = os.path.dirname(os.path.dirname(os.path.abspath(wcrnn_kernels.__file__)))
+    env = dict(os.environ, WCRNN_CACHE_DIR=str(tmp_path / "empty_cache"),
+               PYTHONPATH=os.pathsep.join([pkg_parent, os.environ.get("PYTHONPATH", "")]))
+    env.pop("WCRNN_NO_BUILD", None)
+    proc = subprocess.run([sys.executable, "-c", FALLBACK], capture_output=True, text=True, env=env,
+                          cwd=str(tmp_path), timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    count, msg = proc.stdout.strip().split("\n", 1)
+    assert count == "1", proc.stdout
+    assert "backend='auto' runs CPU tensors on the 'torch' backend" in msg
+    assert "`pip install ninja`" in msg and "backend='torch'" in msg
+
+
+def test_no_fallback_warning_when_the_compiled_backend_runs():
+    require_backend("cpp", dtype=torch.float32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        FusedWCRNN(3, 4)(torch.randn(5, 2, 3))
