@@ -57,7 +57,7 @@ def _say(msg):
 
 def _extensions():
     """([extension], {cmdclass}) when torch is importable here, else ([], {})."""
-    if os.environ.get("WCRNN_NO_BUILD"):
+    if _build._env.get("WCRNN_NO_BUILD"):
         _say("WCRNN_NO_BUILD is set: installing without compiled kernels")
         return [], {}
     if not os.path.isfile(os.path.join(CSRC, "wcrnn_ops.cpp")):

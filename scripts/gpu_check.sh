@@ -253,7 +253,7 @@ tier3() {
             targs+=(-n "${WCRNN_GPU_TEST_WORKERS:-8}")
         fi
         WCRNN_REQUIRE_CUDA=1 run_or_fail tests 600 "$WORK/tests.log" $PY -m pytest tests/test_cuda.py \
-            tests/test_triton.py "${targs[@]}"
+            tests/test_triton.py tests/test_export.py tests/test_nn_rnn_clients.py "${targs[@]}"
         grep -E "^(FAILED|ERROR) |[0-9]+ (passed|failed)|tests? collected" "$WORK/tests.log" | head -40 >> "$SUMMARY"
     fi
 }

@@ -21,17 +21,11 @@ One library: the C++ sources (``csrc/*.cpp``, ``csrc/cpu/*.cpp``) always, plus `
 has CUDA, nvcc is found and ``WCRNN_NO_CUDA`` is unset (archs from ``WCRNN_CUDA_ARCH``, default "8.0;9.0+PTX").
 ``extension_info()`` says what was loaded, from where, and whether it carries CUDA kernels.
 
-Environment variables:
-    WCRNN_CACHE_DIR   root of the build cache (default ``$XDG_CACHE_HOME/wcrnn_kernels`` or
-                      ``~/.cache/wcrnn_kernels``)
-    WCRNN_NO_BUILD=1  never compile at run time (only an installed extension is used)
-    WCRNN_NO_CUDA=1   build without the CUDA kernels
-    WCRNN_CUDA_ARCH   CUDA architectures, ``TORCH_CUDA_ARCH_LIST`` syntax (default "8.0;9.0+PTX")
-    WCRNN_CPU_ISA     read by the CPU kernels at each call: default | avx2 | avx512 (default: the widest
-                      this CPU runs)
+Environment variables (WCRNN_CACHE_DIR, WCRNN_NO_BUILD, WCRNN_NO_CUDA, WCRNN_CUDA_ARCH): the table of
+docs/design.md section 11, read through ``_env.py``.
 
-This module imports only the standard library at import time (torch lazily), because ``setup.py`` loads it
-by file path to share the source list, flags and hash with the install-time build.
+This module imports only the standard library and ``_env.py`` at import time (torch lazily), because
+``setup.py`` loads it by file path to share the source list, flags and hash with the install-time build.
 """
 from __future__ import annotations
 
@@ -46,6 +40,22 @@ import subprocess
 import sys
 import threading
 import traceback
+
+
+def _env_module():
+    # the package's environment variables (wcrnn_kernels/_env.py); by file path when setup.py loads this file
+    try:
+        from . import _env
+        return _env
+    except ImportError:
+        import importlib.util
+        spec = importlib.util.spec_from_file_location("_wcrnn_env", os.path.join(os.path.dirname(__file__), "_env.py"))
+        mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)
+        return mod
+
+
+_env = _env_module()
 
 BUILD_RECORD = "_C_build.json"
 DEFAULT_CUDA_ARCH = "8.0;9.0+PTX"  # + PTX of compute_90: newer GPUs JIT it
@@ -131,14 +141,14 @@ def nvcc_flags() -> list[str]:
 
 
 def cuda_arch_list() -> str:
-    return os.environ.get("WCRNN_CUDA_ARCH", "").strip() or DEFAULT_CUDA_ARCH
+    return (_env.get("WCRNN_CUDA_ARCH") or "").strip() or DEFAULT_CUDA_ARCH
 
 
 def cuda_build_decision(root: str | None = None) -> tuple[bool, str]:
     """Whether the CUDA kernels join the build, and why (not). Imports torch."""
     import torch
     root = root or source_root()
-    if os.environ.get("WCRNN_NO_CUDA"):
+    if _env.get("WCRNN_NO_CUDA"):
         return False, "WCRNN_NO_CUDA is set"
     if torch.version.cuda is None:
         return False, f"this torch ({torch.__version__}) is built without CUDA"
@@ -268,7 +278,7 @@ def _check_record(path: str) -> str | None:
 
 
 def cache_root() -> str:
-    env = os.environ.get("WCRNN_CACHE_DIR")
+    env = _env.get("WCRNN_CACHE_DIR")
     if env:
         return os.path.abspath(os.path.expanduser(env))
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
@@ -339,7 +349,7 @@ def _jit(notes: list[str]) -> tuple[bool, str]:
     if root is None:
         return False, ("the C++ sources (csrc/) are not part of this installation, so nothing can be compiled; "
                        "reinstall from the source tree")
-    if os.environ.get("WCRNN_NO_BUILD"):
+    if _env.get("WCRNN_NO_BUILD"):
         return False, "WCRNN_NO_BUILD is set, so nothing is compiled at run time; unset it, or install " \
                       "with `pip install --no-build-isolation .` to compile at install time"
     with_cuda, cuda_why = cuda_build_decision(root)
