@@ -168,13 +168,16 @@ def report(results_dir=RESULTS, out_md=None):
                 groups.append((f"lr {lr:g}, gamma {g:g}", [(f"{len(rr)} seeds", rr)]))
         plot_curves(groups, os.path.join(results_dir, "lr_gamma.png"),
                     "ADD100, WCRNN r = 1, H = 64, Adam: learning rate x coupling")
-    el, op = load(results_dir, "elman_init"), load(results_dir, "op_chain")
+    el = load(results_dir, "elman_init") + load(results_dir, "elman_init_lr01")
+    op = load(results_dir, "op_chain")
     groups = []
     if el:
         parts += ["## Weakly coupled initialisation of an Elman nn.RNN (ADD100, tanh)", "",
-                  grid_table(el, ("init",), "init"), ""]
-        groups.append(("nn.RNN tanh, ADD100: weakly coupled vs default init",
-                       [(k, [x for x in el if x["init"] == k]) for k in ("weakly_coupled", "default")]))
+                  grid_table(el, ("lr", "init"), "lr, init"), ""]
+        for lr in sorted({x["lr"] for x in el}):
+            groups.append((f"nn.RNN tanh, ADD100, Adam lr {lr:g}: weakly coupled vs default init",
+                           [(k, [x for x in el if x["init"] == k and x["lr"] == lr])
+                            for k in ("weakly_coupled", "default")]))
     if op:
         parts += [f"## Orhan & Pitkow: chain vs orthogonal nn.RNN (ADD{op[0]['T']}, relu)", "",
                   grid_table(op, ("init",), "init"), ""]
@@ -182,7 +185,8 @@ def report(results_dir=RESULTS, out_md=None):
                        [(k, [x for x in op if x["init"] == k]) for k in ("chain", "orthogonal")]))
     if groups:
         plot_curves(groups, os.path.join(results_dir, "elman_op.png"), "plain Elman networks on the adding problem")
-    all_rows = [x for n in ("fig3_add100", "fig3_add200", "fig3_add400", "lr_gamma", "elman_init", "op_chain")
+    all_rows = [x for n in ("fig3_add100", "fig3_add200", "fig3_add400", "lr_gamma", "elman_init",
+                            "elman_init_lr01", "op_chain")
                 for x in load(results_dir, n)]
     if all_rows:
         parts += ["## Wall time", "", f"{len(all_rows)} runs, {sum(x['wall_time_s'] for x in all_rows) / 60:.0f} "
