@@ -68,6 +68,7 @@ def experiments():
     # 3 at T = 400: the budget of a shared 2-core machine).
     ex["fig3_add100"] = _grid("fig3_add100", 5, r=list(R_GRID), T=[100], steps=[3000])
     ex["fig3_add400"] = _grid("fig3_add400", 3, r=list(R_GRID), T=[400], steps=[1500])
+    ex["fig3_add200"] = _grid("fig3_add200", 3, r=list(R_GRID), T=[200], steps=[2000])  # run last, if time allows
     # Supplement: learning rate x coupling on ADD100 (critical residual); the (lr 0.01, gamma 0.01) cell
     # is fig3_add100's r = 1 (same seeds, same configuration).
     ex["lr_gamma"] = [c for c in _grid("lr_gamma", 2, gamma=[0.01, 0.001], lr=[0.1, 0.01], r=[1.0],
@@ -88,7 +89,7 @@ def experiments():
     return ex
 
 
-ORDER = ("fig3_add100", "lr_gamma", "elman_init", "op_chain", "fig3_add400", "elman_init_lr01")
+ORDER = ("fig3_add100", "lr_gamma", "elman_init", "op_chain", "fig3_add400", "elman_init_lr01", "fig3_add200")
 
 
 def run_id(cfg):
