@@ -77,3 +77,41 @@ def test_stateful_lm_example(tmp_path):
     assert res["fused r=1 gamma=0.01 (default)"]["max_abs_h_epoch"] > 2.0  # no bound: it integrates
     assert res["fused r=1 gamma=0.1"]["max_abs_h_epoch"] > 20.0
     assert "| model |" in proc.stdout
+
+
+def test_weak_coupling_limit_example(tmp_path):
+    data, stdout = _run("weak_coupling_limit.py", tmp_path)
+    res = {r["name"]: r for r in data["results"]}
+    assert len(res) == 5 and "| scalar r=0.9 |" in stdout
+    sc = res["scalar r=0.9"]
+    assert abs(sc["log_rho"] - math.log(0.9)) < 1e-12
+    # normal residual: on the prediction at small gamma; chain with feedback: far above it at gamma 0.1
+    assert abs(sum(sc["measured"][-1]) / 2 - math.log(0.9)) < 0.01
+    fb = res["fbchain alpha=0.99 beta=0.04 H=8"]
+    assert sum(fb["measured"][0]) / 2 - fb["log_rho"] > 0.3
+
+
+def test_sweep_runner_appends_and_resumes(tmp_path):
+    pytest.importorskip("tqdm", reason="the sweep runner shows progress with tqdm (pip install tqdm)")
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    cmd = [sys.executable, os.path.join(EXAMPLES, "sweep.py"), "--results-dir", str(tmp_path), "run",
+           "elman_init", "op_chain", "--quick", "--workers", "2"]
+
+    def lines():
+        out = []
+        for name in ("elman_init", "op_chain"):
+            p = tmp_path / f"{name}.jsonl"
+            if p.exists():
+                out += [json.loads(ln) for ln in p.read_text().splitlines() if ln.strip()]
+        return out
+
+    proc = subprocess.run(cmd + ["--max-runs", "2"], capture_output=True, text=True, timeout=240, env=env, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    first = lines()
+    assert len(first) == 2 and first[0]["seed"] == 0 and all(len(r["test_rms"]) == 3 for r in first)
+    proc = subprocess.run(cmd + ["--max-runs", "1"], capture_output=True, text=True, timeout=240, env=env, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    second = lines()
+    ids = [r["id"] for r in second]
+    assert len(second) == 3 and len(set(ids)) == 3  # resumed: one new run, none repeated
+    assert {r["id"] for r in first} <= set(ids)

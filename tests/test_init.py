@@ -159,7 +159,7 @@ def test_orthogonal_and_identity():
     assert torch.allclose(torch.linalg.eigvals(Q).abs(), torch.full((13,), 0.9, dtype=F64), atol=1e-12)
     Q2 = init.orthogonal_matrix(13, gain=0.9, generator=torch.Generator().manual_seed(0), dtype=F64)
     assert torch.equal(Q, Q2)
-    assert torch.equal(init.scaled_identity(3, 0.5, dtype=F64), 0.5 * torch.eye(3, dtype=F64))
+    assert torch.equal(init.scaled_identity(3, lam=0.5, dtype=F64), 0.5 * torch.eye(3, dtype=F64))
 
 
 # ------------------------------------------------------------------------------- residual matrices

@@ -220,16 +220,32 @@ def spectral_angles(sequences: torch.Tensor, num_pairs: int, *, include_dc: bool
 # Dense matrices: Orhan & Pitkow's non-normal chains, orthogonal, scaled identity
 # ---------------------------------------------------------------------------------------------------------
 
-def chain_matrix(hidden_size: int, alpha: float = 1.0, diag: float = 0.0, *,
+def _check_scale(name, v):
+    if isinstance(v, bool) or not isinstance(v, numbers.Real) or not math.isfinite(v):
+        raise ValueError(f"{name}: expected a finite number, got {v!r}")
+
+
+def chain_matrix(hidden_size: int, *, alpha: float = 1.0, diag: float = 0.0,
                  dtype: Optional[torch.dtype] = None) -> torch.Tensor:
     """The feed-forward chain of Orhan & Pitkow (2020): M[i+1, i] = alpha, M[i, i] = diag, 0 elsewhere.
 
-    Column-vector convention (``h_new = M h``): unit i feeds unit i+1, so a pulse travels down the chain
-    one unit per step, scaled by alpha each step. All eigenvalues equal ``diag`` (M is non-normal and
-    nilpotent for diag = 0) although ||M^k|| = alpha^k for k < H. Their reference code uses alpha = 1.02
-    for the recurrent weights of a vanilla RNN.
+    Column-vector convention (``h_new = M h``, as ``nn.RNN``'s ``weight_hh``): unit i feeds unit i+1, so
+    a pulse travels down the chain one unit per step, scaled by alpha each step. All eigenvalues equal
+    ``diag`` (M is non-normal, and nilpotent for diag = 0) although ||M^k|| = alpha^k for k < H.
+
+    Orhan & Pitkow's reference code (github.com/eminorhan/nonnormal-init) writes row-vector matrices
+    (Keras ``h @ K``; their torch helper returns the same array): ``chain_init(n, diag_gain,
+    offdiag_gain)`` = diag_gain I + offdiag_gain on the *super*diagonal. The same network here is::
+
+        chain_matrix(n, alpha=offdiag_gain, diag=diag_gain) == chain_init(n, diag_gain, offdiag_gain).T
+
+    (their default offdiag_gain = 1.02, diag_gain = 0). The scales are keyword-only because the positional
+    orders differ: their ``(n, 0.5, 1.02)`` is diag 0.5 with links 1.02. Copying their array unchanged
+    into ``weight_hh`` reverses the chain (unit i+1 feeds unit i) and a pulse into unit 0 goes nowhere.
     """
     _check_size("hidden_size", hidden_size)
+    _check_scale("alpha", alpha)
+    _check_scale("diag", diag)
     dtype = dtype or torch.get_default_dtype()
     H = hidden_size
     m = diag * torch.eye(H, dtype=dtype)
@@ -238,16 +254,29 @@ def chain_matrix(hidden_size: int, alpha: float = 1.0, diag: float = 0.0, *,
     return m
 
 
-def fbchain_matrix(hidden_size: int, beta: float = 0.04, alpha: float = 0.99, diag: float = 0.0, *,
+def fbchain_matrix(hidden_size: int, *, beta: float = 0.04, alpha: float = 0.99, diag: float = 0.0,
                    dtype: Optional[torch.dtype] = None) -> torch.Tensor:
     """The chain with feedback of Orhan & Pitkow (2020): M[i+1, i] = alpha, M[i, i+1] = beta, M[i, i] = diag.
 
     Column-vector convention: forward links alpha (unit i -> i+1), weaker feedback links beta
-    (unit i+1 -> i). The defaults alpha = 0.99, beta = 0.04 are those of the authors' reference code.
-    The tridiagonal Toeplitz matrix has eigenvalues diag + 2 sqrt(alpha beta) cos(k pi / (H + 1)),
-    k = 1..H (real for alpha beta > 0), far below its transient gain when beta << alpha.
+    (unit i+1 -> i). The tridiagonal Toeplitz matrix has eigenvalues diag + 2 sqrt(alpha beta)
+    cos(k pi / (H + 1)), k = 1..H (real for alpha beta > 0), far below its transient gain when
+    beta << alpha; it is extremely non-normal (eigenvector condition ~ (alpha / beta)^((H - 1) / 2)), so
+    take its eigenvalues from ``dynamics.residual_eigenvalues`` (exact), not from a general eigen-solver.
+
+    Orhan & Pitkow's ``fbchain_init(n, diag_gain, offdiag_gain)`` (github.com/eminorhan/nonnormal-init)
+    hard-codes the forward link 0.99 on the superdiagonal (row vectors) and takes the *feedback* as
+    ``offdiag_gain`` (default 0.04) on the subdiagonal. The same network here is::
+
+        fbchain_matrix(n, alpha=0.99, beta=offdiag_gain, diag=diag_gain) == fbchain_init(n, diag_gain, offdiag_gain).T
+
+    Copying their array unchanged into ``weight_hh`` swaps the roles: the pulse travels forward with the
+    feedback gain beta.
     """
     _check_size("hidden_size", hidden_size)
+    _check_scale("beta", beta)
+    _check_scale("alpha", alpha)
+    _check_scale("diag", diag)
     dtype = dtype or torch.get_default_dtype()
     H = hidden_size
     m = diag * torch.eye(H, dtype=dtype)
@@ -257,7 +286,7 @@ def fbchain_matrix(hidden_size: int, beta: float = 0.04, alpha: float = 0.99, di
     return m
 
 
-def orthogonal_matrix(hidden_size: int, gain: float = 1.0, *, generator: Optional[torch.Generator] = None,
+def orthogonal_matrix(hidden_size: int, *, gain: float = 1.0, generator: Optional[torch.Generator] = None,
                       dtype: Optional[torch.dtype] = None) -> torch.Tensor:
     """gain * Q with Q Haar-distributed orthogonal: Q from the QR of a standard Gaussian matrix, with the
     columns' signs fixed by sign(diag(R)) so the distribution is uniform. Eigenvalues on |z| = gain."""
@@ -270,7 +299,7 @@ def orthogonal_matrix(hidden_size: int, gain: float = 1.0, *, generator: Optiona
     return (gain * q * d).to(dtype)
 
 
-def scaled_identity(hidden_size: int, lam: float = 1.0, *, dtype: Optional[torch.dtype] = None) -> torch.Tensor:
+def scaled_identity(hidden_size: int, *, lam: float = 1.0, dtype: Optional[torch.dtype] = None) -> torch.Tensor:
     """lam * I (the identity initialisation of Le et al. 2015 at lam = 1)."""
     _check_size("hidden_size", hidden_size)
     return lam * torch.eye(hidden_size, dtype=dtype or torch.get_default_dtype())
