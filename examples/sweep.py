@@ -190,18 +190,21 @@ def run_one(cfg):
 # The runner
 # ---------------------------------------------------------------------------------------------------------
 
-def _done_ids(path):
-    ids = set()
+def read_jsonl(path):
+    """The results in one JSON-lines file (none if it does not exist); a line cut by a kill is skipped."""
+    rows = []
     if os.path.exists(path):
         with open(path) as f:
             for line in f:
-                line = line.strip()
-                if line:
-                    try:
-                        ids.add(json.loads(line)["id"])
-                    except (json.JSONDecodeError, KeyError):
-                        pass  # a line cut by a kill: ignored, the run is redone
-    return ids
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError:
+                    pass  # a partial line (or a blank one): its run is redone
+    return rows
+
+
+def _done_ids(path):
+    return {r["id"] for r in read_jsonl(path) if "id" in r}
 
 
 def _select(names):

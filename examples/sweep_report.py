@@ -8,28 +8,18 @@ the report. Only finished runs are in the JSON lines; every table says how many 
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import statistics
+import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-RESULTS = os.path.join(HERE, "results", "sweeps")
+sys.path.insert(0, HERE)
+from sweep import RESULTS, read_jsonl  # noqa: E402  (the runner writes what this reads)
 
 
 def load(results_dir, name):
-    path = os.path.join(results_dir, f"{name}.jsonl")
-    rows = []
-    if os.path.exists(path):
-        with open(path) as f:
-            for line in f:
-                line = line.strip()
-                if line:
-                    try:
-                        rows.append(json.loads(line))
-                    except json.JSONDecodeError:
-                        pass
-    return sorted(rows, key=lambda r: r["seed"])
+    return sorted(read_jsonl(os.path.join(results_dir, f"{name}.jsonl")), key=lambda r: r["seed"])
 
 
 def _steps(rows):
