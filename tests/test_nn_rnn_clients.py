@@ -361,6 +361,36 @@ def test_auto_warns_once_when_it_falls_back_from_the_compiled_backend(tmp_path):
     assert "`pip install ninja`" in msg and "backend='torch'" in msg
 
 
+FALLBACK_OP = textwrap.dedent(r"""
+    import warnings, torch
+    from torch.utils import cpp_extension
+    cpp_extension.is_ninja_available = lambda: False          # a machine without ninja
+    from wcrnn_kernels import _build, wcrnn_chain
+    _build._installed_library = lambda: None                   # and without an install-time build
+    warnings.simplefilter("always")
+    with warnings.catch_warnings(record=True) as w:
+        for _ in range(2):
+            wcrnn_chain(torch.randn(5, 2, 4), torch.zeros(2, 4), torch.eye(4), 0, torch.ones(4), 0.1)
+    msgs = [str(x.message) for x in w if "wcrnn_kernels" in str(x.message)]
+    print(len(msgs))
+    print(msgs[0] if msgs else "")
+""")
+
+
+def test_auto_fallback_warning_reaches_direct_op_callers(tmp_path):
+    """The same one warning for code that calls the op itself (it lives in the backend resolution)."""
+    pkg_parent = os.path.dirname(os.path.dirname(os.path.abspath(wcrnn_kernels.__file__)))
+    env = dict(os.environ, WCRNN_CACHE_DIR=str(tmp_path / "empty_cache"),
+               PYTHONPATH=os.pathsep.join([pkg_parent, os.environ.get("PYTHONPATH", "")]))
+    env.pop("WCRNN_NO_BUILD", None)
+    proc = subprocess.run([sys.executable, "-c", FALLBACK_OP], capture_output=True, text=True, env=env,
+                          cwd=str(tmp_path), timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    count, msg = proc.stdout.strip().split("\n", 1)
+    assert count == "1", proc.stdout
+    assert "backend='auto' runs CPU tensors on the 'torch' backend" in msg
+
+
 def test_no_fallback_warning_when_the_compiled_backend_runs():
     require_backend("cpp", dtype=torch.float32)
     with warnings.catch_warnings():

@@ -94,29 +94,6 @@ def _check_packed(data: Tensor, batch_sizes: Tensor) -> None:
                              f"{batch_sizes.tolist()}")
 
 
-_AUTO_FALLBACK_WARNED = False
-
-
-@torch._dynamo.assume_constant_result
-def _warn_if_auto_falls_back(device_type: str, dtype: torch.dtype) -> bool:
-    """Once per process: warn when backend="auto" runs CPU tensors on the slow "torch" backend because the
-    compiled C++ backend could not be loaded or built here (the reason says how to fix it). Evaluated eagerly
-    when torch.compile traces it."""
-    global _AUTO_FALLBACK_WARNED
-    if _AUTO_FALLBACK_WARNED or device_type != "cpu" or dtype not in (torch.float32, torch.float64):
-        return True
-    _AUTO_FALLBACK_WARNED = True
-    if "cpp" not in backend_names():
-        return True
-    ok, why = get_backend("cpp").availability()
-    if not ok:
-        warnings.warn(f"wcrnn_kernels: backend='auto' runs CPU tensors on the 'torch' backend (several times "
-                      f"slower than the compiled 'cpp' backend), because the compiled backend is not available "
-                      f"here: {why}. Fix that and restart, or pass backend='torch' to choose it explicitly.",
-                      RuntimeWarning, stacklevel=4)
-    return True
-
-
 class FusedWCRNN(nn.Module):
     r"""Weakly coupled residual RNN with ``torch.nn.RNN``'s interface.
 
@@ -471,8 +448,6 @@ class FusedWCRNN(nn.Module):
             hx = x.new_zeros((self.num_layers * num_dir, B, self.hidden_size), dtype=sdt)
         elif amp is not None:
             hx = hx.to(sdt)
-        if self.backend == "auto":
-            _warn_if_auto_falls_back(x.device.type, sdt)
         dev_lengths = lengths.to(x.device) if lengths is not None else None
         h_n = []
         layer_in = x

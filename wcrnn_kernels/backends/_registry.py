@@ -4,6 +4,8 @@ this module imports none of them, so the import graph has no cycle.
 """
 from __future__ import annotations
 
+import warnings
+
 import torch
 
 # set by backends/__init__.py: imports every backend module (each registers itself) on first use
@@ -76,6 +78,8 @@ def _resolve_backend(name, device, dtype, hidden_size):
         for cand in _AUTO_ORDER.get(device.type, ("torch",)):
             b = _REGISTRY.get(cand)
             if b is not None and b.availability()[0] and b.supports(device, dtype, hidden_size) is None:
+                if cand == "torch":
+                    _warn_fallback(device, dtype)
                 return cand
         return "torch"
     if name not in _REGISTRY:
@@ -93,3 +97,24 @@ def _resolve_backend(name, device, dtype, hidden_size):
 def _ensure_loaded() -> None:
     if _loader is not None:
         _loader()
+
+
+_FALLBACK_WARNED = False
+
+
+def _warn_fallback(device, dtype) -> None:
+    """Once per process: "auto" runs CPU tensors on the slow "torch" backend because the compiled C++ backend
+    could not be loaded or built here (its reason says how to fix it). Silent where "cpp" could not run these
+    tensors anyway (another dtype), and where it is not registered at all."""
+    global _FALLBACK_WARNED
+    b = _REGISTRY.get("cpp")
+    if _FALLBACK_WARNED or device.type != "cpu" or b is None or b.supports(device, dtype, 1) is not None:
+        return
+    ok, why = b.availability()
+    if ok:
+        return
+    _FALLBACK_WARNED = True
+    warnings.warn(f"wcrnn_kernels: backend='auto' runs CPU tensors on the 'torch' backend (several times slower "
+                  f"than the compiled 'cpp' backend), because the compiled backend is not available here: {why}. "
+                  f"Fix that and restart, or pass backend='torch' to choose it explicitly.", RuntimeWarning,
+                  stacklevel=5)
