@@ -347,16 +347,23 @@ FALLBACK = textwrap.dedent(r"""
 """)
 
 
-def test_auto_warns_once_when_it_falls_back_from_the_compiled_backend(tmp_path):
+def _fallback_warnings(script, tmp_path):
+    """(count, first message) of the package's warnings, from `script` run in a child process with an empty
+    build cache (and, by the script, no ninja): the compiled backend cannot be built there."""
     pkg_parent = os.path.dirname(os.path.dirname(os.path.abspath(wcrnn_kernels.__file__)))
     env = dict(os.environ, WCRNN_CACHE_DIR=str(tmp_path / "empty_cache"),
                PYTHONPATH=os.pathsep.join([pkg_parent, os.environ.get("PYTHONPATH", "")]))
     env.pop("WCRNN_NO_BUILD", None)
-    proc = subprocess.run([sys.executable, "-c", FALLBACK], capture_output=True, text=True, env=env,
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env,
                           cwd=str(tmp_path), timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     count, msg = proc.stdout.strip().split("\n", 1)
-    assert count == "1", proc.stdout
+    return count, msg
+
+
+def test_auto_warns_once_when_it_falls_back_from_the_compiled_backend(tmp_path):
+    count, msg = _fallback_warnings(FALLBACK, tmp_path)
+    assert count == "1", (count, msg)
     assert "backend='auto' runs CPU tensors on the 'torch' backend" in msg
     assert "`pip install ninja`" in msg and "backend='torch'" in msg
 
@@ -379,15 +386,8 @@ FALLBACK_OP = textwrap.dedent(r"""
 
 def test_auto_fallback_warning_reaches_direct_op_callers(tmp_path):
     """The same one warning for code that calls the op itself (it lives in the backend resolution)."""
-    pkg_parent = os.path.dirname(os.path.dirname(os.path.abspath(wcrnn_kernels.__file__)))
-    env = dict(os.environ, WCRNN_CACHE_DIR=str(tmp_path / "empty_cache"),
-               PYTHONPATH=os.pathsep.join([pkg_parent, os.environ.get("PYTHONPATH", "")]))
-    env.pop("WCRNN_NO_BUILD", None)
-    proc = subprocess.run([sys.executable, "-c", FALLBACK_OP], capture_output=True, text=True, env=env,
-                          cwd=str(tmp_path), timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    count, msg = proc.stdout.strip().split("\n", 1)
-    assert count == "1", proc.stdout
+    count, msg = _fallback_warnings(FALLBACK_OP, tmp_path)
+    assert count == "1", (count, msg)
     assert "backend='auto' runs CPU tensors on the 'torch' backend" in msg
 
 
