@@ -1,7 +1,7 @@
 """Lyapunov spectra (wcrnn_kernels.dynamics): the paper's claims and an independent float64 computation.
 
 Oracles: (1) the paper's claim that with gamma = 0.01 the exponents are close to log|lambda(R)|
-(DESIGN.md section 8.4); (2) an explicit-Jacobian computation written here: Jacobians of one step of the
+(docs/design.md section 8.4); (2) an explicit-Jacobian computation written here: Jacobians of one step of the
 reference loop by autograd, their product formed in numpy, one QR at the end.
 """
 from __future__ import annotations

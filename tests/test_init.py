@@ -177,7 +177,7 @@ def test_residual_matrix_matches_apply_residual(kind, H):
     res_kind, res = canonical_residual(kind, H, r, theta, dtype=F64)
     assert torch.allclose(x @ R.t(), apply_residual(res_kind, res, x), rtol=0, atol=1e-14)
     assert torch.allclose(init.canonical_residual_matrix(res_kind, res), R, rtol=0, atol=0)
-    if kind == "rotational":  # DESIGN.md section 2's blocks, written out
+    if kind == "rotational":  # docs/design.md section 2's blocks, written out
         for k in range(H // 2):
             c, s = math.cos(theta[k]), math.sin(theta[k])
             blk = r[k] * torch.tensor([[c, -s], [s, c]], dtype=F64)

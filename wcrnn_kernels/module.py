@@ -1,4 +1,4 @@
-"""FusedWCRNN: a drop-in replacement for ``torch.nn.RNN`` that runs a WCRNN (DESIGN.md section 3).
+"""FusedWCRNN: a drop-in replacement for ``torch.nn.RNN`` that runs a WCRNN (docs/design.md section 3).
 
 Per layer and direction the module computes the input projection with one large GEMM, turns its
 user-facing residual parameters into the canonical form with ordinary autograd ops, and hands the
@@ -101,7 +101,7 @@ class FusedWCRNN(nn.Module):
 
     Args (beyond ``nn.RNN``'s ``input_size, hidden_size, num_layers, nonlinearity, bias, batch_first,
     dropout, bidirectional``):
-        residual: ``"none"``, ``"scalar"``, ``"diagonal"``, ``"rotational"`` or ``"dense"`` (DESIGN.md section 2).
+        residual: ``"none"``, ``"scalar"``, ``"diagonal"``, ``"rotational"`` or ``"dense"`` (docs/design.md section 2).
         r: residual strength: a number, or a tensor of the kind's shape (() scalar, (H,) diagonal,
             (H/2,) rotational magnitudes rho, (H, H) dense). A number means r*I for dense. Default (None):
             1, the paper's critical network. Must be finite; ``residual="none"`` takes no ``r``.
