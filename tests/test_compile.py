@@ -54,13 +54,13 @@ def test_compile_inductor_fullgraph():
 
 def test_opcheck_on_the_custom_ops():
     """torch.library.opcheck: schema, fake tensor, autograd registration and AOT dispatch are consistent."""
-    from wcrnn_kernels.ops import _chain
+    from wcrnn_kernels.ops import _chain_fwd
     torch.manual_seed(2)
     T, B, H = 4, 3, 6
     args = (torch.randn(T, B, H, requires_grad=True), torch.randn(B, H, requires_grad=True),
             torch.randn(H, H, requires_grad=True), torch.rand(2, H, requires_grad=True),
             torch.rand(H, requires_grad=True), torch.tensor([4, 1, 2]), 1, 0, "torch", True)
-    torch.library.opcheck(_chain, args)
-    torch.library.opcheck(_chain, args[:5] + (None, 1, 1, "torch", True))  # no lengths, relu
+    torch.library.opcheck(_chain_fwd, args)
+    torch.library.opcheck(_chain_fwd, args[:5] + (None, 1, 1, "torch", True))  # no lengths, relu
     nograd = tuple(t.detach() if isinstance(t, torch.Tensor) else t for t in args)
-    torch.library.opcheck(_chain, nograd[:-1] + (False,))  # inference: nothing saved
+    torch.library.opcheck(_chain_fwd, nograd[:-1] + (False,))  # inference: nothing saved

@@ -30,7 +30,7 @@ REQUIRE_ONNX = os.environ.get("WCRNN_REQUIRE_ONNX") == "1"
 
 
 def _chain_nodes(ep):
-    return [n for n in ep.graph.nodes if n.op == "call_function" and "wcrnn_kernels.chain" in str(n.target)]
+    return [n for n in ep.graph.nodes if n.op == "call_function" and "wcrnn_kernels.chain_fwd" in str(n.target)]
 
 
 def _export(model, x):

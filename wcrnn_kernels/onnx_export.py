@@ -1,6 +1,6 @@
 """The chain for ``torch.onnx.export(..., dynamo=True)``: one layer, one direction as a scan over time.
 
-The fused op ``wcrnn_kernels::chain`` is opaque (its kernels are C++, CUDA or Triton), so it has no ONNX
+The fused op ``wcrnn_kernels::chain_fwd`` is opaque (its kernels are C++, CUDA or Triton), so it has no ONNX
 translation. While the ONNX exporter traces a model (``torch.onnx.is_in_onnx_export()``), ``wcrnn_chain``
 computes the same recurrence with ``torch._higher_order_ops.scan`` instead, which the exporter turns into
 one ONNX ``Scan`` node: the sequence length and the batch stay dynamic, and every residual form, lengths

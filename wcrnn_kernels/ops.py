@@ -3,12 +3,12 @@
     output, h_n = wcrnn_chain(u, x0, w_hh, res_kind, res, gamma, lengths, nonlinearity, backend)
 
 ``u`` is the precomputed input projection (both biases included), so only the sequential chain of
-docs/design.md section 5 lives here. The op is registered with ``torch.library`` as ``wcrnn_kernels::chain``
-(a custom op with a fake implementation and an autograd formula), and its backward is the custom op
-``wcrnn_kernels::chain_bwd``; both are opaque to ``torch.compile``, so ``fullgraph=True`` works.
+docs/design.md section 5 lives here. One custom op per direction: ``wcrnn_kernels::chain_fwd`` (fake
+implementation and autograd formula registered) and its backward ``wcrnn_kernels::chain_bwd``; both are opaque
+to ``torch.compile``, so ``fullgraph=True`` works, and both resolve the backend when they run.
 
 Reading order: the two custom ops, their fake implementations, the autograd registration, then the public
-function ``wcrnn_chain`` that validates its arguments and picks the backend.
+function ``wcrnn_chain`` that validates its arguments (contract.py) and calls the forward op.
 """
 from __future__ import annotations
 
@@ -20,7 +20,8 @@ from torch import Tensor
 from .backends import get_backend, resolve_backend
 from .reference import compute_dtype, phi
 from .reference import wcrnn_chain_ref
-from .residual import (NONLIN_CODES, RES_DENSE, RES_DIAG, RES_ROT, canonical_shape, swap_pairs)
+from .contract import check_chain_call
+from .residual import RES_DIAG, RES_ROT, swap_pairs
 
 _EMPTY = (0,)
 
@@ -29,8 +30,8 @@ _EMPTY = (0,)
 # from their inputs' device and dtype: a graph traced here (torch.export, torch.compile) records "auto" and
 # runs with the fastest backend of wherever it is loaded, a GPU included.
 
-@torch.library.custom_op("wcrnn_kernels::chain", mutates_args=())
-def _chain(u: Tensor, x0: Tensor, w_hh: Tensor, res: Tensor, gamma: Tensor, lengths: Optional[Tensor],
+@torch.library.custom_op("wcrnn_kernels::chain_fwd", mutates_args=())
+def _chain_fwd(u: Tensor, x0: Tensor, w_hh: Tensor, res: Tensor, gamma: Tensor, lengths: Optional[Tensor],
            res_kind: int, nonlin: int, backend: str, save_a: bool) -> tuple[Tensor, Tensor, Tensor]:
     name = resolve_backend(backend, u.device, u.dtype, u.shape[-1])
     return get_backend(name).chain_fwd(u, x0, w_hh, res_kind, res, gamma, lengths, nonlin, save_a)
@@ -82,8 +83,8 @@ def _chain_bwd(grad_out: Tensor, grad_hn: Tensor, a: Tensor, x0: Tensor, out: Te
     return g.to(a.dtype), dx0.to(x0.dtype), grad_w, grad_res, grad_gamma
 
 
-@_chain.register_fake
-def _chain_fake(u, x0, w_hh, res, gamma, lengths, res_kind, nonlin, backend, save_a):
+@_chain_fwd.register_fake
+def _chain_fwd_fake(u, x0, w_hh, res, gamma, lengths, res_kind, nonlin, backend, save_a):
     return torch.empty_like(u), torch.empty_like(x0), (torch.empty_like(u) if save_a else u.new_empty(_EMPTY))
 
 
@@ -109,7 +110,7 @@ def _backward(ctx, grad_out, grad_hn, _grad_a):
     a, x0, out, w_hh, res, gamma, lengths = ctx.saved_tensors
     res_kind, nonlin, backend, save_a = ctx.meta
     if not save_a:
-        raise RuntimeError("wcrnn_kernels::chain: backward called on a forward that ran without saving the "
+        raise RuntimeError("wcrnn_kernels::chain_fwd: backward called on a forward that ran without saving the "
                            "pre-activations (save_a=False: no input required grad, or grad mode was off)")
     need = ctx.needs_input_grad
     grad_out = torch.zeros_like(out) if grad_out is None else grad_out.contiguous()
@@ -120,14 +121,7 @@ def _backward(ctx, grad_out, grad_hn, _grad_a):
             gres if need[3] else None, ggamma if need[4] else None, None, None, None, None, None)
 
 
-torch.library.register_autograd("wcrnn_kernels::chain", _backward, setup_context=_setup_context)
-
-
-def _check_tensor(name, t, ndim, shape_desc):
-    if not isinstance(t, torch.Tensor):
-        raise TypeError(f"{name}: expected a tensor {shape_desc}, got {type(t).__name__}")
-    if t.dim() != ndim:
-        raise ValueError(f"{name}: expected a {ndim}-D tensor {shape_desc}, got shape {tuple(t.shape)}")
+torch.library.register_autograd("wcrnn_kernels::chain_fwd", _backward, setup_context=_setup_context)
 
 
 def wcrnn_chain(u: Tensor, x0: Tensor, w_hh: Tensor, res_kind: int, res: Tensor, gamma, lengths=None,
@@ -150,41 +144,8 @@ def wcrnn_chain(u: Tensor, x0: Tensor, w_hh: Tensor, res_kind: int, res: Tensor,
         output (T, B, H) with output[t] = x_{t+1} (zero past the length) and h_n (B, H) = x_{L_b}.
         Differentiable in u, x0, w_hh, res and gamma.
     """
-    _check_tensor("u", u, 3, "(T, B, H)")
-    T, B, H = u.shape
-    if T == 0:
-        raise RuntimeError("Expected sequence length to be larger than 0 in RNN (u has T = 0 steps)")
-    if not u.is_floating_point():
-        raise ValueError(f"u: expected a floating-point tensor, got dtype {u.dtype}")
-    _check_tensor("x0", x0, 2, "(B, H)")
-    _check_tensor("w_hh", w_hh, 2, "(H, H)")
-    if tuple(x0.shape) != (B, H):
-        raise ValueError(f"x0: expected shape (B, H) = {(B, H)} to match u {tuple(u.shape)}, "
-                         f"got {tuple(x0.shape)}")
-    if tuple(w_hh.shape) != (H, H):
-        raise ValueError(f"w_hh: expected shape (H, H) = {(H, H)}, got {tuple(w_hh.shape)}")
-    if isinstance(res_kind, bool) or res_kind not in (RES_DIAG, RES_ROT, RES_DENSE):
-        raise ValueError(f"res_kind: expected 0 (diagonal), 1 (rotation pairs) or 2 (dense), a ResidualForm, "
-                         f"got {res_kind!r}")
-    res_kind = int(res_kind)    # plain ints on the op boundary (kernels and traced graphs see 0, 1, 2)
-    if res_kind == RES_ROT and H % 2:
-        raise ValueError(f"res: rotation pairs need an even hidden size, got H = {H}")
-    if not isinstance(res, torch.Tensor) or tuple(res.shape) != canonical_shape(res_kind, H):
-        got = tuple(res.shape) if isinstance(res, torch.Tensor) else type(res).__name__
-        raise ValueError(f"res: res_kind {res_kind} expects shape {canonical_shape(res_kind, H)}, got {got}")
-    if nonlinearity not in NONLIN_CODES:
-        raise ValueError(f"nonlinearity: expected 'tanh' or 'relu', got {nonlinearity!r}")
-    if not isinstance(gamma, torch.Tensor):
-        gamma = torch.tensor(float(gamma), dtype=u.dtype, device=u.device)
-    if gamma.numel() != 1 and tuple(gamma.shape) != (H,):
-        raise ValueError(f"gamma: expected a number or a tensor of shape () or ({H},), got {tuple(gamma.shape)}")
-    for name, t in (("x0", x0), ("w_hh", w_hh), ("res", res), ("gamma", gamma)):
-        if t.dtype != u.dtype:
-            raise ValueError(f"{name}: dtype {t.dtype} does not match u's dtype {u.dtype}")
-        if t.device != u.device:
-            raise ValueError(f"{name}: device {t.device} does not match u's device {u.device}")
-    if lengths is not None:
-        lengths = _check_lengths(lengths, B, T, u.device)
+    res_kind, gamma, lengths, nonlin = check_chain_call(u, x0, w_hh, res_kind, res, gamma, lengths, nonlinearity)
+    H = u.shape[-1]
 
     # resolved here to check a forced backend early (eager); the op resolves the request again when it runs
     if resolve_backend(backend, u.device, u.dtype, H) == "reference":
@@ -193,12 +154,12 @@ def wcrnn_chain(u: Tensor, x0: Tensor, w_hh: Tensor, res_kind: int, res: Tensor,
         # torch.onnx.export(..., dynamo=True): the chain as a scan, which becomes an ONNX Scan with dynamic
         # T and B (the custom op has no ONNX translation; onnx_export.py)
         from .onnx_export import chain_as_scan
-        return chain_as_scan(u, x0, w_hh, res_kind, res, gamma, lengths, NONLIN_CODES[nonlinearity])
+        return chain_as_scan(u, x0, w_hh, res_kind, res, gamma, lengths, nonlin)
     gamma = gamma.reshape(-1).expand(H) if gamma.numel() == 1 else gamma
     # The pre-activations are stored only when a backward can follow.
     save_a = torch.is_grad_enabled() and any(t.requires_grad for t in (u, x0, w_hh, res, gamma))
-    out, h_n, _ = _chain(u.contiguous(), x0.contiguous(), w_hh.contiguous(), res.contiguous(),
-                         gamma.contiguous(), lengths, res_kind, NONLIN_CODES[nonlinearity], backend, save_a)
+    out, h_n, _ = _chain_fwd(u.contiguous(), x0.contiguous(), w_hh.contiguous(), res.contiguous(),
+                         gamma.contiguous(), lengths, res_kind, nonlin, backend, save_a)
     return out, h_n
 
 
@@ -206,17 +167,3 @@ def wcrnn_chain(u: Tensor, x0: Tensor, w_hh: Tensor, res_kind: int, res: Tensor,
 def _onnx_exporting() -> bool:
     # evaluated eagerly: Dynamo folds torch.onnx.is_in_onnx_export() to False when it traces for the exporter
     return torch.onnx.is_in_onnx_export()
-
-
-def _check_lengths(lengths, B, T, device):
-    if not isinstance(lengths, torch.Tensor):
-        lengths = torch.as_tensor(lengths)
-    if lengths.dim() != 1 or lengths.shape[0] != B:
-        raise ValueError(f"lengths: expected a 1-D tensor of B = {B} entries, got shape {tuple(lengths.shape)}")
-    if lengths.dtype.is_floating_point or lengths.dtype == torch.bool or lengths.is_complex():
-        raise ValueError(f"lengths: expected an integer tensor, got dtype {lengths.dtype}")
-    if not torch.compiler.is_compiling() and B > 0:
-        lo, hi = int(lengths.min()), int(lengths.max())
-        if lo < 0 or hi > T:
-            raise ValueError(f"lengths: every entry must lie in [0, T = {T}], got min {lo}, max {hi}")
-    return lengths.to(device=device, dtype=torch.int64).contiguous()

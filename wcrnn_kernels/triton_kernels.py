@@ -21,6 +21,7 @@ import triton
 import triton.language as tl
 
 from . import _env
+from .contract import check_kernel_bwd, check_kernel_fwd
 from .reference import compute_dtype as _compute_dtype
 from .triton_jit import _wcrnn_bwd_kernel, _wcrnn_fwd_kernel
 
@@ -267,38 +268,17 @@ def _precisions(w_dtype, cd, fp32_precision=None):
     return (fp32 if w_dtype == torch.float32 else "ieee"), fp32
 
 
-def _check(name, t, shape, dtype=None, device=None):
-    if not isinstance(t, torch.Tensor):
-        raise TypeError(f"{name}: expected a tensor of shape {shape}, got {type(t).__name__}")
-    if tuple(t.shape) != tuple(shape):
-        raise ValueError(f"{name}: expected shape {tuple(shape)}, got {tuple(t.shape)}")
-    if not t.is_contiguous():
-        raise ValueError(f"{name}: expected a contiguous tensor")
-    if dtype is not None and t.dtype != dtype:
-        raise ValueError(f"{name}: expected dtype {dtype}, got {t.dtype}")
-    if device is not None and t.device != device:
-        raise ValueError(f"{name}: expected device {device}, got {t.device}")
-
-
-def _check_common(T, B, H, w, res_kind, res, gamma, lengths, nonlin, device):
+def _check_backend_limits(B, H, dtype, w_dtype, device):
+    """What only the Triton kernels add to the op contract (contract.py): size, dtypes, device."""
+    if dtype not in _TL_DTYPE or w_dtype not in _TL_DTYPE:
+        bad = dtype if dtype not in _TL_DTYPE else w_dtype
+        raise ValueError(f"{'u' if bad is dtype else 'w_hh'}: expected float16, bfloat16, float32 or float64, "
+                         f"got {bad}")
     if H > MAX_HIDDEN:
         raise ValueError(f"hidden size {H} > {MAX_HIDDEN}: too large for the Triton kernels; use "
                          f"backend='torch' (any H) or backend='cuda'")
     if B * padded_hidden(H) >= 2 ** 31:
         raise ValueError(f"batch {B} x hidden {H} is too large for one time slab (B * H must be < 2^31)")
-    if w.dtype not in _TL_DTYPE:
-        raise ValueError(f"w_hh: expected float16, bfloat16, float32 or float64, got {w.dtype}")
-    _check("w_hh", w, (H, H), device=device)
-    if res_kind not in (0, 1, 2):
-        raise ValueError(f"res_kind: expected 0 (diagonal), 1 (rotation pairs) or 2 (dense), got {res_kind!r}")
-    if res_kind == 1 and H % 2:
-        raise ValueError(f"res: rotation pairs need an even hidden size, got H = {H}")
-    _check("res", res, {0: (H,), 1: (2, H), 2: (H, H)}[res_kind], device=device)
-    _check("gamma", gamma, (H,), device=device)
-    if lengths is not None:
-        _check("lengths", lengths, (B,), dtype=torch.int64, device=device)
-    if nonlin not in (0, 1):
-        raise ValueError(f"nonlin: expected 0 (tanh) or 1 (relu), got {nonlin!r}")
     if device.type != "cuda" and not INTERPRETER:
         raise ValueError(f"the Triton kernels run CUDA tensors (CPU tensors only under TRITON_INTERPRET=1), "
                          f"got tensors on {device}")
@@ -325,16 +305,10 @@ def wcrnn_fwd(u, x0, w_hh, res_kind, res, gamma, lengths=None, nonlin=0, save_a=
     else an empty tensor).
     ``config`` ({"W_RESIDENT": bool, "BLOCK_K": int, "num_warps": int}) bypasses the autotuner (tests).
     """
-    if not isinstance(u, torch.Tensor) or u.dim() != 3:
-        raise ValueError(f"u: expected a 3-D tensor (T, B, H), got {getattr(u, 'shape', type(u).__name__)}")
+    res_kind, nonlin = check_kernel_fwd(u, x0, w_hh, res_kind, res, gamma, lengths, nonlin)
     T, B, H = u.shape
     dev, dt = u.device, u.dtype
-    if dt not in _TL_DTYPE:
-        raise ValueError(f"u: expected float16, bfloat16, float32 or float64, got {dt}")
-    _check("u", u, (T, B, H))
-    _check("x0", x0, (B, H), dtype=dt, device=dev)
-    _check_common(T, B, H, w_hh, res_kind, res, gamma, lengths, nonlin, dev)
-    res_kind = int(res_kind)
+    _check_backend_limits(B, H, dt, w_hh.dtype, dev)
     cd = _compute_dtype(dt)
     out = torch.empty_like(u)
     hn = torch.empty_like(x0)
@@ -368,17 +342,12 @@ def wcrnn_bwd(grad_out, grad_hn, a, w_hh, res_kind, res, gamma, lengths=None, no
     Returns (g (T, B, H) = dL/da_t, dx0 (B, H) = dL/dx_0, delta (T, B, H) = dL/dx_t or None), all in
     a's dtype, zero past each length. ``a`` is only read.
     """
-    if not isinstance(a, torch.Tensor) or a.dim() != 3:
-        raise ValueError(f"a: expected a 3-D tensor (T, B, H), got {getattr(a, 'shape', type(a).__name__)}")
+    res_kind, nonlin = check_kernel_bwd(grad_out, grad_hn, a, w_hh, res_kind, res, gamma, lengths, nonlin)
     T, B, H = a.shape
     dev, cd = a.device, a.dtype
     if cd not in (torch.float32, torch.float64):
         raise ValueError(f"a: expected the compute dtype float32 or float64, got {cd}")
-    _check("a", a, (T, B, H))
-    _check("grad_out", grad_out, (T, B, H), dtype=cd, device=dev)
-    _check("grad_hn", grad_hn, (B, H), dtype=cd, device=dev)
-    _check_common(T, B, H, w_hh, res_kind, res, gamma, lengths, nonlin, dev)
-    res_kind = int(res_kind)
+    _check_backend_limits(B, H, cd, w_hh.dtype, dev)
     g = torch.empty_like(a)
     delta = torch.empty_like(a) if need_delta else None
     dx0 = torch.empty_like(grad_hn)
