@@ -16,38 +16,21 @@ numbers as JSON.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
-import sys
 import time
 
 import torch
 from torch import nn
 from tqdm import tqdm
 
-# Run from a source checkout, use the checkout's package (not an older installed copy).
-_ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
-if os.path.isdir(os.path.join(_ROOT, "wcrnn_kernels")):
-    sys.path.insert(0, _ROOT)
+import _common  # noqa: E402  (examples/_common.py: a source checkout's package first)
 
 from wcrnn_kernels import init, tasks  # noqa: E402
 from wcrnn_kernels.dynamics import lyapunov_spectrum  # noqa: E402
 from wcrnn_kernels.module import FusedWCRNN  # noqa: E402
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-
-
-class Adder(nn.Module):
-    def __init__(self, hidden, r, gamma, nonlinearity, backend):
-        super().__init__()
-        self.rnn = FusedWCRNN(2, hidden, batch_first=True, residual="scalar", r=r, gamma=gamma,
-                              nonlinearity=nonlinearity, backend=backend)
-        self.head = nn.Linear(hidden, 1)
-
-    def forward(self, x):
-        _, h = self.rnn(x)
-        return self.head(h[-1])
+HERE = _common.HERE
 
 
 def parse_args(argv=None):
@@ -63,7 +46,7 @@ def parse_args(argv=None):
     p.add_argument("--eval-every", type=int, default=100)
     p.add_argument("--threshold", type=float, default=tasks.ADDING_THRESHOLD_RMS)
     p.add_argument("--seeds", type=int, default=3, help="network instances (seeds 0..N-1) per residual")
-    p.add_argument("--threads", type=int, default=0, help="torch threads (0: leave torch's default)")
+    _common.add_threads_argument(p)
     p.add_argument("--backend", default="auto")
     p.add_argument("--quick", action="store_true", help="tiny run for CI (T = 30, H = 16, 40 steps)")
     p.add_argument("--out", default=os.path.join(HERE, "results", "adding_problem.png"), help="PNG path")
@@ -87,7 +70,9 @@ def exponents(model, x):
 
 def train_one(r, seed, args, test):
     torch.manual_seed(seed)  # the weights of seed s are the same for every r
-    model = Adder(args.hidden, r, args.gamma, args.nonlinearity, args.backend)
+    model = _common.LastStateReadout(FusedWCRNN(2, args.hidden, batch_first=True, residual="scalar", r=r,
+                                                gamma=args.gamma, nonlinearity=args.nonlinearity,
+                                                backend=args.backend), 1)
     opt = torch.optim.Adam(model.parameters(), lr=args.lr)
     gen = torch.Generator().manual_seed(1000 + seed)
     steps, curve = [0], [rms(model, *test)]
@@ -127,8 +112,7 @@ def _median_steps(steps, budget):
 
 def main(argv=None):
     args = parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    _common.apply_threads(args)
     test = tasks.adding_problem(1000, args.T, generator=torch.Generator().manual_seed(12345))
     t0 = time.perf_counter()
     results = [train_one(r, seed, args, test) for r in args.r_values for seed in range(args.seeds)]
@@ -157,21 +141,17 @@ def main(argv=None):
              ("lambda_max_before", "lambda_max_after", "lambda_mean_before", "lambda_mean_after")}
         print(f"| {r:g} | {math.log(r):+.5f} | {m['lambda_max_before']:+.5f} | {m['lambda_max_after']:+.5f} | "
               f"{m['lambda_mean_before']:+.5f} | {m['lambda_mean_after']:+.5f} |")
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     meta = {k: v for k, v in vars(args).items() if k != "out"}
     meta.update(torch=torch.__version__, threads=torch.get_num_threads(), total_wall_time_s=total,
                 baseline_rms=tasks.adding_baseline_rms())
-    with open(os.path.splitext(args.out)[0] + ".json", "w") as f:
-        json.dump(dict(meta=meta, results=results), f, indent=1)
+    _common.write_json(args.out, meta, results)
     plot(results, args)
     print(f"\nwrote {args.out}")
     return results
 
 
 def plot(results, args):
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = _common.pyplot()
 
     fig, ax = plt.subplots(figsize=(7, 4.8))
     colors = dict(zip(args.r_values, plt.rcParams["axes.prop_cycle"].by_key()["color"]))

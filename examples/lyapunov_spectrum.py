@@ -12,25 +12,20 @@ the numbers, and prints a markdown table.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
-import sys
 import time
 
 import torch
 from tqdm import tqdm
 
-# Run from a source checkout, use the checkout's package (not an older installed copy).
-_ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
-if os.path.isdir(os.path.join(_ROOT, "wcrnn_kernels")):
-    sys.path.insert(0, _ROOT)
+import _common  # noqa: E402  (examples/_common.py: a source checkout's package first)
 
 from wcrnn_kernels import init, tasks  # noqa: E402
 from wcrnn_kernels.dynamics import lyapunov_spectrum, residual_log_spectrum  # noqa: E402
 from wcrnn_kernels.module import FusedWCRNN  # noqa: E402
 
-HERE = os.path.dirname(os.path.abspath(__file__))
+HERE = _common.HERE
 
 
 def parse_args(argv=None):
@@ -42,7 +37,7 @@ def parse_args(argv=None):
     p.add_argument("--gamma", type=float, default=init.PAPER_GAMMA, help="coupling constant")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--backend", default="auto", help="FusedWCRNN backend for the state trajectory")
-    p.add_argument("--threads", type=int, default=0, help="torch threads (0: leave torch's default)")
+    _common.add_threads_argument(p)
     p.add_argument("--quick", action="store_true", help="tiny run for CI (H = 32, T = 300)")
     p.add_argument("--out", default=os.path.join(HERE, "results", "lyapunov_spectrum.png"), help="PNG path")
     a = p.parse_args(argv)
@@ -59,8 +54,7 @@ def spectrum(model, args, gen):
 
 def main(argv=None):
     args = parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    _common.apply_threads(args)
     torch.manual_seed(args.seed)
     gen = torch.Generator().manual_seed(args.seed)
     H, F64 = args.hidden, torch.float64
@@ -93,20 +87,16 @@ def main(argv=None):
         print(f"| {r['name']} | {min(r['predicted']):+.5f} .. {max(r['predicted']):+.5f} | "
               f"{r['lambda_max']:+.5f} .. {r['lambda_min']:+.5f} | {r['max_abs_dev']:.2e} | {r['mean_dev']:.2e} |")
 
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     meta = dict(hidden=H, steps=args.steps, warmup=args.warmup, batch=args.batch, gamma=args.gamma,
                 seed=args.seed, quick=args.quick, wall_time_s=wall, torch=torch.__version__)
-    with open(os.path.splitext(args.out)[0] + ".json", "w") as f:
-        json.dump(dict(meta=meta, results=results), f, indent=1)
+    _common.write_json(args.out, meta, results)
     plot(results, args, wall)
     print(f"\nwrote {args.out}")
     return results
 
 
 def plot(results, args, wall):
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = _common.pyplot()
 
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.8))
     colors = ("tab:blue", "tab:cyan", "black", "tab:orange", "tab:red")

@@ -13,37 +13,20 @@ performance (50 % test accuracy) and the wall time, and plots the learning curve
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import sys
 import time
 
 import torch
 from torch import nn
 from tqdm import tqdm
 
-# Run from a source checkout, use the checkout's package (not an older installed copy).
-_ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
-if os.path.isdir(os.path.join(_ROOT, "wcrnn_kernels")):
-    sys.path.insert(0, _ROOT)
+import _common  # noqa: E402  (examples/_common.py: a source checkout's package first)
 
 from wcrnn_kernels import init, tasks  # noqa: E402
 from wcrnn_kernels.module import FusedWCRNN  # noqa: E402
 
-HERE = os.path.dirname(os.path.abspath(__file__))
+HERE = _common.HERE
 MP_ACCURACY = 0.5  # the paper's minimal performance on MNIST
-
-
-class Classifier(nn.Module):
-    def __init__(self, hidden, r, gamma, nonlinearity, backend):
-        super().__init__()
-        self.rnn = FusedWCRNN(1, hidden, batch_first=True, r=r, gamma=gamma, nonlinearity=nonlinearity,
-                              backend=backend)
-        self.head = nn.Linear(hidden, 10)
-
-    def forward(self, x):
-        _, h = self.rnn(x)
-        return self.head(h[-1])
 
 
 def parse_args(argv=None):
@@ -57,7 +40,7 @@ def parse_args(argv=None):
     p.add_argument("--lr", type=float, default=0.01, help="Adam learning rate")
     p.add_argument("--permuted", action="store_true", help="permuted-sequential digits (psDigits)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=0, help="torch threads (0: leave torch's default)")
+    _common.add_threads_argument(p)
     p.add_argument("--backend", default="auto")
     p.add_argument("--train-limit", type=int, default=0, help="use only the first N training sequences")
     p.add_argument("--quick", action="store_true", help="tiny run for CI: 1 epoch on 320 sequences, H = 16")
@@ -82,7 +65,8 @@ def accuracy(model, x, y, batch=512):
 def train_one(r, args, data):
     (xtr, ytr), (xte, yte) = data
     torch.manual_seed(args.seed)
-    model = Classifier(args.hidden, r, args.gamma, args.nonlinearity, args.backend)
+    model = _common.LastStateReadout(FusedWCRNN(1, args.hidden, batch_first=True, r=r, gamma=args.gamma,
+                                                nonlinearity=args.nonlinearity, backend=args.backend), 10)
     opt = torch.optim.Adam(model.parameters(), lr=args.lr)
     g = torch.Generator().manual_seed(args.seed)
     curve = [accuracy(model, xte, yte)]
@@ -109,8 +93,7 @@ def train_one(r, args, data):
 
 def main(argv=None):
     args = parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    _common.apply_threads(args)
     data = tasks.sequential_digits(permuted=args.permuted, seed=args.seed)
     if args.train_limit:
         (xtr, ytr), test = data
@@ -127,20 +110,16 @@ def main(argv=None):
         e50 = res["epochs_to_50pct"] if res["epochs_to_50pct"] is not None else "not reached"
         print(f"| {res['r']:g} | {res['regime']} | {res['final_test_acc']:.3f} | {res['best_test_acc']:.3f} | "
               f"{res['train_acc']:.3f} | {e50} | {res['wall_time_s']:.0f} |")
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     meta = {k: v for k, v in vars(args).items() if k not in ("out",)}
     meta.update(task=task, torch=torch.__version__, threads=torch.get_num_threads())
-    with open(os.path.splitext(args.out)[0] + ".json", "w") as f:
-        json.dump(dict(meta=meta, results=results), f, indent=1)
+    _common.write_json(args.out, meta, results)
     plot(results, args, task)
     print(f"\nwrote {args.out}")
     return results
 
 
 def plot(results, args, task):
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = _common.pyplot()
 
     fig, ax = plt.subplots(figsize=(6.5, 4.5))
     for res in results:

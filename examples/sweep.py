@@ -35,11 +35,9 @@ import subprocess
 import sys
 import time
 
-_ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
-if os.path.isdir(os.path.join(_ROOT, "wcrnn_kernels")):
-    sys.path.insert(0, _ROOT)
+import _common  # noqa: E402  (examples/_common.py: a source checkout's package first)
 
-HERE = os.path.dirname(os.path.abspath(__file__))
+HERE = _common.HERE
 RESULTS = os.path.join(HERE, "results", "sweeps")
 
 R_GRID = (0.95, 0.995, 1.0, 1.0025, 1.01)
@@ -129,17 +127,7 @@ def build_model(cfg):
     else:
         raise ValueError(f"model: expected 'wcrnn' or 'elman', got {cfg['model']!r}")
 
-    class Adder(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.rnn = rnn
-            self.head = nn.Linear(H, 1)
-
-        def forward(self, x):
-            _, h = self.rnn(x)
-            return self.head(h[-1])
-
-    return Adder()
+    return _common.LastStateReadout(rnn, 1)
 
 
 def run_one(cfg):

@@ -11,11 +11,11 @@ import argparse
 import math
 import os
 import statistics
-import sys
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, HERE)
-from sweep import RESULTS, read_jsonl  # noqa: E402  (the runner writes what this reads)
+import _common  # examples/_common.py (this script's folder is first on sys.path)
+from sweep import RESULTS, read_jsonl  # the runner writes what this reads
+
+HERE = _common.HERE
 
 
 def load(results_dir, name):
@@ -74,9 +74,7 @@ def grid_table(rows, keys, label):
 
 
 def plot_fig3(by_T, out):
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = _common.pyplot()
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
     for (T, rows), c in zip(sorted(by_T.items()), ("C0", "C1", "C2")):
@@ -108,9 +106,7 @@ def plot_fig3(by_T, out):
 
 def plot_curves(groups, out, title):
     """groups: list of (panel title, list of (label, rows))."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = _common.pyplot()
 
     n = len(groups)
     cols = 2 if n > 1 else 1

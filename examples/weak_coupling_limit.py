@@ -18,22 +18,18 @@ Prints a table and the non-normality of each residual (``dynamics.nonnormality``
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
-import sys
 import time
 
 import torch
 
-_ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
-if os.path.isdir(os.path.join(_ROOT, "wcrnn_kernels")):
-    sys.path.insert(0, _ROOT)
+import _common  # noqa: E402  (examples/_common.py: a source checkout's package first)
 
 from wcrnn_kernels import dynamics, init, tasks  # noqa: E402
 from wcrnn_kernels.residual import RES_DENSE  # noqa: E402
 
-HERE = os.path.dirname(os.path.abspath(__file__))
+HERE = _common.HERE
 F64 = torch.float64
 
 
@@ -81,14 +77,13 @@ def main(argv=None):
     p.add_argument("--warmup", type=int, default=1000)
     p.add_argument("--batch", type=int, default=2, help="input sequences (one exponent each)")
     p.add_argument("--gammas", default="1e-1,1e-2,1e-3,1e-4,1e-5,1e-6,1e-7,1e-8,1e-9,1e-10")
-    p.add_argument("--threads", type=int, default=0)
+    _common.add_threads_argument(p)
     p.add_argument("--quick", action="store_true", help="tiny run for CI")
     p.add_argument("--out", default=os.path.join(HERE, "results", "weak_coupling_limit.png"))
     a = p.parse_args(argv)
     if a.quick:
         a.T, a.warmup, a.gammas = 400, 100, "1e-1,1e-3,1e-6"
-    if a.threads:
-        torch.set_num_threads(a.threads)
+    _common.apply_threads(a)
     gammas = [float(v) for v in a.gammas.split(",")]
     t0 = time.perf_counter()
     rows = []
@@ -124,20 +119,16 @@ def main(argv=None):
         print(f"{r['name']}: |lambda_1 - log rho(R)| < 0.01 for every gamma <= "
               f"{'(none of the grid)' if g is None else f'{g:g}'}")
     print(f"\nwall time {wall:.0f} s")
-    os.makedirs(os.path.dirname(os.path.abspath(a.out)), exist_ok=True)
     meta = dict(T=a.T, warmup=a.warmup, batch=a.batch, nonlinearity="tanh", torch=torch.__version__,
                 wall_time_s=wall, quick=a.quick)
-    with open(os.path.splitext(a.out)[0] + ".json", "w") as f:
-        json.dump(dict(meta=meta, results=rows), f, indent=1)
+    _common.write_json(a.out, meta, rows)
     plot(rows, a.out)
     print(f"wrote {a.out}")
     return rows
 
 
 def plot(rows, out):
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = _common.pyplot()
 
     fig, ax = plt.subplots(figsize=(7.5, 5))
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]

@@ -6,6 +6,7 @@ import torch
 
 from wcrnn_kernels import FusedWCRNN, RES_DIAG, RES_ROT, wcrnn_chain
 from wcrnn_kernels.backends import _REGISTRY, _RESOLVED, BackendUnavailableError, register_backend
+from wcrnn_kernels.backends.pytorch import TorchBackend
 
 
 def chain_args(T=3, B=2, H=4, dtype=torch.float32):
@@ -105,21 +106,17 @@ def test_chain_other_errors():
         wcrnn_chain(**chain_args(T=0))
 
 
-class _MissingBackend:
+class _MissingBackend(TorchBackend):
+    """The torch backend, reported as not built."""
     name = "missing-for-test"
 
     def availability(self):
         return False, "not compiled; install a compiler and run `pip install --no-build-isolation .`"
 
-    def supports(self, device, dtype, hidden_size):
-        return None
 
-
-class _PickyBackend:
+class _PickyBackend(TorchBackend):
+    """The torch backend, refusing H > 8."""
     name = "picky-for-test"
-
-    def availability(self):
-        return True, "always"
 
     def supports(self, device, dtype, hidden_size):
         return None if hidden_size <= 8 else f"H = {hidden_size} > 8; use backend='torch'"

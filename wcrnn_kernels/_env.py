@@ -9,21 +9,24 @@ from __future__ import annotations
 
 import os
 
-# name -> (read by, purpose: "user" or "testing")
-VARIABLES = {
-    "WCRNN_CACHE_DIR": ("_build.py", "user"),
-    "WCRNN_NO_BUILD": ("_build.py, setup.py", "user"),
-    "WCRNN_NO_CUDA": ("_build.py", "user"),
-    "WCRNN_CUDA_ARCH": ("_build.py", "user"),
-    "WCRNN_CPU_ISA": ("csrc/wcrnn_cpu.cpp", "testing"),
-    "WCRNN_TRITON_AUTOTUNE": ("triton_kernels.py", "user"),
-    "WCRNN_TRITON_SPLIT_STATE": ("triton_kernels.py", "user"),
-    "WCRNN_RESOURCE_CACHE": ("triton_resources.py", "testing"),
-    "WCRNN_CUDA_PATH": ("csrc/cuda", "testing"),
-    "WCRNN_CUDA_ROWS": ("csrc/cuda", "testing"),
-    "WCRNN_CUDA_ROW_GROUPS": ("csrc/cuda", "testing"),
-    "WCRNN_POISON_OUTPUTS": ("csrc/", "testing"),
-}
+# name, read by, purpose ("user": documented for users; "testing": tests and tuning only)
+_TABLE = """
+WCRNN_CACHE_DIR            _build.py               user
+WCRNN_NO_BUILD             _build.py,setup.py      user
+WCRNN_NO_CUDA              _build.py               user
+WCRNN_CUDA_ARCH            _build.py               user
+WCRNN_CPU_ISA              csrc/wcrnn_cpu.cpp      testing
+WCRNN_TRITON_AUTOTUNE      triton_kernels.py       user
+WCRNN_TRITON_SPLIT_STATE   triton_kernels.py       user
+WCRNN_RESOURCE_CACHE       triton_resources.py     testing
+WCRNN_CUDA_PATH            csrc/cuda               testing
+WCRNN_CUDA_ROWS            csrc/cuda               testing
+WCRNN_CUDA_ROW_GROUPS      csrc/cuda               testing
+WCRNN_POISON_OUTPUTS       csrc/                   testing
+"""
+# name -> (read by, purpose)
+VARIABLES = {name: (where.replace(",", ", "), purpose)
+             for name, where, purpose in (line.split() for line in _TABLE.strip().splitlines())}
 
 
 def get(name: str, default: str | None = None) -> str | None:

@@ -243,15 +243,7 @@ def chain_matrix(hidden_size: int, *, alpha: float = 1.0, diag: float = 0.0,
     orders differ: their ``(n, 0.5, 1.02)`` is diag 0.5 with links 1.02. Copying their array unchanged
     into ``weight_hh`` reverses the chain (unit i+1 feeds unit i) and a pulse into unit 0 goes nowhere.
     """
-    _check_size("hidden_size", hidden_size)
-    _check_scale("alpha", alpha)
-    _check_scale("diag", diag)
-    dtype = dtype or torch.get_default_dtype()
-    H = hidden_size
-    m = diag * torch.eye(H, dtype=dtype)
-    if H > 1:
-        m = m + torch.diag(torch.full((H - 1,), float(alpha), dtype=dtype), diagonal=-1)
-    return m
+    return _tridiagonal(hidden_size, diag=diag, alpha=alpha, beta=None, dtype=dtype)
 
 
 def fbchain_matrix(hidden_size: int, *, beta: float = 0.04, alpha: float = 0.99, diag: float = 0.0,
@@ -273,8 +265,13 @@ def fbchain_matrix(hidden_size: int, *, beta: float = 0.04, alpha: float = 0.99,
     Copying their array unchanged into ``weight_hh`` swaps the roles: the pulse travels forward with the
     feedback gain beta.
     """
-    _check_size("hidden_size", hidden_size)
     _check_scale("beta", beta)
+    return _tridiagonal(hidden_size, diag=diag, alpha=alpha, beta=beta, dtype=dtype)
+
+
+def _tridiagonal(hidden_size, *, diag, alpha, beta, dtype):
+    """diag on the diagonal, alpha on the subdiagonal (links i -> i+1), beta (unless None) above it."""
+    _check_size("hidden_size", hidden_size)
     _check_scale("alpha", alpha)
     _check_scale("diag", diag)
     dtype = dtype or torch.get_default_dtype()
@@ -282,7 +279,8 @@ def fbchain_matrix(hidden_size: int, *, beta: float = 0.04, alpha: float = 0.99,
     m = diag * torch.eye(H, dtype=dtype)
     if H > 1:
         m = m + torch.diag(torch.full((H - 1,), float(alpha), dtype=dtype), diagonal=-1)
-        m = m + torch.diag(torch.full((H - 1,), float(beta), dtype=dtype), diagonal=1)
+        if beta is not None:
+            m = m + torch.diag(torch.full((H - 1,), float(beta), dtype=dtype), diagonal=1)
     return m
 
 
