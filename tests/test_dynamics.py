@@ -225,3 +225,16 @@ def test_bad_arguments_name_the_argument():
         lyapunov_spectrum(model, x, k=2, q0=torch.eye(8))
     with pytest.raises(ValueError, match="hx"):
         lyapunov_spectrum(model, x, hx=torch.zeros(1, 3, 8))
+
+
+def test_layer_and_direction_are_checked_as_the_module_checks_them():
+    from wcrnn_kernels.dynamics import residual_log_spectrum
+    from wcrnn_kernels.spectra import weak_coupling_check
+    model = FusedWCRNN(3, 4, num_layers=2)
+    x = torch.zeros(5, 2, 3)
+    for call in (lambda **k: residual_log_spectrum(model, **k), lambda **k: weak_coupling_check(model, **k),
+                 lambda **k: layer_inputs(model, x, **k), lambda **k: model.chain_weights(**k)):
+        with pytest.raises(ValueError, match=r"layer: expected an integer in \[0, 1\] \(num_layers = 2\), got 2"):
+            call(layer=2)
+        with pytest.raises(ValueError, match=r"direction: expected 0 \(the module is not bidirectional\), got 1"):
+            call(direction=1)

@@ -14,6 +14,7 @@ The compiled library (csrc/) checks the same contract for its own two ops, from 
 """
 from __future__ import annotations
 
+import numbers
 from typing import Optional
 
 import torch
@@ -171,3 +172,14 @@ def check_kernel_bwd(grad_out, grad_hn, a, w_hh, res_kind, res, gamma, lengths: 
         check_like(name, t, "a", a)
         check_contiguous(name, t)
     return _check_kernel_params(T, B, H, "a", a, w_hh, res_kind, res, gamma, lengths, nonlin, True)
+
+
+def check_layer_direction(layer, direction, num_layers: int, bidirectional: bool) -> None:
+    """A layer index in [0, num_layers) and a direction 0 (1 too when bidirectional), as ints."""
+    if isinstance(layer, bool) or not isinstance(layer, numbers.Integral) or not 0 <= layer < num_layers:
+        raise ValueError(f"layer: expected an integer in [0, {num_layers - 1}] (num_layers = {num_layers}), "
+                         f"got {layer!r}")
+    if isinstance(direction, bool) or not isinstance(direction, numbers.Integral) or \
+            not 0 <= direction < (2 if bidirectional else 1):
+        allowed = "0 or 1 (bidirectional)" if bidirectional else "0 (the module is not bidirectional)"
+        raise ValueError(f"direction: expected {allowed}, got {direction!r}")

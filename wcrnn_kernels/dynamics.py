@@ -23,11 +23,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .contract import check_layer_direction
 from .init import canonical_residual_matrix
 from .ops import wcrnn_chain
 from .reference import phi_prime as _phi_prime
 from .residual import apply_residual
-from .spectra import (NonNormality, ResidualEigenvalues, _check_index, canonical_log_spectrum, nonnormality,
+from .spectra import (NonNormality, ResidualEigenvalues, canonical_log_spectrum, nonnormality,
                       pseudospectral_radius, residual_eigenvalues, weak_coupling_check)
 
 # the spectra toolkit moved to spectra.py; its names stay importable from here
@@ -120,8 +121,7 @@ def layer_inputs(model, input: Tensor, hx: Optional[Tensor] = None, layer: int =
     (T, B, I), or (B, T, I) with ``batch_first``, or unbatched (T, I); all sequences of one length.
     """
     num_dir = 2 if model.bidirectional else 1
-    _check_index("layer", layer, model.num_layers)
-    _check_index("direction", direction, num_dir)
+    check_layer_direction(layer, direction, model.num_layers, model.bidirectional)
     if not isinstance(input, Tensor) or input.dim() not in (2, 3):
         raise ValueError(f"input: expected a (T, B, I) tensor ((B, T, I) with batch_first, or unbatched "
                          f"(T, I)), got {getattr(input, 'shape', type(input).__name__)}")
@@ -196,9 +196,7 @@ def lyapunov_spectrum(model, input: Tensor, k: Optional[int] = None, *, warmup: 
 def residual_log_spectrum(model, layer: int = 0, direction: int = 0) -> Tensor:
     """The paper's prediction for a small gamma: log |lambda_i(R)| of a ``FusedWCRNN`` layer's residual,
     sorted descending (H,). ``-inf`` for a zero eigenvalue (residual "none")."""
-    num_dir = 2 if model.bidirectional else 1
-    _check_index("layer", layer, model.num_layers)
-    _check_index("direction", direction, num_dir)
+    check_layer_direction(layer, direction, model.num_layers, model.bidirectional)
     cw = model.chain_weights(layer, direction)
     return canonical_log_spectrum(cw.res_kind, cw.res)
 

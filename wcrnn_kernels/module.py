@@ -19,6 +19,7 @@ from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence
 
 from .backends import backend_names, get_backend
+from .contract import check_layer_direction
 from .ops import wcrnn_chain
 from .reference import wcrnn_layer_ref
 from .residual import NONLINEARITIES, RESIDUAL_KINDS, canonical_residual, check_residual_args
@@ -319,14 +320,7 @@ class FusedWCRNN(nn.Module):
 
     def chain_weights(self, layer: int = 0, direction: int = 0) -> ChainWeights:
         """Weights of one layer/direction with the residual in canonical form (differentiable)."""
-        num_dir = 2 if self.bidirectional else 1
-        if isinstance(layer, bool) or not isinstance(layer, numbers.Integral) or not 0 <= layer < self.num_layers:
-            raise ValueError(f"layer: expected an integer in [0, {self.num_layers - 1}] "
-                             f"(num_layers = {self.num_layers}), got {layer!r}")
-        if isinstance(direction, bool) or not isinstance(direction, numbers.Integral) or \
-                not 0 <= direction < num_dir:
-            allowed = "0 or 1 (bidirectional)" if num_dir == 2 else "0 (the module is not bidirectional)"
-            raise ValueError(f"direction: expected {allowed}, got {direction!r}")
+        check_layer_direction(layer, direction, self.num_layers, self.bidirectional)
         sfx = self._suffix(layer, direction)
         w_ih, w_hh = getattr(self, "weight_ih" + sfx), getattr(self, "weight_hh" + sfx)
         bias = getattr(self, "bias_ih" + sfx) + getattr(self, "bias_hh" + sfx) if self.bias else None

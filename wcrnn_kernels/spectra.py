@@ -14,13 +14,9 @@ from typing import NamedTuple, Optional
 import torch
 from torch import Tensor
 
+from .contract import check_layer_direction
 from .init import canonical_residual_matrix
 from .residual import RES_DENSE, RES_DIAG, RES_ROT
-
-
-def _check_index(name, v, n):
-    if isinstance(v, bool) or not isinstance(v, numbers.Integral) or not 0 <= v < n:
-        raise ValueError(f"{name}: expected an integer in [0, {n}), got {v!r}")
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -411,9 +407,7 @@ def weak_coupling_check(model, layer: int = 0, direction: int = 0, *, tol: float
     strongly non-normal R it is orders of magnitude larger. The measured leading exponents in
     ``examples/weak_coupling_limit.py`` stayed below log rho_eps(R) at every gamma measured.
     """
-    num_dir = 2 if model.bidirectional else 1
-    _check_index("layer", layer, model.num_layers)
-    _check_index("direction", direction, num_dir)
+    check_layer_direction(layer, direction, model.num_layers, model.bidirectional)
     cw = model.chain_weights(layer, direction)
     R = canonical_residual_matrix(cw.res_kind, cw.res.detach().to(torch.float64))
     rep = nonnormality(R, gamma=cw.gamma, w_hh=cw.w_hh)
