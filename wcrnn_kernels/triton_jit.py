@@ -223,6 +223,39 @@ def _fwd_update(x, r, a, gamma, t, lens, a_ptr, t_off, tile, mask, NONLIN: tl.co
     return x, o
 
 
+@triton.jit
+def _program_setup(gamma_ptr, res_ptr, len_ptr, B, H, RES_KIND: tl.constexpr, HAS_LENGTHS: tl.constexpr,
+                   CD: tl.constexpr, BLOCK: tl.constexpr, HP: tl.constexpr):
+    # This program's BLOCK rows and the HP padded columns (offsets within one (B, H) slab: B * H < 2^31),
+    # gamma, the residual's vectors and the rows' lengths (zeros, unused, without lengths).
+    rows = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    cols = tl.arange(0, HP)
+    row_ok = rows < B
+    col_ok = cols < H
+    mask = row_ok[:, None] & col_ok[None, :]
+    tile = rows[:, None] * H + cols[None, :]
+    gamma = tl.load(gamma_ptr + cols, mask=col_ok, other=0.0).to(CD)
+    res0, res1 = _load_res_vectors(res_ptr, cols, col_ok, H, RES_KIND, CD)
+    if HAS_LENGTHS:
+        lens = tl.load(len_ptr + rows, mask=row_ok, other=0)
+    else:
+        lens = tl.zeros((BLOCK,), dtype=tl.int64)
+    return rows, cols, row_ok, col_ok, mask, tile, gamma, res0, res1, lens
+
+
+@triton.jit
+def _load_square(w_ptr, res_ptr, cols, col_ok, H, RES_KIND: tl.constexpr, CD: tl.constexpr):
+    # the whole (H, H) weight (in its dtype) and, for a dense residual, the whole R in CD (else w again)
+    wmask = col_ok[:, None] & col_ok[None, :]
+    wsq = cols[:, None] * H + cols[None, :]
+    w = tl.load(w_ptr + wsq, mask=wmask, other=0.0)
+    if RES_KIND == 2:
+        rm = tl.load(res_ptr + wsq, mask=wmask, other=0.0).to(CD)
+    else:
+        rm = w
+    return w, rm
+
+
 @triton.jit(do_not_specialize=["T", "B"])
 def _wcrnn_fwd_kernel(
     u_ptr, x0_ptr, wt_ptr, res_ptr, gamma_ptr, len_ptr, out_ptr, hn_ptr, a_ptr, scr_ptr,
@@ -235,30 +268,14 @@ def _wcrnn_fwd_kernel(
     # u, out: (T, B, H); x0, hn: (B, H); wt = W_hh^T (H, H); res: (H,), (2, H) or R^T (H, H);
     # gamma: (H,); len: (B,) int64; a: (T, B, H) saved pre-activations (SAVE_A; else a dummy);
     # scr: (2, B, HP) CD scratch for the streamed variant.
-    pid = tl.program_id(0)
-    rows = pid * BLOCK + tl.arange(0, BLOCK)
-    cols = tl.arange(0, HP)
-    row_ok = rows < B
-    col_ok = cols < H
-    mask = row_ok[:, None] & col_ok[None, :]
-    tile = rows[:, None] * H + cols[None, :]           # within one (B, H) slab; B * H < 2^31
+    rows, cols, row_ok, col_ok, mask, tile, gamma, res0, res1, lens = _program_setup(
+        gamma_ptr, res_ptr, len_ptr, B, H, RES_KIND, HAS_LENGTHS, CD, BLOCK, HP)
     slab = B * H
-
-    gamma = tl.load(gamma_ptr + cols, mask=col_ok, other=0.0).to(CD)
-    res0, res1 = _load_res_vectors(res_ptr, cols, col_ok, H, RES_KIND, CD)
-    if HAS_LENGTHS:
-        lens = tl.load(len_ptr + rows, mask=row_ok, other=0)
-    else:
-        lens = tl.zeros((BLOCK,), dtype=tl.int64)
     # padded rows and columns start at 0 and stay 0: every padded weight, u, gamma and res entry is 0
     x = tl.load(x0_ptr + tile, mask=mask, other=0.0).to(CD)
 
     if W_RESIDENT:
-        wmask = col_ok[:, None] & col_ok[None, :]
-        wsq = cols[:, None] * H + cols[None, :]
-        wt = tl.load(wt_ptr + wsq, mask=wmask, other=0.0)
-        if RES_KIND == 2:
-            rt = tl.load(res_ptr + wsq, mask=wmask, other=0.0).to(CD)
+        wt, rt = _load_square(wt_ptr, res_ptr, cols, col_ok, H, RES_KIND, CD)
         u_t = tl.load(u_ptr + tile, mask=mask, other=0.0).to(CD)
         for t in tl.range(0, T):
             t_off = tl.cast(t, tl.int64) * slab
@@ -348,6 +365,25 @@ def _load_last(go_ptr, a_ptr, slab, tile, mask, T, CD: tl.constexpr):
     return e, a
 
 
+@triton.jit
+def _load_prev(go_ptr, a_ptr, t_off, slab, tile, row_ok, cols, H, t, CD: tl.constexpr):
+    # prefetch e_{t-1}, a_{t-1} (nothing at t = 0): their load latency hides behind step t
+    prv = _mask_if(row_ok, cols, H, t > 0)
+    e_prev = tl.load(go_ptr + (t_off - slab) + tile, mask=prv, other=0.0).to(CD)
+    a_prev = tl.load(a_ptr + (t_off - slab) + tile, mask=prv, other=0.0).to(CD)
+    return e_prev, a_prev
+
+
+@triton.jit
+def _bwd_step_tail(delta, rtd, wg, valid, HAS_LENGTHS: tl.constexpr):
+    # delta_{t-1} = R^T delta_t + W_hh^T g_t; past a row's length delta passes through unchanged
+    if HAS_LENGTHS:
+        delta = tl.where(valid, rtd + wg, delta)
+    else:
+        delta = rtd + wg
+    return delta
+
+
 @triton.jit(do_not_specialize=["T", "B"])
 def _wcrnn_bwd_kernel(
     go_ptr, ghn_ptr, a_ptr, w_ptr, res_ptr, gamma_ptr, len_ptr, g_ptr, dx0_ptr, delta_ptr, scr_ptr,
@@ -359,37 +395,18 @@ def _wcrnn_bwd_kernel(
 ):
     # go, a, g, delta: (T, B, H) CD; ghn, dx0: (B, H) CD; w = W_hh (H, H) (any float dtype);
     # res: (H,), (2, H) or R (H, H); gamma (H,); len (B,) int64; scr (2, B, HP) CD (streamed dense).
-    pid = tl.program_id(0)
-    rows = pid * BLOCK + tl.arange(0, BLOCK)
-    cols = tl.arange(0, HP)
-    row_ok = rows < B
-    col_ok = cols < H
-    mask = row_ok[:, None] & col_ok[None, :]
-    tile = rows[:, None] * H + cols[None, :]
+    rows, cols, row_ok, col_ok, mask, tile, gamma, res0, res1, lens = _program_setup(
+        gamma_ptr, res_ptr, len_ptr, B, H, RES_KIND, HAS_LENGTHS, CD, BLOCK, HP)
     slab = B * H
-
-    gamma = tl.load(gamma_ptr + cols, mask=col_ok, other=0.0).to(CD)
-    res0, res1 = _load_res_vectors(res_ptr, cols, col_ok, H, RES_KIND, CD)
-    if HAS_LENGTHS:
-        lens = tl.load(len_ptr + rows, mask=row_ok, other=0)
-    else:
-        lens = tl.zeros((BLOCK,), dtype=tl.int64)
     delta = tl.load(ghn_ptr + tile, mask=mask, other=0.0).to(CD)
 
     if W_RESIDENT:
-        wmask = col_ok[:, None] & col_ok[None, :]
-        wsq = cols[:, None] * H + cols[None, :]
-        w = tl.load(w_ptr + wsq, mask=wmask, other=0.0)
-        if RES_KIND == 2:
-            rm = tl.load(res_ptr + wsq, mask=wmask, other=0.0).to(CD)
+        w, rm = _load_square(w_ptr, res_ptr, cols, col_ok, H, RES_KIND, CD)
         e_t, a_t = _load_last(go_ptr, a_ptr, slab, tile, mask, T, CD)
         for i in tl.range(0, T):
             t = T - 1 - i
             t_off = tl.cast(t, tl.int64) * slab
-            # prefetch e_{t-1}, a_{t-1}: their load latency hides behind this step
-            prv = _mask_if(row_ok, cols, H, t > 0)
-            e_prev = tl.load(go_ptr + (t_off - slab) + tile, mask=prv, other=0.0).to(CD)
-            a_prev = tl.load(a_ptr + (t_off - slab) + tile, mask=prv, other=0.0).to(CD)
+            e_prev, a_prev = _load_prev(go_ptr, a_ptr, t_off, slab, tile, row_ok, cols, H, t, CD)
             delta, g, valid = _bwd_step_head(e_t, a_t, g_ptr, delta_ptr, t_off, tile, mask, t, lens, gamma,
                                              delta, NONLIN, HAS_LENGTHS, NEED_DELTA)
             if SCALE_G:
@@ -402,10 +419,7 @@ def _wcrnn_bwd_kernel(
                 rtd = tl.dot(delta, rm, input_precision=PREC_CD, out_dtype=CD)
             else:
                 rtd = _residual_t(delta, res0, res1, RES_KIND, BLOCK, HP)
-            if HAS_LENGTHS:
-                delta = tl.where(valid, rtd + wg, delta)
-            else:
-                delta = rtd + wg
+            delta = _bwd_step_tail(delta, rtd, wg, valid, HAS_LENGTHS)
             e_t = e_prev
             a_t = a_prev
     else:
@@ -417,10 +431,7 @@ def _wcrnn_bwd_kernel(
         for i in tl.range(0, T, num_stages=1):
             t = T - 1 - i
             t_off = tl.cast(t, tl.int64) * slab
-            # prefetch e_{t-1}, a_{t-1}: their load latency hides behind this step
-            prv = _mask_if(row_ok, cols, H, t > 0)
-            e_prev = tl.load(go_ptr + (t_off - slab) + tile, mask=prv, other=0.0).to(CD)
-            a_prev = tl.load(a_ptr + (t_off - slab) + tile, mask=prv, other=0.0).to(CD)
+            e_prev, a_prev = _load_prev(go_ptr, a_ptr, t_off, slab, tile, row_ok, cols, H, t, CD)
             delta, g, valid = _bwd_step_head(e_t, a_t, g_ptr, delta_ptr, t_off, tile, mask, t, lens, gamma,
                                              delta, NONLIN, HAS_LENGTHS, NEED_DELTA)
             if SCALE_G:
@@ -452,10 +463,7 @@ def _wcrnn_bwd_kernel(
                 wg = wg * s[:, None]
             if RES_KIND != 2:
                 rtd = _residual_t(delta, res0, res1, RES_KIND, BLOCK, HP)
-            if HAS_LENGTHS:
-                delta = tl.where(valid, rtd + wg, delta)
-            else:
-                delta = rtd + wg
+            delta = _bwd_step_tail(delta, rtd, wg, valid, HAS_LENGTHS)
             e_t = e_prev
             a_t = a_prev
     tl.store(dx0_ptr + tile, delta, mask=mask)
