@@ -37,8 +37,18 @@ def layer_call(impl: str, mode: str, T: int, B: int, I: int, H: int, device, dty
     residual); mode "forward" runs it under no_grad, "forward+backward" backpropagates one upstream gradient
     into output and h_n with the input, weights and biases requiring grad. impl "gemm-floor": the forward
     chain's floor, T dependent (B x H) @ (H x H) products and nothing else (mode ignored).
+
+    float32 precision variants (what a float32 comparison with cuDNN depends on): "nn.RNN-noTF32" runs
+    nn.RNN with ``torch.backends.cudnn.allow_tf32 = False`` (its default True lets cuDNN use TF32 tensor
+    cores for float32 RNNs); "<backend>@<precision>" runs a backend under
+    ``torch.set_float32_matmul_precision(precision)`` ("highest", "high", "medium"), which the Triton kernels
+    follow.
     """
     torch.manual_seed(0)
+    if impl == "nn.RNN-noTF32" or "@" in impl:
+        base, setting = ("nn.RNN", False) if impl == "nn.RNN-noTF32" else impl.split("@", 1)
+        return _with_float32_setting(layer_call(base, mode, T, B, I, H, device, dtype),
+                                     "cudnn" if base == "nn.RNN" else "matmul", setting)
     if impl == "gemm-floor":
         x = torch.randn(B, H, device=device, dtype=dtype)
         w = torch.randn(H, H, device=device, dtype=dtype) / H ** 0.5
@@ -66,3 +76,23 @@ def layer_call(impl: str, mode: str, T: int, B: int, I: int, H: int, device, dty
         out, h = model(x)
         torch.autograd.backward([out, h], [g_out, g_h])
     return forward_backward
+
+
+def _with_float32_setting(fn, which, value):
+    """fn run with cudnn.allow_tf32 (which "cudnn") or the float32 matmul precision ("matmul") set to value,
+    restored after every call."""
+    def call():
+        if which == "cudnn":
+            old = torch.backends.cudnn.allow_tf32
+            torch.backends.cudnn.allow_tf32 = value
+        else:
+            old = torch.get_float32_matmul_precision()
+            torch.set_float32_matmul_precision(value)
+        try:
+            fn()
+        finally:
+            if which == "cudnn":
+                torch.backends.cudnn.allow_tf32 = old
+            else:
+                torch.set_float32_matmul_precision(old)
+    return call

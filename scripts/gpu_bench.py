@@ -4,9 +4,11 @@
     python scripts/gpu_bench.py --prewarm                               # compile the Triton variants only
     python scripts/gpu_bench.py --dry-run --out bench.jsonl             # CPU plumbing check (tiny T)
 
-Implementations: ``nn.RNN`` (cuDNN), ``cuda`` and ``triton`` (``FusedWCRNN(backend=...)`` with its default
+Implementations: ``nn.RNN`` (cuDNN, with torch's default ``cudnn.allow_tf32 = True``), ``nn.RNN-noTF32``,
+``cuda`` and ``triton`` (``FusedWCRNN(backend=...)`` with its default
 residual, scalar r = 1, gamma = 0.01: the same layer the pytest-benchmark harness in benchmarks/ times), and
-``gemm-floor`` (forward only: T dependent (B x H) @ (H x H) products and nothing else). ``forward`` runs under
+``gemm-floor`` (forward only: T dependent (B x H) @ (H x H) products and nothing else), and
+``<backend>@<precision>`` (a backend under ``torch.set_float32_matmul_precision``; benchmarks/bench_config.py). ``forward`` runs under
 no_grad; ``forward+backward`` backpropagates one upstream gradient into output and h_n with the input, the
 weights and the biases requiring grad. The Triton kernels run their default configurations here
 (WCRNN_TRITON_AUTOTUNE=0 unless the caller sets it), so every line costs at most two compiles; tier 3 runs
@@ -65,8 +67,10 @@ def meta(device):
         m["device"] = torch.cuda.get_device_name()
         m["cudnn"] = torch.backends.cudnn.version()
         m["sms"] = torch.cuda.get_device_properties(0).multi_processor_count
+        m["cudnn_allow_tf32"] = torch.backends.cudnn.allow_tf32
     else:
         m["device"] = "cpu (dry run)"
+    m["float32_matmul_precision"] = torch.get_float32_matmul_precision()
     m["autotune"] = os.environ.get("WCRNN_TRITON_AUTOTUNE")
     return m
 
@@ -142,14 +146,14 @@ def main():
                 for impl in impls:
                     if impl == "gemm-floor" and mode != "forward":
                         continue
-                    if args.prewarm and impl in ("nn.RNN", "gemm-floor"):
+                    if args.prewarm and impl in ("nn.RNN", "nn.RNN-noTF32", "gemm-floor"):
                         continue
                     rec = dict(impl=impl, mode=mode if impl != "gemm-floor" else "floor", dtype=dt_name,
                                shape=shape, tag=args.tag)
                     t0 = time.perf_counter()
                     try:
-                        if impl not in ("nn.RNN", "gemm-floor"):
-                            b = get_backend(impl)
+                        if impl not in ("nn.RNN", "nn.RNN-noTF32", "gemm-floor"):
+                            b = get_backend(impl.split("@")[0])
                             ok, why = b.availability()
                             why = why if not ok else b.supports(torch.device(device), dtype, SHAPES[shape][3])
                             if not ok or why is not None:

@@ -91,12 +91,19 @@ def test_dry_run_benchmark_lines_and_sanitizer_cases(dry_run):
     _, out, _ = dry_run
     rows = [json.loads(ln) for ln in (out / "bench.jsonl").read_text().splitlines() if ln.strip()]
     assert rows[0].get("meta") and rows[0]["commit"]
-    lines = rows[1:]
+    # one metadata line per gpu_bench run: the main table, then the float32 precision comparison
+    assert sum(1 for r in rows if r.get("meta")) == 2
+    assert all("float32_matmul_precision" in r for r in rows if r.get("meta"))
+    lines = [r for r in rows if not r.get("meta")]
     assert all(r["status"] == "ok" for r in lines), [r for r in lines if r["status"] != "ok"]
-    impls = {r["impl"] for r in lines}
+    main = [r for r in lines if r["tag"] == ""]
+    impls = {r["impl"] for r in main}
     assert impls == {"nn.RNN", "triton", "cuda-emulated", "gemm-floor"}, impls
-    assert {(r["dtype"], r["mode"]) for r in lines if r["impl"] == "triton"} == {
+    assert {(r["dtype"], r["mode"]) for r in main if r["impl"] == "triton"} == {
         (d, m) for d in ("float32", "bfloat16") for m in ("forward", "forward+backward")}
+    precision = [r for r in lines if r["tag"] == "fp32-precision"]
+    assert {r["impl"] for r in precision} == {"nn.RNN-noTF32", "triton@high", "triton@medium"}
+    assert {r["dtype"] for r in precision} == {"float32"}
     assert all(r["us_per_step"] > 0 for r in lines)
     san = (out / "sanitize.log").read_text()
     assert "refused (planner)" in san and san.count("sanitizer cases done") == 2
