@@ -18,6 +18,8 @@
 #include <initializer_list>
 #include <limits>
 #include <optional>
+#include <tuple>
+#include <utility>
 
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
@@ -36,6 +38,7 @@ struct Policy {
   bool half_types;                             // float16 / bfloat16 accepted besides float32 / float64
   const char* dtype_note;                      // appended to the dtype error: why these dtypes ("" for none)
   bool check_lengths_range;                    // lengths are in host memory: entries outside [0, T] rejected
+  int64_t max_hidden;                          // the largest H the kernels index
 };
 
 // The op's sequence argument, u (forward) or a (backward), of shape (T, B, H): it fixes the sizes, the
@@ -59,6 +62,7 @@ inline Sequence check_sequence(const char* op, const char* name, const Tensor& t
   TORCH_CHECK(ok, op, ": ", name, ": expected ",
               policy.half_types ? "float32, float64, float16 or bfloat16" : "float32 or float64",
               policy.dtype_note, ", got ", st);
+  TORCH_CHECK(t.size(2) <= policy.max_hidden, op, ": hidden size ", t.size(2), " is out of range");
   return {op, name, t, t.size(0), t.size(1), t.size(2)};
 }
 
@@ -127,9 +131,19 @@ inline Params check_params(const Sequence& s, const Policy& policy, const Tensor
   return p;
 }
 
-// An output the caller may not want (the forward's a, the backward's delta): empty when not wanted.
-inline Tensor optional_output(bool wanted, at::IntArrayRef shape, const at::TensorOptions& options) {
-  return wanted ? at::empty(shape, options) : at::empty({0}, options);
+// Every check of one op's shared arguments: the sequence argument `seq` (u forward, a backward), then the
+// parameters. The op checks its own remaining tensors (x0; grad_out, grad_hn) with checked().
+struct Args {
+  Sequence seq;
+  Params params;
+};
+
+inline Args check_args(const char* op, const char* seq_name, const Tensor& seq, const Policy& policy,
+                       const Tensor& w_hh, const Tensor& res, const Tensor& gamma,
+                       const std::optional<Tensor>& lengths, int64_t res_kind, int64_t nonlin) {
+  Sequence s = check_sequence(op, seq_name, seq, policy);
+  Params p = check_params(s, policy, w_hh, res, gamma, lengths, res_kind, nonlin);
+  return {std::move(s), std::move(p)};
 }
 
 // WCRNN_POISON_OUTPUTS=1 (tests): outputs (and the CUDA grid path's exchange buffers) start as NaN, so an
@@ -144,6 +158,18 @@ inline void poison(std::initializer_list<Tensor*> ts) {
   for (Tensor* t : ts) {
     if (t->defined() && t->numel() > 0) t->fill_(std::numeric_limits<double>::quiet_NaN());
   }
+}
+
+// The outputs of both ops, on the sequence's device with its dtype: a (T, B, H) sequence, a (B, H) state and,
+// when `with_extra` (the forward's a, the backward's delta), a second (T, B, H) sequence, else an empty
+// tensor. Uninitialised; NaN under WCRNN_POISON_OUTPUTS.
+inline std::tuple<Tensor, Tensor, Tensor> new_outputs(const Sequence& s, bool with_extra) {
+  const at::TensorOptions options = s.t.options();
+  Tensor seq = at::empty({s.T, s.B, s.H}, options);
+  Tensor state = at::empty({s.B, s.H}, options);
+  Tensor extra = with_extra ? at::empty({s.T, s.B, s.H}, options) : at::empty({0}, options);
+  poison({&seq, &state, &extra});
+  return {seq, state, extra};
 }
 
 }  // namespace wcrnn_checks

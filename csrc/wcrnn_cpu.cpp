@@ -33,17 +33,17 @@
 namespace wcrnn_cpu {
 namespace {
 
-using wcrnn_checks::check_params;
-using wcrnn_checks::check_sequence;
+using wcrnn_checks::Args;
+using wcrnn_checks::check_args;
 using wcrnn_checks::checked;
-using wcrnn_checks::optional_output;
+using wcrnn_checks::new_outputs;
 using wcrnn_checks::Params;
-using wcrnn_checks::poison;
 using wcrnn_checks::Sequence;
 
 // The CPU op's side of the shared checks: CPU tensors, the dtypes the CPU kernels are compiled for, lengths
 // read in place.
-const wcrnn_checks::Policy kCpuPolicy{c10::DeviceType::CPU, false, " (the CPU kernels' dtypes)", true};
+const wcrnn_checks::Policy kCpuPolicy{c10::DeviceType::CPU, false, " (the CPU kernels' dtypes)", true,
+                                      std::numeric_limits<int64_t>::max()};
 
 const IsaTable& best_isa() {
   static const IsaTable& best = []() -> const IsaTable& {
@@ -149,23 +149,24 @@ void run_rows(const Kernels<T>& k, const BwdProblem<T>& p, int64_t rb, int64_t r
 // blocks of batch rows, one per thread, each with its own workspace. problem(chain) completes the shared
 // fields `chain` (a ChainProblem<scalar_t>) into the direction's FwdProblem / BwdProblem.
 template <typename MakeProblem>
-void run_chain(const Sequence& s, const Params& prm, int64_t res_kind, int64_t nonlin, bool backward,
-               const MakeProblem& problem) {
+void run_chain(const Args& k, int64_t res_kind, int64_t nonlin, bool backward, const MakeProblem& problem) {
+  const Sequence& s = k.seq;
+  const Params& prm = k.params;
   const int64_t T = s.T, B = s.B, H = s.H;
   if (B == 0 || H == 0) return;
   const IsaTable& isa = selected_isa();
   const int kind = static_cast<int>(res_kind);
   AT_DISPATCH_FLOATING_TYPES(s.t.scalar_type(), "wcrnn_C chain (CPU)", [&] {
-    const Kernels<scalar_t>& k = kernels_of<scalar_t>(isa);
-    AlignedBuffer packed(sizeof(scalar_t) * k.packed_elems(H, kind, backward));
-    k.pack(prm.w_hh.data_ptr<scalar_t>(), prm.res.data_ptr<scalar_t>(), prm.gamma.data_ptr<scalar_t>(), H, kind,
+    const Kernels<scalar_t>& kern = kernels_of<scalar_t>(isa);
+    AlignedBuffer packed(sizeof(scalar_t) * kern.packed_elems(H, kind, backward));
+    kern.pack(prm.w_hh.data_ptr<scalar_t>(), prm.res.data_ptr<scalar_t>(), prm.gamma.data_ptr<scalar_t>(), H, kind,
            backward, static_cast<scalar_t*>(packed.ptr));
     const ChainProblem<scalar_t> chain{prm.lengths_data(), T, B, H, kind, static_cast<int>(nonlin),
                                        static_cast<const scalar_t*>(packed.ptr)};
     const auto p = problem(chain);
     parallel_rows(B, [&](int64_t rb, int64_t re) {
-      AlignedBuffer ws(sizeof(scalar_t) * k.workspace_elems(H, kind, backward, re - rb));
-      run_rows(k, p, rb, re, static_cast<scalar_t*>(ws.ptr));
+      AlignedBuffer ws(sizeof(scalar_t) * kern.workspace_elems(H, kind, backward, re - rb));
+      run_rows(kern, p, rb, re, static_cast<scalar_t*>(ws.ptr));
     });
   });
 }
@@ -175,16 +176,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> chain_fwd_cpu(const at::Tensor& u
                                                              const at::Tensor& gamma,
                                                              const c10::optional<at::Tensor>& lengths,
                                                              int64_t res_kind, int64_t nonlin, bool save_a) {
-  const Sequence s = check_sequence("wcrnn_C::chain_fwd", "u", u, kCpuPolicy);
+  const Args k = check_args("wcrnn_C::chain_fwd", "u", u, kCpuPolicy, w_hh, res, gamma, lengths, res_kind, nonlin);
+  const Sequence& s = k.seq;
   const int64_t T = s.T, B = s.B, H = s.H;
-  const Params prm = check_params(s, kCpuPolicy, w_hh, res, gamma, lengths, res_kind, nonlin);
   const at::Tensor xc = checked(s, "x0", x0, {B, H}, "(B, H)");
   const at::Tensor uc = u.contiguous();
-  at::Tensor out = at::empty({T, B, H}, u.options());
-  at::Tensor h_n = at::empty({B, H}, u.options());
-  at::Tensor a = optional_output(save_a, {T, B, H}, u.options());
-  poison({&out, &h_n, &a});
-  run_chain(s, prm, res_kind, nonlin, false, [&](const auto& chain) {
+  at::Tensor out, h_n, a;
+  std::tie(out, h_n, a) = new_outputs(s, save_a);
+  run_chain(k, res_kind, nonlin, false, [&](const auto& chain) {
     using S = typename std::decay_t<decltype(chain)>::Elem;
     return FwdProblem<S>{chain, uc.data_ptr<S>(), xc.data_ptr<S>(), out.data_ptr<S>(), h_n.data_ptr<S>(),
                          save_a ? a.data_ptr<S>() : nullptr};
@@ -197,17 +196,16 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> chain_bwd_cpu(const at::Tensor& g
                                                              const at::Tensor& res, const at::Tensor& gamma,
                                                              const c10::optional<at::Tensor>& lengths,
                                                              int64_t res_kind, int64_t nonlin, bool need_delta) {
-  const Sequence s = check_sequence("wcrnn_C::chain_bwd", "a", a_in, kCpuPolicy);
+  const Args k = check_args("wcrnn_C::chain_bwd", "a", a_in, kCpuPolicy, w_hh, res, gamma, lengths, res_kind,
+                            nonlin);
+  const Sequence& s = k.seq;
   const int64_t T = s.T, B = s.B, H = s.H;
-  const Params prm = check_params(s, kCpuPolicy, w_hh, res, gamma, lengths, res_kind, nonlin);
   const at::Tensor eo = checked(s, "grad_out", grad_out, {T, B, H}, "(T, B, H) like a");
   const at::Tensor eh = checked(s, "grad_hn", grad_hn, {B, H}, "(B, H)");
   const at::Tensor a = a_in.contiguous();
-  at::Tensor gt = at::empty({T, B, H}, a.options());
-  at::Tensor dx0 = at::empty({B, H}, a.options());
-  at::Tensor delta = optional_output(need_delta, {T, B, H}, a.options());
-  poison({&gt, &dx0, &delta});
-  run_chain(s, prm, res_kind, nonlin, true, [&](const auto& chain) {
+  at::Tensor gt, dx0, delta;
+  std::tie(gt, dx0, delta) = new_outputs(s, need_delta);
+  run_chain(k, res_kind, nonlin, true, [&](const auto& chain) {
     using S = typename std::decay_t<decltype(chain)>::Elem;
     return BwdProblem<S>{chain, eo.data_ptr<S>(), eh.data_ptr<S>(), a.data_ptr<S>(), gt.data_ptr<S>(),
                          dx0.data_ptr<S>(), need_delta ? delta.data_ptr<S>() : nullptr};

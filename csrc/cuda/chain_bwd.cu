@@ -231,13 +231,12 @@ struct Backward {
             static_cast<S*>(c.g),
             static_cast<S*>(c.dx0),
             static_cast<S*>(c.deltas),
-            static_cast<S*>(c.dbuf)};
+            static_cast<S*>(c.exchange)};
   }
   template <class S, bool DENSE, int BT, bool GRID>
   static auto kernel() {
     return chain_bwd_kernel<S, DENSE, BT, GRID>;
   }
-  static const void* exchange(const BwdCall& c) { return c.dbuf; }  // (2, B, H) delta exchange
 };
 
 }  // namespace

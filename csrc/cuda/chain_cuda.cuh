@@ -448,13 +448,14 @@ struct ChainCall {  // what both chains' calls share
   const int64_t* lengths;
   int device;
   cudaStream_t stream;
+  void* exchange;  // grid path: set by the caller after planning; forward (2, B, H) states in the accumulation
+                   // type, backward (2, B, H) deltas
 };
 
 struct FwdCall : ChainCall {
   const void *u, *x0;
   void *out, *hn;
   void* a_out;  // nullptr unless the forward saves the pre-activations
-  void* xbuf;   // set by the caller after plan_fwd when plan.grid: (2, B, H) of the accumulation type
 };
 
 struct BwdCall : ChainCall {
@@ -462,7 +463,6 @@ struct BwdCall : ChainCall {
   const void* a;
   void* g;
   void *dx0, *deltas;
-  void* dbuf;  // set by the caller after plan_bwd when plan.grid: (2, B, H)
 };
 
 // The shared kernel parameters from a call and its plan: written once for both chains.
@@ -491,7 +491,6 @@ ChainParams<S> chain_params(const ChainCall& c, const Plan& plan) {
 //   static size_t smem<S>(H, U, BT, grid, dense)  dynamic shared memory per block
 //   static params<S>(chain, call)               the kernel parameters: `chain` plus the direction's own
 //   static kernel<S, DENSE, BT, GRID>()         the kernel instantiation
-//   static const void* exchange(call)           the grid path's exchange buffer (set by the caller)
 template <class Dir>
 Plan plan_chain_call(const typename Dir::Call& c, const DeviceInfo& dev) {
   return dispatch_dtype<Dir::kHalfTypes>(c.dtype, Dir::kOp, [&](auto tag) {
@@ -511,7 +510,7 @@ void launch_chain_call(const typename Dir::Call& c, const Plan& plan, const Devi
       constexpr int BT = decltype(rows)::value;
       const auto p = Dir::template params<S>(chain_params<S>(c, plan), c);
       if (plan.grid) {
-        TORCH_CHECK(Dir::exchange(c) != nullptr, Dir::kOp,
+        TORCH_CHECK(c.exchange != nullptr, Dir::kOp,
                     ": internal error: the grid path needs its exchange buffer");
         launch_kernel(Dir::kOp, Dir::template kernel<S, DENSE, BT, true>(), plan, dev, p, c.stream);
       } else {

@@ -170,13 +170,12 @@ struct Forward {
             static_cast<S*>(c.out),
             static_cast<S*>(c.hn),
             static_cast<S*>(c.a_out),
-            static_cast<typename AccType<S>::type*>(c.xbuf)};
+            static_cast<typename AccType<S>::type*>(c.exchange)};
   }
   template <class S, bool DENSE, int BT, bool GRID>
   static auto kernel() {
     return chain_fwd_kernel<S, DENSE, BT, GRID>;
   }
-  static const void* exchange(const FwdCall& c) { return c.xbuf; }  // (2, B, H) state exchange
 };
 
 }  // namespace

@@ -22,11 +22,11 @@ namespace wcrnn_cuda {
 namespace {
 
 using at::Tensor;
+using wcrnn_checks::Args;
+using wcrnn_checks::check_args;
 using wcrnn_checks::checked;
-using wcrnn_checks::optional_output;
-using wcrnn_checks::Params;
+using wcrnn_checks::new_outputs;
 using wcrnn_checks::poison;
-using wcrnn_checks::Sequence;
 
 #ifdef WCRNN_CUDA_EMULATOR
 constexpr bool kDeviceTensors = false;  // tests/cuda_emu: CPU tensors, kernels run by the CPU emulator
@@ -36,21 +36,15 @@ constexpr bool kDeviceTensors = true;
 
 // The CUDA op's side of the shared checks (wcrnn_checks.h): CUDA tensors; float16 / bfloat16 in the forward
 // only; lengths outside [0, T] are not rejected here (that would cost a device-to-host copy): the kernels
-// treat them as clamped, and wcrnn_kernels.ops rejects them before any backend runs.
+// treat them as clamped, and wcrnn_kernels.ops rejects them before any backend runs. H is an int in the
+// kernels' indexing.
 wcrnn_checks::Policy cuda_policy(bool backward) {
   return {kDeviceTensors ? std::optional<c10::DeviceType>(c10::DeviceType::CUDA) : std::nullopt, !backward,
           backward ? " (the backward chain runs in float32 for float16/bfloat16 models; wcrnn_kernels.ops "
                      "upcasts before calling it)"
                    : "",
-          false};
+          false, int64_t{1} << 20};
 }
-
-// The checked arguments both ops share, and the dtype's code for the kernels.
-struct Checked {
-  Sequence seq;
-  Params params;
-  DType dtype;
-};
 
 DType dtype_code(const char* op, at::ScalarType st) {
   switch (st) {
@@ -64,21 +58,10 @@ DType dtype_code(const char* op, at::ScalarType st) {
   return DType::kFloat;
 }
 
-// `seq_in` is u (forward) or a (backward): (T, B, H).
-Checked check_args(const char* op, const char* seq_name, const Tensor& seq_in, bool backward, const Tensor& w_hh,
-                   const Tensor& res, const Tensor& gamma, const std::optional<Tensor>& lengths, int64_t res_kind,
-                   int64_t nonlin) {
-  const wcrnn_checks::Policy policy = cuda_policy(backward);
-  const Sequence seq = wcrnn_checks::check_sequence(op, seq_name, seq_in, policy);
-  TORCH_CHECK(seq.H <= (int64_t{1} << 20), op, ": hidden size ", seq.H, " is out of range");
-  Params params = wcrnn_checks::check_params(seq, policy, w_hh, res, gamma, lengths, res_kind, nonlin);
-  return {seq, std::move(params), dtype_code(op, seq_in.scalar_type())};
-}
-
 // The fields both calls share, from the checked arguments; `on` is the tensor whose device runs the chain.
-ChainCall chain_call(const Checked& k, int64_t res_kind, int64_t nonlin, const Tensor& on) {
+ChainCall chain_call(const Args& k, int64_t res_kind, int64_t nonlin, const Tensor& on) {
   ChainCall c;
-  c.dtype = k.dtype;
+  c.dtype = dtype_code(k.seq.op, k.seq.t.scalar_type());
   c.res_kind = static_cast<int>(res_kind);
   c.nonlin = static_cast<int>(nonlin);
   c.T = k.seq.T;
@@ -90,24 +73,24 @@ ChainCall chain_call(const Checked& k, int64_t res_kind, int64_t nonlin, const T
   c.lengths = k.params.lengths_data();
   c.device = on.get_device();
   c.stream = c10::cuda::getCurrentCUDAStream(c.device).stream();
+  c.exchange = nullptr;
   return c;
 }
 
-// Plans the call, gives the grid path its (2, B, H) exchange buffer (member `exchange` of the call, dtype
-// of `exchange_options`), poisons the outputs and the buffer (tests), launches.
+// Plans the call, gives the grid path its (2, B, H) exchange buffer (dtype of `exchange_options`; NaN under
+// WCRNN_POISON_OUTPUTS), launches.
 template <class Call>
 void plan_and_launch(Call& c, Plan (*plan_of)(const Call&, const DeviceInfo&),
-                     void (*launch)(const Call&, const Plan&, const DeviceInfo&), void* Call::*exchange,
-                     const at::TensorOptions& exchange_options, std::initializer_list<Tensor*> outputs) {
+                     void (*launch)(const Call&, const Plan&, const DeviceInfo&),
+                     const at::TensorOptions& exchange_options) {
   const DeviceInfo dev = device_info(c.device);
   const Plan plan = plan_of(c, dev);
-  Tensor buf;
+  Tensor exchange;
   if (plan.grid) {
-    buf = at::empty({2, c.B, c.H}, exchange_options);
-    c.*exchange = buf.data_ptr();
+    exchange = at::empty({2, c.B, c.H}, exchange_options);
+    poison({&exchange});
+    c.exchange = exchange.data_ptr();
   }
-  poison(outputs);
-  poison({&buf});
   launch(c, plan, dev);
 }
 
@@ -115,22 +98,22 @@ std::tuple<Tensor, Tensor, Tensor> chain_fwd_cuda(const Tensor& u_in, const Tens
                                                   const Tensor& res, const Tensor& gamma,
                                                   const std::optional<Tensor>& lengths, int64_t res_kind,
                                                   int64_t nonlin, bool save_a) {
-  const Checked k = check_args("wcrnn_C::chain_fwd", "u", u_in, false, w_hh, res, gamma, lengths, res_kind, nonlin);
+  const Args k = check_args("wcrnn_C::chain_fwd", "u", u_in, cuda_policy(false), w_hh, res, gamma, lengths, res_kind,
+                            nonlin);
   const int64_t T = k.seq.T, B = k.seq.B, H = k.seq.H;
   const Tensor x0 = checked(k.seq, "x0", x0_in, {B, H}, "(B, H)");
   const Tensor u = u_in.contiguous();
 
   c10::cuda::CUDAGuard guard(u.device());
-  Tensor out = at::empty({T, B, H}, u.options());
-  Tensor a = optional_output(save_a, {T, B, H}, u.options());
+  Tensor out, hn, a;
+  std::tie(out, hn, a) = new_outputs(k.seq, save_a);
   if (T == 0 || B == 0 || H == 0) return {out, x0.clone(), a};  // nothing to run; h_n = x_0
-  Tensor hn = at::empty({B, H}, u.options());
 
   FwdCall c{chain_call(k, res_kind, nonlin, u), u.data_ptr(), x0.data_ptr(), out.data_ptr(), hn.data_ptr(),
-            save_a ? a.data_ptr() : nullptr, /*xbuf=*/nullptr};
+            save_a ? a.data_ptr() : nullptr};
   // the grid path's state exchange is in the accumulation type
-  const at::ScalarType acc = k.dtype == DType::kDouble ? at::kDouble : at::kFloat;
-  plan_and_launch(c, plan_fwd, launch_fwd, &FwdCall::xbuf, u.options().dtype(acc), {&out, &hn, &a});
+  const at::ScalarType acc = c.dtype == DType::kDouble ? at::kDouble : at::kFloat;
+  plan_and_launch(c, plan_fwd, launch_fwd, u.options().dtype(acc));
   return {out, hn, a};
 }
 
@@ -138,21 +121,21 @@ std::tuple<Tensor, Tensor, Tensor> chain_bwd_cuda(const Tensor& grad_out_in, con
                                                   const Tensor& a_in, const Tensor& w_hh, const Tensor& res,
                                                   const Tensor& gamma, const std::optional<Tensor>& lengths,
                                                   int64_t res_kind, int64_t nonlin, bool need_delta) {
-  const Checked k = check_args("wcrnn_C::chain_bwd", "a", a_in, true, w_hh, res, gamma, lengths, res_kind, nonlin);
+  const Args k = check_args("wcrnn_C::chain_bwd", "a", a_in, cuda_policy(true), w_hh, res, gamma, lengths, res_kind,
+                            nonlin);
   const int64_t T = k.seq.T, B = k.seq.B, H = k.seq.H;
   const Tensor grad_out = checked(k.seq, "grad_out", grad_out_in, {T, B, H}, "(T, B, H) like a");
   const Tensor grad_hn = checked(k.seq, "grad_hn", grad_hn_in, {B, H}, "(B, H)");
   const Tensor a = a_in.contiguous();
 
   c10::cuda::CUDAGuard guard(a.device());
-  Tensor g = at::empty({T, B, H}, a.options());
-  Tensor deltas = optional_output(need_delta, {T, B, H}, a.options());
+  Tensor g, dx0, deltas;
+  std::tie(g, dx0, deltas) = new_outputs(k.seq, need_delta);
   if (T == 0 || B == 0 || H == 0) return {g, grad_hn.clone(), deltas};  // dL/dx_0 = dL/dh_n
-  Tensor dx0 = at::empty({B, H}, a.options());
 
   BwdCall c{chain_call(k, res_kind, nonlin, a), grad_out.data_ptr(), grad_hn.data_ptr(), a.data_ptr(), g.data_ptr(),
-            dx0.data_ptr(), need_delta ? deltas.data_ptr() : nullptr, /*dbuf=*/nullptr};
-  plan_and_launch(c, plan_bwd, launch_bwd, &BwdCall::dbuf, a.options(), {&g, &dx0, &deltas});
+            dx0.data_ptr(), need_delta ? deltas.data_ptr() : nullptr};
+  plan_and_launch(c, plan_bwd, launch_bwd, a.options());
   return {g, dx0, deltas};
 }
 
