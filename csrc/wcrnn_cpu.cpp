@@ -159,8 +159,8 @@ void run_chain(const Args& k, int64_t res_kind, int64_t nonlin, bool backward, c
   AT_DISPATCH_FLOATING_TYPES(s.t.scalar_type(), "wcrnn_C chain (CPU)", [&] {
     const Kernels<scalar_t>& kern = kernels_of<scalar_t>(isa);
     AlignedBuffer packed(sizeof(scalar_t) * kern.packed_elems(H, kind, backward));
-    kern.pack(prm.w_hh.data_ptr<scalar_t>(), prm.res.data_ptr<scalar_t>(), prm.gamma.data_ptr<scalar_t>(), H, kind,
-           backward, static_cast<scalar_t*>(packed.ptr));
+    kern.pack(prm.w_hh.data_ptr<scalar_t>(), prm.res.data_ptr<scalar_t>(), prm.gamma.data_ptr<scalar_t>(), H,
+              kind, backward, static_cast<scalar_t*>(packed.ptr));
     const ChainProblem<scalar_t> chain{prm.lengths_data(), T, B, H, kind, static_cast<int>(nonlin),
                                        static_cast<const scalar_t*>(packed.ptr)};
     const auto p = problem(chain);

@@ -208,11 +208,6 @@ __global__ void __launch_bounds__(kThreads) chain_bwd_kernel(const BwdParams<S> 
   }
 }
 
-template <class S>
-size_t bwd_smem(int H, int U, int BT, bool grid, bool dense) {
-  return smem_layout(H, U, BT, dense, 1, grid ? (dense ? 1 : 0) : 2, sizeof(S), sizeof(S)).total;
-}
-
 struct Backward {
   using Call = BwdCall;
   static constexpr bool kHalfTypes = false;  // ops.py upcasts float16 / bfloat16 before the backward
@@ -220,7 +215,7 @@ struct Backward {
 
   template <class S>
   static size_t smem(int H, int U, int BT, bool grid, bool dense) {
-    return bwd_smem<S>(H, U, BT, grid, dense);
+    return smem_layout(H, U, BT, dense, 1, grid ? (dense ? 1 : 0) : 2, sizeof(S), sizeof(S)).total;
   }
   template <class S>
   static BwdParams<S> params(const ChainParams<S>& chain, const BwdCall& c) {

@@ -147,20 +147,15 @@ __global__ void __launch_bounds__(kThreads) chain_fwd_kernel(const FwdParams<S> 
   }
 }
 
-template <class S>
-size_t fwd_smem(int H, int U, int BT, bool grid, bool dense) {
-  using A = typename AccType<S>::type;
-  return smem_layout(H, U, BT, dense, grid ? 1 : 2, 0, sizeof(A), sizeof(S)).total;
-}
-
 struct Forward {
   using Call = FwdCall;
   static constexpr bool kHalfTypes = true;
   static constexpr const char* kOp = "wcrnn_C::chain_fwd";
 
   template <class S>
-  static size_t smem(int H, int U, int BT, bool grid, bool dense) {
-    return fwd_smem<S>(H, U, BT, grid, dense);
+  static size_t smem(int H, int U, int BT, bool grid, bool dense) {  // block path: double-buffered state rows
+    using A = typename AccType<S>::type;
+    return smem_layout(H, U, BT, dense, grid ? 1 : 2, 0, sizeof(A), sizeof(S)).total;
   }
   template <class S>
   static FwdParams<S> params(const ChainParams<S>& chain, const FwdCall& c) {
