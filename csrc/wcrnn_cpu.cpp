@@ -27,10 +27,23 @@
 #include <tuple>
 
 #include "cpu/chain_kernels_api.h"
+#include "wcrnn_checks.h"
 #include "wcrnn_op_signatures.h"
 
 namespace wcrnn_cpu {
 namespace {
+
+using wcrnn_checks::Args;
+using wcrnn_checks::check_args;
+using wcrnn_checks::checked;
+using wcrnn_checks::new_outputs;
+using wcrnn_checks::Params;
+using wcrnn_checks::Sequence;
+
+// The CPU op's side of the shared checks: CPU tensors, the dtypes the CPU kernels are compiled for, lengths
+// read in place.
+const wcrnn_checks::Policy kCpuPolicy{c10::DeviceType::CPU, false, " (the CPU kernels' dtypes)", true,
+                                      std::numeric_limits<int64_t>::max()};
 
 const IsaTable& best_isa() {
   static const IsaTable& best = []() -> const IsaTable& {
@@ -110,12 +123,6 @@ void parallel_rows(int64_t B, const F& f) {
 #endif
 }
 
-// WCRNN_POISON_OUTPUTS=1 (tests): outputs start as NaN, so any element a kernel forgets to write fails loudly.
-bool poison_outputs() {
-  const char* v = std::getenv("WCRNN_POISON_OUTPUTS");
-  return v != nullptr && *v != '\0' && std::strcmp(v, "0") != 0;
-}
-
 // Per-thread scratch, 64-byte aligned (the widest vector), allocated once per thread per call.
 struct AlignedBuffer {
   void* ptr = nullptr;
@@ -129,60 +136,39 @@ struct AlignedBuffer {
   AlignedBuffer& operator=(const AlignedBuffer&) = delete;
 };
 
-void check_float_cpu(const char* op, const char* name, const at::Tensor& t, at::ScalarType dtype) {
-  TORCH_CHECK(t.device().is_cpu(), op, ": ", name, ": expected a CPU tensor, got ", t.device());
-  TORCH_CHECK(t.scalar_type() == dtype, op, ": ", name, ": expected dtype ", dtype, " (the dtype of the ",
-              "first argument), got ", t.scalar_type());
+template <typename T>
+void run_rows(const Kernels<T>& k, const FwdProblem<T>& p, int64_t rb, int64_t re, T* ws) {
+  k.forward_rows(p, rb, re, ws);
+}
+template <typename T>
+void run_rows(const Kernels<T>& k, const BwdProblem<T>& p, int64_t rb, int64_t re, T* ws) {
+  k.backward_rows(p, rb, re, ws);
 }
 
-void check_shape(const char* op, const char* name, const at::Tensor& t, at::IntArrayRef expected,
-                 const char* desc) {
-  TORCH_CHECK(t.sizes() == expected, op, ": ", name, ": expected shape ", desc, " = ", expected, ", got ",
-              t.sizes());
-}
-
-// The checks both ops share: parameters, codes, lengths. Returns contiguous (w_hh, res, gamma, lengths).
-std::tuple<at::Tensor, at::Tensor, at::Tensor, c10::optional<at::Tensor>> check_params(
-    const char* op, int64_t T, int64_t B, int64_t H, at::ScalarType dtype, const at::Tensor& w_hh,
-    const at::Tensor& res, const at::Tensor& gamma, const c10::optional<at::Tensor>& lengths, int64_t res_kind,
-    int64_t nonlin) {
-  TORCH_CHECK(res_kind == kResDiag || res_kind == kResRot || res_kind == kResDense, op,
-              ": res_kind: expected 0 (diagonal), 1 (rotation pairs) or 2 (dense), got ", res_kind);
-  TORCH_CHECK(nonlin == kTanh || nonlin == kRelu, op, ": nonlin: expected 0 (tanh) or 1 (relu), got ", nonlin);
-  check_float_cpu(op, "w_hh", w_hh, dtype);
-  check_float_cpu(op, "res", res, dtype);
-  check_float_cpu(op, "gamma", gamma, dtype);
-  check_shape(op, "w_hh", w_hh, {H, H}, "(H, H)");
-  check_shape(op, "gamma", gamma, {H}, "(H,)");
-  if (res_kind == kResDiag) {
-    check_shape(op, "res", res, {H}, "(H,) for res_kind 0");
-  } else if (res_kind == kResRot) {
-    check_shape(op, "res", res, {2, H}, "(2, H) for res_kind 1");
-    TORCH_CHECK(H % 2 == 0, op, ": res: rotation pairs need an even hidden size, got H = ", H);
-  } else {
-    check_shape(op, "res", res, {H, H}, "(H, H) for res_kind 2");
-  }
-  c10::optional<at::Tensor> len;
-  if (lengths.has_value()) {
-    const at::Tensor& l = *lengths;
-    TORCH_CHECK(l.device().is_cpu(), op, ": lengths: expected a CPU tensor, got ", l.device());
-    TORCH_CHECK(l.scalar_type() == at::kLong, op, ": lengths: expected dtype int64, got ", l.scalar_type());
-    check_shape(op, "lengths", l, {B}, "(B,)");
-    len = l.contiguous();
-    const int64_t* lp = len->data_ptr<int64_t>();
-    for (int64_t b = 0; b < B; ++b) {
-      TORCH_CHECK(lp[b] >= 0 && lp[b] <= T, op, ": lengths: every entry must lie in [0, T = ", T, "], got ",
-                  lp[b], " at index ", b);
-    }
-  }
-  return {w_hh.contiguous(), res.contiguous(), gamma.contiguous(), len};
-}
-
-at::ScalarType check_dtype(const char* op, const char* name, const at::Tensor& t) {
-  TORCH_CHECK(t.scalar_type() == at::kFloat || t.scalar_type() == at::kDouble, op, ": ", name,
-              ": expected float32 or float64 (the CPU kernels' dtypes), got ", t.scalar_type());
-  TORCH_CHECK(t.device().is_cpu(), op, ": ", name, ": expected a CPU tensor, got ", t.device());
-  return t.scalar_type();
+// One chain on the checked arguments: packs (w_hh, res, gamma) once for the chain's direction, then runs it on
+// blocks of batch rows, one per thread, each with its own workspace. problem(chain) completes the shared
+// fields `chain` (a ChainProblem<scalar_t>) into the direction's FwdProblem / BwdProblem.
+template <typename MakeProblem>
+void run_chain(const Args& k, int64_t res_kind, int64_t nonlin, bool backward, const MakeProblem& problem) {
+  const Sequence& s = k.seq;
+  const Params& prm = k.params;
+  const int64_t T = s.T, B = s.B, H = s.H;
+  if (B == 0 || H == 0) return;
+  const IsaTable& isa = selected_isa();
+  const int kind = static_cast<int>(res_kind);
+  AT_DISPATCH_FLOATING_TYPES(s.t.scalar_type(), "wcrnn_C chain (CPU)", [&] {
+    const Kernels<scalar_t>& kern = kernels_of<scalar_t>(isa);
+    AlignedBuffer packed(sizeof(scalar_t) * kern.packed_elems(H, kind, backward));
+    kern.pack(prm.w_hh.data_ptr<scalar_t>(), prm.res.data_ptr<scalar_t>(), prm.gamma.data_ptr<scalar_t>(), H,
+              kind, backward, static_cast<scalar_t*>(packed.ptr));
+    const ChainProblem<scalar_t> chain{prm.lengths_data(), T, B, H, kind, static_cast<int>(nonlin),
+                                       static_cast<const scalar_t*>(packed.ptr)};
+    const auto p = problem(chain);
+    parallel_rows(B, [&](int64_t rb, int64_t re) {
+      AlignedBuffer ws(sizeof(scalar_t) * kern.workspace_elems(H, kind, backward, re - rb));
+      run_rows(kern, p, rb, re, static_cast<scalar_t*>(ws.ptr));
+    });
+  });
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> chain_fwd_cpu(const at::Tensor& u, const at::Tensor& x0,
@@ -190,49 +176,17 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> chain_fwd_cpu(const at::Tensor& u
                                                              const at::Tensor& gamma,
                                                              const c10::optional<at::Tensor>& lengths,
                                                              int64_t res_kind, int64_t nonlin, bool save_a) {
-  constexpr const char* op = "wcrnn_C::chain_fwd";
-  TORCH_CHECK(u.dim() == 3, op, ": u: expected a 3-D tensor (T, B, H), got shape ", u.sizes());
-  const at::ScalarType dtype = check_dtype(op, "u", u);
-  const int64_t T = u.size(0), B = u.size(1), H = u.size(2);
-  check_float_cpu(op, "x0", x0, dtype);
-  check_shape(op, "x0", x0, {B, H}, "(B, H)");
-  at::Tensor w, r, g;
-  c10::optional<at::Tensor> len;
-  std::tie(w, r, g, len) = check_params(op, T, B, H, dtype, w_hh, res, gamma, lengths, res_kind, nonlin);
+  const Args k = check_args("wcrnn_C::chain_fwd", "u", u, kCpuPolicy, w_hh, res, gamma, lengths, res_kind, nonlin);
+  const Sequence& s = k.seq;
+  const int64_t T = s.T, B = s.B, H = s.H;
+  const at::Tensor xc = checked(s, "x0", x0, {B, H}, "(B, H)");
   const at::Tensor uc = u.contiguous();
-  const at::Tensor xc = x0.contiguous();
-  at::Tensor out = at::empty({T, B, H}, u.options());
-  at::Tensor h_n = at::empty({B, H}, u.options());
-  at::Tensor a = save_a ? at::empty({T, B, H}, u.options()) : at::empty({0}, u.options());
-  if (poison_outputs()) {
-    out.fill_(std::numeric_limits<double>::quiet_NaN());
-    h_n.fill_(std::numeric_limits<double>::quiet_NaN());
-    a.fill_(std::numeric_limits<double>::quiet_NaN());
-  }
-  if (B == 0 || H == 0) return {out, h_n, a};
-  const IsaTable& isa = selected_isa();
-
-  AT_DISPATCH_FLOATING_TYPES(dtype, "wcrnn_C::chain_fwd", [&] {
-    const Kernels<scalar_t>& k = kernels_of<scalar_t>(isa);
-    AlignedBuffer packed(sizeof(scalar_t) * k.packed_elems(H, res_kind, false));
-    k.pack(w.data_ptr<scalar_t>(), r.data_ptr<scalar_t>(), g.data_ptr<scalar_t>(), H, static_cast<int>(res_kind),
-           false, static_cast<scalar_t*>(packed.ptr));
-    FwdProblem<scalar_t> p{uc.data_ptr<scalar_t>(),
-                           xc.data_ptr<scalar_t>(),
-                           out.data_ptr<scalar_t>(),
-                           h_n.data_ptr<scalar_t>(),
-                           save_a ? a.data_ptr<scalar_t>() : nullptr,
-                           len.has_value() ? len->data_ptr<int64_t>() : nullptr,
-                           T,
-                           B,
-                           H,
-                           static_cast<int>(res_kind),
-                           static_cast<int>(nonlin),
-                           static_cast<const scalar_t*>(packed.ptr)};
-    parallel_rows(B, [&](int64_t rb, int64_t re) {
-      AlignedBuffer ws(sizeof(scalar_t) * k.workspace_elems(H, static_cast<int>(res_kind), false, re - rb));
-      k.forward_rows(p, rb, re, static_cast<scalar_t*>(ws.ptr));
-    });
+  at::Tensor out, h_n, a;
+  std::tie(out, h_n, a) = new_outputs(s, save_a);
+  run_chain(k, res_kind, nonlin, false, [&](const auto& chain) {
+    using S = typename std::decay_t<decltype(chain)>::Elem;
+    return FwdProblem<S>{chain, uc.data_ptr<S>(), xc.data_ptr<S>(), out.data_ptr<S>(), h_n.data_ptr<S>(),
+                         save_a ? a.data_ptr<S>() : nullptr};
   });
   return {out, h_n, a};
 }
@@ -242,53 +196,19 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> chain_bwd_cpu(const at::Tensor& g
                                                              const at::Tensor& res, const at::Tensor& gamma,
                                                              const c10::optional<at::Tensor>& lengths,
                                                              int64_t res_kind, int64_t nonlin, bool need_delta) {
-  constexpr const char* op = "wcrnn_C::chain_bwd";
-  TORCH_CHECK(a_in.dim() == 3, op, ": a: expected a 3-D tensor (T, B, H), got shape ", a_in.sizes());
-  const at::ScalarType dtype = check_dtype(op, "a", a_in);
+  const Args k = check_args("wcrnn_C::chain_bwd", "a", a_in, kCpuPolicy, w_hh, res, gamma, lengths, res_kind,
+                            nonlin);
+  const Sequence& s = k.seq;
+  const int64_t T = s.T, B = s.B, H = s.H;
+  const at::Tensor eo = checked(s, "grad_out", grad_out, {T, B, H}, "(T, B, H) like a");
+  const at::Tensor eh = checked(s, "grad_hn", grad_hn, {B, H}, "(B, H)");
   const at::Tensor a = a_in.contiguous();
-  const int64_t T = a.size(0), B = a.size(1), H = a.size(2);
-  check_float_cpu(op, "grad_out", grad_out, dtype);
-  check_shape(op, "grad_out", grad_out, {T, B, H}, "(T, B, H) like a");
-  check_float_cpu(op, "grad_hn", grad_hn, dtype);
-  check_shape(op, "grad_hn", grad_hn, {B, H}, "(B, H)");
-  at::Tensor w, r, g;
-  c10::optional<at::Tensor> len;
-  std::tie(w, r, g, len) = check_params(op, T, B, H, dtype, w_hh, res, gamma, lengths, res_kind, nonlin);
-  const at::Tensor eo = grad_out.contiguous();
-  const at::Tensor eh = grad_hn.contiguous();
-  at::Tensor gt = at::empty({T, B, H}, a.options());
-  at::Tensor dx0 = at::empty({B, H}, a.options());
-  at::Tensor delta = need_delta ? at::empty({T, B, H}, a.options()) : at::empty({0}, a.options());
-  if (poison_outputs()) {
-    gt.fill_(std::numeric_limits<double>::quiet_NaN());
-    dx0.fill_(std::numeric_limits<double>::quiet_NaN());
-    delta.fill_(std::numeric_limits<double>::quiet_NaN());
-  }
-  if (B == 0 || H == 0) return {gt, dx0, delta};
-  const IsaTable& isa = selected_isa();
-
-  AT_DISPATCH_FLOATING_TYPES(dtype, "wcrnn_C::chain_bwd", [&] {
-    const Kernels<scalar_t>& k = kernels_of<scalar_t>(isa);
-    AlignedBuffer packed(sizeof(scalar_t) * k.packed_elems(H, res_kind, true));
-    k.pack(w.data_ptr<scalar_t>(), r.data_ptr<scalar_t>(), g.data_ptr<scalar_t>(), H, static_cast<int>(res_kind),
-           true, static_cast<scalar_t*>(packed.ptr));
-    BwdProblem<scalar_t> p{eo.data_ptr<scalar_t>(),
-                           eh.data_ptr<scalar_t>(),
-                           a.data_ptr<scalar_t>(),
-                           gt.data_ptr<scalar_t>(),
-                           dx0.data_ptr<scalar_t>(),
-                           need_delta ? delta.data_ptr<scalar_t>() : nullptr,
-                           len.has_value() ? len->data_ptr<int64_t>() : nullptr,
-                           T,
-                           B,
-                           H,
-                           static_cast<int>(res_kind),
-                           static_cast<int>(nonlin),
-                           static_cast<const scalar_t*>(packed.ptr)};
-    parallel_rows(B, [&](int64_t rb, int64_t re) {
-      AlignedBuffer ws(sizeof(scalar_t) * k.workspace_elems(H, static_cast<int>(res_kind), true, re - rb));
-      k.backward_rows(p, rb, re, static_cast<scalar_t*>(ws.ptr));
-    });
+  at::Tensor gt, dx0, delta;
+  std::tie(gt, dx0, delta) = new_outputs(s, need_delta);
+  run_chain(k, res_kind, nonlin, true, [&](const auto& chain) {
+    using S = typename std::decay_t<decltype(chain)>::Elem;
+    return BwdProblem<S>{chain, eo.data_ptr<S>(), eh.data_ptr<S>(), a.data_ptr<S>(), gt.data_ptr<S>(),
+                         dx0.data_ptr<S>(), need_delta ? delta.data_ptr<S>() : nullptr};
   });
   return {gt, dx0, delta};
 }

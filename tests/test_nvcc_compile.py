@@ -246,7 +246,7 @@ PROBE = r"""
 #include "chain_cuda.cuh"
 using namespace wcrnn_cuda;
 
-// Same sizing as fwd_smem / bwd_smem in chain_fwd.cu / chain_bwd.cu (acc_bytes, w_bytes per dtype).
+// Same sizing as Forward::smem / Backward::smem in chain_fwd.cu / chain_bwd.cu (acc_bytes, w_bytes per dtype).
 static size_t fwd_bytes(int H, int U, int BT, bool grid, bool dense, size_t ab, size_t wb) {
   return smem_layout(H, U, BT, dense, grid ? 1 : 2, 0, ab, wb).total;
 }

@@ -1,6 +1,7 @@
 // The CPU chain kernels, written once and compiled once per instruction set.
 //
-// chain_isa_<isa>.cpp includes this file under a target pragma after defining
+// chain_isa_<isa>.cpp includes this file (through chain_kernels_target.h, which sets the target pragma, for
+// the wide-vector variants) after defining
 //   WCRNN_ISA_NS    a namespace of its own (no symbol is shared between the variants: the linker can
 //                   never hand a wide-vector copy of an inline function to code running on an older CPU)
 //   WCRNN_ISA_NAME  "default", "avx2", "avx512"
@@ -8,6 +9,7 @@
 //   WCRNN_MR        micro-tile rows (batch rows per register block)
 //   WCRNN_NR        micro-tile width in vectors
 //   WCRNN_TABLE_FN  the accessor to define (see chain_kernels_api.h)
+//   WCRNN_ISA_TARGET  (wide-vector variants) the target attribute string, e.g. "avx2,fma"
 // and after including chain_kernels_prelude.h (the standard headers, outside the target pragma).
 //
 // Design (docs/design.md section 6): a thread owns a block of batch rows and runs the whole time loop for them.
@@ -515,36 +517,32 @@ void backward_rows_impl(const BwdProblem<T>& p, int64_t rb, int64_t re, T* ws) {
 // ---------------------------------------------------------------------------------------------------------
 // Runtime (kind, nonlinearity) -> compiled specialisation.
 
-template <typename T>
-void forward_rows(const FwdProblem<T>& p, int64_t rb, int64_t re, T* ws) {
-  const bool tanh_ = p.nonlin == kTanh;
-  switch (p.res_kind) {
-    case kResDiag:
-      return tanh_ ? forward_rows_impl<T, kResDiag, kTanh>(p, rb, re, ws)
-                   : forward_rows_impl<T, kResDiag, kRelu>(p, rb, re, ws);
-    case kResRot:
-      return tanh_ ? forward_rows_impl<T, kResRot, kTanh>(p, rb, re, ws)
-                   : forward_rows_impl<T, kResRot, kRelu>(p, rb, re, ws);
-    default:
-      return tanh_ ? forward_rows_impl<T, kResDense, kTanh>(p, rb, re, ws)
-                   : forward_rows_impl<T, kResDense, kRelu>(p, rb, re, ws);
+// f(kind, nonlin) with both as std::integral_constant<int, code>: one specialisation per pair of codes.
+template <typename F>
+void with_variant(int res_kind, int nonlin, const F& f) {
+  auto with_kind = [&](auto kind) {
+    if (nonlin == kTanh) return f(kind, std::integral_constant<int, kTanh>{});
+    return f(kind, std::integral_constant<int, kRelu>{});
+  };
+  switch (res_kind) {
+    case kResDiag: return with_kind(std::integral_constant<int, kResDiag>{});
+    case kResRot: return with_kind(std::integral_constant<int, kResRot>{});
+    default: return with_kind(std::integral_constant<int, kResDense>{});
   }
 }
 
 template <typename T>
+void forward_rows(const FwdProblem<T>& p, int64_t rb, int64_t re, T* ws) {
+  with_variant(p.res_kind, p.nonlin, [&](auto kind, auto nonlin) {
+    forward_rows_impl<T, decltype(kind)::value, decltype(nonlin)::value>(p, rb, re, ws);
+  });
+}
+
+template <typename T>
 void backward_rows(const BwdProblem<T>& p, int64_t rb, int64_t re, T* ws) {
-  const bool tanh_ = p.nonlin == kTanh;
-  switch (p.res_kind) {
-    case kResDiag:
-      return tanh_ ? backward_rows_impl<T, kResDiag, kTanh>(p, rb, re, ws)
-                   : backward_rows_impl<T, kResDiag, kRelu>(p, rb, re, ws);
-    case kResRot:
-      return tanh_ ? backward_rows_impl<T, kResRot, kTanh>(p, rb, re, ws)
-                   : backward_rows_impl<T, kResRot, kRelu>(p, rb, re, ws);
-    default:
-      return tanh_ ? backward_rows_impl<T, kResDense, kTanh>(p, rb, re, ws)
-                   : backward_rows_impl<T, kResDense, kRelu>(p, rb, re, ws);
-  }
+  with_variant(p.res_kind, p.nonlin, [&](auto kind, auto nonlin) {
+    backward_rows_impl<T, decltype(kind)::value, decltype(nonlin)::value>(p, rb, re, ws);
+  });
 }
 
 template <typename T>

@@ -5,27 +5,35 @@
 
 #include <cstdint>
 
+#include "../wcrnn_codes.h"
+
 namespace wcrnn_cpu {
 
 // Canonical residual kinds and nonlinearities: the integer codes of wcrnn_kernels/residual.py.
-enum : int { kResDiag = 0, kResRot = 1, kResDense = 2 };
-enum : int { kTanh = 0, kRelu = 1 };
+using namespace wcrnn_codes;
+
+// What both chains read: lengths (B,) or null; the sizes; the codes; `packed`, what Kernels::pack wrote for
+// (w_hh, res, gamma) in the chain's direction.
+template <typename T>
+struct ChainProblem {
+  using Elem = T;
+  const int64_t* lengths;
+  int64_t steps, batch, hidden;
+  int res_kind, nonlin;
+  const T* packed;
+};
 
 // One forward chain: x_t = R(x_{t-1}) + gamma * phi(u_t + W_hh x_{t-1}), rows independent.
 // All tensors contiguous, row-major: u / out (T, B, H); x0 / h_n (B, H); lengths (B,) or null.
 // a_out (T, B, H), when non-null, receives a_t = u_t + W_hh x_{t-1} (zero past a row's length).
-// `packed` is what Kernels::pack wrote for (w_hh, res, gamma) with backward = false.
+// `packed` is Kernels::pack with backward = false.
 template <typename T>
-struct FwdProblem {
+struct FwdProblem : ChainProblem<T> {
   const T* u;
   const T* x0;
   T* out;
   T* h_n;
   T* a_out;
-  const int64_t* lengths;
-  int64_t steps, batch, hidden;
-  int res_kind, nonlin;
-  const T* packed;
 };
 
 // One backward delta chain (docs/design.md section 5), rows independent:
@@ -33,17 +41,13 @@ struct FwdProblem {
 // a (T, B, H) holds a_t and is only read; g (T, B, H) receives g_t; delta (T, B, H) is written when
 // non-null; dx0 (B, H) receives the final carry. `packed` is Kernels::pack with backward = true.
 template <typename T>
-struct BwdProblem {
+struct BwdProblem : ChainProblem<T> {
   const T* grad_out;
   const T* grad_hn;
   const T* a;
   T* g;
   T* dx0;
   T* delta;
-  const int64_t* lengths;
-  int64_t steps, batch, hidden;
-  int res_kind, nonlin;
-  const T* packed;
 };
 
 // The entry points of one ISA for one dtype. A caller packs once per call (single-threaded, O(H^2)),

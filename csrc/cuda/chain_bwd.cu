@@ -208,51 +208,38 @@ __global__ void __launch_bounds__(kThreads) chain_bwd_kernel(const BwdParams<S> 
   }
 }
 
-template <class S>
-size_t bwd_smem(int H, int U, int BT, bool grid, bool dense) {
-  return smem_layout(H, U, BT, dense, 1, grid ? (dense ? 1 : 0) : 2, sizeof(S), sizeof(S)).total;
-}
+struct Backward {
+  using Call = BwdCall;
+  static constexpr bool kHalfTypes = false;  // ops.py upcasts float16 / bfloat16 before the backward
+  static constexpr const char* kOp = "wcrnn_C::chain_bwd";
 
-template <class S, bool DENSE, int BT>
-void launch_bwd_rows(const BwdCall& c, const Plan& plan, const DeviceInfo& dev) {
-  BwdParams<S> p;
-  set_chain_params(p, c, plan);
-  p.grad_out = static_cast<const S*>(c.grad_out);
-  p.grad_hn = static_cast<const S*>(c.grad_hn);
-  p.a = static_cast<const S*>(c.a);
-  p.g = static_cast<S*>(c.g);
-  p.dx0 = static_cast<S*>(c.dx0);
-  p.deltas = static_cast<S*>(c.deltas);
-  p.dbuf = static_cast<S*>(c.dbuf);
-  if (plan.grid) {
-    TORCH_CHECK(c.dbuf != nullptr, "chain_bwd: internal error: the grid path needs its delta buffer");
-    launch_kernel("wcrnn_C::chain_bwd", chain_bwd_kernel<S, DENSE, BT, true>, plan, dev, p, c.stream);
-  } else {
-    launch_kernel("wcrnn_C::chain_bwd", chain_bwd_kernel<S, DENSE, BT, false>, plan, dev, p, c.stream);
+  template <class S>
+  static size_t smem(int H, int U, int BT, bool grid, bool dense) {
+    return smem_layout(H, U, BT, dense, 1, grid ? (dense ? 1 : 0) : 2, sizeof(S), sizeof(S)).total;
   }
-}
-
-template <class S>
-Plan plan_bwd_dtype(const BwdCall& c, const DeviceInfo& dev) {
-  const bool dense = c.res_kind == kResDense;
-  return plan_chain("wcrnn_C::chain_bwd", c.B, c.H, dev,
-                    [&](int U, int BT, bool grid) { return bwd_smem<S>(c.H, U, BT, grid, dense); });
-}
+  template <class S>
+  static BwdParams<S> params(const ChainParams<S>& chain, const BwdCall& c) {
+    return {chain,
+            static_cast<const S*>(c.grad_out),
+            static_cast<const S*>(c.grad_hn),
+            static_cast<const S*>(c.a),
+            static_cast<S*>(c.g),
+            static_cast<S*>(c.dx0),
+            static_cast<S*>(c.deltas),
+            static_cast<S*>(c.exchange)};
+  }
+  template <class S, bool DENSE, int BT, bool GRID>
+  static auto kernel() {
+    return chain_bwd_kernel<S, DENSE, BT, GRID>;
+  }
+};
 
 }  // namespace
 
-Plan plan_bwd(const BwdCall& c, const DeviceInfo& dev) {
-  return dispatch_dtype<false>(c.dtype, "chain_bwd", [&](auto tag) {
-    return plan_bwd_dtype<typename decltype(tag)::type>(c, dev);
-  });
-}
+Plan plan_bwd(const BwdCall& c, const DeviceInfo& dev) { return plan_chain_call<Backward>(c, dev); }
 
 void launch_bwd(const BwdCall& c, const Plan& plan, const DeviceInfo& dev) {
-  dispatch_dtype<false>(c.dtype, "chain_bwd", [&](auto tag) {
-    dispatch_variant(c.res_kind, plan.rows, "chain_bwd", [&](auto dense, auto rows) {
-      launch_bwd_rows<typename decltype(tag)::type, decltype(dense)::value, decltype(rows)::value>(c, plan, dev);
-    });
-  });
+  launch_chain_call<Backward>(c, plan, dev);
 }
 
 }  // namespace wcrnn_cuda

@@ -35,6 +35,8 @@
 #include <c10/util/Exception.h>
 #include <c10/util/Half.h>
 
+#include "../wcrnn_codes.h"
+
 namespace wcrnn_cuda {
 
 // The block's dynamic shared memory, 16-byte aligned. The CPU emulator that runs these kernels in the
@@ -46,8 +48,7 @@ namespace wcrnn_cuda {
 constexpr int kThreads = 256;  // threads per block, every kernel
 constexpr int kEarly = 4;      // epilogue operands a thread loads before the matvec (the rest load late)
 
-enum : int { kResDiag = 0, kResRot = 1, kResDense = 2 };  // residual.py RES_DIAG / RES_ROT / RES_DENSE
-enum : int { kTanh = 0, kRelu = 1 };
+using namespace wcrnn_codes;  // kResDiag / kResRot / kResDense, kTanh / kRelu
 enum class DType : int { kFloat, kDouble, kHalf, kBFloat16 };
 
 // State and accumulation type: float for float/half/bfloat16 storage, double for double.
@@ -447,13 +448,14 @@ struct ChainCall {  // what both chains' calls share
   const int64_t* lengths;
   int device;
   cudaStream_t stream;
+  void* exchange;  // grid path: set by the caller after planning; forward (2, B, H) states in the accumulation
+                   // type, backward (2, B, H) deltas
 };
 
 struct FwdCall : ChainCall {
   const void *u, *x0;
   void *out, *hn;
   void* a_out;  // nullptr unless the forward saves the pre-activations
-  void* xbuf;   // set by the caller after plan_fwd when plan.grid: (2, B, H) of the accumulation type
 };
 
 struct BwdCall : ChainCall {
@@ -461,12 +463,12 @@ struct BwdCall : ChainCall {
   const void* a;
   void* g;
   void *dx0, *deltas;
-  void* dbuf;  // set by the caller after plan_bwd when plan.grid: (2, B, H)
 };
 
 // The shared kernel parameters from a call and its plan: written once for both chains.
 template <class S>
-void set_chain_params(ChainParams<S>& p, const ChainCall& c, const Plan& plan) {
+ChainParams<S> chain_params(const ChainCall& c, const Plan& plan) {
+  ChainParams<S> p;
   p.w = static_cast<const S*>(c.w);
   p.res = static_cast<const S*>(c.res);
   p.gamma = static_cast<const S*>(c.gamma);
@@ -478,6 +480,44 @@ void set_chain_params(ChainParams<S>& p, const ChainCall& c, const Plan& plan) {
   p.rows_per_group = plan.rows_per_group;
   p.nonlin = c.nonlin;
   p.res_kind = c.res_kind;
+  return p;
+}
+
+// plan_fwd / launch_fwd and plan_bwd / launch_bwd, written once. Dir describes one direction
+// (chain_fwd.cu: Forward, chain_bwd.cu: Backward):
+//   using Call                                  FwdCall or BwdCall
+//   static constexpr bool kHalfTypes            float16 / bfloat16 instantiations exist
+//   static constexpr const char* kOp            "wcrnn_C::chain_fwd", for messages
+//   static size_t smem<S>(H, U, BT, grid, dense)  dynamic shared memory per block
+//   static params<S>(chain, call)               the kernel parameters: `chain` plus the direction's own
+//   static kernel<S, DENSE, BT, GRID>()         the kernel instantiation
+template <class Dir>
+Plan plan_chain_call(const typename Dir::Call& c, const DeviceInfo& dev) {
+  return dispatch_dtype<Dir::kHalfTypes>(c.dtype, Dir::kOp, [&](auto tag) {
+    using S = typename decltype(tag)::type;
+    const bool dense = c.res_kind == kResDense;
+    return plan_chain(Dir::kOp, c.B, c.H, dev,
+                      [&](int U, int BT, bool grid) { return Dir::template smem<S>(c.H, U, BT, grid, dense); });
+  });
+}
+
+template <class Dir>
+void launch_chain_call(const typename Dir::Call& c, const Plan& plan, const DeviceInfo& dev) {
+  dispatch_dtype<Dir::kHalfTypes>(c.dtype, Dir::kOp, [&](auto tag) {
+    using S = typename decltype(tag)::type;
+    dispatch_variant(c.res_kind, plan.rows, Dir::kOp, [&](auto dense, auto rows) {
+      constexpr bool DENSE = decltype(dense)::value;
+      constexpr int BT = decltype(rows)::value;
+      const auto p = Dir::template params<S>(chain_params<S>(c, plan), c);
+      if (plan.grid) {
+        TORCH_CHECK(c.exchange != nullptr, Dir::kOp,
+                    ": internal error: the grid path needs its exchange buffer");
+        launch_kernel(Dir::kOp, Dir::template kernel<S, DENSE, BT, true>(), plan, dev, p, c.stream);
+      } else {
+        launch_kernel(Dir::kOp, Dir::template kernel<S, DENSE, BT, false>(), plan, dev, p, c.stream);
+      }
+    });
+  });
 }
 
 Plan plan_fwd(const FwdCall& c, const DeviceInfo& dev);

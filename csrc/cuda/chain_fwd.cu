@@ -147,51 +147,38 @@ __global__ void __launch_bounds__(kThreads) chain_fwd_kernel(const FwdParams<S> 
   }
 }
 
-template <class S>
-size_t fwd_smem(int H, int U, int BT, bool grid, bool dense) {
-  using A = typename AccType<S>::type;
-  return smem_layout(H, U, BT, dense, grid ? 1 : 2, 0, sizeof(A), sizeof(S)).total;
-}
+struct Forward {
+  using Call = FwdCall;
+  static constexpr bool kHalfTypes = true;
+  static constexpr const char* kOp = "wcrnn_C::chain_fwd";
 
-template <class S, bool DENSE, int BT>
-void launch_fwd_rows(const FwdCall& c, const Plan& plan, const DeviceInfo& dev) {
-  FwdParams<S> p;
-  set_chain_params(p, c, plan);
-  p.u = static_cast<const S*>(c.u);
-  p.x0 = static_cast<const S*>(c.x0);
-  p.out = static_cast<S*>(c.out);
-  p.hn = static_cast<S*>(c.hn);
-  p.a_out = static_cast<S*>(c.a_out);
-  p.xbuf = static_cast<typename AccType<S>::type*>(c.xbuf);
-  if (plan.grid) {
-    TORCH_CHECK(c.xbuf != nullptr, "chain_fwd: internal error: the grid path needs its state buffer");
-    launch_kernel("wcrnn_C::chain_fwd", chain_fwd_kernel<S, DENSE, BT, true>, plan, dev, p, c.stream);
-  } else {
-    launch_kernel("wcrnn_C::chain_fwd", chain_fwd_kernel<S, DENSE, BT, false>, plan, dev, p, c.stream);
+  template <class S>
+  static size_t smem(int H, int U, int BT, bool grid, bool dense) {  // block path: double-buffered state rows
+    using A = typename AccType<S>::type;
+    return smem_layout(H, U, BT, dense, grid ? 1 : 2, 0, sizeof(A), sizeof(S)).total;
   }
-}
-
-template <class S>
-Plan plan_fwd_dtype(const FwdCall& c, const DeviceInfo& dev) {
-  const bool dense = c.res_kind == kResDense;
-  return plan_chain("wcrnn_C::chain_fwd", c.B, c.H, dev,
-                    [&](int U, int BT, bool grid) { return fwd_smem<S>(c.H, U, BT, grid, dense); });
-}
+  template <class S>
+  static FwdParams<S> params(const ChainParams<S>& chain, const FwdCall& c) {
+    return {chain,
+            static_cast<const S*>(c.u),
+            static_cast<const S*>(c.x0),
+            static_cast<S*>(c.out),
+            static_cast<S*>(c.hn),
+            static_cast<S*>(c.a_out),
+            static_cast<typename AccType<S>::type*>(c.exchange)};
+  }
+  template <class S, bool DENSE, int BT, bool GRID>
+  static auto kernel() {
+    return chain_fwd_kernel<S, DENSE, BT, GRID>;
+  }
+};
 
 }  // namespace
 
-Plan plan_fwd(const FwdCall& c, const DeviceInfo& dev) {
-  return dispatch_dtype<true>(c.dtype, "chain_fwd", [&](auto tag) {
-    return plan_fwd_dtype<typename decltype(tag)::type>(c, dev);
-  });
-}
+Plan plan_fwd(const FwdCall& c, const DeviceInfo& dev) { return plan_chain_call<Forward>(c, dev); }
 
 void launch_fwd(const FwdCall& c, const Plan& plan, const DeviceInfo& dev) {
-  dispatch_dtype<true>(c.dtype, "chain_fwd", [&](auto tag) {
-    dispatch_variant(c.res_kind, plan.rows, "chain_fwd", [&](auto dense, auto rows) {
-      launch_fwd_rows<typename decltype(tag)::type, decltype(dense)::value, decltype(rows)::value>(c, plan, dev);
-    });
-  });
+  launch_chain_call<Forward>(c, plan, dev);
 }
 
 }  // namespace wcrnn_cuda

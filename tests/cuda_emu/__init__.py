@@ -22,7 +22,7 @@ _STATE: dict = {}
 def _inputs() -> list[str]:
     files = SOURCES + glob.glob(os.path.join(HERE, "include", "**", "*.h"), recursive=True)
     files += glob.glob(os.path.join(REPO, "csrc", "cuda", "*"))
-    files.append(os.path.join(REPO, "csrc", "wcrnn_op_signatures.h"))
+    files += glob.glob(os.path.join(REPO, "csrc", "*.h"))  # wcrnn_op_signatures.h, wcrnn_checks.h, wcrnn_codes.h
     return sorted(files)
 
 
