@@ -52,6 +52,13 @@ def write_json(out: str, meta: dict, results, **extra) -> str:
     return path
 
 
+def save(out: str, meta: dict, results, plot) -> None:
+    """The end of an experiment: the numbers as JSON beside `out`, then the figure (`plot()` writes `out`)."""
+    write_json(out, meta, results)
+    plot()
+    print(f"\nwrote {out} and {os.path.splitext(out)[0]}.json")
+
+
 def pyplot():
     """matplotlib.pyplot on the file-only Agg backend (the examples write PNGs, never open windows)."""
     import matplotlib

@@ -144,9 +144,7 @@ def main(argv=None):
     meta = {k: v for k, v in vars(args).items() if k != "out"}
     meta.update(torch=torch.__version__, threads=torch.get_num_threads(), total_wall_time_s=total,
                 baseline_rms=tasks.adding_baseline_rms())
-    _common.write_json(args.out, meta, results)
-    plot(results, args)
-    print(f"\nwrote {args.out}")
+    _common.save(args.out, meta, results, lambda: plot(results, args))
     return results
 
 

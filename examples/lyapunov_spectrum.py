@@ -89,9 +89,7 @@ def main(argv=None):
 
     meta = dict(hidden=H, steps=args.steps, warmup=args.warmup, batch=args.batch, gamma=args.gamma,
                 seed=args.seed, quick=args.quick, wall_time_s=wall, torch=torch.__version__)
-    _common.write_json(args.out, meta, results)
-    plot(results, args, wall)
-    print(f"\nwrote {args.out}")
+    _common.save(args.out, meta, results, lambda: plot(results, args, wall))
     return results
 
 

@@ -112,9 +112,7 @@ def main(argv=None):
               f"{res['train_acc']:.3f} | {e50} | {res['wall_time_s']:.0f} |")
     meta = {k: v for k, v in vars(args).items() if k not in ("out",)}
     meta.update(task=task, torch=torch.__version__, threads=torch.get_num_threads())
-    _common.write_json(args.out, meta, results)
-    plot(results, args, task)
-    print(f"\nwrote {args.out}")
+    _common.save(args.out, meta, results, lambda: plot(results, args, task))
     return results
 
 

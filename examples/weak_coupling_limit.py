@@ -121,9 +121,7 @@ def main(argv=None):
     print(f"\nwall time {wall:.0f} s")
     meta = dict(T=a.T, warmup=a.warmup, batch=a.batch, nonlinearity="tanh", torch=torch.__version__,
                 wall_time_s=wall, quick=a.quick)
-    _common.write_json(a.out, meta, rows)
-    plot(rows, a.out)
-    print(f"wrote {a.out}")
+    _common.save(a.out, meta, rows, lambda: plot(rows, a.out))
     return rows
 
 
