@@ -24,3 +24,24 @@ def poison_empty(monkeypatch):
     monkeypatch.setattr(torch, "empty_like", poisoned(torch.empty_like))
     monkeypatch.setattr(torch.Tensor, "new_empty", poisoned(torch.Tensor.new_empty))
     yield
+
+
+def pytest_generate_tests(metafunc):
+    """A test taking a `target` argument gets one row per target that can run in this process (helpers.py:
+    TARGETS), none for the others; a test may narrow them with @pytest.mark.targets("cpp", ...)."""
+    if "target" in metafunc.fixturenames:
+        from helpers import target_params
+        marker = metafunc.definition.get_closest_marker("targets")
+        metafunc.parametrize("target", target_params(marker.args if marker else None))
+
+
+def pytest_terminal_summary(terminalreporter):
+    """Once per run that collected a target-parametrised test: which targets it covered, why not the rest."""
+    import helpers
+    if helpers._STATUS:
+        for line in helpers.target_summary():
+            terminalreporter.write_line(line)
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "targets(*names): the targets a test taking `target` runs on")

@@ -13,59 +13,17 @@ checks that the library it loaded really is instrumented.
 from __future__ import annotations
 
 import os
-import shutil
-import subprocess
-import sys
-import textwrap
 
 import pytest
+
+from helpers import asan_setup, run_under_asan
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def _runtime(name: str) -> str | None:
-    cxx = os.environ.get("CXX", "c++")
-    if shutil.which(cxx) is None:
-        return None
-    out = subprocess.run([cxx, f"-print-file-name={name}"], capture_output=True, text=True).stdout.strip()
-    return out if os.path.isabs(out) and os.path.exists(out) else None
-
-
-def _setup():
-    """(libasan path, reason to skip or None)."""
-    if not sys.platform.startswith("linux"):
-        return None, "the sanitizer run is set up for Linux (LD_PRELOAD of the compiler's libasan)"
-    from torch.utils.cpp_extension import is_ninja_available
-    if not is_ninja_available():
-        return None, "ninja is needed to build the sanitizer variant: `pip install ninja`"
-    asan = _runtime("libasan.so")
-    if asan is None:
-        return None, f"no AddressSanitizer runtime (libasan.so) next to the C++ compiler {os.environ.get('CXX', 'c++')}"
-    return asan, None
-
-
-ASAN, SKIP = _setup()
+ASAN, SKIP = asan_setup()
 pytestmark = pytest.mark.skipif(SKIP is not None, reason=SKIP or "")
-
-_ENV_SANITIZER = {
-    # Python and torch allocate for good at exit: leak reports would only be noise here.
-    "ASAN_OPTIONS": "detect_leaks=0:halt_on_error=1:abort_on_error=0:exitcode=86:allocator_may_return_null=1",
-    "UBSAN_OPTIONS": "halt_on_error=1:print_stacktrace=1:exitcode=87",
-}
-
-
-def _run(code: str, timeout: int):
-    env = {k: v for k, v in os.environ.items() if not k.startswith("WCRNN_")}
-    env.update(_ENV_SANITIZER)
-    # libstdc++ too, right after libasan: Python does not link it, so without it ASan finds no real __cxa_throw
-    # to forward to and aborts ("CHECK failed ... real___cxa_throw") at the first C++ exception thrown in the
-    # process, e.g. by Triton 3.8's libtriton at import (torch 2.14 imports triton from torch._dynamo).
-    env["LD_PRELOAD"] = " ".join(p for p in (ASAN, _runtime("libstdc++.so")) if p)
-    env["PYTHONPATH"] = REPO
-    if "WCRNN_CACHE_DIR" in os.environ:
-        env["WCRNN_CACHE_DIR"] = os.environ["WCRNN_CACHE_DIR"]
-    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True, env=env,
-                          cwd=REPO, timeout=timeout)
+_run = run_under_asan
 
 
 def test_positive_control_sanitizer_reports_a_heap_overflow():
