@@ -22,8 +22,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from helpers import (DIFF, EMULATED, FLOAT64_RTOL, KINDS, LOWP_RULE, NAMES, assert_all_close,
-                     assert_within_reference_error, check_saved_preactivations, emulator_launches,
+from helpers import (DIFF, EMULATED, FLOAT64_RTOL, KINDS, NAMES, assert_all_close, assert_low_precision_rule,
+                     check_saved_preactivations, emulator_launches,
                      make_case, on, reference, run_chain, select, setup_target)
 from wcrnn_kernels import wcrnn_chain
 from wcrnn_kernels.backends import get_backend
@@ -196,8 +196,8 @@ def test_elman_rnn_equivalence_with_cudnn(target, monkeypatch):
     cudnn, _ = run(copy32(), "cuda", torch.float32)
     ours, _ = run(FusedWCRNN.from_rnn(copy32(), residual="none", gamma=1.0, backend="cuda"), "cuda",
                   torch.float32)
-    factor, floor = LOWP_RULE[torch.float32]
-    assert_within_reference_error(ours, expected, cudnn, factor, floor, names=names, label="cuda backend (vs cuDNN)")
+    assert_low_precision_rule(ours, expected, {"reference": cudnn}, torch.float32, names=names,
+                              label="cuda backend (cuDNN as the yardstick)")
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -199,78 +199,14 @@ def test_device_too_small_for_the_grid_path(monkeypatch):
 # kernels is then a checked access to a CPU tensor (allocated to its exact size), and every block's shared
 # memory is its own exact-size allocation, so an index past the end of either aborts the run with a report.
 
-_ASAN_CASES = r"""
-import os, subprocess, sys
-os.environ.pop("LD_PRELOAD", None)  # the compiler and ninja run without the sanitizer runtime
-sys.path.insert(0, os.path.join(os.getcwd(), "tests"))
-import torch
-import cuda_emu
-ok, where = cuda_emu.load(sanitize=True)
-assert ok, where
-lib = [os.path.join(where, f) for f in os.listdir(where) if f.endswith(".so")][0]
-syms = subprocess.run(["nm", "-D", lib], capture_output=True, text=True).stdout
-assert "__asan_report" in syms and "__ubsan_handle" in syms, "the library is not instrumented"
-print("instrumented library:", lib, flush=True)
-MODE = {mode!r}
-if MODE != "cases":
-    out = torch.zeros(1024)
-    print(torch.ops.wcrnn_cuda_emu.selftest(MODE, out), flush=True)
-    sys.exit(0)
-
-from wcrnn_kernels import canonical_residual
-from wcrnn_kernels.backends import get_backend
-ops, ref = torch.ops.wcrnn_cuda_emu, get_backend("torch")
-os.environ["WCRNN_POISON_OUTPUTS"] = "1"
-g = torch.Generator().manual_seed(0)
-n = 0
-def run(dtype, kind, T, B, H, lengths, nonlin):
-    global n
-    if kind == "rotational" and H % 2:
-        H += 1
-    r = {{"diagonal": torch.rand(H, generator=g, dtype=torch.float64),
-         "rotational": torch.rand(H // 2, generator=g, dtype=torch.float64),
-         "dense": torch.randn(H, H, generator=g, dtype=torch.float64) / H}}[kind]
-    theta = torch.rand(H // 2, generator=g, dtype=torch.float64) if kind == "rotational" else None
-    rk, res = canonical_residual(kind, H, r, theta, dtype=dtype)
-    u, x0 = torch.randn(T, B, H, generator=g).to(dtype), torch.randn(B, H, generator=g).to(dtype)
-    w, gam = (torch.randn(H, H, generator=g) / H ** 0.5).to(dtype), torch.rand(H, generator=g).to(dtype)
-    L = torch.randint(0, T + 1, (B,), generator=g) if lengths else None
-    out, hn, a = ops.chain_fwd(u, x0, w, res, gam, L, rk, nonlin, True)
-    cd = torch.float64 if dtype == torch.float64 else torch.float32
-    f = lambda t: t.to(cd)
-    go, gh = torch.randn(T, B, H, generator=g).to(cd), torch.randn(B, H, generator=g).to(cd)
-    got = ops.chain_bwd(go, gh, f(a), f(w), f(res), f(gam), L, rk, nonlin, True)
-    want_f = ref.chain_fwd(f(u), f(x0), f(w), rk, f(res), f(gam), L, nonlin, True)
-    want_b = ref.chain_bwd(go, gh, want_f[2], f(w), rk, f(res), f(gam), L, nonlin, True)
-    # measured worst |x - y| / (1 + |y|) against the torch backend: 1.4e-15, 1.1e-6, 4.1e-4 (float16), 3.0e-3
-    # (bfloat16: half its epsilon, the rounding of the outputs)
-    tol = {{torch.float64: 1e-12, torch.float32: 1e-5}}.get(dtype, torch.finfo(dtype).eps)
-    for x, y in zip((out, hn, a) + tuple(got), tuple(want_f) + tuple(want_b)):
-        assert torch.allclose(f(x), y, rtol=tol, atol=tol), (dtype, kind, T, B, H, lengths, nonlin)
-    n += 1
-
-for path, rows, groups in (("block", "", ""), ("grid", "", ""), ("grid", "8", "1"), ("block", "8", "")):
-    os.environ["WCRNN_CUDA_PATH"], os.environ["WCRNN_CUDA_ROWS"] = path, rows
-    os.environ["WCRNN_CUDA_ROW_GROUPS"] = groups
-    for dtype in (torch.float64, torch.float32, torch.float16, torch.bfloat16):
-        for kind in ("diagonal", "rotational", "dense"):
-            for T, B, H in ((3, 5, 17), (1, 1, 2), (2, 13, 130)):
-                if dtype == torch.float64 and kind == "dense" and H == 130 and path == "block":
-                    continue  # does not fit one block (the planner refuses; tested above)
-                run(dtype, kind, T, B, H, lengths=(T + B) % 2 == 0, nonlin=(n % 2))
-for k in ("WCRNN_CUDA_PATH", "WCRNN_CUDA_ROWS", "WCRNN_CUDA_ROW_GROUPS"):
-    os.environ.pop(k)
-os.environ["WCRNN_EMU_SMS"] = "132"  # an H100's plan for H = 1024: 128 blocks of the grid path
-run(torch.float32, "dense", 2, 3, 1024, lengths=True, nonlin=0)
-print(f"clean: {{n}} forward+backward cases", flush=True)
-"""
 
 
 def _asan_run(mode, timeout):
     _, skip = asan_setup()
     if skip is not None:
         pytest.skip(skip)
-    return run_under_asan(_ASAN_CASES.format(mode=mode), timeout=timeout)
+    args = ["sanitize_cases.py", "cuda-emulated"] + ([] if mode == "cases" else ["--selftest", mode])
+    return run_under_asan(script=args, timeout=timeout)  # the cases: tests/sanitize_cases.py
 
 
 def test_sanitizer_catches_a_kernel_writing_past_a_tensor():
