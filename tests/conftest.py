@@ -32,7 +32,8 @@ def pytest_generate_tests(metafunc):
     if "target" in metafunc.fixturenames:
         from helpers import target_params
         marker = metafunc.definition.get_closest_marker("targets")
-        metafunc.parametrize("target", target_params(marker.args if marker else None))
+        dtypes = metafunc.definition.get_closest_marker("target_dtypes")
+        metafunc.parametrize("target", target_params(marker.args if marker else None, dtypes.args if dtypes else ()))
 
 
 def pytest_collection_modifyitems(config, items):
@@ -49,10 +50,12 @@ def pytest_collection_modifyitems(config, items):
 def pytest_terminal_summary(terminalreporter):
     """Once per run that collected a target-parametrised test: which targets it covered, why not the rest."""
     import helpers
-    if helpers._STATUS:
+    # under pytest-xdist the workers collect: the controller works the status out for the summary itself
+    if helpers._STATUS or getattr(terminalreporter.config.option, "numprocesses", None):
         for line in helpers.target_summary():
             terminalreporter.write_line(line)
 
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "targets(*names): the targets a test taking `target` runs on")
+    config.addinivalue_line("markers", "target_dtypes(*dtypes): only the targets whose backend runs these dtypes")

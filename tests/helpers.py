@@ -1,5 +1,6 @@
-"""Comparison helpers and backend lists shared by the test files (import them from here, not from conftest:
-conftest modules of tests/ and benchmarks/ share one module name when both are collected)."""
+"""Everything the test files share: the case builder and chain runner, the tolerance rules, the targets the
+generic suites run on, the emulated CUDA backend, the AddressSanitizer runner. (Import them from here, not
+from conftest: conftest modules of tests/ and benchmarks/ share one module name when both are collected.)"""
 from __future__ import annotations
 
 import importlib.util
@@ -14,17 +15,7 @@ from dataclasses import dataclass
 import pytest
 import torch
 
-from wcrnn_kernels import canonical_residual, wcrnn_chain
-
-from wcrnn_kernels import available_backends
-
-# Backends checked against the reference by the generic suites; each is skipped (with its reason) where it
-# cannot run in this process.
-CHAIN_BACKENDS = ("torch", "cpp", "triton", "cuda")
-
-
-def backend_param(name: str):
-    return pytest.param(name, id=name)
+from wcrnn_kernels import available_backends, canonical_residual, wcrnn_chain
 
 
 def require_backend(name: str, device: str = "cpu", dtype=torch.float64, hidden_size: int = 8):
@@ -316,12 +307,15 @@ def required_targets():
     return set(only) | {n for n, var in REQUIRE_VARS.items() if os.environ.get(var) == "1"}
 
 
-def target_params(names=None):
-    """pytest.param rows for the targets (of `names`, default all) that run here, plus those that are
-    required but cannot (their rows fail with the reason); GPU rows carry the `gpu` mark."""
+def target_params(names=None, dtypes=()):
+    """pytest.param rows for the targets (of `names`, default all) that run here and run every dtype of
+    `dtypes`, plus those that are required but cannot run (their rows fail with the reason); GPU rows carry
+    the `gpu` mark."""
     status, required = target_status(), required_targets()
     rows = []
     for name in names or TARGETS:
+        if status[name] is None and any(TARGETS[name].supports(dt) is not None for dt in dtypes):
+            continue  # e.g. cpp has no float16 / bfloat16 kernels
         if status[name] is None or name in required:
             marks = [pytest.mark.gpu] if TARGETS[name].device == "cuda" else []
             rows.append(pytest.param(TARGETS[name], id=name, marks=marks))

@@ -64,6 +64,7 @@ def test_float32_error_within_reference_float32_error(target, kind):
 HALF_SIZES = {"cpu": [(20, 3, 16)], "cuda": [(20, 16, 64), (10, 4, 300), (6, 8, 512)]}
 
 
+@pytest.mark.target_dtypes(torch.float16, torch.bfloat16)
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["float16", "bfloat16"])
 @pytest.mark.parametrize("kind", KINDS)
 def test_half_precision_tracks_float64(target, kind, dtype):
