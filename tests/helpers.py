@@ -373,6 +373,31 @@ def register_emulated_cuda():
     return ok, why
 
 
+# The CUDA kernels' forced execution paths: the block path, the grid path as planned, and the grid path with
+# one row group (every block walks all rows in chunks of BT).
+CUDA_PATHS = ("block", "grid", "grid-1group")
+
+
+def force_cuda_path(monkeypatch, path):
+    monkeypatch.setenv("WCRNN_CUDA_PATH", "block" if path == "block" else "grid")
+    if path == "grid-1group":
+        monkeypatch.setenv("WCRNN_CUDA_ROW_GROUPS", "1")
+
+
+def assert_launch_path(log, path, n_min=2, several_blocks=True):
+    """Every launch in the emulator's `log` took the expected path (the grid path on more than one block,
+    unless `several_blocks` is False: H <= 2 is a single unit slice)."""
+    assert len(log) >= n_min, log
+    for line in log:
+        assert "FAILED" not in line, line
+        if path == "block":
+            assert line.startswith("ordinary"), line
+        else:
+            assert line.startswith("cooperative"), line
+            if several_blocks:
+                assert line.split()[1] != "grid=1x1x1", f"the grid path ran on a single block: {line}"
+
+
 def emulator_launches() -> list[str]:
     """The emulator's record of the kernel launches since the last call, one line each."""
     return list(torch.ops.wcrnn_cuda_emu.take_log())

@@ -22,8 +22,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from helpers import (DIFF, EMULATED, FLOAT64_RTOL, KINDS, NAMES, assert_all_close, assert_low_precision_rule,
-                     check_saved_preactivations, emulator_launches,
+from helpers import (CUDA_PATHS, DIFF, EMULATED, FLOAT64_RTOL, KINDS, NAMES, assert_all_close, assert_launch_path,
+                     assert_low_precision_rule, check_saved_preactivations, emulator_launches, force_cuda_path,
                      make_case, on, reference, run_chain, select, setup_target)
 from wcrnn_kernels import wcrnn_chain
 from wcrnn_kernels.backends import get_backend
@@ -31,21 +31,15 @@ from wcrnn_kernels.backends import get_backend
 pytestmark = [pytest.mark.usefixtures("poison_empty"), pytest.mark.targets(EMULATED, "cuda")]
 GPU_ONLY = pytest.mark.targets("cuda")
 
-# Forced execution paths: the block path, the grid path as planned, and the grid path with one row group
-# (every block walks all rows in chunks of BT).
-PATHS = ("block", "grid", "grid-1group")
+PATHS = CUDA_PATHS  # block, grid, and the grid path with one row group (helpers.force_cuda_path)
+force_path = force_cuda_path
+assert_path = assert_launch_path
 
 
 @pytest.fixture(autouse=True)
 def _target_setup(request, monkeypatch):
     if "target" in request.fixturenames:
         setup_target(request.getfixturevalue("target"), monkeypatch)
-
-
-def force_path(monkeypatch, path):
-    monkeypatch.setenv("WCRNN_CUDA_PATH", "block" if path == "block" else "grid")
-    if path == "grid-1group":
-        monkeypatch.setenv("WCRNN_CUDA_ROW_GROUPS", "1")
 
 
 def ops_of(target):
@@ -62,20 +56,6 @@ def check_launches(target, ran, path, several_blocks=True):
         assert log == [], log
         return
     assert_path(log, "block" if path == "block" else "grid", several_blocks=several_blocks)
-
-
-def assert_path(log, path, n_min=2, several_blocks=True):
-    """Every launch in the emulator's `log` took the expected path (the grid path on more than one block
-    unless H <= 2, a single unit slice)."""
-    assert len(log) >= n_min, log
-    for line in log:
-        assert "FAILED" not in line, line
-        if path == "block":
-            assert line.startswith("ordinary"), line
-        else:
-            assert line.startswith("cooperative"), line
-            if several_blocks:
-                assert line.split()[1] != "grid=1x1x1", f"the grid path ran on a single block: {line}"
 
 
 def block_path_refused(path, kind, H, dtype=torch.float64):

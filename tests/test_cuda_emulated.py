@@ -24,15 +24,18 @@ import os
 import pytest
 import torch
 
-from helpers import (EMU_DEFAULTS, FLOAT64_RTOL, NAMES, assert_all_close, asan_setup, check_low_precision,
-                     emulator_launches, make_case, reference, register_emulated_cuda, run_chain, run_under_asan)
+from helpers import (CUDA_PATHS, EMU_DEFAULTS, FLOAT64_RTOL, NAMES, asan_setup, assert_all_close, assert_launch_path,
+                     check_low_precision, emulator_launches, force_cuda_path, make_case, reference,
+                     register_emulated_cuda, run_chain, run_under_asan)
 from wcrnn_kernels import FusedWCRNN
 
 BACKEND = "cuda-emulated"
 ORDERS = ("forward", "reverse", "shuffle")
 H100 = {"WCRNN_EMU_SMS": "132", "WCRNN_EMU_SMEM_OPTIN": "232448"}
 A100 = {"WCRNN_EMU_SMS": "108", "WCRNN_EMU_SMEM_OPTIN": "166912"}
-PATHS = ("block", "grid", "grid-1group")
+PATHS = CUDA_PATHS
+force_path = force_cuda_path
+assert_path = assert_launch_path
 launches = emulator_launches
 
 
@@ -54,24 +57,6 @@ def emulated_device(monkeypatch, poison_empty):
     for k, v in EMU_DEFAULTS.items():
         monkeypatch.setenv(k, v)
     launches()  # drop earlier records
-
-
-def force_path(monkeypatch, path):
-    monkeypatch.setenv("WCRNN_CUDA_PATH", "block" if path == "block" else "grid")
-    if path == "grid-1group":
-        monkeypatch.setenv("WCRNN_CUDA_ROW_GROUPS", "1")
-
-
-def assert_path(log, path, n_min=2):
-    """Every launch in `log` took the expected path (the grid path on more than one block)."""
-    assert len(log) >= n_min, log
-    for line in log:
-        assert "FAILED" not in line, line
-        if path == "block":
-            assert line.startswith("ordinary"), line
-        else:
-            assert line.startswith("cooperative"), line
-            assert line.split()[1] != "grid=1x1x1", f"the grid path ran on a single block: {line}"
 
 
 # ----------------------------------------------------------------------------------------------------------
