@@ -252,8 +252,10 @@ tier3() {
         if [ "$DRY" = 0 ] && $PY -c "import xdist" 2>/dev/null; then
             targs+=(-n "${WCRNN_GPU_TEST_WORKERS:-8}")
         fi
-        WCRNN_REQUIRE_CUDA=1 run_or_fail tests 600 "$WORK/tests.log" $PY -m pytest tests/test_cuda.py \
-            tests/test_triton.py tests/test_export.py tests/test_nn_rnn_clients.py "${targs[@]}"
+        # test_chain.py / test_module.py: the generic comparisons with the reference, for the GPU targets only
+        WCRNN_REQUIRE_CUDA=1 WCRNN_TEST_TARGETS=cuda,triton-gpu run_or_fail tests 600 "$WORK/tests.log" \
+            $PY -m pytest tests/test_chain.py tests/test_module.py tests/test_cuda.py tests/test_triton.py \
+            tests/test_export.py tests/test_nn_rnn_clients.py "${targs[@]}"
         grep -E "^(FAILED|ERROR) |[0-9]+ (passed|failed)|tests? collected" "$WORK/tests.log" | head -40 >> "$SUMMARY"
     fi
 }

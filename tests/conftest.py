@@ -24,3 +24,38 @@ def poison_empty(monkeypatch):
     monkeypatch.setattr(torch, "empty_like", poisoned(torch.empty_like))
     monkeypatch.setattr(torch.Tensor, "new_empty", poisoned(torch.Tensor.new_empty))
     yield
+
+
+def pytest_generate_tests(metafunc):
+    """A test taking a `target` argument gets one row per target that can run in this process (helpers.py:
+    TARGETS), none for the others; a test may narrow them with @pytest.mark.targets("cpp", ...)."""
+    if "target" in metafunc.fixturenames:
+        from helpers import target_params
+        marker = metafunc.definition.get_closest_marker("targets")
+        dtypes = metafunc.definition.get_closest_marker("target_dtypes")
+        metafunc.parametrize("target", target_params(marker.args if marker else None, dtypes.args if dtypes else ()))
+
+
+def pytest_collection_modifyitems(config, items):
+    """Rows of a `target` test with no target that runs here (pytest's "got empty parameter set" skips) are
+    deselected, not reported as skips: the summary line names the targets that were not covered, once."""
+    empty = [item for item in items if "target" in getattr(item, "fixturenames", ()) and
+             any("empty parameter set" in str(m.kwargs.get("reason", "")) for m in item.iter_markers("skip"))]
+    if empty:
+        config.hook.pytest_deselected(items=empty)
+        drop = set(map(id, empty))
+        items[:] = [item for item in items if id(item) not in drop]
+
+
+def pytest_terminal_summary(terminalreporter):
+    """Once per run that collected a target-parametrised test: which targets it covered, why not the rest."""
+    import helpers
+    # under pytest-xdist the workers collect: the controller works the status out for the summary itself
+    if helpers._STATUS or getattr(terminalreporter.config.option, "numprocesses", None):
+        for line in helpers.target_summary():
+            terminalreporter.write_line(line)
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "targets(*names): the targets a test taking `target` runs on")
+    config.addinivalue_line("markers", "target_dtypes(*dtypes): only the targets whose backend runs these dtypes")

@@ -1,16 +1,23 @@
-"""The fused op against its specification: autograd through the reference loop, gradcheck, cross-kind identities.
+"""The fused op against its specification, on every target: autograd through the reference loop, gradcheck,
+the low-precision rule, the backend contract, cross-kind identities.
 
-Every chain backend that runs here is compared with the float64 reference on output, h_n and every gradient
-(u, x0, W_hh, the canonical residual, gamma), for every residual kind, both nonlinearities, with and without
-lengths, at awkward sizes. One shared upstream gradient feeds both output and h_n.
+The tests taking `target` run once per backend-and-device that can run in this process (tests/helpers.py:
+TARGETS; torch and cpp on CPU tensors, the Triton kernels under the interpreter, the CUDA kernels under the
+CPU emulator, cuda and triton on CUDA tensors); the run's summary names the targets it covered and why not
+the others. Each is compared with the float64 reference on output, h_n and every gradient (u, x0, W_hh, the
+canonical residual, gamma), for every residual kind, both nonlinearities, with and without lengths, at
+awkward sizes, with one shared upstream gradient for output and h_n. float32 and float16 / bfloat16 results
+are held to helpers.check_low_precision (a small multiple of the reference's own error in that dtype).
+What is particular to one backend (forced CUDA paths, Triton variants, C++ instruction sets, the emulator's
+launch checks) lives in that backend's file.
 """
 from __future__ import annotations
 
 import pytest
 import torch
 
-from helpers import (CHAIN_BACKENDS, DIFF, KINDS, NAMES, assert_all_close, check_saved_preactivations, make_case,
-                     max_rel_err, require_backend, run_chain)
+from helpers import (DIFF, FLOAT64_RTOL, KINDS, NAMES, assert_all_close, check_low_precision,
+                     check_saved_preactivations, make_case, on, reference, run_chain, select, setup_target)
 from wcrnn_kernels import RES_DENSE, RES_DIAG, canonical_residual, wcrnn_chain, wcrnn_chain_ref
 
 pytestmark = pytest.mark.usefixtures("poison_empty")
@@ -19,51 +26,84 @@ pytestmark = pytest.mark.usefixtures("poison_empty")
 SIZES = ((1, 1, 1), (4, 3, 3), (6, 3, 17), (3, 2, 130), (1, 3, 17), (9, 1, 3))
 
 
-@pytest.mark.parametrize("backend", CHAIN_BACKENDS)
+@pytest.fixture(autouse=True)
+def _target_setup(request, monkeypatch):
+    if "target" in request.fixturenames:
+        setup_target(request.getfixturevalue("target"), monkeypatch)
+
+
 @pytest.mark.parametrize("lengths", [False, True], ids=["full", "lengths"])
 @pytest.mark.parametrize("nonlinearity", ["tanh", "relu"])
 @pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("T,B,H", SIZES)
-def test_backend_matches_reference_float64(backend, kind, nonlinearity, lengths, T, B, H):
-    require_backend(backend, hidden_size=H)
+def test_backend_matches_reference_float64(target, kind, nonlinearity, lengths, T, B, H):
+    target.require(hidden_size=H)
     case = make_case(kind, T, B, H, lengths=lengths)
-    expected = run_chain(case, "reference", nonlinearity)
-    actual = run_chain(case, backend, nonlinearity)
-    assert_all_close(actual, expected, rtol=1e-10, names=NAMES)
+    expected = reference(case, nonlinearity)
+    actual = run_chain(on(case, target.device), target.backend, nonlinearity)
+    assert_all_close(actual, expected, rtol=FLOAT64_RTOL, names=NAMES)
 
 
-@pytest.mark.parametrize("backend", CHAIN_BACKENDS)
+# float32: one case per kind on CPU targets; on CUDA tensors realistic sizes (H = 512 and 1024 take the CUDA
+# kernels' grid path under "auto") and both nonlinearities
+F32_SIZES = {"cpu": [((50, 4, 64), "tanh")],
+             "cuda": [(s, nl) for s in ((24, 32, 128), (16, 8, 512), (8, 3, 1024), (12, 70, 256), (9, 5, 17))
+                      for nl in ("tanh", "relu")]}
+
+
 @pytest.mark.parametrize("kind", KINDS)
-def test_float32_error_within_reference_float32_error(backend, kind):
+def test_float32_error_within_reference_float32_error(target, kind):
     """float32 kernels may be at most a small multiple worse than the reference's own float32 error."""
-    require_backend(backend, dtype=torch.float32, hidden_size=64)
-    case64 = make_case(kind, 50, 4, 64, lengths=True, seed=3)
-    case32 = {k: (v.float() if isinstance(v, torch.Tensor) and v.is_floating_point() else v)
-              for k, v in case64.items()}
-    exact = run_chain(case64, "reference", "tanh")
-    ref32 = run_chain(case32, "reference", "tanh")
-    got32 = run_chain(case32, backend, "tanh")
-    for n, e, r, a in zip(NAMES, exact, ref32, got32):
-        assert a.dtype == torch.float32
-        ref_err, err = max_rel_err(r, e), max_rel_err(a, e)
-        assert err <= 4 * ref_err + 1e-6, f"{n}: {backend} error {err:.2e} vs reference float32 {ref_err:.2e}"
+    for (T, B, H), nonlinearity in F32_SIZES[target.device]:
+        target.require(torch.float32, H)
+        seed = 3 if target.device == "cpu" else 6
+        check_low_precision(make_case(kind, T, B, H, lengths=True, seed=seed), target.backend, torch.float32,
+                            nonlinearity, target.device)
 
 
-@pytest.mark.parametrize("backend", ["torch", "cpp"])
+HALF_SIZES = {"cpu": [(20, 3, 16)], "cuda": [(20, 16, 64), (10, 4, 300), (6, 8, 512)]}
+
+
+@pytest.mark.target_dtypes(torch.float16, torch.bfloat16)
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["float16", "bfloat16"])
+@pytest.mark.parametrize("kind", KINDS)
+def test_half_precision_tracks_float64(target, kind, dtype):
+    """bf16/fp16 inputs run with float32 state: within the torch backend's error (which keeps float32 state
+    too) and the reference loop's own error in that dtype."""
+    for T, B, H in HALF_SIZES[target.device]:
+        target.require(dtype, H)
+        check_low_precision(make_case(kind, T, B, H, lengths=True, seed=7), target.backend, dtype, "tanh",
+                            target.device)
+
+
+@pytest.mark.targets("torch", "cpp")
 @pytest.mark.parametrize("lengths", [False, True], ids=["full", "lengths"])
 @pytest.mark.parametrize("nonlinearity", ["tanh", "relu"])
 @pytest.mark.parametrize("kind", KINDS)
-def test_gradcheck(backend, kind, nonlinearity, lengths):
-    require_backend(backend, hidden_size=4)
+def test_gradcheck(target, kind, nonlinearity, lengths):
+    """Finite differences on the CPU backends (the CUDA kernels' gradcheck per forced path: test_cuda.py)."""
+    target.require(hidden_size=4)
     case = make_case(kind, 4, 3, 4, lengths=lengths, seed=5)
     if nonlinearity == "relu":  # keep pre-activations away from relu's kink, where finite differences lie
         case["u"] = case["u"] + torch.sign(case["u"]) * 0.5
     tensors = [case[k].detach().clone().requires_grad_(True) for k in DIFF]
 
     def f(u, x0, w_hh, res, gamma):
-        return wcrnn_chain(u, x0, w_hh, case["res_kind"], res, gamma, case["lengths"], nonlinearity, backend)
+        return wcrnn_chain(u, x0, w_hh, case["res_kind"], res, gamma, case["lengths"], nonlinearity, target.backend)
 
     assert torch.autograd.gradcheck(f, tensors, eps=1e-6, atol=1e-8, rtol=1e-6)
+
+
+@pytest.mark.parametrize("kind", ["diagonal", "rotational", "dense"])
+def test_only_some_gradients_and_scalar_gamma(target, kind):
+    """res and gamma not differentiated: the op asks the backend for no delta (need_delta=False); a 0-d gamma
+    is broadcast by the op."""
+    case = make_case(kind, 5, 3, 18, lengths=True, seed=11)
+    case["gamma"] = torch.tensor(0.45, dtype=torch.float64)
+    diff = ("u", "x0", "w_hh")
+    expected, names = select(reference(case, "tanh", diff), diff)
+    actual, _ = select(run_chain(on(case, target.device), target.backend, "tanh", diff), diff)
+    assert_all_close(actual, expected, rtol=FLOAT64_RTOL, names=names)
 
 
 def test_scalar_gamma_and_needs_input_grad():
@@ -119,20 +159,6 @@ def test_lengths_semantics():
     torch.testing.assert_close(h[2], case["x0"][2])
 
 
-def test_half_precision_torch_backend_tracks_float64():
-    """bf16/fp16 inputs run with float32 state: the result stays within the input rounding of float64."""
-    case = make_case("scalar", 20, 3, 16, seed=7)
-    exact = run_chain(case, "reference", "tanh")
-    for dtype in (torch.bfloat16, torch.float16):
-        c = {k: (v.to(dtype) if isinstance(v, torch.Tensor) and v.is_floating_point() else v)
-             for k, v in case.items()}
-        ref_lo = run_chain(c, "reference", "tanh")
-        got = run_chain(c, "torch", "tanh")
-        for n, e, r, a in zip(NAMES, exact, ref_lo, got):
-            assert a.dtype == dtype, n
-            assert max_rel_err(a, e) <= max(2 * max_rel_err(r, e), 1e-2), n
-
-
 def test_dense_residual_is_transposed_correctly():
     """The column-vector convention: a forward chain link R[i+1, i] moves activity from unit i to i+1."""
     H = 4
@@ -171,33 +197,31 @@ def test_poison_fixture_poisons(poison_empty):
     assert torch.isnan(torch.ones(1).new_empty(4)).all()
 
 
-@pytest.mark.parametrize("backend", CHAIN_BACKENDS)
 @pytest.mark.parametrize("lengths", [False, True], ids=["full", "lengths"])
 @pytest.mark.parametrize("kind", ["diagonal", "rotational", "dense"])
-def test_backend_contract_saved_preactivations(backend, kind, lengths, monkeypatch):
+def test_backend_contract_saved_preactivations(target, kind, lengths):
     """chain_fwd(save_a=True) returns a_t = u_t + W_hh x_{t-1} (zero past each length) and the same output
-    as save_a=False, which returns an empty a; chain_bwd only reads a and returns a fresh g."""
-    require_backend(backend)
+    as save_a=False, which returns an empty a; chain_bwd only reads a and returns a fresh g (C++ / CUDA
+    outputs start as NaN)."""
     from wcrnn_kernels.backends import get_backend
-    monkeypatch.setenv("WCRNN_POISON_OUTPUTS", "1")  # C++/CUDA outputs start as NaN
-    check_saved_preactivations(get_backend(backend), make_case(kind, 7, 4, 10, lengths=lengths, seed=5))
+    check_saved_preactivations(get_backend(target.backend),
+                               on(make_case(kind, 7, 4, 10, lengths=lengths, seed=5), target.device))
 
 
-@pytest.mark.parametrize("backend", CHAIN_BACKENDS)
-def test_second_backward_with_retain_graph(backend):
+def test_second_backward_with_retain_graph(target):
     """The saved pre-activations survive a backward: backward twice (retain_graph) gives the same gradients,
     and an inference forward (no grad) gives the same output."""
-    require_backend(backend)
-    c = make_case("rotational", 6, 3, 8, lengths=True, seed=9)
+    c = on(make_case("rotational", 6, 3, 8, lengths=True, seed=9), target.device)
     inputs = {k: (v.detach().clone().requires_grad_(True) if k in DIFF else v) for k, v in c.items()}
     out, h_n = wcrnn_chain(inputs["u"], inputs["x0"], inputs["w_hh"], inputs["res_kind"], inputs["res"],
-                           inputs["gamma"], inputs["lengths"], "tanh", backend)
-    loss = (out * torch.linspace(-1, 1, out.numel(), dtype=out.dtype).reshape(out.shape)).sum() + h_n.sum()
+                           inputs["gamma"], inputs["lengths"], "tanh", target.backend)
+    weights = torch.linspace(-1, 1, out.numel(), dtype=out.dtype, device=out.device).reshape(out.shape)
+    loss = (out * weights).sum() + h_n.sum()
     first = torch.autograd.grad(loss, [inputs[k] for k in DIFF], retain_graph=True)
     second = torch.autograd.grad(loss, [inputs[k] for k in DIFF])
     for n, a, b in zip(DIFF, first, second):
         assert torch.equal(a, b), f"d{n} differs on the second backward"
     with torch.no_grad():
         out_ng, h_ng = wcrnn_chain(c["u"], c["x0"], c["w_hh"], c["res_kind"], c["res"], c["gamma"], c["lengths"],
-                                   "tanh", backend)
+                                   "tanh", target.backend)
     assert torch.equal(out_ng, out.detach()) and torch.equal(h_ng, h_n.detach())

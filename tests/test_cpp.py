@@ -22,7 +22,7 @@ import textwrap
 import pytest
 import torch
 
-from helpers import DIFF, KINDS, NAMES, assert_all_close, make_case, max_rel_err, run_chain
+from helpers import DIFF, KINDS, NAMES, assert_all_close, check_low_precision, make_case, run_chain
 from wcrnn_kernels import FusedWCRNN, wcrnn_chain
 from wcrnn_kernels.backends import BackendUnavailableError, available_backends, resolve_backend
 
@@ -95,16 +95,7 @@ def test_gradcheck(isa, kind, nonlinearity):
 @pytest.mark.parametrize("kind", KINDS)
 def test_float32_error_within_reference_float32_error(isa, kind):
     """float32 kernels are at most a small multiple worse than the reference's own float32 error."""
-    case64 = make_case(kind, 40, 5, 37, lengths=True, seed=3)
-    case32 = {k: (v.float() if isinstance(v, torch.Tensor) and v.is_floating_point() else v)
-              for k, v in case64.items()}
-    exact = run_chain(case64, "reference", "tanh")
-    ref32 = run_chain(case32, "reference", "tanh")
-    got32 = run_chain(case32, "cpp", "tanh")
-    for n, e, r, a in zip(NAMES, exact, ref32, got32):
-        assert a.dtype == torch.float32
-        ref_err, err = max_rel_err(r, e), max_rel_err(a, e)
-        assert err <= 4 * ref_err + 1e-6, f"{n}: cpp error {err:.2e} vs reference float32 {ref_err:.2e}"
+    check_low_precision(make_case(kind, 40, 5, 37, lengths=True, seed=3), "cpp", torch.float32)
 
 
 def _phi_through_op(a, nonlin):

@@ -6,7 +6,7 @@ import torch
 import torch.nn as nn
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
-from helpers import CHAIN_BACKENDS, assert_all_close, require_backend
+from helpers import assert_all_close, setup_target
 from wcrnn_kernels import FusedWCRNN
 
 pytestmark = pytest.mark.usefixtures("poison_empty")
@@ -19,8 +19,8 @@ def grads_of(model, inputs, outputs, seed=11):
     out, h_n = outputs
     out_t = out.data if isinstance(out, PackedSequence) else out
     g = torch.Generator().manual_seed(seed)
-    loss = (out_t * torch.randn(out_t.shape, generator=g, dtype=F64).to(out_t.dtype)).sum() + \
-        (h_n * torch.randn(h_n.shape, generator=g, dtype=F64).to(h_n.dtype)).sum()
+    loss = (out_t * torch.randn(out_t.shape, generator=g, dtype=F64).to(out_t)).sum() + \
+        (h_n * torch.randn(h_n.shape, generator=g, dtype=F64).to(h_n)).sum()
     names = [n for n, p in model.named_parameters()]
     tensors = list(inputs) + [p for _, p in model.named_parameters()]
     grads = torch.autograd.grad(loss, tensors, retain_graph=True)
@@ -113,32 +113,37 @@ def make_wcrnn(kind, I, H, backend, seed=0, **kw):
     return model
 
 
-@pytest.mark.parametrize("backend", CHAIN_BACKENDS)
 @pytest.mark.parametrize("lengths", [False, True], ids=["full", "packed"])
 @pytest.mark.parametrize("nonlinearity", ["tanh", "relu"])
 @pytest.mark.parametrize("kind", ["none", "scalar", "diagonal", "rotational", "dense"])
 @pytest.mark.parametrize("T,B,H", [(1, 1, 1), (5, 3, 3), (4, 3, 17), (3, 2, 130)])
-def test_module_every_gradient_matches_reference(backend, kind, nonlinearity, lengths, T, B, H):
-    """Output, h_n and the gradient of input, hx, W_ih, W_hh, both biases, learnable r/theta and gamma."""
-    require_backend(backend, hidden_size=H)
+def test_module_every_gradient_matches_reference(target, monkeypatch, kind, nonlinearity, lengths, T, B, H):
+    """Output, h_n and the gradient of input, hx, W_ih, W_hh, both biases, learnable r/theta and gamma, on
+    every target (helpers.TARGETS) against the reference module."""
+    setup_target(target, monkeypatch)
+    target.require(hidden_size=H)
     if kind == "rotational" and H % 2:
         H += 1
     kw = dict(num_layers=2, bidirectional=True, nonlinearity=nonlinearity)
     ref = make_wcrnn(kind, 3, H, "reference", **kw)
-    model = make_wcrnn(kind, 3, H, backend, **kw)
+    model = make_wcrnn(kind, 3, H, target.backend, **kw).to(target.device)
     model.load_state_dict(ref.state_dict())
     x = torch.randn(T, B, 3, dtype=F64, requires_grad=True)
     hx = 0.5 * torch.randn(4, B, H, dtype=F64)
     hx.requires_grad_(True)
-    inp = x
+    xd, hd = ((x, hx) if target.device == "cpu" else
+              (x.detach().to(target.device).requires_grad_(True), hx.detach().to(target.device).requires_grad_(True)))
+    inp, inp_d = x, xd
     if lengths:
         L = torch.randint(1, T + 1, (B,))
         L[0] = T
         inp = pack_padded_sequence(x, L, enforce_sorted=False)
-    exp, act = ref(inp, hx), model(inp, hx)
+        inp_d = pack_padded_sequence(xd, L, enforce_sorted=False)
+    exp, act = ref(inp, hx), model(inp_d, hd)
     to_t = (lambda o: o.data) if lengths else (lambda o: o)
-    assert_all_close((to_t(act[0]), act[1]), (to_t(exp[0]), exp[1]), rtol=1e-10, names=("output", "h_n"))
-    ge, ga = grads_of(ref, [x, hx], exp), grads_of(model, [x, hx], act)
+    assert_all_close((to_t(act[0]).cpu(), act[1].cpu()), (to_t(exp[0]), exp[1]), rtol=1e-10, names=("output", "h_n"))
+    ge, ga = grads_of(ref, [x, hx], exp), grads_of(model, [xd, hd], act)
+    ga = {k: v.cpu() for k, v in ga.items()}
     expected_names = {"input0", "input1", "gamma_l0", "gamma_l1_reverse", "weight_hh_l1", "bias_hh_l0_reverse"}
     assert expected_names <= set(ge)
     if kind != "none":

@@ -4,13 +4,15 @@ Three groups, chosen by the process this file runs in:
 
 * Always: import never fails and availability / refusal messages say why and how to fix; the kernels
   cross-compile for Hopper (sm_90) through Triton's real NVIDIA pipeline without a GPU; and
-  ``test_interpreter_suite`` re-runs this file in a subprocess with ``TRITON_INTERPRET=1`` and fails
-  unless every interpreter test there passes (so plain ``pytest tests/`` exercises the kernels).
-* Under ``TRITON_INTERPRET=1`` (defined only there): forward, h_n and every gradient (u, x0, W_hh, res,
-  gamma) against autograd through the float64 reference loop, with one shared upstream gradient, for
-  every canonical residual form, tanh and relu, with and without lengths, B = 1, 3, 17, H = 16, 17, 48,
-  64, T = 1, 5, for both kernel variants (W resident, W streamed); float32 / float16 / bfloat16 error
-  against the reference's own error; the fp16 gradient scaling; the autotuner's key; tanh accuracy.
+  ``test_interpreter_suite`` re-runs this file's interpreter tests and test_chain.py's rows for the
+  "triton-interpreter" target in a subprocess with ``TRITON_INTERPRET=1`` and fails unless every one of
+  them passes (so plain ``pytest tests/`` exercises the kernels).
+* Under ``TRITON_INTERPRET=1`` (defined only there), what is particular to the Triton kernels (the generic
+  comparisons with the reference run from test_chain.py): forward, h_n and every gradient against the
+  float64 reference for any canonical residual values (not only rotations), every residual form, tanh and
+  relu, with and without lengths, B = 1, 3, 17, H = 16, 17, 48, 64, T = 1, 5, for both kernel variants (W
+  resident, W streamed); float32 / float16 / bfloat16 error per variant, out-of-range float16 entries;
+  the fp16 gradient scaling; the autotuner's key; tanh accuracy.
 * Marked ``gpu``: the same checks on CUDA tensors plus the no-recompile check; they skip with the reason
   on a machine without CUDA.
 """
@@ -26,8 +28,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from helpers import assert_all_close, check_saved_preactivations, max_rel_err
-from wcrnn_kernels import BackendUnavailableError, RES_DENSE, RES_DIAG, RES_ROT, wcrnn_chain, wcrnn_chain_ref
+from helpers import (assert_all_close, assert_low_precision_rule, check_saved_preactivations,
+                     interpreter_incompatibility, max_rel_err, on, run_chain, setup_target)
+from wcrnn_kernels import BackendUnavailableError, RES_DENSE, RES_DIAG, RES_ROT, wcrnn_chain
 from wcrnn_kernels.backends import get_backend, resolve_backend
 
 INTERP = os.environ.get("TRITON_INTERPRET", "0") == "1"
@@ -69,32 +72,12 @@ def make_case(res_kind, T, B, H, *, lengths=False, dtype=torch.float64, device="
     return case
 
 
-def run_chain(case, backend, nonlinearity, diff=DIFF, upstream_seed=1):
-    """output, h_n and the gradients of <output, G> + <h_n, G_h> (one shared upstream) w.r.t. ``diff``."""
-    x = {k: (v.detach().clone().requires_grad_(k in diff) if k in DIFF else v) for k, v in case.items()}
-    if backend == "reference":
-        out, hn = wcrnn_chain_ref(x["u"], x["x0"], x["w_hh"], x["res_kind"], x["res"], x["gamma"],
-                                  x["lengths"], nonlinearity)
-    else:
-        out, hn = wcrnn_chain(x["u"], x["x0"], x["w_hh"], x["res_kind"], x["res"], x["gamma"], x["lengths"],
-                              nonlinearity, backend)
-    g = torch.Generator().manual_seed(upstream_seed)
-    g_out = torch.randn(out.shape, generator=g, dtype=torch.float64).to(out)
-    g_hn = torch.randn(hn.shape, generator=g, dtype=torch.float64).to(out)
-    grads = torch.autograd.grad((out * g_out).sum() + (hn * g_hn).sum(), [x[k] for k in diff])
-    return (out, hn) + tuple(grads)
-
-
-def rounded(case, dtype):
-    return {k: (v.to(dtype) if isinstance(v, torch.Tensor) and v.is_floating_point() else v)
-            for k, v in case.items()}
-
-
-def check_lowp_against_reference(case64, dtype, nonlinearity="tanh", factor=4.0, floor=1e-6):
-    """A low-precision run's error to the float64 result of the same (rounded) inputs is at most
-    ``factor`` times the reference loop's own error in that dtype (docs/design.md section 8)."""
-    lo = rounded(case64, dtype)
-    exact = run_chain(rounded(lo, torch.float64), "reference", nonlinearity)
+def check_lowp_against_reference(case64, dtype, nonlinearity="tanh"):
+    """A low-precision run's error to the float64 result of the same (rounded) inputs, by helpers.LOWP_RULE
+    (a small multiple of the reference loop's own error in that dtype, docs/design.md section 8), with
+    out-of-range float16 entries compared as such."""
+    lo = on(case64, dtype=dtype)
+    exact = run_chain(on(lo, dtype=torch.float64), "reference", nonlinearity)
     ref_lo = run_chain(lo, "reference", nonlinearity)
     got = run_chain(lo, "triton", nonlinearity)
     # float16 / bfloat16: the reference loop keeps its state in that dtype, a loose yardstick; the torch
@@ -112,10 +95,7 @@ def check_lowp_against_reference(case64, dtype, nonlinearity="tanh", factor=4.0,
         assert (a[big].double().abs() > half_max / 2).all(), f"{n}: out-of-range entries came out small"
         if big.any():
             e, r, t, a = (x.masked_fill(big, 0) for x in (e, r, t, a))
-        ref_err, err = max_rel_err(r, e), max_rel_err(a, e)
-        assert err <= factor * ref_err + floor, f"{n}: triton {dtype} error {err:.2e} vs reference {ref_err:.2e}"
-        t_err = max_rel_err(t, e)
-        assert err <= factor * t_err + floor, f"{n}: triton {dtype} error {err:.2e} vs torch backend {t_err:.2e}"
+        assert_low_precision_rule([a], [e], {"reference": [r], "torch": [t]}, dtype, names=[n], label="triton")
     return got
 
 
@@ -203,43 +183,31 @@ def test_kernels_cross_compile_for_hopper():
         assert regs is None or regs <= 255
 
 
-def _interpreter_incompatibility():
-    """Why this triton's interpreter cannot run here, or None. Triton < 3.8 turns runtime scalars into ints
-    with int() on a 1-element array, which numpy >= 2.4 rejects (tl.range(0, T) raises TypeError); 3.8
-    squeezes first. The GPU machine's triton 3.6 meets this with its numpy; the compiled kernels do not."""
-    from importlib.metadata import PackageNotFoundError, version
-    try:
-        tv, nv = version("triton"), version("numpy")
-    except PackageNotFoundError:
-        return None
-
-    def major_minor(v):
-        return tuple(int(p) for p in re.findall(r"\d+", v)[:2])
-    if major_minor(tv) < (3, 8) and major_minor(nv) >= (2, 4):
-        return (f"triton {tv}'s interpreter cannot run with numpy {nv} (int() of a 1-element array, rejected "
-                f"since numpy 2.4; fixed in triton 3.8): use numpy < 2.4 or triton >= 3.8 for the interpreter suite")
-    return None
-
-
-INTERP_BROKEN = _interpreter_incompatibility() if HAS_TRITON else None
+INTERP_BROKEN = interpreter_incompatibility() if HAS_TRITON else None
 
 
 @NEEDS_TRITON
 @pytest.mark.skipif(INTERP, reason="this is the interpreter suite itself")
 @pytest.mark.skipif(INTERP_BROKEN is not None, reason=str(INTERP_BROKEN))
 def test_interpreter_suite(tmp_path):
-    """Runs the interpreter tests of this file on CPU tensors in a child with TRITON_INTERPRET=1 (from a
-    scratch directory, so the child imports the same wcrnn_kernels as this process, not ./wcrnn_kernels)."""
-    cmd = [sys.executable, "-m", "pytest", str(Path(__file__).resolve()), "-q", "-p", "no:cacheprovider",
-           "-m", "not gpu", "-rs", "-k", "test_interp_"]
-    r = subprocess.run(cmd, capture_output=True, text=True, env=_child_env({"TRITON_INTERPRET": "1"}),
-                       cwd=str(tmp_path), timeout=1200)
+    """Runs, on CPU tensors in a child with TRITON_INTERPRET=1, the interpreter tests of this file and the
+    generic suite's rows for the "triton-interpreter" target (test_chain.py; WCRNN_TEST_TARGETS makes it the
+    only target there, and a required one), from a scratch directory, so that the child imports the same
+    wcrnn_kernels as this process, not ./wcrnn_kernels. (In-process is not possible: TRITON_INTERPRET is
+    read when triton.jit defines the kernels, and this process needs the compiler for the cross-compile
+    and resource checks.)"""
+    here = Path(__file__).resolve().parent
+    cmd = [sys.executable, "-m", "pytest", str(here / "test_chain.py"), str(Path(__file__).resolve()), "-q",
+           "-p", "no:cacheprovider", "-m", "not gpu", "-rs", "-k", "triton-interpreter or test_interp_"]
+    env = _child_env({"TRITON_INTERPRET": "1", "WCRNN_TEST_TARGETS": "triton-interpreter"})
+    r = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=str(tmp_path), timeout=1200)
     out = r.stdout + r.stderr
     summary = out.strip().splitlines()[-1] if out.strip() else ""
     print(summary)
     assert r.returncode == 0, out[-6000:]
     m = re.search(r"(\d+) passed", summary)
-    assert m and int(m.group(1)) >= 100, f"too few interpreter tests ran: {summary}"
+    assert m and int(m.group(1)) >= 250, f"too few interpreter tests ran: {summary}"
+    assert "wcrnn targets covered: triton-interpreter" in out, out[-3000:]
     assert not re.search(r"\d+ (failed|skipped|error)", summary), summary
 
 
@@ -295,15 +263,6 @@ if INTERP and HAS_TRITON:
         only reads it."""
         check_saved_preactivations(get_backend("triton"),
                                    make_case(KINDS[kind], 5, 17, _even(kind, 33), lengths=True, seed=12))
-
-    @pytest.mark.parametrize("kind", KINDS)
-    def test_interp_without_delta_and_scalar_gamma(kind):
-        """res and gamma not differentiated -> need_delta=False kernel; a 0-d gamma broadcast by the op."""
-        case = make_case(KINDS[kind], 5, 3, 18, lengths=True, seed=11)
-        case["gamma"] = torch.tensor(0.45, dtype=torch.float64)
-        expected = run_chain(case, "reference", "tanh", diff=("u", "x0", "w_hh"))
-        actual = run_chain(case, "triton", "tanh", diff=("u", "x0", "w_hh"))
-        assert_all_close(actual, expected, rtol=1e-10, names=NAMES[:5])
 
     @pytest.mark.parametrize("kind", KINDS)
     def test_interp_float32_within_reference_error(kind, variant):
@@ -447,16 +406,21 @@ if INTERP and HAS_TRITON:
 
 
 # --------------------------------------------------------------------------------------------------
-# GPU suite (CUDA tensors); skipped with the reason elsewhere. Nothing here has run yet: no GPU was
+# GPU suite (CUDA tensors), on the "triton-gpu" target; no rows elsewhere. Nothing here has run yet: no GPU was
 # available to the session that wrote it. Kept to about a hundred kernel compilations: the matrix runs
 # fixed configs (WCRNN_TRITON_AUTOTUNE off), one test runs the autotuner.
 # --------------------------------------------------------------------------------------------------
 
 def on_gpu(f):
-    reason = ("triton is not installed (pip install triton)" if not HAS_TRITON else
-              "TRITON_INTERPRET=1: this process interprets on the CPU" if INTERP else
-              "needs a CUDA device (torch.cuda.is_available() is False)")
-    return pytest.mark.gpu(pytest.mark.skipif(not HAS_TRITON or INTERP or not HAS_CUDA, reason=reason)(f))
+    """The GPU tests run on the "triton-gpu" target (helpers.TARGETS): their rows exist only where it can run,
+    and the run's summary says why not elsewhere."""
+    return pytest.mark.targets("triton-gpu")(f)
+
+
+@pytest.fixture(autouse=True)
+def _target_setup(request, monkeypatch):
+    if "target" in request.fixturenames:
+        setup_target(request.getfixturevalue("target"), monkeypatch)
 
 
 GPU_SIZES = ((1, 1, 17), (7, 17, 48), (6, 5, 130), (3, 3, 512))
@@ -477,17 +441,18 @@ def fixed_config(monkeypatch):
     return force
 
 
+# forced variants run at H = 48 and 130 only (the default config covers the rest)
+GPU_F64 = [pytest.param(k, nl, ln, T, B, H, c, id=f"{k}-{nl}-{ln}-{T}x{B}x{H}-{c}") for (k, nl, ln) in GPU_COMBOS
+           for (T, B, H) in GPU_SIZES for c in GPU_CONFIGS if c == "default" or H in (48, 130)]
+
+
 @on_gpu
-@pytest.mark.parametrize("config", list(GPU_CONFIGS))
-@pytest.mark.parametrize("T,B,H", GPU_SIZES)
-@pytest.mark.parametrize("kind,nonlinearity,lengths", GPU_COMBOS)
-def test_gpu_matches_reference_float64(kind, nonlinearity, lengths, T, B, H, config, fixed_config):
+@pytest.mark.parametrize("kind,nonlinearity,lengths,T,B,H,config", GPU_F64)
+def test_gpu_matches_reference_float64(target, kind, nonlinearity, lengths, T, B, H, config, fixed_config):
     from wcrnn_kernels import triton_kernels as tk
     H = _even(kind, H)
     cfg = GPU_CONFIGS[config]
     if cfg is not None:
-        if H not in (48, 130):
-            pytest.skip("forced variants run at H = 48 and 130 only (the default config covers the rest)")
         p = tk._problem(tk._launch_choices("bwd", torch.float64, tk.padded_hidden(H), KINDS[kind])[0], 8, True)
         if tk._smem_bytes(cfg["W_RESIDENT"], cfg["BLOCK_K"], 2, p) > tk.SMEM_LIMIT:
             pytest.skip(f"{config} float64 at H = {H} exceeds the on-chip budget (the autotuner prunes it)")
@@ -503,7 +468,7 @@ def test_gpu_matches_reference_float64(kind, nonlinearity, lengths, T, B, H, con
                          ids=["fp32", "fp32-3xtf32", "bf16", "fp16"])
 @pytest.mark.parametrize("H", [128, 512])
 @pytest.mark.parametrize("kind", KINDS)
-def test_gpu_low_precision_within_reference_error(kind, H, dtype, precision, fixed_config):
+def test_gpu_low_precision_within_reference_error(target, kind, H, dtype, precision, fixed_config):
     old = torch.get_float32_matmul_precision()
     torch.set_float32_matmul_precision(precision)
     try:
@@ -520,7 +485,7 @@ def _compiled_variants(kernel):
 
 
 @on_gpu
-def test_gpu_autotuned_new_sequence_length_or_batch_does_not_recompile():
+def test_gpu_autotuned_new_sequence_length_or_batch_does_not_recompile(target):
     """Through the autotuner: exact float64 results, and after the first call neither a new T nor a new
     B compiles or tunes anything."""
     from wcrnn_kernels import triton_kernels as tk
@@ -535,12 +500,12 @@ def test_gpu_autotuned_new_sequence_length_or_batch_does_not_recompile():
 
 
 @on_gpu
-def test_gpu_auto_order_and_triton_agrees_with_torch(fixed_config):
+def test_gpu_auto_order_and_triton_agrees_with_torch(target, fixed_config):
     # "auto" prefers the cuda backend (measured faster on an H200); triton where cuda is not available
     from wcrnn_kernels.backends import available_backends
     expect = "cuda" if available_backends()["cuda"]["available"] else "triton"
     assert resolve_backend("auto", torch.device("cuda"), torch.bfloat16, 256) == expect
-    case = rounded(make_case(RES_DIAG, 50, 8, 256, device="cuda", seed=2), torch.bfloat16)
+    case = on(make_case(RES_DIAG, 50, 8, 256, device="cuda", seed=2), dtype=torch.bfloat16)
     got = run_chain(case, "triton", "tanh")
     ref = run_chain(case, "torch", "tanh")
     for n, a, r in zip(NAMES, got, ref):
