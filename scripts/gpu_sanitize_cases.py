@@ -3,10 +3,11 @@
     compute-sanitizer --tool memcheck python scripts/gpu_sanitize_cases.py --backends cuda --dtypes float32,...
     python scripts/gpu_sanitize_cases.py --dry-run     # CPU: the same list through the CUDA emulator
 
-Each case runs the fused op forward and backward once, on CUDA: for the "cuda" backend both paths (block,
-grid, and the grid path with one row group, so that blocks walk several row chunks), every canonical residual
-form (diagonal, rotation pairs, dense), with and without lengths, small awkward sizes; for "triton" one
-resident and one streamed size per residual form. A plan the block path refuses (W_hh does not fit one
+Each case runs the fused op forward and backward once, on CUDA: for the "cuda" backend the cases of
+tests/sanitize_cases.py's ``cuda_cases`` (the same list the AddressSanitizer run of the CUDA kernels on the CPU
+emulator uses: both paths, forced tile heights and one row group, every canonical residual form, with and
+without lengths, both nonlinearities, small awkward sizes); for "triton" one resident and one streamed size per
+residual form. A plan the block path refuses (W_hh does not fit one
 block's shared memory) is printed as "refused" and skipped: it is the planner's correct answer, not a finding.
 Any other exception fails the run (exit status 1). The sanitizer's own report decides the rest.
 """
@@ -17,19 +18,20 @@ import os
 import sys
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path[:0] = [REPO, os.path.join(REPO, "scripts")]
+sys.path[:0] = [REPO, os.path.join(REPO, "scripts"), os.path.join(REPO, "tests")]
 if "--dry-run" in sys.argv:
     os.environ["TRITON_INTERPRET"] = "1"
 
 import torch  # noqa: E402
 
+from sanitize_cases import cuda_cases  # noqa: E402  (tests/: one case list for both sanitizers)
 from wcrnn_kernels import canonical_residual, wcrnn_chain  # noqa: E402
 
-SIZES = ((3, 3, 18, True), (2, 11, 34, True), (2, 2, 130, False))  # (T, B, H, lengths)
-TRITON_SIZES = ((3, 5, 48, True), (2, 3, 600, True))               # resident / streamed in every dtype
+TRITON_SIZES = ((3, 5, 48, True), (2, 3, 600, True))  # (T, B, H, lengths): resident / streamed in every dtype
+TRITON_KINDS = ("scalar", "rotational", "dense")
 
 
-def one(backend, device, kind, dtype, T, B, H, lengths, seed):
+def one(backend, device, kind, dtype, T, B, H, lengths, seed, nonlin=0):
     g = torch.Generator().manual_seed(seed)
 
     def rnd(*shape, scale=1.0):
@@ -41,20 +43,19 @@ def one(backend, device, kind, dtype, T, B, H, lengths, seed):
     w = rnd(H, H, scale=H ** -0.5).requires_grad_(True)
     res = res.detach().requires_grad_(True)
     gamma = rnd(H).abs().requires_grad_(True)
-    L = torch.tensor([T] + [0] + [T - 1] * (B - 2), device=device) if lengths else None
-    out, hn = wcrnn_chain(u, x0, w, res_kind, res, gamma, L, "tanh", backend)
+    L = torch.tensor(([T, 0] + [T - 1] * B)[:B], device=device) if lengths else None
+    out, hn = wcrnn_chain(u, x0, w, res_kind, res, gamma, L, ("tanh", "relu")[nonlin], backend)
     (out.float().square().sum() + hn.float().sum()).backward()
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--backends", default="cuda")
-    # the order puts the one case the block path refuses (dense float64 H = 130) last
     ap.add_argument("--dtypes", default="float32,bfloat16,float64")
-    ap.add_argument("--paths", default="grid,grid-1group,block")
     ap.add_argument("--dry-run", action="store_true")
     args = ap.parse_args()
     device = "cpu" if args.dry_run else "cuda"
+    dtypes = [d.strip() for d in args.dtypes.split(",") if d.strip()]
     ran = refused = 0
     seed = 0
     for backend in args.backends.split(","):
@@ -62,25 +63,27 @@ def main():
         if args.dry_run and backend == "cuda":
             from gpu_smoke import setup_backend
             name = setup_backend("cuda", True)[0]
-        paths = args.paths.split(",") if backend == "cuda" else ["-"]
-        sizes = SIZES if backend == "cuda" else TRITON_SIZES
-        for path in paths:
-            os.environ["WCRNN_CUDA_PATH"] = "block" if path == "block" else "grid"
-            os.environ["WCRNN_CUDA_ROW_GROUPS"] = "1" if path == "grid-1group" else ""
-            for kind in ("scalar", "rotational", "dense"):
-                for dt in args.dtypes.split(","):
-                    dtype = getattr(torch, dt)
-                    for T, B, H, lengths in sizes:
-                        seed += 1
-                        label = f"{backend} {path} {kind} {dt} T={T} B={B} H={H} lengths={lengths}"
-                        try:
-                            one(name, device, kind, dtype, T, B, H, lengths, seed)
-                            ran += 1
-                        except RuntimeError as e:
-                            if "WCRNN_CUDA_PATH=block but" not in str(e):
-                                raise
-                            refused += 1
-                            print(f"refused (planner): {label}: {str(e).splitlines()[0][:160]}", flush=True)
+        if backend == "cuda":
+            cases = [(plan, dt, kind, T, B, H, lengths, nonlin)
+                     for plan, dt, kind, T, B, H, lengths, nonlin in cuda_cases(dtypes)]
+        else:
+            cases = [(None, dt, kind, T, B, H, lengths, 0)
+                     for kind in TRITON_KINDS for dt in dtypes for T, B, H, lengths in TRITON_SIZES]
+        for plan, dt, kind, T, B, H, lengths, nonlin in cases:
+            if plan is not None:
+                path, rows, groups = plan
+                os.environ.update(WCRNN_CUDA_PATH=path, WCRNN_CUDA_ROWS=rows, WCRNN_CUDA_ROW_GROUPS=groups)
+            seed += 1
+            label = (f"{backend} {'/'.join(plan) if plan else '-'} {kind} {dt} T={T} B={B} H={H} lengths={lengths} "
+                     f"nonlin={nonlin}")
+            try:
+                one(name, device, kind, getattr(torch, dt), T, B, H, lengths, seed, nonlin)
+                ran += 1
+            except RuntimeError as e:
+                if "WCRNN_CUDA_PATH=block but" not in str(e):
+                    raise
+                refused += 1
+                print(f"refused (planner): {label}: {str(e).splitlines()[0][:160]}", flush=True)
     if device == "cuda":
         torch.cuda.synchronize()
     print(f"sanitizer cases done: {ran} ran, {refused} refused by the planner", flush=True)

@@ -9,8 +9,8 @@ Two sweeps run these, each in a child Python that preloads libasan (helpers.run_
   sanitizers, on both paths and forced tile heights, in every dtype, compared with the torch backend; or
   one of the emulator's self-test kernels (``--selftest NAME``, the positive control).
 
-The CUDA kernels' sizes are those of scripts/gpu_sanitize_cases.py's compute-sanitizer run where they mean
-the same thing (CUDA_SIZES below); that script keeps its own list for now (it runs on the GPU machine).
+The CUDA kernels' cases (``cuda_cases``) are also those of compute-sanitizer on the GPU
+(scripts/gpu_sanitize_cases.py imports them): one list for both sanitizers.
 
     python tests/sanitize_cases.py cpp
     python tests/sanitize_cases.py cuda-emulated [--selftest NAME]
@@ -34,6 +34,19 @@ CUDA_PLANS = (("block", "", ""), ("grid", "", ""), ("grid", "8", "1"), ("block",
 CUDA_DTYPES = ("float64", "float32", "float16", "bfloat16")
 CUDA_KINDS = ("diagonal", "rotational", "dense")
 CUDA_SIZES = ((3, 5, 17), (1, 1, 2), (2, 13, 130))
+
+
+def cuda_cases(dtypes=CUDA_DTYPES):
+    """The CUDA kernels' sanitizer cases: ((path, WCRNN_CUDA_ROWS, WCRNN_CUDA_ROW_GROUPS), dtype name, kind, T, B,
+    H, lengths, nonlinearity code), the ASan run on the emulator and compute-sanitizer on the GPU alike. The
+    block path refuses float64 dense H = 130 (W_hh and R do not fit one block): each sweep expects that."""
+    n = 0
+    for plan in CUDA_PLANS:
+        for dt in dtypes:
+            for kind in CUDA_KINDS:
+                for T, B, H in CUDA_SIZES:
+                    yield plan, dt, kind, T, B, H + (kind == "rotational" and H % 2), (T + B) % 2 == 0, n % 2
+                    n += 1
 
 
 def _instrumented(lib):
@@ -113,8 +126,6 @@ def run_cuda_emulated(selftest=None):
 
     def run(dtype, kind, T, B, H, lengths, nonlin):
         nonlocal n
-        if kind == "rotational" and H % 2:
-            H += 1
         r = {"diagonal": torch.rand(H, generator=g, dtype=torch.float64),
              "rotational": torch.rand(H // 2, generator=g, dtype=torch.float64),
              "dense": torch.randn(H, H, generator=g, dtype=torch.float64) / H}[kind]
@@ -137,15 +148,12 @@ def run_cuda_emulated(selftest=None):
             assert torch.allclose(f(x), y, rtol=tol, atol=tol), (dtype, kind, T, B, H, lengths, nonlin)
         n += 1
 
-    for path, rows, groups in CUDA_PLANS:
+    for (path, rows, groups), dt, kind, T, B, H, lengths, nonlin in cuda_cases():
         os.environ["WCRNN_CUDA_PATH"], os.environ["WCRNN_CUDA_ROWS"] = path, rows
         os.environ["WCRNN_CUDA_ROW_GROUPS"] = groups
-        for dtype in (getattr(torch, d) for d in CUDA_DTYPES):
-            for kind in CUDA_KINDS:
-                for T, B, H in CUDA_SIZES:
-                    if dtype == torch.float64 and kind == "dense" and H == 130 and path == "block":
-                        continue  # does not fit one block (the planner refuses; tests/test_cuda.py checks that)
-                    run(dtype, kind, T, B, H, lengths=(T + B) % 2 == 0, nonlin=(n % 2))
+        if dt == "float64" and kind == "dense" and H == 130 and path == "block":
+            continue  # does not fit one block (the planner refuses; tests/test_cuda.py checks that)
+        run(getattr(torch, dt), kind, T, B, H, lengths, nonlin)
     for k in ("WCRNN_CUDA_PATH", "WCRNN_CUDA_ROWS", "WCRNN_CUDA_ROW_GROUPS"):
         os.environ.pop(k)
     os.environ["WCRNN_EMU_SMS"] = "132"  # an H100's plan for H = 1024: 128 blocks of the grid path
