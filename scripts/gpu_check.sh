@@ -246,17 +246,22 @@ tier3() {
         grep -A80 "WCRNN benchmark summary" "$WORK/harness-$dt.log" >> "$SUMMARY" 2>/dev/null
     done
     if [[ $parts == *,tests,* ]]; then
-        local targs=(-q -rfEs -p no:cacheprovider)
+        # -v: one line per test as it ends, so a step cut by its time limit still says what passed and failed
+        local targs=(-v -rfEs -p no:cacheprovider)
         if [ "$DRY" = 1 ]; then targs+=(--collect-only); else targs+=(--timeout=60); fi
         # several workers (pytest-xdist, where installed): faster, and a test that kills its process fails alone
         if [ "$DRY" = 0 ] && $PY -c "import xdist" 2>/dev/null; then
             targs+=(-n "${WCRNN_GPU_TEST_WORKERS:-8}")
         fi
         # test_chain.py / test_module.py: the generic comparisons with the reference, for the GPU targets only
+        # test_cuda.py first (the kernels' internals, fast), then the generic comparisons, then the rest
         WCRNN_REQUIRE_CUDA=1 WCRNN_TEST_TARGETS=cuda,triton-gpu run_or_fail tests 600 "$WORK/tests.log" \
-            $PY -m pytest tests/test_chain.py tests/test_module.py tests/test_cuda.py tests/test_triton.py \
+            $PY -m pytest tests/test_cuda.py tests/test_chain.py tests/test_module.py tests/test_triton.py \
             tests/test_export.py tests/test_nn_rnn_clients.py "${targs[@]}"
         grep -E "^(FAILED|ERROR) |[0-9]+ (passed|failed)|tests? collected" "$WORK/tests.log" | head -40 >> "$SUMMARY"
+        # cut short (no final summary line): the count of each outcome so far
+        grep -qE "[0-9]+ (passed|failed)" "$WORK/tests.log" || grep -oE " (PASSED|FAILED|ERROR|SKIPPED) " \
+            "$WORK/tests.log" | sort | uniq -c >> "$SUMMARY"
     fi
 }
 
