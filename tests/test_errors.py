@@ -147,3 +147,20 @@ def test_available_backends_reports_every_backend_with_a_reason():
     assert report["torch"]["available"] and report["reference"]["available"]
     for name, info in report.items():
         assert isinstance(info["available"], bool) and isinstance(info["reason"], str) and info["reason"], name
+
+
+@pytest.mark.parametrize("field,value", [
+    ("res", torch.ones(5)), ("res_kind", 7), ("x0", torch.zeros(2, 4, dtype=torch.float64)),
+    ("w_hh", torch.zeros(4, 4, device="meta")), ("res", torch.ones(2, 4)),
+])
+def test_public_op_and_kernel_launchers_say_the_same(field, value):
+    """One contract, one wording (contract.py): the public op and the launchers' check (the Triton
+    launchers call it) reject the same bad argument with the same message."""
+    from wcrnn_kernels.contract import check_kernel_fwd
+    args = chain_args()
+    args[field] = value
+    with pytest.raises((ValueError, TypeError)) as public:
+        wcrnn_chain(**args)
+    with pytest.raises((ValueError, TypeError)) as kernel:
+        check_kernel_fwd(args["u"], args["x0"], args["w_hh"], args["res_kind"], args["res"], args["gamma"], None, 0)
+    assert str(public.value) == str(kernel.value)
