@@ -4,7 +4,7 @@ nn.RNN or FusedWCRNN.from_rnn(nn.RNN) inside, each in a fresh inductor cache fol
     python benchmarks/bench_compile_time.py rnn|fused [--warm-pch] [--breakdown]
 
 --warm-pch first compiles an unrelated one-line function (untimed), so inductor's precompiled header, which any
-model's first generated CPU kernel pays for once per cache folder (about 18 s on the 2-core machine), is not
+model's first generated CPU kernel pays for once per cache folder (about 9 s on the quiet 2-core machine), is not
 part of the timing. The timed part is the first compiled forward and backward. TORCH_LOGS=output_code lists the
 generated kernels.
 """
