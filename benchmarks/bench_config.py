@@ -81,18 +81,16 @@ def layer_call(impl: str, mode: str, T: int, B: int, I: int, H: int, device, dty
 def _with_float32_setting(fn, which, value):
     """fn run with cudnn.allow_tf32 (which "cudnn") or the float32 matmul precision ("matmul") set to value,
     restored after every call."""
+    if which == "cudnn":
+        get, put = (lambda: torch.backends.cudnn.allow_tf32), (lambda v: setattr(torch.backends.cudnn, "allow_tf32", v))
+    else:
+        get, put = torch.get_float32_matmul_precision, torch.set_float32_matmul_precision
+
     def call():
-        if which == "cudnn":
-            old = torch.backends.cudnn.allow_tf32
-            torch.backends.cudnn.allow_tf32 = value
-        else:
-            old = torch.get_float32_matmul_precision()
-            torch.set_float32_matmul_precision(value)
+        old = get()
+        put(value)
         try:
             fn()
         finally:
-            if which == "cudnn":
-                torch.backends.cudnn.allow_tf32 = old
-            else:
-                torch.set_float32_matmul_precision(old)
+            put(old)
     return call

@@ -64,8 +64,7 @@ def main():
             from gpu_smoke import setup_backend
             name = setup_backend("cuda", True)[0]
         if backend == "cuda":
-            cases = [(plan, dt, kind, T, B, H, lengths, nonlin)
-                     for plan, dt, kind, T, B, H, lengths, nonlin in cuda_cases(dtypes)]
+            cases = list(cuda_cases(dtypes))
         else:
             cases = [(None, dt, kind, T, B, H, lengths, 0)
                      for kind in TRITON_KINDS for dt in dtypes for T, B, H, lengths in TRITON_SIZES]

@@ -150,7 +150,7 @@ def test_available_backends_reports_every_backend_with_a_reason():
 
 
 @pytest.mark.parametrize("field,value", [
-    ("res", torch.ones(5)), ("res_kind", 7), ("x0", torch.zeros(2, 4, dtype=torch.float64)),
+    ("res", torch.ones(5)), ("res_kind", 7), ("x0", torch.zeros(2, 4, dtype=torch.float64)), ("x0", torch.zeros(3, 4)),
     ("w_hh", torch.zeros(4, 4, device="meta")), ("res", torch.ones(2, 4)),
 ])
 def test_public_op_and_kernel_launchers_say_the_same(field, value):

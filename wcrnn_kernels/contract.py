@@ -109,9 +109,7 @@ def check_chain_call(u, x0, w_hh, res_kind, res, gamma, lengths, nonlinearity: s
         raise ValueError(f"u: expected a floating-point tensor, got dtype {u.dtype}")
     check_rank("x0", x0, 2, "(B, H)")
     check_rank("w_hh", w_hh, 2, "(H, H)")
-    if tuple(x0.shape) != (B, H):
-        raise ValueError(f"x0: expected shape (B, H) = {(B, H)} to match u {tuple(u.shape)}, "
-                         f"got {tuple(x0.shape)}")
+    check_shape("x0", x0, (B, H), "(B, H)")
     check_shape("w_hh", w_hh, (H, H), "(H, H)")
     res_kind = check_res_kind(res_kind)
     check_residual(res_kind, res, H)
@@ -128,7 +126,7 @@ def check_chain_call(u, x0, w_hh, res_kind, res, gamma, lengths, nonlinearity: s
     return res_kind, gamma, lengths, NONLIN_CODES[nonlinearity]
 
 
-def _check_kernel_params(T, B, H, seq_name, seq, w_hh, res_kind, res, gamma, lengths, nonlin,
+def _check_kernel_params(B, H, seq_name, seq, w_hh, res_kind, res, gamma, lengths, nonlin,
                          w_dtype_free: bool):
     """What both kernel directions share; `seq` (u or a) fixes device and dtype."""
     res_kind = check_res_kind(res_kind)
@@ -151,12 +149,12 @@ def check_kernel_fwd(u, x0, w_hh, res_kind, res, gamma, lengths: Optional[Tensor
     """A forward launcher's arguments: u (T, B, H); x0 (B, H), w_hh, res, gamma (H,) in u's dtype and on
     its device; lengths (B,) int64 or None; all contiguous. Returns (res_kind, nonlin) as ints."""
     check_rank("u", u, 3, "(T, B, H)")
-    T, B, H = u.shape
+    _, B, H = u.shape
     check_contiguous("u", u)
     check_shape("x0", x0, (B, H), "(B, H)")
     check_like("x0", x0, "u", u)
     check_contiguous("x0", x0)
-    return _check_kernel_params(T, B, H, "u", u, w_hh, res_kind, res, gamma, lengths, nonlin, False)
+    return _check_kernel_params(B, H, "u", u, w_hh, res_kind, res, gamma, lengths, nonlin, False)
 
 
 def check_kernel_bwd(grad_out, grad_hn, a, w_hh, res_kind, res, gamma, lengths: Optional[Tensor], nonlin):
@@ -171,7 +169,7 @@ def check_kernel_bwd(grad_out, grad_hn, a, w_hh, res_kind, res, gamma, lengths: 
         check_shape(name, t, shape, desc)
         check_like(name, t, "a", a)
         check_contiguous(name, t)
-    return _check_kernel_params(T, B, H, "a", a, w_hh, res_kind, res, gamma, lengths, nonlin, True)
+    return _check_kernel_params(B, H, "a", a, w_hh, res_kind, res, gamma, lengths, nonlin, True)
 
 
 def check_layer_direction(layer, direction, num_layers: int, bidirectional: bool) -> None:

@@ -268,12 +268,11 @@ def _precisions(w_dtype, cd, fp32_precision=None):
     return (fp32 if w_dtype == torch.float32 else "ieee"), fp32
 
 
-def _check_backend_limits(B, H, dtype, w_dtype, device):
+def _check_backend_limits(B, H, seq_name, dtype, w_dtype, device):
     """What only the Triton kernels add to the op contract (contract.py): size, dtypes, device."""
-    if dtype not in _TL_DTYPE or w_dtype not in _TL_DTYPE:
-        bad = dtype if dtype not in _TL_DTYPE else w_dtype
-        raise ValueError(f"{'u' if bad is dtype else 'w_hh'}: expected float16, bfloat16, float32 or float64, "
-                         f"got {bad}")
+    for name, dt in ((seq_name, dtype), ("w_hh", w_dtype)):
+        if dt not in _TL_DTYPE:
+            raise ValueError(f"{name}: expected float16, bfloat16, float32 or float64, got {dt}")
     if H > MAX_HIDDEN:
         raise ValueError(f"hidden size {H} > {MAX_HIDDEN}: too large for the Triton kernels; use "
                          f"backend='torch' (any H) or backend='cuda'")
@@ -308,7 +307,7 @@ def wcrnn_fwd(u, x0, w_hh, res_kind, res, gamma, lengths=None, nonlin=0, save_a=
     res_kind, nonlin = check_kernel_fwd(u, x0, w_hh, res_kind, res, gamma, lengths, nonlin)
     T, B, H = u.shape
     dev, dt = u.device, u.dtype
-    _check_backend_limits(B, H, dt, w_hh.dtype, dev)
+    _check_backend_limits(B, H, "u", dt, w_hh.dtype, dev)
     cd = _compute_dtype(dt)
     out = torch.empty_like(u)
     hn = torch.empty_like(x0)
@@ -347,7 +346,7 @@ def wcrnn_bwd(grad_out, grad_hn, a, w_hh, res_kind, res, gamma, lengths=None, no
     dev, cd = a.device, a.dtype
     if cd not in (torch.float32, torch.float64):
         raise ValueError(f"a: expected the compute dtype float32 or float64, got {cd}")
-    _check_backend_limits(B, H, cd, w_hh.dtype, dev)
+    _check_backend_limits(B, H, "a", cd, w_hh.dtype, dev)
     g = torch.empty_like(a)
     delta = torch.empty_like(a) if need_delta else None
     dx0 = torch.empty_like(grad_hn)
