@@ -43,8 +43,14 @@ def layer_call(impl: str, mode: str, T: int, B: int, I: int, H: int, device, dty
     cores for float32 RNNs); "<backend>@<precision>" runs a backend under
     ``torch.set_float32_matmul_precision(precision)`` ("highest", "high", "medium"), which the Triton kernels
     follow.
+
+    CUDA execution paths: "cuda:<path>" runs the cuda backend with ``WCRNN_CUDA_PATH=<path>`` ("block",
+    "grid", "regs"), set around every call.
     """
     torch.manual_seed(0)
+    if ":" in impl:
+        base, path = impl.split(":", 1)
+        return _with_env(layer_call(base, mode, T, B, I, H, device, dtype), "WCRNN_CUDA_PATH", path)
     if impl == "nn.RNN-noTF32" or "@" in impl:
         base, setting = ("nn.RNN", False) if impl == "nn.RNN-noTF32" else impl.split("@", 1)
         return _with_float32_setting(layer_call(base, mode, T, B, I, H, device, dtype),
@@ -76,6 +82,21 @@ def layer_call(impl: str, mode: str, T: int, B: int, I: int, H: int, device, dty
         out, h = model(x)
         torch.autograd.backward([out, h], [g_out, g_h])
     return forward_backward
+
+
+def _with_env(fn, name, value):
+    """fn run with the environment variable `name` set to value, restored after every call."""
+    def call():
+        old = os.environ.get(name)
+        os.environ[name] = value
+        try:
+            fn()
+        finally:
+            if old is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = old
+    return call
 
 
 def _with_float32_setting(fn, which, value):

@@ -8,7 +8,8 @@ Implementations: ``nn.RNN`` (cuDNN, with torch's default ``cudnn.allow_tf32 = Tr
 ``cuda`` and ``triton`` (``FusedWCRNN(backend=...)`` with its default
 residual, scalar r = 1, gamma = 0.01: the same layer the pytest-benchmark harness in benchmarks/ times), and
 ``gemm-floor`` (forward only: T dependent (B x H) @ (H x H) products and nothing else), and
-``<backend>@<precision>`` (a backend under ``torch.set_float32_matmul_precision``; benchmarks/bench_config.py). ``forward`` runs under
+``<backend>@<precision>`` (a backend under ``torch.set_float32_matmul_precision``; benchmarks/bench_config.py),
+``cuda:<path>`` (the cuda backend on a forced path, e.g. ``cuda:regs``, the opt-in register path). ``forward`` runs under
 no_grad; ``forward+backward`` backpropagates one upstream gradient into output and h_n with the input, the
 weights and the biases requiring grad. The Triton kernels run their default configurations here
 (WCRNN_TRITON_AUTOTUNE=0 unless the caller sets it), so every line costs at most two compiles; tier 3 runs
@@ -128,9 +129,10 @@ def main():
     if args.dry_run:
         # the same plumbing on CPU: cuda -> the emulator, triton -> the interpreter, a few steps
         os.environ.update({"WCRNN_EMU_SMS": "132", "WCRNN_EMU_SMEM_OPTIN": "232448"})
-        if "cuda" in impls:
+        if any(i.split(":")[0] == "cuda" for i in impls):
             from gpu_smoke import setup_backend
-            impls[impls.index("cuda")] = setup_backend("cuda", True)[0]
+            emu = setup_backend("cuda", True)[0]
+            impls = [emu + i[4:] if i.split(":")[0] == "cuda" else i for i in impls]
     T_cap = 2 if args.prewarm else (4 if args.dry_run else None)
     timer = Timer(device)
     reps = (1, 1, 0.0) if (args.dry_run or args.prewarm) else (5, 40, 0.25)
@@ -153,7 +155,7 @@ def main():
                     t0 = time.perf_counter()
                     try:
                         if impl not in ("nn.RNN", "nn.RNN-noTF32", "gemm-floor"):
-                            b = get_backend(impl.split("@")[0])
+                            b = get_backend(impl.split("@")[0].split(":")[0])
                             ok, why = b.availability()
                             why = why if not ok else b.supports(torch.device(device), dtype, SHAPES[shape][3])
                             if not ok or why is not None:
@@ -184,7 +186,7 @@ def main():
 def print_table(rows):
     by = {(r["dtype"], r["shape"], r["mode"], r["impl"]): r for r in rows if r["status"] == "ok"}
     keys = sorted({(r["dtype"], r["shape"], r["mode"]) for r in rows if r["mode"] != "floor"})
-    gpu = [i for i in ("cuda", "triton", "cuda-emulated") if any(k[3] == i for k in by)]
+    gpu = [i for i in ("cuda", "cuda:regs", "triton", "cuda-emulated", "cuda-emulated:regs") if any(k[3] == i for k in by)]
     print("\nms per call (median); ratio = nn.RNN / best of " + "/".join(gpu) + " (> 1: faster than nn.RNN)")
     print(f"{'dtype':8} {'shape':5} {'mode':16} {'nn.RNN':>9} " + " ".join(f"{i:>9}" for i in gpu)
           + f" {'floor':>9} {'ratio':>6} {'us/step':>8}")

@@ -8,12 +8,14 @@
 # Tier 1 (about 4 minutes): the environment (SMs, shared-memory opt-in, cooperative launch, versions); the
 #   build of the CUDA kernels, started first in the background while the Triton smoke and the compiles of the
 #   Triton benchmark variants run beside it; the correctness smoke of both GPU backends against the float64
-#   reference (scripts/gpu_smoke.py: both CUDA paths, every residual form, tanh and relu, float64 at 1e-10,
+#   reference (scripts/gpu_smoke.py: every CUDA path, every residual form, tanh and relu, float64 at 1e-10,
 #   float32 and bfloat16 within the reference's own error, H up to 1024, a 2048-step grid-path run repeated
 #   and compared bit for bit); one benchmark line per (nn.RNN/cuDNN, cuda, triton, GEMM floor) x (forward,
 #   forward+backward) x (float32, bfloat16) x (S1-S4, G4) with microseconds per step (scripts/gpu_bench.py),
-#   and in float32 nn.RNN without TF32 and Triton at "high" / "medium" matmul precision (is the gap TF32?).
-# Tier 2 (about 3 minutes): compute-sanitizer memcheck over both CUDA paths x residual forms x dtypes and a
+#   and in float32 nn.RNN without TF32 and Triton at "high" / "medium" matmul precision (is the gap TF32?);
+#   the opt-in register path of the CUDA kernels (cuda:regs) at S1, S2, S4; Nsight Compute on the block and
+#   register paths' kernels at S1 (scripts/gpu_profile.py; its report goes to full.log, key lines to summary).
+# Tier 2 (about 3 minutes): compute-sanitizer memcheck over every CUDA path x residual forms x dtypes and a
 #   few Triton launches; racecheck and synccheck on float32 cases (scripts/gpu_sanitize_cases.py). A plan the
 #   planner refuses is recorded and skipped, never fatal.
 # Tier 3: the pytest-benchmark harness (autotuned Triton, float32 and bfloat16, JSON with device, versions
@@ -179,6 +181,26 @@ tier1() {
     run_or_fail fp32-precision 90 "$WORK/fp32-precision.log" $PY scripts/gpu_bench.py --out "$OUTDIR/bench.jsonl" \
         --impls nn.RNN-noTF32,triton@high,triton@medium --dtypes float32 --shapes "$shapes" --tag fp32-precision \
         "${DRYARG[@]}"
+    # the opt-in register path of the CUDA kernels (H <= 128) at the shapes it runs: does it beat the block path
+    # (the bench lines above) and cuDNN? If so, "auto" should take it.
+    local rshapes=S1,S2,S4
+    [ "$DRY" = 1 ] && rshapes=S2
+    run_or_fail cuda-regs 90 "$WORK/cuda-regs.log" $PY scripts/gpu_bench.py --out "$OUTDIR/bench.jsonl" \
+        --impls cuda:regs --shapes "$rshapes" --tag cuda-regs "${DRYARG[@]}"
+    # where a step's time goes: Nsight Compute on the forward and backward kernels of the block and register
+    # paths at S1 (one launch each). A diagnosis: its failure (e.g. no access to the counters) fails nothing.
+    local ncu=""
+    ncu=$(command -v ncu 2>/dev/null || ls "${CUDA_HOME:-/usr/local/cuda}/bin/ncu" /usr/local/cuda/bin/ncu 2>/dev/null \
+          | head -1)
+    if [ "$DRY" = 1 ]; then
+        step profile 60 "$WORK/profile.log" $PY scripts/gpu_profile.py --shape S1 --paths block,regs --dry-run
+    elif [ -n "$ncu" ]; then
+        step profile 90 "$WORK/profile.log" "$ncu" -k regex:chain_ --launch-count 4 --section SpeedOfLight \
+            --section LaunchStats --section Occupancy --section SchedulerStats --section WarpStateStats \
+            --section MemoryWorkloadAnalysis $PY scripts/gpu_profile.py --shape S1 --paths block,regs
+    else
+        log "ncu not found: no profile"
+    fi
 }
 
 tier2() {
@@ -288,10 +310,12 @@ for r in rows:
 EOF
 fi
 [ -f "$WORK/bench.log" ] && sed -n '/^ms per call/,$p' "$WORK/bench.log" >> "$SUMMARY"
-cat "$WORK"/fp32-precision.log 2>/dev/null | grep "^fp32-precision" >> "$SUMMARY"
+cat "$WORK"/fp32-precision.log "$WORK"/cuda-regs.log 2>/dev/null | grep -E "^(fp32-precision|cuda-regs) " >> "$SUMMARY"
+grep -E "chain_.*kernel|^ +(Duration|Registers Per Thread|Warp Cycles Per Issued Instruction|Issue Slots Busy|Compute \(SM\) Throughput) " \
+    "$WORK/profile.log" 2>/dev/null | cut -c1-160 >> "$SUMMARY"
 if [ -f "$OUTDIR/sanitize.log" ]; then
-    grep -E "ERROR SUMMARY|RACECHECK SUMMARY|sanitizer cases done|refused \(planner\)" "$OUTDIR/sanitize.log" \
-        | sort | uniq -c >> "$SUMMARY"
+    # (each refused plan is in sanitize.log; "sanitizer cases done" counts them)
+    grep -E "ERROR SUMMARY|RACECHECK SUMMARY|sanitizer cases done" "$OUTDIR/sanitize.log" | sort | uniq -c >> "$SUMMARY"
 fi
 if [ ${#FAILED[@]} -ne 0 ]; then
     echo "gpu_check: FAILED steps: ${FAILED[*]} ($(elapsed) s)" >> "$SUMMARY"

@@ -10,9 +10,10 @@ same (rounded) inputs, by max |x - ref| / max |ref| per tensor:
   float32            at most 4x the reference loop's own float32 error (cuBLAS fp32), floor 1e-5;
   bfloat16/float16   at most 2x the "torch" backend's error in that dtype (it keeps fp32 state too) plus one
                      epsilon of the dtype.
-The CUDA backend runs each case on both paths (WCRNN_CUDA_PATH=block / grid); a path the planner refuses
-(W_hh does not fit one block's shared memory) is recorded as "refused", never as a failure. One long
-grid-path run (T = 2048, H = 1024, float32) runs twice and must agree bit for bit. Outputs start as NaN
+The CUDA backend runs each case on every path (WCRNN_CUDA_PATH=grid / block / regs); a path the planner
+refuses (W_hh does not fit one block's shared memory; the register path past H = 128, or 64 for float64 and a
+dense residual) is recorded as "refused", never as a failure. One long grid-path run (T = 2048, H = 1024,
+float32) and one on the register path (T = 2048, H = 128) run twice and must agree bit for bit. Outputs start as NaN
 (WCRNN_POISON_OUTPUTS=1 for the CUDA op, torch.empty* poisoned for the Triton launchers), so an element a
 kernel forgets to write fails.
 
@@ -62,11 +63,14 @@ def cases(dtype_name: str, dry: bool):
         for kind in KINDS:
             out.append((kind, "tanh", True, 32, 9, 256))
         out += [("rotational", "relu", False, 24, 33, 128), ("scalar", "tanh", True, 16, 5, 1024),
-                ("dense", "tanh", True, 16, 5, 1024)]
+                ("dense", "tanh", True, 16, 5, 1024),
+                # the register path's dense form and its 4-row tiles (B = 200 on 132 SMs)
+                ("dense", "tanh", True, 32, 9, 64), ("scalar", "tanh", True, 24, 200, 100)]
     else:
         for kind in KINDS:
             out.append((kind, "tanh", True, 32, 9, 128))
-        out += [("scalar", "tanh", True, 16, 5, 1024), ("dense", "relu", False, 16, 5, 512)]
+        out += [("scalar", "tanh", True, 16, 5, 1024), ("dense", "relu", False, 16, 5, 512),
+                ("dense", "relu", True, 32, 9, 64)]
     if dry:  # the interpreter and the emulator are slow: same kinds and flags, small sizes
         out = [(k, nl, ln, min(T, 6), min(B, 9), min(H, 130)) for k, nl, ln, T, B, H in out]
     return out
@@ -143,7 +147,8 @@ def set_path(path):
 
 
 def is_refusal(e):
-    return isinstance(e, RuntimeError) and "WCRNN_CUDA_PATH=block but" in str(e)
+    return isinstance(e, RuntimeError) and ("WCRNN_CUDA_PATH=block but" in str(e)
+                                            or "WCRNN_CUDA_PATH=regs but" in str(e))
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -236,7 +241,7 @@ def main():
             raise SystemExit(f"backend {name!r} is not available: {why}")
     # grid first: should a refused block plan ever take the process down (the first H200 run), the case's grid
     # result is in already
-    paths = ("grid", "block") if args.backend == "cuda" else (None,)
+    paths = ("grid", "block", "regs") if args.backend == "cuda" else (None,)
     counts = {}
 
     def emit(rec):
@@ -261,6 +266,8 @@ def main():
     if not args.no_repeat:
         T, B, H = (40, 8, 64) if args.dry_run else (2048, 8, 1024)
         bitwise_repeat(name, device, "grid" if args.backend == "cuda" else None, T, B, H, emit)
+        if args.backend == "cuda":
+            bitwise_repeat(name, device, "regs", T, B, min(H, 128), emit)
     print(f"smoke {args.backend}: " + ", ".join(f"{v} {k}" for k, v in sorted(counts.items())), flush=True)
     sys.exit(1 if counts.get("fail") or counts.get("error") else 0)
 

@@ -373,13 +373,13 @@ def register_emulated_cuda():
     return ok, why
 
 
-# The CUDA kernels' forced execution paths: the block path, the grid path as planned, and the grid path with
-# one row group (every block walks all rows in chunks of BT).
-CUDA_PATHS = ("block", "grid", "grid-1group")
+# The CUDA kernels' forced execution paths: the block path, the grid path as planned, the grid path with
+# one row group (every block walks all rows in chunks of BT), and the register path (opt-in).
+CUDA_PATHS = ("block", "grid", "grid-1group", "regs")
 
 
 def force_cuda_path(monkeypatch, path):
-    monkeypatch.setenv("WCRNN_CUDA_PATH", "block" if path == "block" else "grid")
+    monkeypatch.setenv("WCRNN_CUDA_PATH", "grid" if path == "grid-1group" else path)
     if path == "grid-1group":
         monkeypatch.setenv("WCRNN_CUDA_ROW_GROUPS", "1")
 
@@ -390,8 +390,10 @@ def assert_launch_path(log, path, n_min=2, several_blocks=True):
     assert len(log) >= n_min, log
     for line in log:
         assert "FAILED" not in line, line
-        if path == "block":
-            assert line.startswith("ordinary"), line
+        if path == "regs":  # one thread per unit: at most 128 threads
+            assert line.startswith("ordinary") and int(line.split("block=")[1].split()[0]) <= 128, line
+        elif path == "block":
+            assert line.startswith("ordinary") and " block=256 " in line, line
         else:
             assert line.startswith("cooperative"), line
             if several_blocks:

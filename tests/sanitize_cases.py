@@ -6,7 +6,7 @@ Two sweeps run these, each in a child Python that preloads libasan (helpers.run_
   compiled instruction-set variant, float32 and float64, every residual kind, both nonlinearities, with and
   without lengths, forward and backward through the public op, compared with the torch backend.
 * ``cuda-emulated`` (tests/test_cuda_emulated.py): the CUDA kernels under the CPU emulator, built with the
-  sanitizers, on both paths and forced tile heights, in every dtype, compared with the torch backend; or
+  sanitizers, on every path and forced tile heights, in every dtype, compared with the torch backend; or
   one of the emulator's self-test kernels (``--selftest NAME``, the positive control).
 
 The CUDA kernels' cases (``cuda_cases``) are also those of compute-sanitizer on the GPU
@@ -30,21 +30,43 @@ CPP_KINDS = ("none", "diagonal", "rotational", "dense")
 CPP_DTYPES = ("float32", "float64")
 
 # cuda-emulated: (path, WCRNN_CUDA_ROWS, WCRNN_CUDA_ROW_GROUPS) x dtype x kind x (T, B, H)
-CUDA_PLANS = (("block", "", ""), ("grid", "", ""), ("grid", "8", "1"), ("block", "8", ""))
+CUDA_PLANS = (("block", "", ""), ("grid", "", ""), ("grid", "8", "1"), ("block", "8", ""), ("regs", "", ""),
+              ("regs", "8", ""))
 CUDA_DTYPES = ("float64", "float32", "float16", "bfloat16")
 CUDA_KINDS = ("diagonal", "rotational", "dense")
 CUDA_SIZES = ((3, 5, 17), (1, 1, 2), (2, 13, 130))
+REGS_SIZES = ((10, 3, 100),)  # the register path's wide rows (K = 128); T past its deepest prefetch (8 steps)
+_BYTES = {"float64": 8, "float32": 4, "float16": 2, "bfloat16": 2}
+
+
+def cuda_path_refused(path, kind, H, dtype="float64"):
+    """The planner's refusal message (a regular expression) for a forced CUDA path that cannot run (kind, H,
+    dtype) on any sm_80 / sm_90 GPU, else None. dtype: a name or a torch dtype. The block path: W_hh (and a
+    dense R) must fit one block's shared memory (at most 227 KiB). The register path (chain_cuda.cuh
+    regs_slots): 128 32-bit registers of matrix per thread, rows of K = 64 or 128 words, so H <= 128 in
+    float32 / float16 / bfloat16 and H <= 64 in float64 or with a dense residual, never float64 with a dense
+    residual."""
+    nbytes = _BYTES[str(dtype).rsplit(".", 1)[-1]]
+    dense = kind == "dense"
+    if path == "block" and H * H * (2 if dense else 1) * nbytes > 227 * 1024:
+        return f"WCRNN_CUDA_PATH=block but H={H} needs .* bytes of shared memory"
+    if path == "regs":
+        words = 2 if nbytes == 8 else 1
+        if not any(H <= K and K * words * (2 if dense else 1) <= 128 for K in (64, 128)):
+            return f"WCRNN_CUDA_PATH=regs but H={H} does not fit the register path"
+    return None
 
 
 def cuda_cases(dtypes=CUDA_DTYPES):
     """The CUDA kernels' sanitizer cases: ((path, WCRNN_CUDA_ROWS, WCRNN_CUDA_ROW_GROUPS), dtype name, kind, T, B,
-    H, lengths, nonlinearity code), the ASan run on the emulator and compute-sanitizer on the GPU alike. The
-    block path refuses float64 dense H = 130 (W_hh and R do not fit one block): each sweep expects that."""
+    H, lengths, nonlinearity code), the ASan run on the emulator and compute-sanitizer on the GPU alike. Some
+    forced plans cannot run their case (cuda_path_refused: the block path at float64 dense H = 130, the register
+    path past its sizes); each sweep expects the planner's refusal there."""
     n = 0
     for plan in CUDA_PLANS:
         for dt in dtypes:
             for kind in CUDA_KINDS:
-                for T, B, H in CUDA_SIZES:
+                for T, B, H in CUDA_SIZES + (REGS_SIZES if plan[0] == "regs" else ()):
                     if kind == "rotational" and H % 2:
                         H += 1  # rotation pairs need an even H
                     yield plan, dt, kind, T, B, H, (T + B) % 2 == 0, n % 2
@@ -153,8 +175,8 @@ def run_cuda_emulated(selftest=None):
     for (path, rows, groups), dt, kind, T, B, H, lengths, nonlin in cuda_cases():
         os.environ["WCRNN_CUDA_PATH"], os.environ["WCRNN_CUDA_ROWS"] = path, rows
         os.environ["WCRNN_CUDA_ROW_GROUPS"] = groups
-        if dt == "float64" and kind == "dense" and H == 130 and path == "block":
-            continue  # does not fit one block (the planner refuses; tests/test_cuda.py checks that)
+        if cuda_path_refused(path, kind, H, dt):
+            continue  # the planner refuses (tests/test_cuda.py checks that)
         run(getattr(torch, dt), kind, T, B, H, lengths, nonlin)
     for k in ("WCRNN_CUDA_PATH", "WCRNN_CUDA_ROWS", "WCRNN_CUDA_ROW_GROUPS"):
         os.environ.pop(k)

@@ -3,8 +3,8 @@
 The generic suite (test_chain.py, test_module.py) compares the "cuda" backend with the float64 reference like
 every other backend. This file checks the CUDA kernels' own machinery, on the targets that run them here:
 "cuda" (CUDA tensors, on a GPU) and "cuda-emulated" (the same sources compiled against the CPU emulator of
-tests/cuda_emu, on CPU tensors; tests/test_cuda_emulated.py holds what only the emulator can check). Both
-execution paths are forced at small sizes (WCRNN_CUDA_PATH=block / grid, and the grid path with one row
+tests/cuda_emu, on CPU tensors; tests/test_cuda_emulated.py holds what only the emulator can check). Every
+execution path is forced at small sizes (WCRNN_CUDA_PATH=block / grid / regs, and the grid path with one row
 group), so the cooperative grid path with its L2 exchange is checked at awkward H and B; every compiled tile
 height; the ops' schema, fake tensors, argument errors, strided inputs and empty sizes. On the emulator every
 launch's path is also checked from the emulator's log. GPU-only: cuDNN equivalence, streams, a second
@@ -23,15 +23,16 @@ import pytest
 import torch
 
 from helpers import (CUDA_PATHS, DIFF, EMULATED, FLOAT64_RTOL, KINDS, NAMES, assert_all_close, assert_launch_path,
-                     assert_low_precision_rule, check_saved_preactivations, emulator_launches, force_cuda_path,
-                     make_case, on, reference, run_chain, select, setup_target)
+                     assert_low_precision_rule, check_low_precision, check_saved_preactivations,
+                     emulator_launches, force_cuda_path, make_case, on, reference, run_chain, select, setup_target)
+from sanitize_cases import cuda_path_refused
 from wcrnn_kernels import wcrnn_chain
 from wcrnn_kernels.backends import get_backend
 
 pytestmark = [pytest.mark.usefixtures("poison_empty"), pytest.mark.targets(EMULATED, "cuda")]
 GPU_ONLY = pytest.mark.targets("cuda")
 
-PATHS = CUDA_PATHS  # block, grid, and the grid path with one row group (helpers.force_cuda_path)
+PATHS = CUDA_PATHS  # block, grid, the grid path with one row group, regs (helpers.force_cuda_path)
 force_path = force_cuda_path
 assert_path = assert_launch_path
 
@@ -55,21 +56,16 @@ def check_launches(target, ran, path, several_blocks=True):
     if not ran:
         assert log == [], log
         return
-    assert_path(log, "block" if path == "block" else "grid", several_blocks=several_blocks)
-
-
-def block_path_refused(path, kind, H, dtype=torch.float64):
-    """True where the forced block path cannot hold W_hh (and a dense R) in one block's shared memory on any
-    sm_80 / sm_90 GPU (at most 227 KiB): then the op must refuse with the planner's message, not run."""
-    words = H * H * (2 if kind == "dense" else 1)
-    return path == "block" and words * torch.finfo(dtype).bits // 8 > 227 * 1024
+    assert_path(log, path if path in ("block", "regs") else "grid", several_blocks=several_blocks)
 
 
 def compare_with_reference(case, target, path, kind, H, nonlinearity):
     """Runs the float64 case on the target (path already forced) against the reference; where the forced
-    block path cannot hold it, expects the planner's refusal instead. Returns whether the chain ran."""
-    if block_path_refused(path, kind, H):
-        with pytest.raises(RuntimeError, match=f"WCRNN_CUDA_PATH=block but H={H} needs .* bytes of shared memory"):
+    path cannot run it (sanitize_cases.cuda_path_refused), expects the planner's refusal instead. Returns whether
+    the chain ran."""
+    refusal = cuda_path_refused(path, kind, H)
+    if refusal:
+        with pytest.raises(RuntimeError, match=refusal):
             run_chain(on(case, target.device), target.backend, nonlinearity)
         return False
     expected = reference(case, nonlinearity)
@@ -108,6 +104,26 @@ def test_every_tile_height(target, monkeypatch, rows, path, kind):
     check_launches(target, ran, path)
 
 
+# The register path in the dtypes that reach its wide rows (K = 128 for 64 < H <= 128, and the dense form at
+# H <= 64, neither of which float64 runs) with every tile height. T = 11 is longer than every prefetch depth
+# (8, 4, 2, 1 steps) and not a multiple of any, so the unrolled time loop ends mid-round.
+@pytest.mark.parametrize("rows", ["1", "4", "8"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=["float32", "float16", "bfloat16"])
+@pytest.mark.parametrize("kind", ["scalar", "rotational", "dense"])
+@pytest.mark.parametrize("H", [6, 64, 100, 128])
+def test_register_path_low_precision(target, monkeypatch, rows, dtype, kind, H):
+    force_path(monkeypatch, "regs")
+    monkeypatch.setenv("WCRNN_CUDA_ROWS", rows)
+    case = make_case(kind, 11, 13, H, lengths=True, seed=8)
+    refusal = cuda_path_refused("regs", kind, H, dtype)
+    if refusal:
+        with pytest.raises(RuntimeError, match=refusal):
+            run_chain(on(case, target.device, dtype), target.backend, "tanh")
+    else:
+        check_low_precision(case, target.backend, dtype, "tanh", device=target.device)
+    check_launches(target, not refusal, "regs")
+
+
 @pytest.mark.parametrize("path", PATHS)
 def test_only_some_gradients(target, monkeypatch, path):
     """Without residual / gamma gradients the op asks for no delta (need_delta=False)."""
@@ -119,8 +135,13 @@ def test_only_some_gradients(target, monkeypatch, path):
     assert_all_close(actual, expected, rtol=FLOAT64_RTOL, names=names)
 
 
-@pytest.mark.parametrize("path", PATHS)
-@pytest.mark.parametrize("kind", ["scalar", "rotational", "dense"])
+def path_kinds(kinds, H):
+    """(path, kind) of PATHS x kinds that the planner runs in float64 at H (the register path has no float64
+    dense form; test_register_path_low_precision checks its dense kernels in float32)."""
+    return [(p, k) for p in PATHS for k in kinds if not cuda_path_refused(p, k, H)]
+
+
+@pytest.mark.parametrize("path,kind", path_kinds(["scalar", "rotational", "dense"], 6))
 def test_gradcheck(target, monkeypatch, path, kind):
     force_path(monkeypatch, path)
     case = on(make_case(kind, 3, 2, 6, lengths=True, seed=5), target.device)
@@ -132,9 +153,8 @@ def test_gradcheck(target, monkeypatch, path, kind):
     assert torch.autograd.gradcheck(f, args, fast_mode=True)
 
 
-@pytest.mark.parametrize("path", PATHS)
 @pytest.mark.parametrize("lengths", [False, True], ids=["full", "lengths"])
-@pytest.mark.parametrize("kind", ["diagonal", "rotational", "dense"])
+@pytest.mark.parametrize("path,kind", path_kinds(["diagonal", "rotational", "dense"], 10))
 def test_backend_contract_saved_preactivations(target, monkeypatch, path, kind, lengths):
     force_path(monkeypatch, path)
     check_saved_preactivations(get_backend(target.backend),

@@ -27,6 +27,7 @@ import torch
 from helpers import (CUDA_PATHS, EMU_DEFAULTS, FLOAT64_RTOL, NAMES, asan_setup, assert_all_close, assert_launch_path,
                      check_low_precision, emulator_launches, force_cuda_path, make_case, reference,
                      register_emulated_cuda, run_chain, run_under_asan)
+from sanitize_cases import cuda_path_refused
 from wcrnn_kernels import FusedWCRNN
 
 BACKEND = "cuda-emulated"
@@ -101,12 +102,17 @@ def test_thread_and_block_order_does_not_matter(monkeypatch, path, kind):
     shuffled: a read of something another thread writes in the same phase would change the result."""
     force_path(monkeypatch, path)
     case = make_case(kind, 6, 11, 34, lengths=True, seed=13)
-    expected = reference(case, "tanh")
+    # the register path has no float64 dense form: float32, within the low-precision rule
+    lowp = cuda_path_refused(path, kind, 34) is not None
+    expected = None if lowp else reference(case, "tanh")
     results = []
     for order in ORDERS:
         monkeypatch.setenv("WCRNN_EMU_ORDER", order)
-        results.append(run_chain(case, BACKEND, "tanh"))
-        assert_all_close(results[-1], expected, rtol=FLOAT64_RTOL, names=NAMES)
+        if lowp:
+            results.append(check_low_precision(case, BACKEND, torch.float32, "tanh")[0])
+        else:
+            results.append(run_chain(case, BACKEND, "tanh"))
+            assert_all_close(results[-1], expected, rtol=FLOAT64_RTOL, names=NAMES)
     for other in results[1:]:
         for n, a, b in zip(NAMES, results[0], other):
             assert torch.equal(a, b), f"{n}: the result depends on the thread order"

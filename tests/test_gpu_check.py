@@ -60,7 +60,7 @@ def test_dry_run_passes_and_writes_every_file(dry_run):
     summary = (out / "summary.txt").read_text()
     for stepname in ("env", "build", "smoke-triton-float64", "smoke-triton-float32", "smoke-triton-bfloat16",
                      "smoke-cuda-float64", "smoke-cuda-float32", "smoke-cuda-bfloat16", "prewarm-triton", "bench",
-                     "memcheck-cuda", "memcheck-triton"):
+                     "fp32-precision", "cuda-regs", "profile", "memcheck-cuda", "memcheck-triton"):
         line = next((ln for ln in summary.splitlines() if ln.split()[:1] == [stepname]), None)
         assert line is not None and line.split()[1] == "ok", f"{stepname}: {line}\n{summary}"
     print(f"dry run: {seconds:.0f} s\n{summary}")
@@ -78,9 +78,14 @@ def test_dry_run_smoke_covers_both_backends_and_records_refusals(dry_run):
         assert {r["nonlinearity"] for r in mine} == {"tanh", "relu"}, backend
         assert any(r.get("check") == "bitwise-repeat" and r["status"] == "pass" for r in mine), backend
     cuda = [r for r in rows if r["backend"] == "cuda-emulated"]
-    assert {r["path"] for r in cuda} == {"block", "grid"}
-    # the dense float64 H = 130 block path does not fit an H100 block: recorded, not fatal
+    assert {r["path"] for r in cuda} == {"block", "grid", "regs"}
+    # the dense float64 H = 130 block path does not fit an H100 block, the register path has no float64 dense
+    # form: recorded, not fatal
     assert any(r["status"] == "refused" and r["path"] == "block" and r["kind"] == "dense" for r in cuda)
+    assert any(r["status"] == "refused" and r["path"] == "regs" and r["kind"] == "dense" for r in cuda)
+    regs = [r for r in cuda if r["path"] == "regs" and r["status"] == "pass"]
+    assert {r["kind"] for r in regs} >= {"scalar", "rotational", "dense"}, regs
+    assert any(r.get("check") == "bitwise-repeat" for r in regs)
     # float64 within 1e-10, and the tolerances are the reference-relative ones, never looser than documented
     for r in rows:
         if r["status"] == "pass" and "errors" in r and r["dtype"] == "float64":
@@ -91,8 +96,8 @@ def test_dry_run_benchmark_lines_and_sanitizer_cases(dry_run):
     _, out, _ = dry_run
     rows = [json.loads(ln) for ln in (out / "bench.jsonl").read_text().splitlines() if ln.strip()]
     assert rows[0].get("meta") and rows[0]["commit"]
-    # one metadata line per gpu_bench run: the main table, then the float32 precision comparison
-    assert sum(1 for r in rows if r.get("meta")) == 2
+    # one metadata line per gpu_bench run: the main table, the float32 precision comparison, the register path
+    assert sum(1 for r in rows if r.get("meta")) == 3
     assert all("float32_matmul_precision" in r for r in rows if r.get("meta"))
     lines = [r for r in rows if not r.get("meta")]
     assert all(r["status"] == "ok" for r in lines), [r for r in lines if r["status"] != "ok"]
@@ -104,6 +109,8 @@ def test_dry_run_benchmark_lines_and_sanitizer_cases(dry_run):
     precision = [r for r in lines if r["tag"] == "fp32-precision"]
     assert {r["impl"] for r in precision} == {"nn.RNN-noTF32", "triton@high", "triton@medium"}
     assert {r["dtype"] for r in precision} == {"float32"}
+    regs = [r for r in lines if r["tag"] == "cuda-regs"]
+    assert {r["impl"] for r in regs} == {"cuda-emulated:regs"} and {r["dtype"] for r in regs} == {"float32", "bfloat16"}
     assert all(r["us_per_step"] > 0 for r in lines)
     san = (out / "sanitize.log").read_text()
     assert "refused (planner)" in san and san.count("sanitizer cases done") == 2

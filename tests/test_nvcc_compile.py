@@ -144,8 +144,9 @@ def test_cuda_source_compiles(builds, src):
     kernels = {a: set(re.findall(rf"Compiling entry function '(\w+)' for 'sm_{a}'", r["log"])) for a in ARCHS}
     assert kernels[ARCHS[0]] == kernels[ARCHS[1]], kernels
     if src in ("chain_fwd.cu", "chain_bwd.cu"):
-        # fwd: 4 dtypes x {elementwise, dense} x 3 tile heights x {block, grid}; bwd: 2 dtypes x ...
-        assert len(kernels[ARCHS[0]]) == (48 if src == "chain_fwd.cu" else 24), sorted(kernels[ARCHS[0]])
+        # fwd: 4 dtypes x {elementwise, dense} x 3 tile heights x {block, grid}; bwd: 2 dtypes x ...; the register
+        # path: 3 tile heights x the (dtype, form, K) that fit (chain_cuda.cuh regs_fit): fwd 10, bwd 4
+        assert len(kernels[ARCHS[0]]) == (48 + 30 if src == "chain_fwd.cu" else 24 + 12), sorted(kernels[ARCHS[0]])
 
 
 def test_cuda_objects_link_into_one_library(builds, tmp_path):
@@ -227,7 +228,7 @@ def test_cuda_ptxas_report(builds):
         entries += ptxas_report(r["log"])
     for a in ARCHS:
         mine = [e for e in entries if e["arch"] == a]
-        assert len(mine) == 48 + 24, len(mine)
+        assert len(mine) == 48 + 24 + 30 + 12, len(mine)  # block/grid fwd, bwd; register path fwd, bwd
         for e in mine:
             assert e["regs"] is not None, e
             assert e["smem"] == 0, e
@@ -253,6 +254,8 @@ static size_t fwd_bytes(int H, int U, int BT, bool grid, bool dense, size_t ab, 
 static size_t bwd_bytes(int H, int U, int BT, bool grid, bool dense, size_t ab) {
   return smem_layout(H, U, BT, dense, 1, grid ? (dense ? 1 : 0) : 2, ab, ab).total;
 }
+// The register path: Forward::regs_smem / Backward::regs_smem (two or four buffers of BT rows of K words).
+static size_t regs_bytes(int dir, int K, int BT, size_t ab) { return (dir == 0 ? 2 : 4) * size_t(BT) * K * ab; }
 
 int main(int argc, char** argv) {
   // argv: sms smem_optin B H dense acc_bytes w_bytes
@@ -262,14 +265,19 @@ int main(int argc, char** argv) {
   std::printf("[");
   for (int dir = 0; dir < 2; ++dir) {
     try {
+      const int K = ab == 8 ? regs_slots<double>(H, dense) : regs_slots<float>(H, dense);
+      auto regs_smem = [&](int BT) { return regs_bytes(dir, K, BT, ab); };
       Plan p = dir == 0
-        ? plan_chain("fwd", B, H, d, [&](int U, int BT, bool g) { return fwd_bytes(H, U, BT, g, dense, ab, wb); })
-        : plan_chain("bwd", B, H, d, [&](int U, int BT, bool g) { return bwd_bytes(H, U, BT, g, dense, ab); });
+        ? plan_chain("fwd", B, H, d, [&](int U, int BT, bool g) { return fwd_bytes(H, U, BT, g, dense, ab, wb); },
+                     K, regs_smem)
+        : plan_chain("bwd", B, H, d, [&](int U, int BT, bool g) { return bwd_bytes(H, U, BT, g, dense, ab); },
+                     K, regs_smem);
       MatvecShape m = matvec_shape(H, p.U);
       std::printf("%s{\"ok\": true, \"grid\": %d, \"rows\": %d, \"U\": %d, \"blocks\": %lld, \"smem\": %zu, "
-                  "\"UP\": %d, \"KS\": %d, \"unit_blocks\": %d, \"row_groups\": %d, \"rows_per_group\": %lld}",
+                  "\"UP\": %d, \"KS\": %d, \"unit_blocks\": %d, \"row_groups\": %d, \"rows_per_group\": %lld, "
+                  "\"regs\": %d, \"threads\": %d}",
                   dir ? ", " : "", p.grid ? 1 : 0, p.rows, p.U, (long long)p.blocks, p.smem, m.UP, m.KS,
-                  p.unit_blocks, p.row_groups, (long long)p.rows_per_group);
+                  p.unit_blocks, p.row_groups, (long long)p.rows_per_group, p.regs, p.threads);
     } catch (const std::exception& e) {
       std::printf("%s{\"ok\": false}", dir ? ", " : "");
     }
@@ -329,6 +337,7 @@ def test_planner_fits_every_shape(probe, device):
                     else:
                         assert p["U"] == H and p["blocks"] * p["rows"] >= B, where
                     assert p["KS"] * p["UP"] <= 256 and p["KS"] <= max(H, 1), where
+                    assert p["regs"] == 0 and p["threads"] == 256, where  # "auto" never takes the register path
 
 
 def test_planner_paths_and_knobs(probe):
@@ -349,6 +358,17 @@ def test_planner_paths_and_knobs(probe):
     # Forcing the block path where W_hh cannot fit is an error, not a silent change of path.
     assert not any(q["ok"] for q in probe("A100", 8, 1024, False, "float32", {"WCRNN_CUDA_PATH": "block"})[0])
     assert not any(q["ok"] for q in probe("A100", 8, 64, False, "float32", {"WCRNN_CUDA_ROWS": "3"})[0])
+    # The register path, only when forced: one thread per unit, K = 64 or 128 registers of W_hh per thread,
+    # the tile height as on the block path, two (forward) or four (backward) buffers of BT rows of K words.
+    f, b = probe("H100", 32, 128, False, "float32", {"WCRNN_CUDA_PATH": "regs"})[0]
+    assert f["ok"] and (f["regs"], f["threads"], f["rows"], f["blocks"], f["smem"]) == (128, 128, 1, 32, 1024), f
+    assert b["ok"] and (b["regs"], b["smem"]) == (128, 2048), b
+    f, _ = probe("H100", 200, 17, True, "float32", {"WCRNN_CUDA_PATH": "regs"})[0]
+    assert (f["regs"], f["threads"], f["rows"], f["blocks"], f["smem"]) == (64, 32, 4, 50, 2048), f
+    assert probe("H100", 8, 64, False, "float64", {"WCRNN_CUDA_PATH": "regs"})[0][1]["regs"] == 64
+    for H, dense, dtype in ((129, False, "float32"), (65, True, "float32"), (65, False, "float64"),
+                            (8, True, "float64")):
+        assert not any(q["ok"] for q in probe("H100", 8, H, dense, dtype, {"WCRNN_CUDA_PATH": "regs"})[0]), H
     # Beyond the shared memory of the device: a clear error (caught here), never a launch.
     assert not any(q["ok"] for q in probe("A100", 8, 8192, True, "float32")[0])
 

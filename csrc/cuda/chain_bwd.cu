@@ -208,6 +208,153 @@ __global__ void __launch_bounds__(kThreads) chain_bwd_kernel(const BwdParams<S> 
   }
 }
 
+// The register path (chain_cuda.cuh): thread j owns unit j of BT batch rows and keeps column j of W_hh (and
+// of a dense R) in registers, so (W_hh^T g_t)[j] and (R^T delta_t)[j] need only the g_t / delta_t rows,
+// which alternate between two shared-memory buffers each (zero past H); its own delta_t[j] is also kept in a
+// register. grad_out and a of step t-1 are loaded PF steps ahead. The same phases as the block path: phase A
+// of step T-1 as a prologue, then for t = T-1 .. 0 phase B of step t and phase A of step t-1, one barrier.
+template <class S, bool DENSE, int BT, int K>
+__global__ void __launch_bounds__(kRegsThreads) chain_bwd_regs_kernel(const BwdParams<S> p) {
+  using A = S;
+  constexpr int NA = regs_accumulators(BT);
+  constexpr int PF = regs_prefetch<A>(BT, 2);
+  const int H = p.H, nonlin = p.nonlin;
+  const bool rot = !DENSE && p.res_kind == kResRot;
+  const int64_t T = p.T, B = p.B, BH = p.B * p.H;
+  const int j = static_cast<int>(threadIdx.x);
+  const bool own = j < H;
+  const int64_t b0 = static_cast<int64_t>(blockIdx.x) * BT;
+  const int rows = static_cast<int>(min(static_cast<int64_t>(BT), B - b0));
+
+  WCRNN_DYNAMIC_SMEM(smem);
+  A* sg = reinterpret_cast<A*>(smem);  // [2][BT][K] g rows, the half t & 1 holds g_t
+  A* sd = sg + 2 * BT * K;             // [2][BT][K] delta rows, likewise
+
+  A w[K];  // w[k] = W_hh[k, j]
+  A rw[DENSE ? K : 1];
+#pragma unroll
+  for (int k = 0; k < K; ++k) {
+    const bool in = own && k < H;
+    w[k] = in ? p.w[k * H + j] : A(0);
+    if constexpr (DENSE) rw[k] = in ? p.res[k * H + j] : A(0);
+  }
+  const A gam = own ? p.gamma[j] : A(0);
+  A res0 = A(0), res1 = A(0);
+  if constexpr (!DENSE) {
+    if (own) {
+      res0 = p.res[j];
+      // R^T d = res[0] * d + swap_pairs(res[1] * d): unit j takes res[1] of its partner j^1.
+      if (rot) res1 = p.res[H + (j ^ 1)];
+    }
+  }
+  for (int idx = j; idx < 4 * BT * K; idx += static_cast<int>(blockDim.x)) sg[idx] = A(0);
+  __syncthreads();
+
+  int64_t len[BT];
+  A dl[BT];  // delta_t[j] of each row
+#pragma unroll
+  for (int r = 0; r < BT; ++r) {
+    len[r] = p.lengths == nullptr || !(own && r < rows) ? T : p.lengths[b0 + r];
+    dl[r] = A(0);
+  }
+  // Phase A of step t for row r: carry is dL/dx_t from the steps after t (grad_hn at t = T-1).
+  auto phase_a = [&](int64_t t, int r, A carry, A go, A av) {
+    const bool valid = t < len[r];
+    const A delta = valid ? carry + go : carry;
+    const A g = valid ? gam * phi_prime(av, nonlin) * delta : A(0);
+    const int64_t o = t * BH + (b0 + r) * H + j;
+    if (p.deltas != nullptr) p.deltas[o] = valid ? delta : A(0);
+    p.g[o] = g;
+    const int half = static_cast<int>(t & 1);
+    sg[(half * BT + r) * K + j] = g;
+    sd[(half * BT + r) * K + j] = delta;
+    dl[r] = delta;
+  };
+#pragma unroll
+  for (int r = 0; r < BT; ++r) {
+    if (own && r < rows) {
+      const int64_t o = (b0 + r) * H + j;
+      phase_a(T - 1, r, p.grad_hn[o], p.grad_out[(T - 1) * BH + o], p.a[(T - 1) * BH + o]);
+    }
+  }
+  // go[q][r], av[q][r]: grad_out and a of step T-2-n at iteration n = q (mod PF) to come
+  A go[PF][BT], av[PF][BT];
+#pragma unroll
+  for (int q = 0; q < PF; ++q) {
+#pragma unroll
+    for (int r = 0; r < BT; ++r) {
+      const int64_t s = T - 2 - q;
+      const bool live = own && r < rows && s >= 0;
+      const int64_t o = live ? s * BH + (b0 + r) * H + j : 0;
+      go[q][r] = live ? p.grad_out[o] : A(0);
+      av[q][r] = live ? p.a[o] : A(0);
+    }
+  }
+  __syncthreads();
+
+  for (int64_t n0 = 0; n0 < T; n0 += PF) {
+#pragma unroll
+    for (int q = 0; q < PF; ++q) {
+      const int64_t n = n0 + q;
+      if (n >= T) break;  // the same for every thread of the block
+      const int64_t t = T - 1 - n;
+      const int cur = static_cast<int>(t & 1);
+      const A* G = sg + cur * BT * K;
+      const A* D = sd + cur * BT * K;
+      A acc[BT][NA];
+      A accR[DENSE ? BT : 1][NA];
+#pragma unroll
+      for (int r = 0; r < BT; ++r) {
+#pragma unroll
+        for (int c = 0; c < NA; ++c) {
+          acc[r][c] = A(0);
+          if constexpr (DENSE) accR[r][c] = A(0);
+        }
+      }
+#pragma unroll
+      for (int k = 0; k < K; k += 4) {
+#pragma unroll
+        for (int r = 0; r < BT; ++r) {
+          A v[4];
+          lds4(G + r * K + k, v);
+#pragma unroll
+          for (int c = 0; c < 4; ++c) acc[r][c % NA] += w[k + c] * v[c];
+          if constexpr (DENSE) {
+            lds4(D + r * K + k, v);
+#pragma unroll
+            for (int c = 0; c < 4; ++c) accR[r][c % NA] += rw[k + c] * v[c];
+          }
+        }
+      }
+#pragma unroll
+      for (int r = 0; r < BT; ++r) {
+        if (own && r < rows) {
+          const A d = dl[r];
+          A rt;
+          if constexpr (DENSE) {
+            rt = sum_acc<NA>(accR[r]);
+          } else {
+            rt = rot ? res0 * d + res1 * D[r * K + (j ^ 1)] : res0 * d;
+          }
+          const bool valid = t < len[r];
+          const A carry = valid ? rt + sum_acc<NA>(acc[r]) : d;  // dL/dx_{t-1}
+          if (t == 0) {
+            p.dx0[(b0 + r) * H + j] = carry;
+          } else {
+            phase_a(t - 1, r, carry, go[q][r], av[q][r]);
+          }
+        }
+        const int64_t s = t - 1 - PF;  // this slot's next step: iteration n + PF needs step T-2-(n+PF)
+        const bool live = own && r < rows && s >= 0;
+        const int64_t o = live ? s * BH + (b0 + r) * H + j : 0;
+        go[q][r] = live ? p.grad_out[o] : A(0);
+        av[q][r] = live ? p.a[o] : A(0);
+      }
+      __syncthreads();  // g_{t-1}, delta_{t-1} complete before the next step reads them
+    }
+  }
+}
+
 struct Backward {
   using Call = BwdCall;
   static constexpr bool kHalfTypes = false;  // ops.py upcasts float16 / bfloat16 before the backward
@@ -228,9 +375,17 @@ struct Backward {
             static_cast<S*>(c.deltas),
             static_cast<S*>(c.exchange)};
   }
+  template <class S>
+  static size_t regs_smem(int K, int BT) {  // two buffers each of g rows and delta rows
+    return 4 * static_cast<size_t>(BT) * K * sizeof(S);
+  }
   template <class S, bool DENSE, int BT, bool GRID>
   static auto kernel() {
     return chain_bwd_kernel<S, DENSE, BT, GRID>;
+  }
+  template <class S, bool DENSE, int BT, int K>
+  static auto regs_kernel() {
+    return chain_bwd_regs_kernel<S, DENSE, BT, K>;
   }
 };
 

@@ -13,6 +13,10 @@
 //   (ld.global.cg), computes its own units, writes them back to L2 (st.global.cg), and the grid meets at
 //   one cooperative-groups grid barrier. The launch is cooperative, so every block is resident and the
 //   barrier cannot deadlock.
+// * register path (WCRNN_CUDA_PATH=regs, opt-in until measured on a GPU): like the block path one block per
+//   tile of BT rows, but one thread per unit i keeps row i of W_hh (and of a dense R) in K registers, so a
+//   step reads only the state rows from shared memory (four words per instruction), u_t is loaded several
+//   steps ahead into registers, and a step needs one barrier. Small H only (regs_slots below).
 //
 // Both paths share the per-step structure of the "torch" backend (wcrnn_kernels/backends/pytorch.py):
 // the matvec is split into KS partial sums per output (threads ks = 0..KS-1 take every KS-th input
@@ -45,7 +49,8 @@ namespace wcrnn_cuda {
 #define WCRNN_DYNAMIC_SMEM(name) extern __shared__ __align__(16) unsigned char name[]
 #endif
 
-constexpr int kThreads = 256;  // threads per block, every kernel
+constexpr int kThreads = 256;  // threads per block, every kernel of the block and grid paths
+constexpr int kRegsThreads = 128;  // at most, the register path (one thread per unit, H <= 128)
 constexpr int kEarly = 4;      // epilogue operands a thread loads before the matvec (the rest load late)
 
 using namespace wcrnn_codes;  // kResDiag / kResRot / kResDense, kTanh / kRelu
@@ -95,6 +100,37 @@ void dispatch_variant(int res_kind, int rows, const char* op, F&& f) {
   }
 }
 
+// The register path: K registers per thread hold a row of W_hh (and K more a dense R's), K in {64, 128}:
+// at most 128 32-bit registers of matrix per thread, so float64 runs H <= 64 and a dense residual
+// float32 H <= 64 (float64 with a dense residual does not fit). regs_slots: the K for H, 0 if none fits.
+template <class A>
+constexpr bool regs_fit(int K, bool dense) {
+  return K * static_cast<int>(sizeof(A) / 4) * (dense ? 2 : 1) <= 128;
+}
+template <class A>
+constexpr int regs_slots(int H, bool dense) {
+  if (H <= 64 && regs_fit<A>(64, dense)) return 64;
+  if (H <= 128 && regs_fit<A>(128, dense)) return 128;
+  return 0;
+}
+// Independent partial sums per row of the matvec (dependency chains of K / NA FMAs): 4, 2 for 8 rows.
+constexpr int regs_accumulators(int BT) { return BT >= 8 ? 2 : 4; }
+template <int NA, class A>
+__host__ __device__ __forceinline__ A sum_acc(const A (&acc)[NA]) {
+  if constexpr (NA == 4) {
+    return (acc[0] + acc[1]) + (acc[2] + acc[3]);
+  } else {
+    return acc[0] + acc[1];
+  }
+}
+// Steps loaded ahead into registers (forward: u_t, one stream; backward: grad_out and a, two), so that a
+// load stays in flight for PF steps before it is used: about 8 registers of them per thread.
+template <class A>
+constexpr int regs_prefetch(int BT, int streams) {
+  const int pf = 8 / (BT * streams * static_cast<int>(sizeof(A) / 4));
+  return pf < 1 ? 1 : pf;
+}
+
 // ---------------------------------------------------------------------------------------------------
 // Device math. tanhf/tanh are the accurate library functions (about 2 ulp); the approximate hardware
 // tanh would not meet the float32 tolerances, so never build these files with --use_fast_math.
@@ -126,6 +162,24 @@ __device__ __forceinline__ float ldcg(const float* p) { return __ldcg(p); }
 __device__ __forceinline__ double ldcg(const double* p) { return __ldcg(p); }
 __device__ __forceinline__ void stcg(float* p, float v) { __stcg(p, v); }
 __device__ __forceinline__ void stcg(double* p, double v) { __stcg(p, v); }
+
+// Four consecutive shared-memory words (16-byte aligned) in one float4 / two double2 loads: the register
+// path's state reads.
+__device__ __forceinline__ void lds4(const float* p, float (&v)[4]) {
+  const float4 q = *reinterpret_cast<const float4*>(p);
+  v[0] = q.x;
+  v[1] = q.y;
+  v[2] = q.z;
+  v[3] = q.w;
+}
+__device__ __forceinline__ void lds4(const double* p, double (&v)[4]) {
+  const double2 q0 = *reinterpret_cast<const double2*>(p);
+  const double2 q1 = *reinterpret_cast<const double2*>(p + 2);
+  v[0] = q0.x;
+  v[1] = q0.y;
+  v[2] = q1.x;
+  v[3] = q1.y;
+}
 
 // ---------------------------------------------------------------------------------------------------
 // Matvec thread layout. A block computes, for BT rows r and its units i < U,
@@ -284,15 +338,17 @@ inline DeviceInfo device_info(int device) {
   return d;
 }
 
-enum class PathChoice { kAuto, kBlock, kGrid };
+enum class PathChoice { kAuto, kBlock, kGrid, kRegs };
 
-// WCRNN_CUDA_PATH=auto|block|grid forces a path (tests use it to run both paths at small H).
+// WCRNN_CUDA_PATH=auto|block|grid|regs forces a path (tests use it to run every path at small H; auto never
+// picks the register path yet).
 inline PathChoice path_from_env() {
   const char* v = std::getenv("WCRNN_CUDA_PATH");
   if (v == nullptr || *v == '\0' || std::strcmp(v, "auto") == 0) return PathChoice::kAuto;
   if (std::strcmp(v, "block") == 0) return PathChoice::kBlock;
   if (std::strcmp(v, "grid") == 0) return PathChoice::kGrid;
-  TORCH_CHECK(false, "WCRNN_CUDA_PATH: expected 'auto', 'block' or 'grid', got '", v, "'");
+  if (std::strcmp(v, "regs") == 0) return PathChoice::kRegs;
+  TORCH_CHECK(false, "WCRNN_CUDA_PATH: expected 'auto', 'block', 'grid' or 'regs', got '", v, "'");
   return PathChoice::kAuto;
 }
 
@@ -323,6 +379,8 @@ inline int row_groups_from_env() {
 
 struct Plan {
   bool grid = false;
+  int regs = 0;             // register path: K, the registers per thread that hold a row of W_hh; 0 otherwise
+  int threads = kThreads;   // threads per block
   int rows = 1;             // BT (one of kRowChoices): batch rows per tile (block path) / per chunk (grid)
   int U = 0;                // units per block (H on the block path)
   int64_t blocks = 0;       // block path: batch tiles; grid path: unit_blocks * row_groups
@@ -339,8 +397,12 @@ inline int even_up(int64_t n) { return static_cast<int>(n + (n & 1)); }
 // grid path: at most one block per SM, split two ways, over units (blockIdx.x: the fewest slices whose
 // W_hh rows fit shared memory, more if SMs are left) and over batch rows (blockIdx.y: up to one group per
 // BT rows). Each block then runs ceil(rows_per_group / BT) chunks per step.
-template <class SmemOf>
-Plan plan_chain(const char* op, int64_t B, int H, const DeviceInfo& dev, SmemOf smem_of) {
+//
+// The register path only when forced (WCRNN_CUDA_PATH=regs): regs_k is its K for this H, dtype and residual
+// form (0: it cannot run them), regs_smem_of(BT) its shared memory.
+template <class SmemOf, class RegsSmemOf>
+Plan plan_chain(const char* op, int64_t B, int H, const DeviceInfo& dev, SmemOf smem_of, int regs_k,
+                RegsSmemOf regs_smem_of) {
   const PathChoice choice = path_from_env();
   const int env_rows = rows_from_env();
   const int env_groups = row_groups_from_env();
@@ -357,6 +419,18 @@ Plan plan_chain(const char* op, int64_t B, int H, const DeviceInfo& dev, SmemOf 
       }
     }
     if (env_rows) bt = env_rows;
+    if (choice == PathChoice::kRegs) {
+      TORCH_CHECK(regs_k > 0, op, ": WCRNN_CUDA_PATH=regs but H=", H, " does not fit the register path in this ",
+                  "dtype and residual form (H <= 128 in float32, float16 and bfloat16; H <= 64 in float64 or ",
+                  "with a dense residual; not float64 with a dense residual)");
+      p.regs = regs_k;
+      p.threads = static_cast<int>(ceil_div(H, 32) * 32);
+      p.rows = bt;
+      p.U = H;
+      p.blocks = ceil_div(B, bt);
+      p.smem = regs_smem_of(bt);
+      return p;
+    }
     const size_t smem = smem_of(H, bt, false);
     if (smem <= optin) {
       p.grid = false;
@@ -419,7 +493,7 @@ void launch_kernel(const char* op, Kernel kernel, const Plan& plan, const Device
   void* args[] = {&params};
   if (!plan.grid) {
     TORCH_CHECK(plan.blocks <= 0x7fffffff, op, ": ", plan.blocks, " thread blocks exceed the grid limit");
-    C10_CUDA_CHECK(cudaLaunchKernel(kernel, dim3(static_cast<unsigned int>(plan.blocks)), dim3(kThreads), args,
+    C10_CUDA_CHECK(cudaLaunchKernel(kernel, dim3(static_cast<unsigned int>(plan.blocks)), dim3(plan.threads), args,
                                     plan.smem, stream));
     C10_CUDA_KERNEL_LAUNCH_CHECK();
     return;
@@ -489,16 +563,31 @@ ChainParams<S> chain_params(const ChainCall& c, const Plan& plan) {
 //   static constexpr bool kHalfTypes            float16 / bfloat16 instantiations exist
 //   static constexpr const char* kOp            "wcrnn_C::chain_fwd", for messages
 //   static size_t smem<S>(H, U, BT, grid, dense)  dynamic shared memory per block
+//   static size_t regs_smem<S>(K, BT)           the same for the register path
 //   static params<S>(chain, call)               the kernel parameters: `chain` plus the direction's own
 //   static kernel<S, DENSE, BT, GRID>()         the kernel instantiation
+//   static regs_kernel<S, DENSE, BT, K>()       the register path's (only where regs_fit)
 template <class Dir>
 Plan plan_chain_call(const typename Dir::Call& c, const DeviceInfo& dev) {
   return dispatch_dtype<Dir::kHalfTypes>(c.dtype, Dir::kOp, [&](auto tag) {
     using S = typename decltype(tag)::type;
+    using A = typename AccType<S>::type;
     const bool dense = c.res_kind == kResDense;
-    return plan_chain(Dir::kOp, c.B, c.H, dev,
-                      [&](int U, int BT, bool grid) { return Dir::template smem<S>(c.H, U, BT, grid, dense); });
+    const int regs_k = regs_slots<A>(c.H, dense);
+    return plan_chain(
+        Dir::kOp, c.B, c.H, dev, [&](int U, int BT, bool grid) { return Dir::template smem<S>(c.H, U, BT, grid, dense); },
+        regs_k, [&](int BT) { return Dir::template regs_smem<S>(regs_k, BT); });
   });
+}
+
+// The register path's kernel for K, instantiated only where regs_fit.
+template <class Dir, class S, bool DENSE, int BT, int K, class Params>
+void launch_regs(const Plan& plan, const DeviceInfo& dev, const Params& p, cudaStream_t stream) {
+  if constexpr (regs_fit<typename AccType<S>::type>(K, DENSE)) {
+    launch_kernel(Dir::kOp, Dir::template regs_kernel<S, DENSE, BT, K>(), plan, dev, p, stream);
+  } else {
+    TORCH_CHECK(false, Dir::kOp, ": internal error: the register path planned K=", K, " where it does not fit");
+  }
 }
 
 template <class Dir>
@@ -509,7 +598,11 @@ void launch_chain_call(const typename Dir::Call& c, const Plan& plan, const Devi
       constexpr bool DENSE = decltype(dense)::value;
       constexpr int BT = decltype(rows)::value;
       const auto p = Dir::template params<S>(chain_params<S>(c, plan), c);
-      if (plan.grid) {
+      if (plan.regs == 64) {
+        launch_regs<Dir, S, DENSE, BT, 64>(plan, dev, p, c.stream);
+      } else if (plan.regs == 128) {
+        launch_regs<Dir, S, DENSE, BT, 128>(plan, dev, p, c.stream);
+      } else if (plan.grid) {
         TORCH_CHECK(c.exchange != nullptr, Dir::kOp,
                     ": internal error: the grid path needs its exchange buffer");
         launch_kernel(Dir::kOp, Dir::template kernel<S, DENSE, BT, true>(), plan, dev, p, c.stream);

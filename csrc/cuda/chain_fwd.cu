@@ -147,6 +147,125 @@ __global__ void __launch_bounds__(kThreads) chain_fwd_kernel(const FwdParams<S> 
   }
 }
 
+// The register path (chain_cuda.cuh): thread i owns unit i of BT batch rows. Row i of W_hh (and of a dense R)
+// stays in registers; the state rows x_{t-1} / x_t alternate between two shared-memory buffers of K words per
+// row, zero past H, and the thread's own x_{t-1}[i] is also kept in a register. u_t of the thread's units is
+// loaded PF steps ahead (the time loop is unrolled by PF so that every prefetch slot is a fixed register).
+// Same step as the block path: a = u_t + W_hh x_{t-1}, x_t = R(x_{t-1}) + gamma * phi(a), masked by lengths.
+template <class S, bool DENSE, int BT, int K>
+__global__ void __launch_bounds__(kRegsThreads) chain_fwd_regs_kernel(const FwdParams<S> p) {
+  using A = typename AccType<S>::type;
+  constexpr int NA = regs_accumulators(BT);
+  constexpr int PF = regs_prefetch<A>(BT, 1);
+  const int H = p.H, nonlin = p.nonlin;
+  const bool rot = !DENSE && p.res_kind == kResRot;
+  const int64_t T = p.T, B = p.B, BH = p.B * p.H;
+  const int i = static_cast<int>(threadIdx.x);
+  const bool own = i < H;
+  const int64_t b0 = static_cast<int64_t>(blockIdx.x) * BT;
+  const int rows = static_cast<int>(min(static_cast<int64_t>(BT), B - b0));
+
+  WCRNN_DYNAMIC_SMEM(smem);
+  A* xs = reinterpret_cast<A*>(smem);  // [2][BT][K] state rows
+
+  A w[K];
+  A rw[DENSE ? K : 1];
+#pragma unroll
+  for (int k = 0; k < K; ++k) {
+    const bool in = own && k < H;
+    w[k] = in ? static_cast<A>(p.w[i * H + k]) : A(0);
+    if constexpr (DENSE) rw[k] = in ? static_cast<A>(p.res[i * H + k]) : A(0);
+  }
+  const A gam = own ? static_cast<A>(p.gamma[i]) : A(0);
+  A res0 = A(0), res1 = A(0);
+  if constexpr (!DENSE) {
+    if (own) {
+      res0 = static_cast<A>(p.res[i]);                // diagonal: R(x)[i] = res[i] x[i]
+      if (rot) res1 = static_cast<A>(p.res[H + i]);  // rotation: + res[1][i] x[i^1]
+    }
+  }
+  // Zero both buffers (padding past H and rows past B are read by the matvec), then x0 of the own unit.
+  for (int idx = i; idx < 2 * BT * K; idx += static_cast<int>(blockDim.x)) xs[idx] = A(0);
+  __syncthreads();
+  int64_t len[BT];
+  A xo[BT];  // x_{t-1}[i] of each row
+#pragma unroll
+  for (int r = 0; r < BT; ++r) {
+    const bool live = own && r < rows;
+    len[r] = p.lengths == nullptr || !live ? T : p.lengths[b0 + r];
+    xo[r] = live ? static_cast<A>(p.x0[(b0 + r) * H + i]) : A(0);
+    if (live) xs[r * K + i] = xo[r];
+  }
+  A up[PF][BT];  // up[q][r] = u_t[b0 + r][i] for the step t = q (mod PF) to come
+#pragma unroll
+  for (int q = 0; q < PF; ++q) {
+#pragma unroll
+    for (int r = 0; r < BT; ++r) {
+      up[q][r] = own && r < rows && q < T ? static_cast<A>(p.u[q * BH + (b0 + r) * H + i]) : A(0);
+    }
+  }
+  __syncthreads();
+
+  int cur = 0;  // xs[cur] holds x_{t-1}, the step writes x_t into xs[cur ^ 1]
+  for (int64_t t0 = 0; t0 < T; t0 += PF) {
+#pragma unroll
+    for (int q = 0; q < PF; ++q) {
+      const int64_t t = t0 + q;
+      if (t >= T) break;  // the same for every thread of the block
+      const A* X = xs + cur * BT * K;
+      A* Xn = xs + (cur ^ 1) * BT * K;
+      A acc[BT][NA];
+      A accR[DENSE ? BT : 1][NA];
+#pragma unroll
+      for (int r = 0; r < BT; ++r) {
+#pragma unroll
+        for (int c = 0; c < NA; ++c) {
+          acc[r][c] = A(0);
+          if constexpr (DENSE) accR[r][c] = A(0);
+        }
+      }
+#pragma unroll
+      for (int k = 0; k < K; k += 4) {
+#pragma unroll
+        for (int r = 0; r < BT; ++r) {
+          A v[4];
+          lds4(X + r * K + k, v);
+#pragma unroll
+          for (int c = 0; c < 4; ++c) {
+            acc[r][c % NA] += w[k + c] * v[c];
+            if constexpr (DENSE) accR[r][c % NA] += rw[k + c] * v[c];
+          }
+        }
+      }
+#pragma unroll
+      for (int r = 0; r < BT; ++r) {
+        if (own && r < rows) {
+          const A a = up[q][r] + sum_acc<NA>(acc[r]);
+          const A xp = xo[r];
+          A rx;
+          if constexpr (DENSE) {
+            rx = sum_acc<NA>(accR[r]);
+          } else {
+            rx = rot ? res0 * xp + res1 * X[r * K + (i ^ 1)] : res0 * xp;
+          }
+          const bool valid = t < len[r];
+          const A x = valid ? rx + gam * phi(a, nonlin) : xp;  // past the length the state is kept
+          const int64_t o = (b0 + r) * H + i;
+          p.out[t * BH + o] = valid ? static_cast<S>(x) : static_cast<S>(A(0));
+          if (p.a_out != nullptr) p.a_out[t * BH + o] = valid ? static_cast<S>(a) : static_cast<S>(A(0));
+          if (t == T - 1) p.hn[o] = static_cast<S>(x);
+          Xn[r * K + i] = x;
+          xo[r] = x;
+        }
+        const int64_t tn = t + PF;  // this slot's next step
+        up[q][r] = own && r < rows && tn < T ? static_cast<A>(p.u[tn * BH + (b0 + r) * H + i]) : A(0);
+      }
+      __syncthreads();  // x_t complete before the next step reads it; x_{t-1} read before it is overwritten
+      cur ^= 1;
+    }
+  }
+}
+
 struct Forward {
   using Call = FwdCall;
   static constexpr bool kHalfTypes = true;
@@ -167,9 +286,17 @@ struct Forward {
             static_cast<S*>(c.a_out),
             static_cast<typename AccType<S>::type*>(c.exchange)};
   }
+  template <class S>
+  static size_t regs_smem(int K, int BT) {  // two buffers of state rows
+    return 2 * static_cast<size_t>(BT) * K * sizeof(typename AccType<S>::type);
+  }
   template <class S, bool DENSE, int BT, bool GRID>
   static auto kernel() {
     return chain_fwd_kernel<S, DENSE, BT, GRID>;
+  }
+  template <class S, bool DENSE, int BT, int K>
+  static auto regs_kernel() {
+    return chain_fwd_regs_kernel<S, DENSE, BT, K>;
   }
 };
 

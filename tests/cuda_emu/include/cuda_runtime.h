@@ -50,6 +50,12 @@ struct dim3 {
 struct uint3 {
   unsigned int x, y, z;
 };
+struct __align__(16) float4 {
+  float x, y, z, w;
+};
+struct __align__(16) double2 {
+  double x, y;
+};
 
 namespace wcrnn_emu {
 const uint3& thread_idx();
