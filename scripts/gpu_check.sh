@@ -13,7 +13,7 @@
 #   and compared bit for bit); one benchmark line per (nn.RNN/cuDNN, cuda, triton, GEMM floor) x (forward,
 #   forward+backward) x (float32, bfloat16) x (S1-S4, G4) with microseconds per step (scripts/gpu_bench.py),
 #   and in float32 nn.RNN without TF32 and Triton at "high" / "medium" matmul precision (is the gap TF32?);
-#   the opt-in register path of the CUDA kernels (cuda:regs) at S1, S2, S4; Nsight Compute on the block and
+#   the opt-in register path of the CUDA kernels (cuda:regs) at S1-S4; Nsight Compute on the block and
 #   register paths' kernels at S1 (scripts/gpu_profile.py; its report goes to full.log, key lines to summary).
 # Tier 2 (about 3 minutes): compute-sanitizer memcheck over every CUDA path x residual forms x dtypes and a
 #   few Triton launches; racecheck and synccheck on float32 cases (scripts/gpu_sanitize_cases.py). A plan the
@@ -181,9 +181,9 @@ tier1() {
     run_or_fail fp32-precision 90 "$WORK/fp32-precision.log" $PY scripts/gpu_bench.py --out "$OUTDIR/bench.jsonl" \
         --impls nn.RNN-noTF32,triton@high,triton@medium --dtypes float32 --shapes "$shapes" --tag fp32-precision \
         "${DRYARG[@]}"
-    # the opt-in register path of the CUDA kernels (H <= 128) at the shapes it runs: does it beat the block path
-    # (the bench lines above) and cuDNN? If so, "auto" should take it.
-    local rshapes=S1,S2,S4
+    # the opt-in register path of the CUDA kernels (H <= 256) at the shapes it runs: does it beat the block and
+    # grid paths (the bench lines above) and cuDNN? If so, "auto" should take it.
+    local rshapes=S1,S2,S3,S4
     [ "$DRY" = 1 ] && rshapes=S2
     run_or_fail cuda-regs 90 "$WORK/cuda-regs.log" $PY scripts/gpu_bench.py --out "$OUTDIR/bench.jsonl" \
         --impls cuda:regs --shapes "$rshapes" --tag cuda-regs "${DRYARG[@]}"

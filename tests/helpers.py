@@ -390,8 +390,9 @@ def assert_launch_path(log, path, n_min=2, several_blocks=True):
     assert len(log) >= n_min, log
     for line in log:
         assert "FAILED" not in line, line
-        if path == "regs":  # one thread per unit: at most 128 threads
-            assert line.startswith("ordinary") and int(line.split("block=")[1].split()[0]) <= 128, line
+        if path == "regs":  # one thread per unit, in whole warps: at most 256 threads
+            threads = int(line.split("block=")[1].split()[0])
+            assert line.startswith("ordinary") and threads <= 256 and threads % 32 == 0, line
         elif path == "block":
             assert line.startswith("ordinary") and " block=256 " in line, line
         else:

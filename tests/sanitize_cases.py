@@ -35,7 +35,9 @@ CUDA_PLANS = (("block", "", ""), ("grid", "", ""), ("grid", "8", "1"), ("block",
 CUDA_DTYPES = ("float64", "float32", "float16", "bfloat16")
 CUDA_KINDS = ("diagonal", "rotational", "dense")
 CUDA_SIZES = ((3, 5, 17), (1, 1, 2), (2, 13, 130))
-REGS_SIZES = ((10, 3, 100),)  # the register path's wide rows (K = 128); T past its deepest prefetch (8 steps)
+# the register path's wide rows (K = 128 in float32, a shared-memory tail in float64) and a tail in float32;
+# T past its deepest prefetch (8 steps)
+REGS_SIZES = ((10, 3, 100), (3, 2, 202))
 _BYTES = {"float64": 8, "float32": 4, "float16": 2, "bfloat16": 2}
 
 
@@ -43,17 +45,15 @@ def cuda_path_refused(path, kind, H, dtype="float64"):
     """The planner's refusal message (a regular expression) for a forced CUDA path that cannot run (kind, H,
     dtype) on any sm_80 / sm_90 GPU, else None. dtype: a name or a torch dtype. The block path: W_hh (and a
     dense R) must fit one block's shared memory (at most 227 KiB). The register path (chain_cuda.cuh
-    regs_slots): 128 32-bit registers of matrix per thread, rows of K = 64 or 128 words, so H <= 128 in
-    float32 / float16 / bfloat16 and H <= 64 in float64 or with a dense residual, never float64 with a dense
-    residual."""
+    regs_slots): 128 32-bit registers of matrix per thread hold K = 64 or 128 words of a row, at most K more
+    in shared memory without a dense residual: H <= 256 in float32 / float16 / bfloat16, H <= 128 in float64,
+    H <= 64 with a dense residual and never float64 with one."""
     nbytes = _BYTES[str(dtype).rsplit(".", 1)[-1]]
     dense = kind == "dense"
     if path == "block" and H * H * (2 if dense else 1) * nbytes > 227 * 1024:
         return f"WCRNN_CUDA_PATH=block but H={H} needs .* bytes of shared memory"
-    if path == "regs":
-        words = 2 if nbytes == 8 else 1
-        if not any(H <= K and K * words * (2 if dense else 1) <= 128 for K in (64, 128)):
-            return f"WCRNN_CUDA_PATH=regs but H={H} does not fit the register path"
+    if path == "regs" and (H > (128 if nbytes == 8 else 256) or (dense and (H > 64 or nbytes == 8))):
+        return f"WCRNN_CUDA_PATH=regs but H={H} does not fit the register path"
     return None
 
 

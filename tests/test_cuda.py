@@ -104,13 +104,13 @@ def test_every_tile_height(target, monkeypatch, rows, path, kind):
     check_launches(target, ran, path)
 
 
-# The register path in the dtypes that reach its wide rows (K = 128 for 64 < H <= 128, and the dense form at
-# H <= 64, neither of which float64 runs) with every tile height. T = 11 is longer than every prefetch depth
+# The register path in the dtypes that reach its wide rows (K = 128 for 64 < H <= 256, the words past 128 in
+# shared memory, and the dense form at H <= 64, none of which float64 runs) with every tile height. T = 11 is longer than every prefetch depth
 # (8, 4, 2, 1 steps) and not a multiple of any, so the unrolled time loop ends mid-round.
 @pytest.mark.parametrize("rows", ["1", "4", "8"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=["float32", "float16", "bfloat16"])
 @pytest.mark.parametrize("kind", ["scalar", "rotational", "dense"])
-@pytest.mark.parametrize("H", [6, 64, 100, 128])
+@pytest.mark.parametrize("H", [6, 64, 100, 128, 202])
 def test_register_path_low_precision(target, monkeypatch, rows, dtype, kind, H):
     force_path(monkeypatch, "regs")
     monkeypatch.setenv("WCRNN_CUDA_ROWS", rows)
@@ -122,6 +122,17 @@ def test_register_path_low_precision(target, monkeypatch, rows, dtype, kind, H):
     else:
         check_low_precision(case, target.backend, dtype, "tanh", device=target.device)
     check_launches(target, not refusal, "regs")
+
+
+@pytest.mark.parametrize("rows", ["1", "4", "8"])
+@pytest.mark.parametrize("kind", ["scalar", "rotational"])
+def test_register_path_float64_tail(target, monkeypatch, rows, kind):
+    """float64 rows past the 64 words in registers come from shared memory (H = 102: 38 of them)."""
+    force_path(monkeypatch, "regs")
+    monkeypatch.setenv("WCRNN_CUDA_ROWS", rows)
+    ran = compare_with_reference(make_case(kind, 9, 13, 102, lengths=True, seed=9), target, "regs", kind, 102, "relu")
+    check_launches(target, ran, "regs")
+    assert ran
 
 
 @pytest.mark.parametrize("path", PATHS)

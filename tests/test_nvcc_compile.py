@@ -254,8 +254,10 @@ static size_t fwd_bytes(int H, int U, int BT, bool grid, bool dense, size_t ab, 
 static size_t bwd_bytes(int H, int U, int BT, bool grid, bool dense, size_t ab) {
   return smem_layout(H, U, BT, dense, 1, grid ? (dense ? 1 : 0) : 2, ab, ab).total;
 }
-// The register path: Forward::regs_smem / Backward::regs_smem (two or four buffers of BT rows of K words).
-static size_t regs_bytes(int dir, int K, int BT, size_t ab) { return (dir == 0 ? 2 : 4) * size_t(BT) * K * ab; }
+// The register path: Forward::regs_smem / Backward::regs_smem (two or four buffers of BT rows, the tail of W_hh).
+static size_t regs_bytes(int dir, int H, int K, int BT, size_t ab) {
+  return ((dir == 0 ? 2 : 4) * size_t(BT) * regs_row_words(H, K) + size_t(regs_tail_rows(H, K)) * H) * ab;
+}
 
 int main(int argc, char** argv) {
   // argv: sms smem_optin B H dense acc_bytes w_bytes
@@ -266,7 +268,7 @@ int main(int argc, char** argv) {
   for (int dir = 0; dir < 2; ++dir) {
     try {
       const int K = ab == 8 ? regs_slots<double>(H, dense) : regs_slots<float>(H, dense);
-      auto regs_smem = [&](int BT) { return regs_bytes(dir, K, BT, ab); };
+      auto regs_smem = [&](int BT) { return regs_bytes(dir, H, K, BT, ab); };
       Plan p = dir == 0
         ? plan_chain("fwd", B, H, d, [&](int U, int BT, bool g) { return fwd_bytes(H, U, BT, g, dense, ab, wb); },
                      K, regs_smem)
@@ -359,14 +361,20 @@ def test_planner_paths_and_knobs(probe):
     assert not any(q["ok"] for q in probe("A100", 8, 1024, False, "float32", {"WCRNN_CUDA_PATH": "block"})[0])
     assert not any(q["ok"] for q in probe("A100", 8, 64, False, "float32", {"WCRNN_CUDA_ROWS": "3"})[0])
     # The register path, only when forced: one thread per unit, K = 64 or 128 registers of W_hh per thread,
-    # the tile height as on the block path, two (forward) or four (backward) buffers of BT rows of K words.
+    # the tile height as on the block path, two (forward) or four (backward) buffers of BT rows of K words
+    # (H rounded up to 4 past K), and the rows' words past K in shared memory.
     f, b = probe("H100", 32, 128, False, "float32", {"WCRNN_CUDA_PATH": "regs"})[0]
     assert f["ok"] and (f["regs"], f["threads"], f["rows"], f["blocks"], f["smem"]) == (128, 128, 1, 32, 1024), f
     assert b["ok"] and (b["regs"], b["smem"]) == (128, 2048), b
     f, _ = probe("H100", 200, 17, True, "float32", {"WCRNN_CUDA_PATH": "regs"})[0]
     assert (f["regs"], f["threads"], f["rows"], f["blocks"], f["smem"]) == (64, 32, 4, 50, 2048), f
     assert probe("H100", 8, 64, False, "float64", {"WCRNN_CUDA_PATH": "regs"})[0][1]["regs"] == 64
-    for H, dense, dtype in ((129, False, "float32"), (65, True, "float32"), (65, False, "float64"),
+    f, b = probe("H100", 64, 256, False, "float32", {"WCRNN_CUDA_PATH": "regs"})[0]  # S3: 128 words in registers
+    assert (f["regs"], f["threads"], f["blocks"], f["smem"]) == (128, 256, 64, (2 * 256 + 128 * 256) * 4), f
+    assert b["smem"] == (4 * 256 + 128 * 256) * 4, b
+    f, _ = probe("H100", 3, 101, False, "float64", {"WCRNN_CUDA_PATH": "regs"})[0]
+    assert (f["regs"], f["threads"], f["smem"]) == (64, 128, (2 * 104 + 40 * 101) * 8), f
+    for H, dense, dtype in ((257, False, "float32"), (65, True, "float32"), (129, False, "float64"),
                             (8, True, "float64")):
         assert not any(q["ok"] for q in probe("H100", 8, H, dense, dtype, {"WCRNN_CUDA_PATH": "regs"})[0]), H
     # Beyond the shared memory of the device: a clear error (caught here), never a launch.

@@ -209,9 +209,9 @@ __global__ void __launch_bounds__(kThreads) chain_bwd_kernel(const BwdParams<S> 
 }
 
 // The register path (chain_cuda.cuh): thread j owns unit j of BT batch rows and keeps column j of W_hh (and
-// of a dense R) in registers, so (W_hh^T g_t)[j] and (R^T delta_t)[j] need only the g_t / delta_t rows,
-// which alternate between two shared-memory buffers each (zero past H); its own delta_t[j] is also kept in a
-// register. grad_out and a of step t-1 are loaded PF steps ahead. The same phases as the block path: phase A
+// of a dense R) in registers, its words past K (no dense R then) in a shared-memory tail Wt[(k - K) * H + j],
+// so (W_hh^T g_t)[j] and (R^T delta_t)[j] need only the g_t / delta_t rows, which alternate between two
+// shared-memory buffers each (XS words per row, zero past H); its own delta_t[j] is also kept in a register. grad_out and a of step t-1 are loaded PF steps ahead. The same phases as the block path: phase A
 // of step T-1 as a prologue, then for t = T-1 .. 0 phase B of step t and phase A of step t-1, one barrier.
 template <class S, bool DENSE, int BT, int K>
 __global__ void __launch_bounds__(kRegsThreads) chain_bwd_regs_kernel(const BwdParams<S> p) {
@@ -226,9 +226,11 @@ __global__ void __launch_bounds__(kRegsThreads) chain_bwd_regs_kernel(const BwdP
   const int64_t b0 = static_cast<int64_t>(blockIdx.x) * BT;
   const int rows = static_cast<int>(min(static_cast<int64_t>(BT), B - b0));
 
+  const int XS = regs_row_words(H, K), tail = regs_tail_rows(H, K);
   WCRNN_DYNAMIC_SMEM(smem);
-  A* sg = reinterpret_cast<A*>(smem);  // [2][BT][K] g rows, the half t & 1 holds g_t
-  A* sd = sg + 2 * BT * K;             // [2][BT][K] delta rows, likewise
+  A* sg = reinterpret_cast<A*>(smem);  // [2][BT][XS] g rows, the half t & 1 holds g_t
+  A* sd = sg + 2 * BT * XS;            // [2][BT][XS] delta rows, likewise
+  A* Wt = sd + 2 * BT * XS;            // [tail][H] the columns' words past K: Wt[(k - K) * H + j] = W[k, j]
 
   A w[K];  // w[k] = W_hh[k, j]
   A rw[DENSE ? K : 1];
@@ -247,7 +249,11 @@ __global__ void __launch_bounds__(kRegsThreads) chain_bwd_regs_kernel(const BwdP
       if (rot) res1 = p.res[H + (j ^ 1)];
     }
   }
-  for (int idx = j; idx < 4 * BT * K; idx += static_cast<int>(blockDim.x)) sg[idx] = A(0);
+  for (int idx = j; idx < 4 * BT * XS; idx += static_cast<int>(blockDim.x)) sg[idx] = A(0);
+  for (int idx = j; idx < tail * H; idx += static_cast<int>(blockDim.x)) {
+    const int k = K + idx / H;
+    Wt[idx] = k < H ? p.w[k * H + idx % H] : A(0);
+  }
   __syncthreads();
 
   int64_t len[BT];
@@ -266,8 +272,8 @@ __global__ void __launch_bounds__(kRegsThreads) chain_bwd_regs_kernel(const BwdP
     if (p.deltas != nullptr) p.deltas[o] = valid ? delta : A(0);
     p.g[o] = g;
     const int half = static_cast<int>(t & 1);
-    sg[(half * BT + r) * K + j] = g;
-    sd[(half * BT + r) * K + j] = delta;
+    sg[(half * BT + r) * XS + j] = g;
+    sd[(half * BT + r) * XS + j] = delta;
     dl[r] = delta;
   };
 #pragma unroll
@@ -299,8 +305,8 @@ __global__ void __launch_bounds__(kRegsThreads) chain_bwd_regs_kernel(const BwdP
       if (n >= T) break;  // the same for every thread of the block
       const int64_t t = T - 1 - n;
       const int cur = static_cast<int>(t & 1);
-      const A* G = sg + cur * BT * K;
-      const A* D = sd + cur * BT * K;
+      const A* G = sg + cur * BT * XS;
+      const A* D = sd + cur * BT * XS;
       A acc[BT][NA];
       A accR[DENSE ? BT : 1][NA];
 #pragma unroll
@@ -316,13 +322,27 @@ __global__ void __launch_bounds__(kRegsThreads) chain_bwd_regs_kernel(const BwdP
 #pragma unroll
         for (int r = 0; r < BT; ++r) {
           A v[4];
-          lds4(G + r * K + k, v);
+          lds4(G + r * XS + k, v);
 #pragma unroll
           for (int c = 0; c < 4; ++c) acc[r][c % NA] += w[k + c] * v[c];
           if constexpr (DENSE) {
-            lds4(D + r * K + k, v);
+            lds4(D + r * XS + k, v);
 #pragma unroll
             for (int c = 0; c < 4; ++c) accR[r][c % NA] += rw[k + c] * v[c];
+          }
+        }
+      }
+      if constexpr (!DENSE) {
+        for (int k = 0; k < tail; k += 4) {  // the column's words past K, from shared memory
+          A wt[4];
+#pragma unroll
+          for (int c = 0; c < 4; ++c) wt[c] = own ? Wt[(k + c) * H + j] : A(0);
+#pragma unroll
+          for (int r = 0; r < BT; ++r) {
+            A v[4];
+            lds4(G + r * XS + K + k, v);
+#pragma unroll
+            for (int c = 0; c < 4; ++c) acc[r][c % NA] += wt[c] * v[c];
           }
         }
       }
@@ -334,7 +354,7 @@ __global__ void __launch_bounds__(kRegsThreads) chain_bwd_regs_kernel(const BwdP
           if constexpr (DENSE) {
             rt = sum_acc<NA>(accR[r]);
           } else {
-            rt = rot ? res0 * d + res1 * D[r * K + (j ^ 1)] : res0 * d;
+            rt = rot ? res0 * d + res1 * D[r * XS + (j ^ 1)] : res0 * d;
           }
           const bool valid = t < len[r];
           const A carry = valid ? rt + sum_acc<NA>(acc[r]) : d;  // dL/dx_{t-1}
@@ -376,8 +396,9 @@ struct Backward {
             static_cast<S*>(c.exchange)};
   }
   template <class S>
-  static size_t regs_smem(int K, int BT) {  // two buffers each of g rows and delta rows
-    return 4 * static_cast<size_t>(BT) * K * sizeof(S);
+  static size_t regs_smem(int H, int K, int BT) {  // two buffers each of g rows and delta rows, the tail of W_hh
+    return (4 * static_cast<size_t>(BT) * regs_row_words(H, K) + static_cast<size_t>(regs_tail_rows(H, K)) * H) *
+           sizeof(S);
   }
   template <class S, bool DENSE, int BT, bool GRID>
   static auto kernel() {

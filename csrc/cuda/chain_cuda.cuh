@@ -14,9 +14,10 @@
 //   one cooperative-groups grid barrier. The launch is cooperative, so every block is resident and the
 //   barrier cannot deadlock.
 // * register path (WCRNN_CUDA_PATH=regs, opt-in until measured on a GPU): like the block path one block per
-//   tile of BT rows, but one thread per unit i keeps row i of W_hh (and of a dense R) in K registers, so a
-//   step reads only the state rows from shared memory (four words per instruction), u_t is loaded several
-//   steps ahead into registers, and a step needs one barrier. Small H only (regs_slots below).
+//   tile of BT rows, but one thread per unit i keeps row i of W_hh (and of a dense R) in K registers (beyond
+//   K words the row is read from shared memory), so a step reads mostly the state rows from shared memory
+//   (four words per instruction), u_t is loaded several steps ahead into registers, and a step needs one
+//   barrier. H <= 256 (regs_slots below).
 //
 // Both paths share the per-step structure of the "torch" backend (wcrnn_kernels/backends/pytorch.py):
 // the matvec is split into KS partial sums per output (threads ks = 0..KS-1 take every KS-th input
@@ -50,7 +51,7 @@ namespace wcrnn_cuda {
 #endif
 
 constexpr int kThreads = 256;  // threads per block, every kernel of the block and grid paths
-constexpr int kRegsThreads = 128;  // at most, the register path (one thread per unit, H <= 128)
+constexpr int kRegsThreads = 256;  // at most, the register path (one thread per unit, H <= 256)
 constexpr int kEarly = 4;      // epilogue operands a thread loads before the matvec (the rest load late)
 
 using namespace wcrnn_codes;  // kResDiag / kResRot / kResDense, kTanh / kRelu
@@ -100,19 +101,30 @@ void dispatch_variant(int res_kind, int rows, const char* op, F&& f) {
   }
 }
 
-// The register path: K registers per thread hold a row of W_hh (and K more a dense R's), K in {64, 128}:
-// at most 128 32-bit registers of matrix per thread, so float64 runs H <= 64 and a dense residual
-// float32 H <= 64 (float64 with a dense residual does not fit). regs_slots: the K for H, 0 if none fits.
+// The register path: K registers per thread hold the first K words of a row of W_hh (and K more a dense R's),
+// K in {64, 128}: at most 128 32-bit registers of matrix per thread. Without a dense residual the rest of the
+// row, up to K more words, is read from shared memory (the "tail"), so the path runs H <= 256 in float32 /
+// float16 / bfloat16 (K = 128) and H <= 128 in float64 (K = 64); with a dense residual H <= 64 in float32 and
+// the half types (no tail), never in float64. regs_slots: the K for H, 0 if the path cannot run it.
 template <class A>
 constexpr bool regs_fit(int K, bool dense) {
   return K * static_cast<int>(sizeof(A) / 4) * (dense ? 2 : 1) <= 128;
 }
 template <class A>
 constexpr int regs_slots(int H, bool dense) {
-  if (H <= 64 && regs_fit<A>(64, dense)) return 64;
-  if (H <= 128 && regs_fit<A>(128, dense)) return 128;
-  return 0;
+  if (dense) return H <= 64 && regs_fit<A>(64, true) ? 64 : 0;
+  const int kmax = regs_fit<A>(128, false) ? 128 : 64;
+  if (H <= 64) return 64;
+  if (H <= kmax) return kmax;
+  return H <= 2 * kmax ? kmax : 0;
 }
+// Words per state row in shared memory (H rounded up to 4, at least K: the register part reads K of them) and
+// rows of the tail (columns K .. XS-1 of W_hh, zero past H).
+__host__ __device__ constexpr int regs_row_words(int H, int K) {
+  const int h4 = (H + 3) / 4 * 4;
+  return h4 > K ? h4 : K;
+}
+__host__ __device__ constexpr int regs_tail_rows(int H, int K) { return regs_row_words(H, K) - K; }
 // Independent partial sums per row of the matvec (dependency chains of K / NA FMAs): 4, 2 for 8 rows.
 constexpr int regs_accumulators(int BT) { return BT >= 8 ? 2 : 4; }
 template <int NA, class A>
@@ -421,8 +433,8 @@ Plan plan_chain(const char* op, int64_t B, int H, const DeviceInfo& dev, SmemOf 
     if (env_rows) bt = env_rows;
     if (choice == PathChoice::kRegs) {
       TORCH_CHECK(regs_k > 0, op, ": WCRNN_CUDA_PATH=regs but H=", H, " does not fit the register path in this ",
-                  "dtype and residual form (H <= 128 in float32, float16 and bfloat16; H <= 64 in float64 or ",
-                  "with a dense residual; not float64 with a dense residual)");
+                  "dtype and residual form (H <= 256 in float32, float16 and bfloat16; H <= 128 in float64; H <= 64 ",
+                  "with a dense residual, not in float64)");
       p.regs = regs_k;
       p.threads = static_cast<int>(ceil_div(H, 32) * 32);
       p.rows = bt;
@@ -563,7 +575,7 @@ ChainParams<S> chain_params(const ChainCall& c, const Plan& plan) {
 //   static constexpr bool kHalfTypes            float16 / bfloat16 instantiations exist
 //   static constexpr const char* kOp            "wcrnn_C::chain_fwd", for messages
 //   static size_t smem<S>(H, U, BT, grid, dense)  dynamic shared memory per block
-//   static size_t regs_smem<S>(K, BT)           the same for the register path
+//   static size_t regs_smem<S>(H, K, BT)        the same for the register path
 //   static params<S>(chain, call)               the kernel parameters: `chain` plus the direction's own
 //   static kernel<S, DENSE, BT, GRID>()         the kernel instantiation
 //   static regs_kernel<S, DENSE, BT, K>()       the register path's (only where regs_fit)
@@ -576,7 +588,7 @@ Plan plan_chain_call(const typename Dir::Call& c, const DeviceInfo& dev) {
     const int regs_k = regs_slots<A>(c.H, dense);
     return plan_chain(
         Dir::kOp, c.B, c.H, dev, [&](int U, int BT, bool grid) { return Dir::template smem<S>(c.H, U, BT, grid, dense); },
-        regs_k, [&](int BT) { return Dir::template regs_smem<S>(regs_k, BT); });
+        regs_k, [&](int BT) { return Dir::template regs_smem<S>(c.H, regs_k, BT); });
   });
 }
 

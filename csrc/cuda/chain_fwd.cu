@@ -148,8 +148,9 @@ __global__ void __launch_bounds__(kThreads) chain_fwd_kernel(const FwdParams<S> 
 }
 
 // The register path (chain_cuda.cuh): thread i owns unit i of BT batch rows. Row i of W_hh (and of a dense R)
-// stays in registers; the state rows x_{t-1} / x_t alternate between two shared-memory buffers of K words per
-// row, zero past H, and the thread's own x_{t-1}[i] is also kept in a register. u_t of the thread's units is
+// stays in registers, its words past K (no dense R then) in a shared-memory tail Wt[(j - K) * H + i]; the
+// state rows x_{t-1} / x_t alternate between two shared-memory buffers of XS words per row, zero past H, and
+// the thread's own x_{t-1}[i] is also kept in a register. u_t of the thread's units is
 // loaded PF steps ahead (the time loop is unrolled by PF so that every prefetch slot is a fixed register).
 // Same step as the block path: a = u_t + W_hh x_{t-1}, x_t = R(x_{t-1}) + gamma * phi(a), masked by lengths.
 template <class S, bool DENSE, int BT, int K>
@@ -165,8 +166,10 @@ __global__ void __launch_bounds__(kRegsThreads) chain_fwd_regs_kernel(const FwdP
   const int64_t b0 = static_cast<int64_t>(blockIdx.x) * BT;
   const int rows = static_cast<int>(min(static_cast<int64_t>(BT), B - b0));
 
+  const int XS = regs_row_words(H, K), tail = regs_tail_rows(H, K);
   WCRNN_DYNAMIC_SMEM(smem);
-  A* xs = reinterpret_cast<A*>(smem);  // [2][BT][K] state rows
+  A* xs = reinterpret_cast<A*>(smem);  // [2][BT][XS] state rows
+  A* Wt = xs + 2 * BT * XS;            // [tail][H] the rows' words past K
 
   A w[K];
   A rw[DENSE ? K : 1];
@@ -184,8 +187,13 @@ __global__ void __launch_bounds__(kRegsThreads) chain_fwd_regs_kernel(const FwdP
       if (rot) res1 = static_cast<A>(p.res[H + i]);  // rotation: + res[1][i] x[i^1]
     }
   }
-  // Zero both buffers (padding past H and rows past B are read by the matvec), then x0 of the own unit.
-  for (int idx = i; idx < 2 * BT * K; idx += static_cast<int>(blockDim.x)) xs[idx] = A(0);
+  // Zero both buffers (padding past H and rows past B are read by the matvec), then x0 of the own unit; the
+  // tail of W_hh, zero past H.
+  for (int idx = i; idx < 2 * BT * XS; idx += static_cast<int>(blockDim.x)) xs[idx] = A(0);
+  for (int idx = i; idx < tail * H; idx += static_cast<int>(blockDim.x)) {
+    const int j = K + idx / H, row = idx % H;
+    Wt[idx] = j < H ? static_cast<A>(p.w[row * H + j]) : A(0);
+  }
   __syncthreads();
   int64_t len[BT];
   A xo[BT];  // x_{t-1}[i] of each row
@@ -194,7 +202,7 @@ __global__ void __launch_bounds__(kRegsThreads) chain_fwd_regs_kernel(const FwdP
     const bool live = own && r < rows;
     len[r] = p.lengths == nullptr || !live ? T : p.lengths[b0 + r];
     xo[r] = live ? static_cast<A>(p.x0[(b0 + r) * H + i]) : A(0);
-    if (live) xs[r * K + i] = xo[r];
+    if (live) xs[r * XS + i] = xo[r];
   }
   A up[PF][BT];  // up[q][r] = u_t[b0 + r][i] for the step t = q (mod PF) to come
 #pragma unroll
@@ -212,8 +220,8 @@ __global__ void __launch_bounds__(kRegsThreads) chain_fwd_regs_kernel(const FwdP
     for (int q = 0; q < PF; ++q) {
       const int64_t t = t0 + q;
       if (t >= T) break;  // the same for every thread of the block
-      const A* X = xs + cur * BT * K;
-      A* Xn = xs + (cur ^ 1) * BT * K;
+      const A* X = xs + cur * BT * XS;
+      A* Xn = xs + (cur ^ 1) * BT * XS;
       A acc[BT][NA];
       A accR[DENSE ? BT : 1][NA];
 #pragma unroll
@@ -229,11 +237,25 @@ __global__ void __launch_bounds__(kRegsThreads) chain_fwd_regs_kernel(const FwdP
 #pragma unroll
         for (int r = 0; r < BT; ++r) {
           A v[4];
-          lds4(X + r * K + k, v);
+          lds4(X + r * XS + k, v);
 #pragma unroll
           for (int c = 0; c < 4; ++c) {
             acc[r][c % NA] += w[k + c] * v[c];
             if constexpr (DENSE) accR[r][c % NA] += rw[k + c] * v[c];
+          }
+        }
+      }
+      if constexpr (!DENSE) {
+        for (int k = 0; k < tail; k += 4) {  // the row's words past K, from shared memory
+          A wt[4];
+#pragma unroll
+          for (int c = 0; c < 4; ++c) wt[c] = own ? Wt[(k + c) * H + i] : A(0);
+#pragma unroll
+          for (int r = 0; r < BT; ++r) {
+            A v[4];
+            lds4(X + r * XS + K + k, v);
+#pragma unroll
+            for (int c = 0; c < 4; ++c) acc[r][c % NA] += wt[c] * v[c];
           }
         }
       }
@@ -246,7 +268,7 @@ __global__ void __launch_bounds__(kRegsThreads) chain_fwd_regs_kernel(const FwdP
           if constexpr (DENSE) {
             rx = sum_acc<NA>(accR[r]);
           } else {
-            rx = rot ? res0 * xp + res1 * X[r * K + (i ^ 1)] : res0 * xp;
+            rx = rot ? res0 * xp + res1 * X[r * XS + (i ^ 1)] : res0 * xp;
           }
           const bool valid = t < len[r];
           const A x = valid ? rx + gam * phi(a, nonlin) : xp;  // past the length the state is kept
@@ -254,7 +276,7 @@ __global__ void __launch_bounds__(kRegsThreads) chain_fwd_regs_kernel(const FwdP
           p.out[t * BH + o] = valid ? static_cast<S>(x) : static_cast<S>(A(0));
           if (p.a_out != nullptr) p.a_out[t * BH + o] = valid ? static_cast<S>(a) : static_cast<S>(A(0));
           if (t == T - 1) p.hn[o] = static_cast<S>(x);
-          Xn[r * K + i] = x;
+          Xn[r * XS + i] = x;
           xo[r] = x;
         }
         const int64_t tn = t + PF;  // this slot's next step
@@ -287,8 +309,9 @@ struct Forward {
             static_cast<typename AccType<S>::type*>(c.exchange)};
   }
   template <class S>
-  static size_t regs_smem(int K, int BT) {  // two buffers of state rows
-    return 2 * static_cast<size_t>(BT) * K * sizeof(typename AccType<S>::type);
+  static size_t regs_smem(int H, int K, int BT) {  // two buffers of state rows, the tail of W_hh
+    return (2 * static_cast<size_t>(BT) * regs_row_words(H, K) + static_cast<size_t>(regs_tail_rows(H, K)) * H) *
+           sizeof(typename AccType<S>::type);
   }
   template <class S, bool DENSE, int BT, bool GRID>
   static auto kernel() {

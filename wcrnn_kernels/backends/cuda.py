@@ -15,8 +15,8 @@ W_hh is split across the blocks of a cooperative launch, a block owns a slice of
 rows, and the blocks exchange the new state through L2 and meet at a grid-wide barrier once per step
 (the "grid path"). State and accumulation are float32 for float16/bfloat16 (float64 for float64). The
 backward chain receives float32 tensors for float16/bfloat16 models (ops.py upcasts). A third path, opt-in
-until measured on a GPU: the "register path" (one thread per unit keeps its row of W_hh in registers; H <= 128,
-64 in float64 or with a dense residual).
+until measured on a GPU: the "register path" (one thread per unit keeps its row of W_hh in registers, past 128
+words, 64 in float64, in shared memory; H <= 256, 128 in float64, 64 with a dense residual).
 
 Environment variables, read at each call, for tests and tuning: ``WCRNN_CUDA_PATH=auto|block|grid|regs``
 forces a path (an error if it cannot run the shape; "auto" never picks "regs"), ``WCRNN_CUDA_ROWS=1|4|8`` the batch rows per tile /
