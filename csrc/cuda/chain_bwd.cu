@@ -211,22 +211,16 @@ __global__ void __launch_bounds__(kThreads) chain_bwd_kernel(const BwdParams<S> 
 // The register path (chain_cuda.cuh): thread j owns unit j of BT batch rows and keeps column j of W_hh (and
 // of a dense R) in registers, its words past K (no dense R then) in a shared-memory tail Wt[(k - K) * H + j],
 // so (W_hh^T g_t)[j] and (R^T delta_t)[j] need only the g_t / delta_t rows, which alternate between two
-// shared-memory buffers each (XS words per row, zero past H); its own delta_t[j] is also kept in a register. grad_out and a of step t-1 are loaded PF steps ahead. The same phases as the block path: phase A
-// of step T-1 as a prologue, then for t = T-1 .. 0 phase B of step t and phase A of step t-1, one barrier.
+// shared-memory buffers each (XS words per row, zero past H); its own delta_t[j] is also kept in a register.
+// grad_out and a of step t-1 are loaded PF steps ahead. The same phases as the block path: phase A of step
+// T-1 as a prologue, then for t = T-1 .. 0 phase B of step t and phase A of step t-1, one barrier.
 template <class S, bool DENSE, int BT, int K>
 __global__ void __launch_bounds__(kRegsThreads) chain_bwd_regs_kernel(const BwdParams<S> p) {
   using A = S;
-  constexpr int NA = regs_accumulators(BT);
   constexpr int PF = regs_prefetch<A>(BT, 2);
-  const int H = p.H, nonlin = p.nonlin;
-  const bool rot = !DENSE && p.res_kind == kResRot;
-  const int64_t T = p.T, B = p.B, BH = p.B * p.H;
-  const int j = static_cast<int>(threadIdx.x);
-  const bool own = j < H;
-  const int64_t b0 = static_cast<int64_t>(blockIdx.x) * BT;
-  const int rows = static_cast<int>(min(static_cast<int64_t>(BT), B - b0));
-
-  const int XS = regs_row_words(H, K), tail = regs_tail_rows(H, K);
+  const RegsTile tile = regs_tile<BT, K>(p, DENSE);
+  const int H = tile.H, j = tile.unit, XS = tile.XS;
+  const int64_t T = tile.T, BH = tile.BH, b0 = tile.b0;
   WCRNN_DYNAMIC_SMEM(smem);
   A* sg = reinterpret_cast<A*>(smem);  // [2][BT][XS] g rows, the half t & 1 holds g_t
   A* sd = sg + 2 * BT * XS;            // [2][BT][XS] delta rows, likewise
@@ -234,40 +228,31 @@ __global__ void __launch_bounds__(kRegsThreads) chain_bwd_regs_kernel(const BwdP
 
   A w[K];  // w[k] = W_hh[k, j]
   A rw[DENSE ? K : 1];
-#pragma unroll
-  for (int k = 0; k < K; ++k) {
-    const bool in = own && k < H;
-    w[k] = in ? p.w[k * H + j] : A(0);
-    if constexpr (DENSE) rw[k] = in ? p.res[k * H + j] : A(0);
-  }
-  const A gam = own ? p.gamma[j] : A(0);
+  regs_load<K, DENSE, true>(p.w, p.res, H, j, tile.own, tile.tail, w, rw, Wt);
+  const A gam = tile.own ? p.gamma[j] : A(0);
   A res0 = A(0), res1 = A(0);
   if constexpr (!DENSE) {
-    if (own) {
+    if (tile.own) {
       res0 = p.res[j];
       // R^T d = res[0] * d + swap_pairs(res[1] * d): unit j takes res[1] of its partner j^1.
-      if (rot) res1 = p.res[H + (j ^ 1)];
+      if (tile.rot) res1 = p.res[H + (j ^ 1)];
     }
   }
   for (int idx = j; idx < 4 * BT * XS; idx += static_cast<int>(blockDim.x)) sg[idx] = A(0);
-  for (int idx = j; idx < tail * H; idx += static_cast<int>(blockDim.x)) {
-    const int k = K + idx / H;
-    Wt[idx] = k < H ? p.w[k * H + idx % H] : A(0);
-  }
   __syncthreads();
 
   int64_t len[BT];
   A dl[BT];  // delta_t[j] of each row
 #pragma unroll
   for (int r = 0; r < BT; ++r) {
-    len[r] = p.lengths == nullptr || !(own && r < rows) ? T : p.lengths[b0 + r];
+    len[r] = p.lengths == nullptr || !(tile.own && r < tile.rows) ? T : p.lengths[b0 + r];
     dl[r] = A(0);
   }
   // Phase A of step t for row r: carry is dL/dx_t from the steps after t (grad_hn at t = T-1).
   auto phase_a = [&](int64_t t, int r, A carry, A go, A av) {
     const bool valid = t < len[r];
     const A delta = valid ? carry + go : carry;
-    const A g = valid ? gam * phi_prime(av, nonlin) * delta : A(0);
+    const A g = valid ? gam * phi_prime(av, tile.nonlin) * delta : A(0);
     const int64_t o = t * BH + (b0 + r) * H + j;
     if (p.deltas != nullptr) p.deltas[o] = valid ? delta : A(0);
     p.g[o] = g;
@@ -278,7 +263,7 @@ __global__ void __launch_bounds__(kRegsThreads) chain_bwd_regs_kernel(const BwdP
   };
 #pragma unroll
   for (int r = 0; r < BT; ++r) {
-    if (own && r < rows) {
+    if (tile.own && r < tile.rows) {
       const int64_t o = (b0 + r) * H + j;
       phase_a(T - 1, r, p.grad_hn[o], p.grad_out[(T - 1) * BH + o], p.a[(T - 1) * BH + o]);
     }
@@ -290,7 +275,7 @@ __global__ void __launch_bounds__(kRegsThreads) chain_bwd_regs_kernel(const BwdP
 #pragma unroll
     for (int r = 0; r < BT; ++r) {
       const int64_t s = T - 2 - q;
-      const bool live = own && r < rows && s >= 0;
+      const bool live = tile.own && r < tile.rows && s >= 0;
       const int64_t o = live ? s * BH + (b0 + r) * H + j : 0;
       go[q][r] = live ? p.grad_out[o] : A(0);
       av[q][r] = live ? p.a[o] : A(0);
@@ -307,57 +292,15 @@ __global__ void __launch_bounds__(kRegsThreads) chain_bwd_regs_kernel(const BwdP
       const int cur = static_cast<int>(t & 1);
       const A* G = sg + cur * BT * XS;
       const A* D = sd + cur * BT * XS;
-      A acc[BT][NA];
-      A accR[DENSE ? BT : 1][NA];
+      A mv[BT], mvR[BT];  // (W_hh^T g_t)[j], (R^T delta_t)[j] per row
+      regs_matvec<BT, K, DENSE>(w, rw, G, D, Wt, XS, tile.tail, H, j, tile.own, mv, mvR);
 #pragma unroll
       for (int r = 0; r < BT; ++r) {
-#pragma unroll
-        for (int c = 0; c < NA; ++c) {
-          acc[r][c] = A(0);
-          if constexpr (DENSE) accR[r][c] = A(0);
-        }
-      }
-#pragma unroll
-      for (int k = 0; k < K; k += 4) {
-#pragma unroll
-        for (int r = 0; r < BT; ++r) {
-          A v[4];
-          lds4(G + r * XS + k, v);
-#pragma unroll
-          for (int c = 0; c < 4; ++c) acc[r][c % NA] += w[k + c] * v[c];
-          if constexpr (DENSE) {
-            lds4(D + r * XS + k, v);
-#pragma unroll
-            for (int c = 0; c < 4; ++c) accR[r][c % NA] += rw[k + c] * v[c];
-          }
-        }
-      }
-      if constexpr (!DENSE) {
-        for (int k = 0; k < tail; k += 4) {  // the column's words past K, from shared memory
-          A wt[4];
-#pragma unroll
-          for (int c = 0; c < 4; ++c) wt[c] = own ? Wt[(k + c) * H + j] : A(0);
-#pragma unroll
-          for (int r = 0; r < BT; ++r) {
-            A v[4];
-            lds4(G + r * XS + K + k, v);
-#pragma unroll
-            for (int c = 0; c < 4; ++c) acc[r][c % NA] += wt[c] * v[c];
-          }
-        }
-      }
-#pragma unroll
-      for (int r = 0; r < BT; ++r) {
-        if (own && r < rows) {
+        if (tile.own && r < tile.rows) {
           const A d = dl[r];
-          A rt;
-          if constexpr (DENSE) {
-            rt = sum_acc<NA>(accR[r]);
-          } else {
-            rt = rot ? res0 * d + res1 * D[r * XS + (j ^ 1)] : res0 * d;
-          }
+          const A rt = regs_residual<DENSE>(mvR[r], tile.rot, res0, res1, d, D + r * XS, j);
           const bool valid = t < len[r];
-          const A carry = valid ? rt + sum_acc<NA>(acc[r]) : d;  // dL/dx_{t-1}
+          const A carry = valid ? rt + mv[r] : d;  // dL/dx_{t-1}
           if (t == 0) {
             p.dx0[(b0 + r) * H + j] = carry;
           } else {
@@ -365,7 +308,7 @@ __global__ void __launch_bounds__(kRegsThreads) chain_bwd_regs_kernel(const BwdP
           }
         }
         const int64_t s = t - 1 - PF;  // this slot's next step: iteration n + PF needs step T-2-(n+PF)
-        const bool live = own && r < rows && s >= 0;
+        const bool live = tile.own && r < tile.rows && s >= 0;
         const int64_t o = live ? s * BH + (b0 + r) * H + j : 0;
         go[q][r] = live ? p.grad_out[o] : A(0);
         av[q][r] = live ? p.a[o] : A(0);

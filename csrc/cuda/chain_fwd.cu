@@ -156,50 +156,33 @@ __global__ void __launch_bounds__(kThreads) chain_fwd_kernel(const FwdParams<S> 
 template <class S, bool DENSE, int BT, int K>
 __global__ void __launch_bounds__(kRegsThreads) chain_fwd_regs_kernel(const FwdParams<S> p) {
   using A = typename AccType<S>::type;
-  constexpr int NA = regs_accumulators(BT);
   constexpr int PF = regs_prefetch<A>(BT, 1);
-  const int H = p.H, nonlin = p.nonlin;
-  const bool rot = !DENSE && p.res_kind == kResRot;
-  const int64_t T = p.T, B = p.B, BH = p.B * p.H;
-  const int i = static_cast<int>(threadIdx.x);
-  const bool own = i < H;
-  const int64_t b0 = static_cast<int64_t>(blockIdx.x) * BT;
-  const int rows = static_cast<int>(min(static_cast<int64_t>(BT), B - b0));
-
-  const int XS = regs_row_words(H, K), tail = regs_tail_rows(H, K);
+  const RegsTile tile = regs_tile<BT, K>(p, DENSE);
+  const int H = tile.H, i = tile.unit, XS = tile.XS;
+  const int64_t T = tile.T, BH = tile.BH, b0 = tile.b0;
   WCRNN_DYNAMIC_SMEM(smem);
   A* xs = reinterpret_cast<A*>(smem);  // [2][BT][XS] state rows
   A* Wt = xs + 2 * BT * XS;            // [tail][H] the rows' words past K
 
-  A w[K];
+  A w[K];  // w[k] = W_hh[i, k]
   A rw[DENSE ? K : 1];
-#pragma unroll
-  for (int k = 0; k < K; ++k) {
-    const bool in = own && k < H;
-    w[k] = in ? static_cast<A>(p.w[i * H + k]) : A(0);
-    if constexpr (DENSE) rw[k] = in ? static_cast<A>(p.res[i * H + k]) : A(0);
-  }
-  const A gam = own ? static_cast<A>(p.gamma[i]) : A(0);
+  regs_load<K, DENSE, false>(p.w, p.res, H, i, tile.own, tile.tail, w, rw, Wt);
+  const A gam = tile.own ? static_cast<A>(p.gamma[i]) : A(0);
   A res0 = A(0), res1 = A(0);
   if constexpr (!DENSE) {
-    if (own) {
+    if (tile.own) {
       res0 = static_cast<A>(p.res[i]);                // diagonal: R(x)[i] = res[i] x[i]
-      if (rot) res1 = static_cast<A>(p.res[H + i]);  // rotation: + res[1][i] x[i^1]
+      if (tile.rot) res1 = static_cast<A>(p.res[H + i]);  // rotation: + res[1][i] x[i^1]
     }
   }
-  // Zero both buffers (padding past H and rows past B are read by the matvec), then x0 of the own unit; the
-  // tail of W_hh, zero past H.
+  // Zero both buffers (padding past H and rows past B are read by the matvec), then x0 of the own unit.
   for (int idx = i; idx < 2 * BT * XS; idx += static_cast<int>(blockDim.x)) xs[idx] = A(0);
-  for (int idx = i; idx < tail * H; idx += static_cast<int>(blockDim.x)) {
-    const int j = K + idx / H, row = idx % H;
-    Wt[idx] = j < H ? static_cast<A>(p.w[row * H + j]) : A(0);
-  }
   __syncthreads();
   int64_t len[BT];
   A xo[BT];  // x_{t-1}[i] of each row
 #pragma unroll
   for (int r = 0; r < BT; ++r) {
-    const bool live = own && r < rows;
+    const bool live = tile.own && r < tile.rows;
     len[r] = p.lengths == nullptr || !live ? T : p.lengths[b0 + r];
     xo[r] = live ? static_cast<A>(p.x0[(b0 + r) * H + i]) : A(0);
     if (live) xs[r * XS + i] = xo[r];
@@ -209,7 +192,7 @@ __global__ void __launch_bounds__(kRegsThreads) chain_fwd_regs_kernel(const FwdP
   for (int q = 0; q < PF; ++q) {
 #pragma unroll
     for (int r = 0; r < BT; ++r) {
-      up[q][r] = own && r < rows && q < T ? static_cast<A>(p.u[q * BH + (b0 + r) * H + i]) : A(0);
+      up[q][r] = tile.own && r < tile.rows && q < T ? static_cast<A>(p.u[q * BH + (b0 + r) * H + i]) : A(0);
     }
   }
   __syncthreads();
@@ -222,56 +205,16 @@ __global__ void __launch_bounds__(kRegsThreads) chain_fwd_regs_kernel(const FwdP
       if (t >= T) break;  // the same for every thread of the block
       const A* X = xs + cur * BT * XS;
       A* Xn = xs + (cur ^ 1) * BT * XS;
-      A acc[BT][NA];
-      A accR[DENSE ? BT : 1][NA];
+      A mv[BT], mvR[BT];  // (W_hh x_{t-1})[i], (R x_{t-1})[i] per row
+      regs_matvec<BT, K, DENSE>(w, rw, X, X, Wt, XS, tile.tail, H, i, tile.own, mv, mvR);
 #pragma unroll
       for (int r = 0; r < BT; ++r) {
-#pragma unroll
-        for (int c = 0; c < NA; ++c) {
-          acc[r][c] = A(0);
-          if constexpr (DENSE) accR[r][c] = A(0);
-        }
-      }
-#pragma unroll
-      for (int k = 0; k < K; k += 4) {
-#pragma unroll
-        for (int r = 0; r < BT; ++r) {
-          A v[4];
-          lds4(X + r * XS + k, v);
-#pragma unroll
-          for (int c = 0; c < 4; ++c) {
-            acc[r][c % NA] += w[k + c] * v[c];
-            if constexpr (DENSE) accR[r][c % NA] += rw[k + c] * v[c];
-          }
-        }
-      }
-      if constexpr (!DENSE) {
-        for (int k = 0; k < tail; k += 4) {  // the row's words past K, from shared memory
-          A wt[4];
-#pragma unroll
-          for (int c = 0; c < 4; ++c) wt[c] = own ? Wt[(k + c) * H + i] : A(0);
-#pragma unroll
-          for (int r = 0; r < BT; ++r) {
-            A v[4];
-            lds4(X + r * XS + K + k, v);
-#pragma unroll
-            for (int c = 0; c < 4; ++c) acc[r][c % NA] += wt[c] * v[c];
-          }
-        }
-      }
-#pragma unroll
-      for (int r = 0; r < BT; ++r) {
-        if (own && r < rows) {
-          const A a = up[q][r] + sum_acc<NA>(acc[r]);
+        if (tile.own && r < tile.rows) {
+          const A a = up[q][r] + mv[r];
           const A xp = xo[r];
-          A rx;
-          if constexpr (DENSE) {
-            rx = sum_acc<NA>(accR[r]);
-          } else {
-            rx = rot ? res0 * xp + res1 * X[r * XS + (i ^ 1)] : res0 * xp;
-          }
+          const A rx = regs_residual<DENSE>(mvR[r], tile.rot, res0, res1, xp, X + r * XS, i);
           const bool valid = t < len[r];
-          const A x = valid ? rx + gam * phi(a, nonlin) : xp;  // past the length the state is kept
+          const A x = valid ? rx + gam * phi(a, tile.nonlin) : xp;  // past the length the state is kept
           const int64_t o = (b0 + r) * H + i;
           p.out[t * BH + o] = valid ? static_cast<S>(x) : static_cast<S>(A(0));
           if (p.a_out != nullptr) p.a_out[t * BH + o] = valid ? static_cast<S>(a) : static_cast<S>(A(0));
@@ -280,7 +223,7 @@ __global__ void __launch_bounds__(kRegsThreads) chain_fwd_regs_kernel(const FwdP
           xo[r] = x;
         }
         const int64_t tn = t + PF;  // this slot's next step
-        up[q][r] = own && r < rows && tn < T ? static_cast<A>(p.u[tn * BH + (b0 + r) * H + i]) : A(0);
+        up[q][r] = tile.own && r < tile.rows && tn < T ? static_cast<A>(p.u[tn * BH + (b0 + r) * H + i]) : A(0);
       }
       __syncthreads();  // x_t complete before the next step reads it; x_{t-1} read before it is overwritten
       cur ^= 1;
