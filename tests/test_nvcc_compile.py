@@ -175,7 +175,7 @@ def test_cuda_objects_link_into_one_library(builds, tmp_path):
 def ptxas_report(log: str) -> list[dict]:
     """One entry per (kernel, architecture) of a ``ptxas -v`` log: registers, stack frame, spill stores /
     loads and static shared memory, in bytes."""
-    out, cur = [], None
+    out, cur, props = [], None, None
     for line in log.splitlines():
         m = re.search(r"Compiling entry function '(\w+)' for 'sm_(\d+)a?'", line)
         if m:
@@ -185,8 +185,14 @@ def ptxas_report(log: str) -> list[dict]:
             continue
         if cur is None:
             continue
-        m = re.search(r"(\d+) bytes stack frame, (\d+) bytes spill stores, (\d+) bytes spill loads", line)
+        # "Function properties for NAME" precedes each function's stack line: the kernel's own, and those of the
+        # functions it calls out of line (tanh_acc(double)), which must not overwrite the kernel's
+        m = re.search(r"Function properties for (\w+)", line)
         if m:
+            props = m.group(1)
+            continue
+        m = re.search(r"(\d+) bytes stack frame, (\d+) bytes spill stores, (\d+) bytes spill loads", line)
+        if m and props == cur["kernel"]:
             cur["stack"], cur["spill_stores"], cur["spill_loads"] = map(int, m.groups())
         m = re.search(r"Used (\d+) registers", line)
         if m:
