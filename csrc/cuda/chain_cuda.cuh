@@ -474,8 +474,12 @@ inline DeviceInfo device_info(int device) {
 
 enum class PathChoice { kAuto, kBlock, kGrid, kRegs };
 
-// WCRNN_CUDA_PATH=auto|block|grid|regs forces a path (tests use it to run every path at small H; auto never
-// picks the register path yet).
+// Whether "auto" takes the register path wherever it runs. false until a GPU run measures it faster than the
+// block and grid paths and cuDNN (scripts/gpu_check.sh tier 1: the cuda-regs lines against the cuda lines);
+// tests/test_nvcc_compile.py's planner test states the same.
+constexpr bool kAutoRegs = false;
+
+// WCRNN_CUDA_PATH=auto|block|grid|regs forces a path (tests use it to run every path at small H).
 inline PathChoice path_from_env() {
   const char* v = std::getenv("WCRNN_CUDA_PATH");
   if (v == nullptr || *v == '\0' || std::strcmp(v, "auto") == 0) return PathChoice::kAuto;
@@ -553,7 +557,8 @@ Plan plan_chain(const char* op, int64_t B, int H, const DeviceInfo& dev, SmemOf 
       }
     }
     if (env_rows) bt = env_rows;
-    if (choice == PathChoice::kRegs) {
+    if (choice == PathChoice::kRegs ||
+        (kAutoRegs && choice == PathChoice::kAuto && regs_k > 0 && regs_smem_of(bt) <= optin)) {
       TORCH_CHECK(regs_k > 0, op, ": WCRNN_CUDA_PATH=regs but H=", H, " does not fit the register path in this ",
                   "dtype and residual form (H <= 256 in float32, float16 and bfloat16; H <= 128 in float64; H <= 64 ",
                   "with a dense residual, not in float64)");
