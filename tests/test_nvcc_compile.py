@@ -260,9 +260,9 @@ static size_t fwd_bytes(int H, int U, int BT, bool grid, bool dense, size_t ab, 
 static size_t bwd_bytes(int H, int U, int BT, bool grid, bool dense, size_t ab) {
   return smem_layout(H, U, BT, dense, 1, grid ? (dense ? 1 : 0) : 2, ab, ab).total;
 }
-// The register path: Forward::regs_smem / Backward::regs_smem (two or four buffers of BT rows, the tail of W_hh).
+// The register path: Forward::kRegsBuffers = 2, Backward::kRegsBuffers = 4.
 static size_t regs_bytes(int dir, int H, int K, int BT, size_t ab) {
-  return ((dir == 0 ? 2 : 4) * size_t(BT) * regs_row_words(H, K) + size_t(regs_tail_rows(H, K)) * H) * ab;
+  return regs_smem_bytes(H, K, BT, dir == 0 ? 2 : 4, ab);
 }
 
 int main(int argc, char** argv) {

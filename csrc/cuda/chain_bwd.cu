@@ -322,6 +322,7 @@ struct Backward {
   using Call = BwdCall;
   static constexpr bool kHalfTypes = false;  // ops.py upcasts float16 / bfloat16 before the backward
   static constexpr const char* kOp = "wcrnn_C::chain_bwd";
+  static constexpr int kRegsBuffers = 4;  // register path: two halves each of g rows and delta rows
 
   template <class S>
   static size_t smem(int H, int U, int BT, bool grid, bool dense) {
@@ -337,11 +338,6 @@ struct Backward {
             static_cast<S*>(c.dx0),
             static_cast<S*>(c.deltas),
             static_cast<S*>(c.exchange)};
-  }
-  template <class S>
-  static size_t regs_smem(int H, int K, int BT) {  // two buffers each of g rows and delta rows, the tail of W_hh
-    return (4 * static_cast<size_t>(BT) * regs_row_words(H, K) + static_cast<size_t>(regs_tail_rows(H, K)) * H) *
-           sizeof(S);
   }
   template <class S, bool DENSE, int BT, bool GRID>
   static auto kernel() {

@@ -125,6 +125,11 @@ __host__ __device__ constexpr int regs_row_words(int H, int K) {
   return h4 > K ? h4 : K;
 }
 __host__ __device__ constexpr int regs_tail_rows(int H, int K) { return regs_row_words(H, K) - K; }
+// Its dynamic shared memory: `buffers` buffers of BT state rows, then the tail of W_hh, in the accumulation type.
+inline size_t regs_smem_bytes(int H, int K, int BT, int buffers, size_t acc_bytes) {
+  return (static_cast<size_t>(buffers) * BT * regs_row_words(H, K) + static_cast<size_t>(regs_tail_rows(H, K)) * H) *
+         acc_bytes;
+}
 // Independent partial sums per row of the matvec (dependency chains of K / NA FMAs): 4, 2 for 8 rows.
 constexpr int regs_accumulators(int BT) { return BT >= 8 ? 2 : 4; }
 template <int NA, class A>
@@ -704,7 +709,7 @@ ChainParams<S> chain_params(const ChainCall& c, const Plan& plan) {
 //   static constexpr bool kHalfTypes            float16 / bfloat16 instantiations exist
 //   static constexpr const char* kOp            "wcrnn_C::chain_fwd", for messages
 //   static size_t smem<S>(H, U, BT, grid, dense)  dynamic shared memory per block
-//   static size_t regs_smem<S>(H, K, BT)        the same for the register path
+//   static constexpr int kRegsBuffers           the register path's state buffers (regs_smem_bytes)
 //   static params<S>(chain, call)               the kernel parameters: `chain` plus the direction's own
 //   static kernel<S, DENSE, BT, GRID>()         the kernel instantiation
 //   static regs_kernel<S, DENSE, BT, K>()       the register path's (only where regs_fit)
@@ -717,7 +722,7 @@ Plan plan_chain_call(const typename Dir::Call& c, const DeviceInfo& dev) {
     const int regs_k = regs_slots<A>(c.H, dense);
     return plan_chain(
         Dir::kOp, c.B, c.H, dev, [&](int U, int BT, bool grid) { return Dir::template smem<S>(c.H, U, BT, grid, dense); },
-        regs_k, [&](int BT) { return Dir::template regs_smem<S>(c.H, regs_k, BT); });
+        regs_k, [&](int BT) { return regs_smem_bytes(c.H, regs_k, BT, Dir::kRegsBuffers, sizeof(A)); });
   });
 }
 

@@ -235,6 +235,7 @@ struct Forward {
   using Call = FwdCall;
   static constexpr bool kHalfTypes = true;
   static constexpr const char* kOp = "wcrnn_C::chain_fwd";
+  static constexpr int kRegsBuffers = 2;  // register path: x_{t-1} and x_t rows
 
   template <class S>
   static size_t smem(int H, int U, int BT, bool grid, bool dense) {  // block path: double-buffered state rows
@@ -250,11 +251,6 @@ struct Forward {
             static_cast<S*>(c.hn),
             static_cast<S*>(c.a_out),
             static_cast<typename AccType<S>::type*>(c.exchange)};
-  }
-  template <class S>
-  static size_t regs_smem(int H, int K, int BT) {  // two buffers of state rows, the tail of W_hh
-    return (2 * static_cast<size_t>(BT) * regs_row_words(H, K) + static_cast<size_t>(regs_tail_rows(H, K)) * H) *
-           sizeof(typename AccType<S>::type);
   }
   template <class S, bool DENSE, int BT, bool GRID>
   static auto kernel() {
