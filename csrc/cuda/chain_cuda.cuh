@@ -541,8 +541,9 @@ inline int even_up(int64_t n) { return static_cast<int>(n + (n & 1)); }
 // W_hh rows fit shared memory, more if SMs are left) and over batch rows (blockIdx.y: up to one group per
 // BT rows). Each block then runs ceil(rows_per_group / BT) chunks per step.
 //
-// The register path only when forced (WCRNN_CUDA_PATH=regs): regs_k is its K for this H, dtype and residual
-// form (0: it cannot run them), regs_smem_of(BT) its shared memory.
+// The register path when forced (WCRNN_CUDA_PATH=regs), and under "auto" wherever it runs once kAutoRegs is
+// set: regs_k is its K for this H, dtype and residual form (0: it cannot run them), regs_smem_of(BT) its shared
+// memory.
 template <class SmemOf, class RegsSmemOf>
 Plan plan_chain(const char* op, int64_t B, int H, const DeviceInfo& dev, SmemOf smem_of, int regs_k,
                 RegsSmemOf regs_smem_of) {
