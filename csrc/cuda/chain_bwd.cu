@@ -22,6 +22,7 @@
 #include <cooperative_groups.h>
 
 #include "chain_cuda.cuh"
+#include "chain_regs.cuh"
 
 namespace wcrnn_cuda {
 namespace {

@@ -14,6 +14,7 @@
 #include <cooperative_groups.h>
 
 #include "chain_cuda.cuh"
+#include "chain_regs.cuh"
 
 namespace wcrnn_cuda {
 namespace {
