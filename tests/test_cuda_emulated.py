@@ -25,7 +25,7 @@ import pytest
 import torch
 
 from helpers import (CUDA_PATHS, EMU_DEFAULTS, FLOAT64_RTOL, NAMES, asan_setup, assert_all_close, assert_launch_path,
-                     check_low_precision, emulator_launches, force_cuda_path, make_case, reference,
+                     check_low_precision, emulator_launches, force_cuda_path, make_case, on, reference,
                      register_emulated_cuda, run_chain, run_under_asan)
 from sanitize_cases import cuda_path_refused
 from wcrnn_kernels import FusedWCRNN
@@ -146,6 +146,24 @@ def test_half_precision_within_torch_backend_error(monkeypatch, dtype, kind, T, 
 
 # ----------------------------------------------------------------------------------------------------------
 # Launch logs of a whole model; the planner on a small device
+
+@pytest.mark.parametrize("kind", ["scalar", "rotational", "dense"])
+def test_barriers_per_step(monkeypatch, kind):
+    """What each path costs in barriers, from the emulator's count over one block (B = 1): the block path three
+    per step (after staging, after the partial sums, after the epilogue); the register path one per step, plus
+    two at the start, in both directions. A change that adds a barrier to a step shows
+    here (on the GPU a barrier is a visible part of a step of a few hundred cycles)."""
+    T = 12
+    case = on(make_case(kind, T, 1, 32, seed=16), "cpu", torch.float32)  # float32: the register path's dense form
+    counts = {}
+    for path in ("block", "regs"):
+        force_path(monkeypatch, path)
+        run_chain(case, BACKEND, "tanh")
+        fwd, bwd = [int(line.split("block_barriers=")[1].split()[0]) for line in launches()]
+        counts[path] = (fwd, bwd)
+    assert counts["regs"] == (T + 2, T + 2), counts
+    assert counts["block"] == (3 * T + 1, 3 * T + 2), counts
+
 
 def test_module_bidirectional_packed_matches_reference():
     """FusedWCRNN on the emulated backend: two layers, both directions, a PackedSequence, every gradient."""
