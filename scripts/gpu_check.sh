@@ -310,6 +310,26 @@ for r in rows:
 EOF
 fi
 [ -f "$WORK/bench.log" ] && sed -n '/^ms per call/,$p' "$WORK/bench.log" >> "$SUMMARY"
+# the register path against the default CUDA plan and cuDNN, one line per (dtype, shape, mode)
+if [ -f "$OUTDIR/bench.jsonl" ]; then
+    $PY - "$OUTDIR/bench.jsonl" >> "$SUMMARY" 2>&1 <<'EOF'
+import json, sys
+rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
+ms = {(r["dtype"], r["shape"], r["mode"], r["impl"]): r["median_ms"] for r in rows if r.get("status") == "ok"}
+keys = sorted({k[:3] for k in ms if k[3].endswith(":regs")})
+if keys:
+    print("register path: ms per call; ratios > 1: the register path is faster")
+    print(f"{'dtype':8} {'shape':5} {'mode':16} {'nn.RNN':>9} {'noTF32':>9} {'cuda':>9} {'regs':>9} {'vs cuda':>7} {'vs nn.RNN':>9}")
+    for dt, sh, mo in keys:
+        regs = next(v for (d, s, m, i), v in ms.items() if (d, s, m) == (dt, sh, mo) and i.endswith(":regs"))
+        cuda = next((v for (d, s, m, i), v in ms.items() if (d, s, m) == (dt, sh, mo) and i.startswith("cuda")
+                     and ":" not in i), None)
+        rnn, no32 = ms.get((dt, sh, mo, "nn.RNN")), ms.get((dt, sh, mo, "nn.RNN-noTF32"))
+        f = lambda v: f"{v:9.3f}" if v else f"{'-':>9}"  # noqa: E731
+        r = lambda v, w: f"{v / w:7.2f}" if v else f"{'-':>7}"  # noqa: E731
+        print(f"{dt:8} {sh:5} {mo:16} {f(rnn)} {f(no32)} {f(cuda)} {f(regs)} {r(cuda, regs)} {r(rnn, regs):>9}")
+EOF
+fi
 cat "$WORK"/fp32-precision.log "$WORK"/cuda-regs.log 2>/dev/null | grep -E "^(fp32-precision|cuda-regs) " >> "$SUMMARY"
 grep -E "chain_.*kernel|^ +(Duration|Registers Per Thread|Warp Cycles Per Issued Instruction|Issue Slots Busy|Compute \(SM\) Throughput) " \
     "$WORK/profile.log" 2>/dev/null | cut -c1-160 >> "$SUMMARY"
