@@ -13,8 +13,9 @@
 #   and compared bit for bit); one benchmark line per (nn.RNN/cuDNN, cuda, triton, GEMM floor) x (forward,
 #   forward+backward) x (float32, bfloat16) x (S1-S4, G4) with microseconds per step (scripts/gpu_bench.py),
 #   and in float32 nn.RNN without TF32 and Triton at "high" / "medium" matmul precision (is the gap TF32?);
-#   the opt-in register path of the CUDA kernels (cuda:regs) at S1-S4; Nsight Compute on the block and
-#   register paths' kernels at S1 (scripts/gpu_profile.py; its report goes to full.log, key lines to summary).
+#   the opt-in register path of the CUDA kernels (cuda:regs) at S1-S4; after the tiers (so that it never takes
+#   the sanitizers' time), Nsight Compute on the block and register paths' kernels at S1 (scripts/gpu_profile.py;
+#   its report goes to full.log, key lines to summary.txt).
 # Tier 2 (about 3 minutes): compute-sanitizer memcheck over every CUDA path x residual forms x dtypes and a
 #   few Triton launches; racecheck and synccheck on float32 cases (scripts/gpu_sanitize_cases.py). A plan the
 #   planner refuses is recorded and skipped, never fatal.
@@ -187,8 +188,12 @@ tier1() {
     [ "$DRY" = 1 ] && rshapes=S2
     run_or_fail cuda-regs 90 "$WORK/cuda-regs.log" $PY scripts/gpu_bench.py --out "$OUTDIR/bench.jsonl" \
         --impls cuda:regs --shapes "$rshapes" --tag cuda-regs "${DRYARG[@]}"
-    # where a step's time goes: Nsight Compute on the forward and backward kernels of the block and register
-    # paths at S1 (one launch each). A diagnosis: its failure (e.g. no access to the counters) fails nothing.
+}
+
+# Tier 1's diagnosis, run after tier 2 so that it never takes the sanitizers' time: where a step's time goes,
+# Nsight Compute on the forward and backward kernels of the block and register paths at S1 (one launch each).
+# Its failure (e.g. no access to the performance counters) fails nothing.
+profile() {
     local ncu=""
     ncu=$(command -v ncu 2>/dev/null || ls "${CUDA_HOME:-/usr/local/cuda}/bin/ncu" /usr/local/cuda/bin/ncu 2>/dev/null \
           | head -1)
@@ -295,6 +300,7 @@ for t in "${TIERS[@]}"; do
     [ "$t" = 1 ] && TIER1_RAN=1
     printf '%-22s %-8s %5s %6s s\n' "== tier $t" done - $(( $(date +%s) - s )) >> "$SUMMARY"
 done
+[ "$TIER1_RAN" = 1 ] && profile
 
 # the summary: steps, smoke counts, benchmark table (the reply of the device tool shows the end of stdout)
 if [ -f "$OUTDIR/smoke.jsonl" ]; then
