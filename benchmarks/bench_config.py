@@ -84,29 +84,8 @@ def layer_call(impl: str, mode: str, T: int, B: int, I: int, H: int, device, dty
     return forward_backward
 
 
-def _with_env(fn, name, value):
-    """fn run with the environment variable `name` set to value, restored after every call."""
-    def call():
-        old = os.environ.get(name)
-        os.environ[name] = value
-        try:
-            fn()
-        finally:
-            if old is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = old
-    return call
-
-
-def _with_float32_setting(fn, which, value):
-    """fn run with cudnn.allow_tf32 (which "cudnn") or the float32 matmul precision ("matmul") set to value,
-    restored after every call."""
-    if which == "cudnn":
-        get, put = (lambda: torch.backends.cudnn.allow_tf32), (lambda v: setattr(torch.backends.cudnn, "allow_tf32", v))
-    else:
-        get, put = torch.get_float32_matmul_precision, torch.set_float32_matmul_precision
-
+def _with_setting(fn, get, put, value):
+    """fn run with a setting (read by get(), written by put(v)) set to value, restored after every call."""
     def call():
         old = get()
         put(value)
@@ -115,3 +94,25 @@ def _with_float32_setting(fn, which, value):
         finally:
             put(old)
     return call
+
+
+def _put_env(name):
+    def put(v):
+        if v is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = v
+    return put
+
+
+def _with_env(fn, name, value):
+    """fn run with the environment variable `name` set to value."""
+    return _with_setting(fn, lambda: os.environ.get(name), _put_env(name), value)
+
+
+def _with_float32_setting(fn, which, value):
+    """fn run with cudnn.allow_tf32 (which "cudnn") or the float32 matmul precision ("matmul") set to value."""
+    if which == "cudnn":
+        return _with_setting(fn, lambda: torch.backends.cudnn.allow_tf32,
+                             lambda v: setattr(torch.backends.cudnn, "allow_tf32", v), value)
+    return _with_setting(fn, torch.get_float32_matmul_precision, torch.set_float32_matmul_precision, value)

@@ -12,7 +12,8 @@ same (rounded) inputs, by max |x - ref| / max |ref| per tensor:
                      epsilon of the dtype.
 The CUDA backend runs each case on every path (WCRNN_CUDA_PATH=grid / block / regs); a path the planner
 refuses (W_hh does not fit one block's shared memory; the register path past H = 256, 128 in float64, 64 with
-a dense residual) is recorded as "refused", never as a failure. One long grid-path run (T = 2048, H = 1024,
+a dense residual) is recorded as "refused", never as a failure, where sanitize_cases.cuda_path_refused predicts it;
+an unpredicted refusal is an error. One long grid-path run (T = 2048, H = 1024,
 float32) and one on the register path (T = 2048, H = 128) run twice and must agree bit for bit. Outputs start as NaN
 (WCRNN_POISON_OUTPUTS=1 for the CUDA op, torch.empty* poisoned for the Triton launchers), so an element a
 kernel forgets to write fails.
@@ -30,6 +31,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 import time
 import traceback
@@ -44,6 +46,7 @@ sys.path[:0] = [REPO, os.path.join(REPO, "tests")]
 import torch  # noqa: E402
 
 from helpers import KINDS, NAMES, make_case, max_rel_err, run_chain  # noqa: E402
+from sanitize_cases import cuda_path_refused  # noqa: E402
 from wcrnn_kernels.backends import get_backend  # noqa: E402
 
 DTYPES = {"float64": torch.float64, "float32": torch.float32, "bfloat16": torch.bfloat16,
@@ -147,9 +150,11 @@ def set_path(path):
         os.environ["WCRNN_CUDA_PATH"] = path
 
 
-def is_refusal(e):
-    return isinstance(e, RuntimeError) and ("WCRNN_CUDA_PATH=block but" in str(e)
-                                            or "WCRNN_CUDA_PATH=regs but" in str(e))
+def is_refusal(e, path, kind, H, dtype_name):
+    """The planner refused a forced path where sanitize_cases.cuda_path_refused says it must (any other error,
+    or a refusal nobody predicted, is an error)."""
+    refusal = path is not None and cuda_path_refused(path, kind, H, dtype_name)
+    return isinstance(e, RuntimeError) and bool(refusal) and re.search(refusal, str(e)) is not None
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -176,7 +181,7 @@ def check_case(backend, device, dtype_name, kind, nl, lengths, T, B, H, seed, pa
         try:
             got = run(on(lo, device, dtype), backend, nl)
         except Exception as e:  # noqa: BLE001 - every failure is recorded, the sweep goes on
-            rec.update(status="refused" if is_refusal(e) else "error", seconds=round(time.perf_counter() - t0, 3),
+            rec.update(status="refused" if is_refusal(e, path, kind, H, dtype_name) else "error", seconds=round(time.perf_counter() - t0, 3),
                        message=f"{type(e).__name__}: {str(e).strip().splitlines()[0][:300]}" if str(e).strip()
                        else type(e).__name__)
             if rec["status"] == "error":
@@ -220,7 +225,7 @@ def bitwise_repeat(backend, device, path, T, B, H, emit):
         rec.update(status="pass" if all(same) and finite else "fail",
                    differing=[n for n, s in zip(NAMES, same) if not s], finite=finite)
     except Exception as e:  # noqa: BLE001
-        rec.update(status="refused" if is_refusal(e) else "error", message=f"{type(e).__name__}: {e}"[:300])
+        rec.update(status="refused" if is_refusal(e, path, "scalar", H, "float32") else "error", message=f"{type(e).__name__}: {e}"[:300])
     rec["seconds"] = round(time.perf_counter() - t0, 3)
     emit(rec)
 

@@ -271,16 +271,16 @@ __global__ void __launch_bounds__(kRegsThreads) chain_bwd_regs_kernel(const BwdP
   }
   // go[q][r], av[q][r]: grad_out and a of step T-2-n at iteration n = q (mod PF) to come
   A go[PF][BT], av[PF][BT];
+  auto load_ops = [&](int64_t s, int q, int r) {  // step s's operands into slot q; 0 before step 0
+    const bool live = tile.own && r < tile.rows && s >= 0;
+    const int64_t o = live ? s * BH + (b0 + r) * H + j : 0;
+    go[q][r] = live ? p.grad_out[o] : A(0);
+    av[q][r] = live ? p.a[o] : A(0);
+  };
 #pragma unroll
   for (int q = 0; q < PF; ++q) {
 #pragma unroll
-    for (int r = 0; r < BT; ++r) {
-      const int64_t s = T - 2 - q;
-      const bool live = tile.own && r < tile.rows && s >= 0;
-      const int64_t o = live ? s * BH + (b0 + r) * H + j : 0;
-      go[q][r] = live ? p.grad_out[o] : A(0);
-      av[q][r] = live ? p.a[o] : A(0);
-    }
+    for (int r = 0; r < BT; ++r) load_ops(T - 2 - q, q, r);
   }
   __syncthreads();
 
@@ -308,11 +308,7 @@ __global__ void __launch_bounds__(kRegsThreads) chain_bwd_regs_kernel(const BwdP
             phase_a(t - 1, r, carry, go[q][r], av[q][r]);
           }
         }
-        const int64_t s = t - 1 - PF;  // this slot's next step: iteration n + PF needs step T-2-(n+PF)
-        const bool live = tile.own && r < tile.rows && s >= 0;
-        const int64_t o = live ? s * BH + (b0 + r) * H + j : 0;
-        go[q][r] = live ? p.grad_out[o] : A(0);
-        av[q][r] = live ? p.a[o] : A(0);
+        load_ops(t - 1 - PF, q, r);  // this slot's next step: iteration n + PF needs step T-2-(n+PF)
       }
       __syncthreads();  // g_{t-1}, delta_{t-1} complete before the next step reads them
     }

@@ -188,13 +188,14 @@ __global__ void __launch_bounds__(kRegsThreads) chain_fwd_regs_kernel(const FwdP
     xo[r] = live ? static_cast<A>(p.x0[(b0 + r) * H + i]) : A(0);
     if (live) xs[r * XS + i] = xo[r];
   }
+  auto load_u = [&](int64_t t, int r) {  // u_t[b0 + r][i], 0 past T or for a row / unit not owned
+    return tile.own && r < tile.rows && t < T ? static_cast<A>(p.u[t * BH + (b0 + r) * H + i]) : A(0);
+  };
   A up[PF][BT];  // up[q][r] = u_t[b0 + r][i] for the step t = q (mod PF) to come
 #pragma unroll
   for (int q = 0; q < PF; ++q) {
 #pragma unroll
-    for (int r = 0; r < BT; ++r) {
-      up[q][r] = tile.own && r < tile.rows && q < T ? static_cast<A>(p.u[q * BH + (b0 + r) * H + i]) : A(0);
-    }
+    for (int r = 0; r < BT; ++r) up[q][r] = load_u(q, r);
   }
   __syncthreads();
 
@@ -223,8 +224,7 @@ __global__ void __launch_bounds__(kRegsThreads) chain_fwd_regs_kernel(const FwdP
           Xn[r * XS + i] = x;
           xo[r] = x;
         }
-        const int64_t tn = t + PF;  // this slot's next step
-        up[q][r] = tile.own && r < tile.rows && tn < T ? static_cast<A>(p.u[tn * BH + (b0 + r) * H + i]) : A(0);
+        up[q][r] = load_u(t + PF, r);  // this slot's next step
       }
       __syncthreads();  // x_t complete before the next step reads it; x_{t-1} read before it is overwritten
       cur ^= 1;

@@ -140,7 +140,7 @@ __device__ __forceinline__ void regs_matvec(const A (&w)[K], const A (&rw)[DENSE
 struct RegsTile {
   int H, nonlin;
   bool rot;            // rotation-pair residual (not dense)
-  int64_t T, B, BH;    // BH = B * H, one step of a (T, B, H) tensor
+  int64_t T, BH;       // BH = B * H, one step of a (T, B, H) tensor
   int unit;            // threadIdx.x
   bool own;            // unit < H (the block has whole warps)
   int64_t b0;          // first batch row of the block
@@ -155,7 +155,6 @@ __device__ __forceinline__ RegsTile regs_tile(const ChainParams<S>& p, bool dens
   g.nonlin = p.nonlin;
   g.rot = !dense && p.res_kind == kResRot;
   g.T = p.T;
-  g.B = p.B;
   g.BH = p.B * p.H;
   g.unit = static_cast<int>(threadIdx.x);
   g.own = g.unit < p.H;
