@@ -396,3 +396,44 @@ def test_no_fallback_warning_when_the_compiled_backend_runs():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         FusedWCRNN(3, 4)(torch.randn(5, 2, 3))
+
+
+def _stub(name, available, supports=True):
+    """A registry entry that reports `available` and runs (supports) any tensor or none; it never runs."""
+    class Stub:
+        def availability(self):
+            return (True, "stub") if available else (False, f"{name} stub not built: make nvcc findable")
+
+        def supports(self, device, dtype, hidden_size):
+            return None if supports else "stub runs nothing"
+    s = Stub()
+    s.name = name
+    return s
+
+
+@pytest.mark.parametrize("cuda_ok,triton_ok,expect,warns", [
+    (False, True, "triton", True), (False, False, "torch", True), (True, True, "cuda", False)])
+def test_auto_warns_once_when_cuda_tensors_lose_the_compiled_cuda_backend(monkeypatch, cuda_ok, triton_ok, expect,
+                                                                          warns):
+    """The same warning on CUDA: without the compiled 'cuda' backend (no nvcc at install), 'auto' takes
+    'triton' (up to 25x slower on an H200) or 'torch'; it says so once, naming the reason. Resolution only:
+    no CUDA tensor is made, so this runs on any machine."""
+    from wcrnn_kernels.backends import _registry
+    _registry._ensure_loaded()
+    monkeypatch.setattr(_registry, "_RESOLVED", {})
+    monkeypatch.setattr(_registry, "_FALLBACK_WARNED", set())
+    monkeypatch.setitem(_registry._REGISTRY, "cuda", _stub("cuda", cuda_ok))
+    monkeypatch.setitem(_registry._REGISTRY, "triton", _stub("triton", True, supports=triton_ok))
+    dev = torch.device("cuda")
+    with warnings.catch_warnings(record=True) as w:
+        warnings.simplefilter("always")
+        assert _registry.resolve_backend("auto", dev, torch.float32, 64) == expect
+        assert _registry.resolve_backend("auto", dev, torch.bfloat16, 128) == expect  # another key: no repeat
+    msgs = [str(x.message) for x in w if "wcrnn_kernels" in str(x.message)]
+    if not warns:
+        assert msgs == []
+        return
+    assert len(msgs) == 1, msgs
+    assert f"backend='auto' runs CUDA tensors on the '{expect}' backend" in msgs[0]
+    assert "compiled 'cuda' backend is not available here: cuda stub not built: make nvcc findable" in msgs[0]
+    assert f"backend='{expect}'" in msgs[0]

@@ -13,9 +13,10 @@ _loader = None
 
 _REGISTRY: dict = {}
 
-# Preference order for backend="auto", per device type. CUDA: "cuda" first, measured on an H200
-# (benchmarks/results/h200-8527ece-run1): faster than "triton" at every benchmark shape in float32 (1.1-9.9x) and
-# in bfloat16 forward+backward except S2; "triton" wins bfloat16 forward at small H (S1-S3).
+# Preference order for backend="auto", per device type; the first is the compiled backend whose loss "auto"
+# reports once (_warn_fallback). CUDA: "cuda" first, measured on an H200 (benchmarks/results/h200-fbeda44-run3):
+# in float32 1.8-25x faster than "triton" at S1, S3, S4 and G4 (25x at G4, H = 512), on par at S2 (within 4 %);
+# in bfloat16 faster forward+backward except at S2; "triton" wins bfloat16 forward at S1 and S2.
 _AUTO_ORDER = {"cuda": ("cuda", "triton", "torch"), "cpu": ("cpp", "torch")}
 
 
@@ -78,8 +79,7 @@ def _resolve_backend(name, device, dtype, hidden_size):
         for cand in _AUTO_ORDER.get(device.type, ("torch",)):
             b = _REGISTRY.get(cand)
             if b is not None and b.availability()[0] and b.supports(device, dtype, hidden_size) is None:
-                if cand == "torch":
-                    _warn_fallback(device, dtype)
+                _warn_fallback(cand, device, dtype)
                 return cand
         return "torch"
     if name not in _REGISTRY:
@@ -99,22 +99,34 @@ def _ensure_loaded() -> None:
         _loader()
 
 
-_FALLBACK_WARNED = False
+# device types for which "auto" has already warned that it lost the compiled backend
+_FALLBACK_WARNED: set = set()
+
+# what "auto" gives up, per device type, when the first backend of _AUTO_ORDER cannot be loaded or built
+_FALLBACK_COST = {
+    "cpu": "several times slower than the compiled 'cpp' backend",
+    "cuda": ("slower than the compiled 'cuda' backend: on an H200 'triton' took up to 25x its time in float32, "
+             "and the per-step matrix products of 'torch' alone 3.4x or more"),
+}
 
 
-def _warn_fallback(device, dtype) -> None:
-    """Once per process: "auto" runs CPU tensors on the slow "torch" backend because the compiled C++ backend
-    could not be loaded or built here (its reason says how to fix it). Silent where "cpp" could not run these
-    tensors anyway (another dtype), and where it is not registered at all."""
-    global _FALLBACK_WARNED
-    b = _REGISTRY.get("cpp")
-    if _FALLBACK_WARNED or device.type != "cpu" or b is None or b.supports(device, dtype, 1) is not None:
+def _warn_fallback(chosen: str, device, dtype) -> None:
+    """Once per process and device type: "auto" runs these tensors on `chosen` because the compiled backend
+    that comes first for the device (cpp on CPU, cuda on CUDA) could not be loaded or built here (its reason
+    says how to fix it). Silent where `chosen` is that backend, where it could not run these tensors anyway
+    (another dtype), and where it is not registered at all."""
+    order = _AUTO_ORDER.get(device.type)
+    if not order or chosen == order[0] or device.type in _FALLBACK_WARNED:
+        return
+    first = order[0]
+    b = _REGISTRY.get(first)
+    if b is None or b.supports(device, dtype, 1) is not None:
         return
     ok, why = b.availability()
     if ok:
         return
-    _FALLBACK_WARNED = True
-    warnings.warn(f"wcrnn_kernels: backend='auto' runs CPU tensors on the 'torch' backend (several times slower "
-                  f"than the compiled 'cpp' backend), because the compiled backend is not available here: {why}. "
-                  f"Fix that and restart, or pass backend='torch' to choose it explicitly.", RuntimeWarning,
-                  stacklevel=5)
+    _FALLBACK_WARNED.add(device.type)
+    warnings.warn(f"wcrnn_kernels: backend='auto' runs {device.type.upper()} tensors on the {chosen!r} backend "
+                  f"({_FALLBACK_COST.get(device.type, 'slower')}), because the compiled {first!r} backend is "
+                  f"not available here: {why}. Fix that and restart, or pass backend={chosen!r} to choose it "
+                  f"explicitly.", RuntimeWarning, stacklevel=5)
