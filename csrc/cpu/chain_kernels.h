@@ -320,35 +320,50 @@ template <typename T>
 void pack(const T* w_hh, const T* res, const T* gamma, int64_t H, int res_kind, bool backward, T* out) {
   constexpr int64_t L = kLanes<T>;
   const int64_t Hp = padded<T>(H);
-  std::memset(out, 0, sizeof(T) * packed_elems<T>(H, res_kind, backward));
   T* gam = out;
   T* p0 = gam + Hp;
   T* q = p0 + Hp;
   T* panels = q + Hp;
+  std::memset(out, 0, sizeof(T) * 3 * Hp);  // the panels below are written in full, padding included
   for (int64_t i = 0; i < H; ++i) {
     gam[i] = gamma[i];
     if (res_kind == kResDiag || res_kind == kResRot) p0[i] = res[i];
     if (res_kind == kResRot) q[i] = backward ? res[H + (i ^ 1)] : res[H + i];
   }
+  // Panel element (s, k, c) of the panel that starts at column c0 sits at dst[(s * K + k) * width + c].
+  // Forward: column col of [W_hh^T | R^T] is row col of W_hh (col < Hp) or of R: read along that row,
+  // write down the panel. Backward: row k of segment s is row k of W_hh or R, columns c0 ..: one copy.
+  // Columns past H (padding) are zero. Written so for speed: the pack runs once per call, and at T = 1 or
+  // large H its cost is the call's (an element-wise gather took 300 us at H = 512).
   const int64_t segs = gemm_segments<T>(res_kind, backward);
   const int64_t N = gemm_columns<T>(H, res_kind, backward);
   const int64_t K = H;
-  auto value = [&](int64_t s, int64_t k, int64_t col) -> T {
-    if (!backward) {
-      if (col < Hp) return col < H ? w_hh[col * H + k] : T(0);
-      col -= Hp;
-      return col < H ? res[col * H + k] : T(0);
-    }
-    const T* M = s == 0 ? w_hh : res;
-    return col < H ? M[k * H + col] : T(0);
-  };
   T* dst = panels;
   const int64_t nv = N / L;
   for (int64_t v0 = 0; v0 < nv; v0 += WCRNN_NR) {
-    const int64_t width = std::min<int64_t>(WCRNN_NR, nv - v0) * L;
-    for (int64_t s = 0; s < segs; ++s)
-      for (int64_t k = 0; k < K; ++k)
-        for (int64_t c = 0; c < width; ++c) dst[(s * K + k) * width + c] = value(s, k, v0 * L + c);
+    const int64_t width = std::min<int64_t>(WCRNN_NR, nv - v0) * L, c0 = v0 * L;
+    if (!backward) {
+      constexpr int64_t KB = 16;  // a block of 16 k: its panel rows stay in L1 while 16 source rows stream
+      for (int64_t kb = 0; kb < K; kb += KB) {
+        const int64_t ke = std::min<int64_t>(K, kb + KB);
+        for (int64_t c = 0; c < width; ++c) {
+          const int64_t col = c0 + c, m = col < Hp ? col : col - Hp;
+          const T* row = m >= H ? nullptr : (col < Hp ? w_hh : res) + m * H;
+          T* d = dst + c;
+          for (int64_t k = kb; k < ke; ++k) d[k * width] = row != nullptr ? row[k] : T(0);
+        }
+      }
+    } else {
+      const int64_t n = std::max<int64_t>(0, std::min<int64_t>(width, H - c0));
+      for (int64_t s = 0; s < segs; ++s) {
+        const T* M = s == 0 ? w_hh : res;
+        for (int64_t k = 0; k < K; ++k) {
+          T* d = dst + (s * K + k) * width;
+          std::memcpy(d, M + k * H + c0, sizeof(T) * n);
+          std::memset(d + n, 0, sizeof(T) * (width - n));
+        }
+      }
+    }
     dst += segs * K * width;
   }
 }
