@@ -14,6 +14,13 @@ SHAPES = {  # name: (T, B, I, H), docs/design.md section 7
     "G4": (4096, 8, 64, 512),
 }
 
+# Step by step (generation, online control): `calls` forward calls of T = 1 under no_grad, each carrying the
+# state of the last; what it measures is mostly the host cost of a call. name: (calls, B, I, H)
+STEP_SHAPES = {
+    "P1": (100, 1, 32, 128),
+    "P2": (100, 32, 32, 256),
+}
+
 
 def bench_device() -> str:
     return os.environ.get("WCRNN_BENCH_DEVICE", "cpu")
@@ -82,6 +89,26 @@ def layer_call(impl: str, mode: str, T: int, B: int, I: int, H: int, device, dty
         out, h = model(x)
         torch.autograd.backward([out, h], [g_out, g_h])
     return forward_backward
+
+
+def step_call(impl: str, calls: int, B: int, I: int, H: int, device, dtype):
+    """The callable for a STEP_SHAPES measurement: impl "nn.RNN" or a FusedWCRNN backend name; `calls`
+    single-step forward calls under no_grad, the state of each fed to the next."""
+    torch.manual_seed(0)
+    from wcrnn_kernels import FusedWCRNN
+    if impl == "nn.RNN":
+        model = torch.nn.RNN(I, H, device=device, dtype=dtype)
+    else:
+        model = FusedWCRNN(I, H, backend=impl, device=device, dtype=dtype)
+    xs = torch.randn(calls, 1, B, I, device=device, dtype=dtype)
+    h0 = torch.zeros(1, B, H, device=device, dtype=dtype)
+
+    def steps():
+        with torch.no_grad():
+            h = h0
+            for x in xs:
+                _, h = model(x, h)
+    return steps
 
 
 def _with_setting(fn, get, put, value):

@@ -17,7 +17,7 @@ import time
 import pytest
 import torch
 
-from bench_config import SHAPES, bench_device, bench_dtype, bench_shapes, layer_call
+from bench_config import SHAPES, STEP_SHAPES, bench_device, bench_dtype, bench_shapes, layer_call, step_call
 from wcrnn_kernels import available_backends
 from wcrnn_kernels.backends import get_backend
 
@@ -96,3 +96,20 @@ def test_gemm_floor(benchmark, shape):
         _sync()
 
     _run(benchmark, fn, _info(shape, "floor", "gemm-floor"))
+
+
+@pytest.mark.parametrize("shape", list(STEP_SHAPES))
+@pytest.mark.parametrize("impl", ("nn.RNN",) + KERNEL_BACKENDS)
+def test_step_by_step(benchmark, shape, impl):
+    """Generation-style use: one T = 1 call per step (STEP_SHAPES), where the host cost of a call counts."""
+    calls, B, I, H = STEP_SHAPES[shape]
+    _skip_unless_runs(impl, H)
+    fn = step_call(impl, calls, B, I, H, bench_device(), bench_dtype())
+
+    def timed():
+        fn()
+        _sync()
+
+    info = dict(shape=shape, mode="step-by-step", impl=impl, T=calls, B=B, I=I, H=H, device=bench_device(),
+                dtype=str(bench_dtype()).replace("torch.", ""), threads=torch.get_num_threads())
+    _run(benchmark, timed, info)

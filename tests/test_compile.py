@@ -64,3 +64,85 @@ def test_opcheck_on_the_custom_ops():
     torch.library.opcheck(_chain_fwd, args[:5] + (None, 1, 1, "torch", True))  # no lengths, relu
     nograd = tuple(t.detach() if isinstance(t, torch.Tensor) else t for t in args)
     torch.library.opcheck(_chain_fwd, nograd[:-1] + (False,))  # inference: nothing saved
+
+
+# ------------------------------------------------------------------------------------ the eager fast path
+
+class _Counting:
+    """Wraps ops._chain_fwd / _chain_bwd (the custom ops) and counts the calls that go through them."""
+    def __init__(self, op):
+        self.op, self.calls = op, 0
+
+    def __call__(self, *args):
+        self.calls += 1
+        return self.op(*args)
+
+
+def _run(case, backend, **kw):
+    from wcrnn_kernels import wcrnn_chain
+    leaves = {k: case[k].clone().requires_grad_() for k in ("u", "x0", "w_hh", "res", "gamma")}
+    out, h_n = wcrnn_chain(leaves["u"], leaves["x0"], leaves["w_hh"], case["res_kind"], leaves["res"],
+                           leaves["gamma"], case["lengths"], backend=backend, **kw)
+    torch.manual_seed(5)
+    (out * torch.randn_like(out)).sum().add((h_n * torch.randn_like(h_n)).sum()).backward()
+    return [out.detach(), h_n.detach()] + [leaves[k].grad for k in ("u", "x0", "w_hh", "res", "gamma")]
+
+
+@pytest.mark.parametrize("kind", ["scalar", "rotational", "dense"])
+@pytest.mark.parametrize("backend", ["torch", "cpp"])
+def test_eager_fast_path_is_the_op_bit_for_bit(monkeypatch, backend, kind):
+    """Plain eager calls skip the custom-op dispatch (its host cost) but run the same implementation and
+    backward formula: outputs and every gradient are bitwise those of the op path, which a TorchDispatchMode
+    forces; the counters show which path ran."""
+    from helpers import make_case, require_backend
+    from torch.utils._python_dispatch import TorchDispatchMode
+    from wcrnn_kernels import ops
+    require_backend(backend, dtype=torch.float64)
+    case = make_case(kind, 7, 3, 6, lengths=True, seed=4)
+    fwd, bwd = _Counting(ops._chain_fwd), _Counting(ops._chain_bwd)
+    monkeypatch.setattr(ops, "_chain_fwd", fwd)
+    monkeypatch.setattr(ops, "_chain_bwd", bwd)
+
+    fast = _run(case, backend)
+    assert (fwd.calls, bwd.calls) == (0, 0), "a plain eager call took the custom-op path"
+
+    class Passthrough(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            return func(*args, **(kwargs or {}))
+
+    with Passthrough():
+        slow = _run(case, backend)
+    assert (fwd.calls, bwd.calls) == (1, 1), "under a dispatch mode the call must go through the custom ops"
+    for name, a, b in zip(("out", "h_n", "u", "x0", "w_hh", "res", "gamma"), fast, slow):
+        assert torch.equal(a, b), name
+
+
+def test_eager_fast_path_only_for_plain_eager_calls():
+    from wcrnn_kernels.ops import _plain_eager
+    t, p = torch.zeros(2), torch.nn.Parameter(torch.zeros(2))
+    assert _plain_eager(t, p, None)
+
+    class Sub(torch.Tensor):
+        pass
+    assert not _plain_eager(t, t.as_subclass(Sub))
+    seen = []
+    torch.func.vmap(lambda x: seen.append(_plain_eager(x)) or x)(torch.zeros(3, 2))
+    assert seen == [False]
+    with torch.device("cpu"):  # a TorchFunctionMode
+        assert not _plain_eager(t)
+
+
+@pytest.mark.parametrize("fast", [True, False])
+def test_double_backward_is_refused_by_name(monkeypatch, fast):
+    """create_graph=True gives a first gradient that remembers the chain; differentiating it again raises
+    (the backward has no autograd formula) instead of silently treating it as a constant: both paths."""
+    from wcrnn_kernels import ops, wcrnn_chain
+    if not fast:
+        monkeypatch.setattr(ops, "_plain_eager", lambda *a: False)
+    H = 4
+    w = (torch.randn(H, H) * 0.3).requires_grad_()
+    out, _ = wcrnn_chain(torch.randn(3, 2, H), torch.zeros(2, H), w, 0, torch.full((H,), 0.9), 0.1, backend="torch")
+    g, = torch.autograd.grad(out.square().sum(), w, create_graph=True)
+    assert g.requires_grad
+    with pytest.raises(RuntimeError, match="wcrnn_kernels.chain_bwd.default but no autograd formula"):
+        g.sum().backward()

@@ -321,6 +321,9 @@ class FusedWCRNN(nn.Module):
     def chain_weights(self, layer: int = 0, direction: int = 0) -> ChainWeights:
         """Weights of one layer/direction with the residual in canonical form (differentiable)."""
         check_layer_direction(layer, direction, self.num_layers, self.bidirectional)
+        return self._chain_weights(layer, direction)
+
+    def _chain_weights(self, layer: int, direction: int) -> ChainWeights:  # checked indices
         sfx = self._suffix(layer, direction)
         w_ih, w_hh = getattr(self, "weight_ih" + sfx), getattr(self, "weight_hh" + sfx)
         bias = getattr(self, "bias_ih" + sfx) + getattr(self, "bias_hh" + sfx) if self.bias else None
@@ -341,7 +344,7 @@ class FusedWCRNN(nn.Module):
         return dt if dt in (torch.float16, torch.bfloat16) else None
 
     def _chain_weights_contiguous(self, layer: int, direction: int) -> ChainWeights:
-        cw = self.chain_weights(layer, direction)
+        cw = self._chain_weights(layer, direction)
         return cw._replace(res=cw.res.contiguous(), gamma=cw.gamma.contiguous())
 
     def _check_input(self, x: Tensor, hx: Optional[Tensor], batched: bool, amp: Optional[torch.dtype]):

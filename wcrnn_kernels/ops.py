@@ -7,8 +7,10 @@ docs/design.md section 5 lives here. One custom op per direction: ``wcrnn_kernel
 implementation and autograd formula registered) and its backward ``wcrnn_kernels::chain_bwd``; both are opaque
 to ``torch.compile``, so ``fullgraph=True`` works, and both resolve the backend when they run.
 
-Reading order: the two custom ops, their fake implementations, the autograd registration, then the public
-function ``wcrnn_chain`` that validates its arguments (contract.py) and calls the forward op.
+Reading order: the two ops' implementations and the custom ops made from them, their fake implementations,
+the autograd registration, the eager fast path (the same implementations and formula without the custom-op
+dispatch, for plain eager calls), then the public function ``wcrnn_chain`` that validates its arguments
+(contract.py) and calls the forward.
 """
 from __future__ import annotations
 
@@ -30,18 +32,16 @@ _EMPTY = (0,)
 # from their inputs' device and dtype: a graph traced here (torch.export, torch.compile) records "auto" and
 # runs with the fastest backend of wherever it is loaded, a GPU included.
 
-@torch.library.custom_op("wcrnn_kernels::chain_fwd", mutates_args=())
-def _chain_fwd(u: Tensor, x0: Tensor, w_hh: Tensor, res: Tensor, gamma: Tensor, lengths: Optional[Tensor],
-           res_kind: int, nonlin: int, backend: str, save_a: bool) -> tuple[Tensor, Tensor, Tensor]:
+def _chain_fwd_impl(u: Tensor, x0: Tensor, w_hh: Tensor, res: Tensor, gamma: Tensor, lengths: Optional[Tensor],
+                    res_kind: int, nonlin: int, backend: str, save_a: bool) -> tuple[Tensor, Tensor, Tensor]:
     name = resolve_backend(backend, u.device, u.dtype, u.shape[-1])
     return get_backend(name).chain_fwd(u, x0, w_hh, res_kind, res, gamma, lengths, nonlin, save_a)
 
 
-@torch.library.custom_op("wcrnn_kernels::chain_bwd", mutates_args=())
-def _chain_bwd(grad_out: Tensor, grad_hn: Tensor, a: Tensor, x0: Tensor, out: Tensor, w_hh: Tensor,
-               res: Tensor, gamma: Tensor, lengths: Optional[Tensor], res_kind: int, nonlin: int,
-               backend: str, need_w: bool, need_res: bool, need_gamma: bool
-               ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+def _chain_bwd_impl(grad_out: Tensor, grad_hn: Tensor, a: Tensor, x0: Tensor, out: Tensor, w_hh: Tensor,
+                    res: Tensor, gamma: Tensor, lengths: Optional[Tensor], res_kind: int, nonlin: int,
+                    backend: str, need_w: bool, need_res: bool, need_gamma: bool
+                    ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     T, B, H = a.shape
     cd = compute_dtype(a.dtype)
     # a_t = u_t + W_hh x_{t-1} was saved by the forward (docs/design.md section 5): no recompute GEMM here.
@@ -83,6 +83,10 @@ def _chain_bwd(grad_out: Tensor, grad_hn: Tensor, a: Tensor, x0: Tensor, out: Te
     return g.to(a.dtype), dx0.to(x0.dtype), grad_w, grad_res, grad_gamma
 
 
+_chain_fwd = torch.library.custom_op("wcrnn_kernels::chain_fwd", _chain_fwd_impl, mutates_args=())
+_chain_bwd = torch.library.custom_op("wcrnn_kernels::chain_bwd", _chain_bwd_impl, mutates_args=())
+
+
 @_chain_fwd.register_fake
 def _chain_fwd_fake(u, x0, w_hh, res, gamma, lengths, res_kind, nonlin, backend, save_a):
     return torch.empty_like(u), torch.empty_like(x0), (torch.empty_like(u) if save_a else u.new_empty(_EMPTY))
@@ -97,31 +101,68 @@ def _chain_bwd_fake(grad_out, grad_hn, a, x0, out, w_hh, res, gamma, lengths, re
             maybe(gamma, need_gamma))
 
 
-def _setup_context(ctx, inputs, output):
+def _setup_context(ctx, inputs, output, chain_bwd=None):
     u, x0, w_hh, res, gamma, lengths, res_kind, nonlin, backend, save_a = inputs
     out, _, a = output
     ctx.mark_non_differentiable(a)
     ctx.set_materialize_grads(False)  # an unused output's gradient arrives as None, not a zero tensor
     ctx.save_for_backward(a, x0, out, w_hh, res, gamma, lengths)
-    ctx.meta = (res_kind, nonlin, backend, save_a)
+    # the backward op, or (eager fast path, _EagerChain) its implementation itself
+    ctx.meta = (res_kind, nonlin, backend, save_a, chain_bwd or _chain_bwd)
 
 
 def _backward(ctx, grad_out, grad_hn, _grad_a):
     a, x0, out, w_hh, res, gamma, lengths = ctx.saved_tensors
-    res_kind, nonlin, backend, save_a = ctx.meta
+    res_kind, nonlin, backend, save_a, chain_bwd = ctx.meta
     if not save_a:
         raise RuntimeError("wcrnn_kernels::chain_fwd: backward called on a forward that ran without saving the "
                            "pre-activations (save_a=False: no input required grad, or grad mode was off)")
     need = ctx.needs_input_grad
     grad_out = torch.zeros_like(out) if grad_out is None else grad_out.contiguous()
     grad_hn = torch.zeros_like(x0) if grad_hn is None else grad_hn.contiguous()
-    gu, gx0, gw, gres, ggamma = _chain_bwd(grad_out, grad_hn, a, x0, out, w_hh, res, gamma, lengths,
+    gu, gx0, gw, gres, ggamma = chain_bwd(grad_out, grad_hn, a, x0, out, w_hh, res, gamma, lengths,
                                            res_kind, nonlin, backend, need[2], need[3], need[4])
     return (gu if need[0] else None, gx0 if need[1] else None, gw if need[2] else None,
             gres if need[3] else None, ggamma if need[4] else None, None, None, None, None, None)
 
 
 torch.library.register_autograd("wcrnn_kernels::chain_fwd", _backward, setup_context=_setup_context)
+
+
+# The eager fast path. Dispatching a Python custom op costs about 30 us of host time per direction (2-core
+# CPU), several times a small chain's own time (T = 1, step-by-step generation) and, on a GPU, host time a
+# short sequence cannot hide. In plain eager code the forward therefore calls the implementation directly
+# (no backward can follow) or through this autograd.Function, which runs the same implementation, the same
+# setup and the same backward formula as the custom op. Whatever transforms or traces (torch.compile,
+# torch.export, jit tracing, torch.func, FakeTensor and other modes, tensor subclasses) sees the custom op.
+
+class _EagerChain(torch.autograd.Function):
+    @staticmethod
+    def forward(u, x0, w_hh, res, gamma, lengths, res_kind, nonlin, backend, save_a):
+        return _chain_fwd_impl(u, x0, w_hh, res, gamma, lengths, res_kind, nonlin, backend, save_a)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        _setup_context(ctx, inputs, output, chain_bwd=_chain_bwd_impl)
+
+    @staticmethod
+    def backward(ctx, grad_out, grad_hn, grad_a):
+        if torch.is_grad_enabled():  # create_graph=True: through the op, which records that it has no
+            ctx.meta = ctx.meta[:4] + (_chain_bwd,)  # double backward and says so when one is asked for
+        return _backward(ctx, grad_out, grad_hn, grad_a)
+
+
+_PLAIN = (Tensor, torch.nn.Parameter)
+
+
+def _plain_eager(*tensors) -> bool:
+    """True where nothing traces or transforms this call: the fast path computes exactly what the op does."""
+    if torch.compiler.is_compiling() or torch.jit.is_tracing() or torch.jit.is_scripting():
+        return False
+    c = torch._C
+    if c._is_torch_function_mode_enabled() or c._len_torch_dispatch_stack() or c._are_functorch_transforms_active():
+        return False
+    return all(t is None or type(t) in _PLAIN for t in tensors)
 
 
 def wcrnn_chain(u: Tensor, x0: Tensor, w_hh: Tensor, res_kind: int, res: Tensor, gamma, lengths=None,
@@ -150,7 +191,8 @@ def wcrnn_chain(u: Tensor, x0: Tensor, w_hh: Tensor, res_kind: int, res: Tensor,
     # resolved here to check a forced backend early (eager); the op resolves the request again when it runs
     if resolve_backend(backend, u.device, u.dtype, H) == "reference":
         return wcrnn_chain_ref(u, x0, w_hh, res_kind, res, gamma, lengths, nonlinearity)
-    if _onnx_exporting():
+    plain = _plain_eager(u, x0, w_hh, res, gamma, lengths)
+    if not plain and _onnx_exporting():  # an exporter traces: never a plain eager call
         # torch.onnx.export(..., dynamo=True): the chain as a scan, which becomes an ONNX Scan with dynamic
         # T and B (the custom op has no ONNX translation; onnx_export.py)
         from .onnx_export import chain_as_scan
@@ -158,8 +200,14 @@ def wcrnn_chain(u: Tensor, x0: Tensor, w_hh: Tensor, res_kind: int, res: Tensor,
     gamma = gamma.reshape(-1).expand(H) if gamma.numel() == 1 else gamma
     # The pre-activations are stored only when a backward can follow.
     save_a = torch.is_grad_enabled() and any(t.requires_grad for t in (u, x0, w_hh, res, gamma))
-    out, h_n, _ = _chain_fwd(u.contiguous(), x0.contiguous(), w_hh.contiguous(), res.contiguous(),
-                         gamma.contiguous(), lengths, res_kind, nonlin, backend, save_a)
+    args = (u.contiguous(), x0.contiguous(), w_hh.contiguous(), res.contiguous(), gamma.contiguous(), lengths,
+            res_kind, nonlin, backend, save_a)
+    if not plain:
+        out, h_n, _ = _chain_fwd(*args)
+    elif save_a:
+        out, h_n, _ = _EagerChain.apply(*args)
+    else:
+        out, h_n, _ = _chain_fwd_impl(*args)
     return out, h_n
 
 
