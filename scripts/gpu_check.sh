@@ -29,9 +29,9 @@
 #   env.txt      versions and device attributes          build.log   the build of the CUDA kernels
 #   smoke.jsonl  one line per smoke case                  bench.jsonl one line per benchmark (metadata first)
 #   sanitize.log compute-sanitizer's reports              full.log    everything, in order
-# Tier 3 adds bench_harness_float32.json and bench_harness_bfloat16.json (its tests' log goes to full.log and
-# their outcome to summary.txt); WCRNN_GPU_TIER3=tests (or harness) runs one part only, so that
-# `gpu_check.sh 1 2 3` with WCRNN_GPU_TIER3=tests stays within 7 files.
+# Tier 3 adds bench_harness_float32.json, bench_harness_bfloat16.json and bench_step_float32.json (its tests'
+# log goes to full.log and their outcome to summary.txt); WCRNN_GPU_TIER3=tests (or harness) runs one part
+# only, so that `gpu_check.sh 1 2 3` with WCRNN_GPU_TIER3=tests stays within 7 files.
 # Exit status: 0 when every step passed, 1 otherwise. Environment: WCRNN_GPU_LIMIT_S (seconds for the whole
 # command), WCRNN_GPU_SKIP (comma-separated step-name prefixes to skip, e.g. smoke-triton,prewarm,bench),
 # WCRNN_COMMIT (recorded in the results where git is absent), PYTHON (default python3), WCRNN_CUDA_ARCH
@@ -269,9 +269,17 @@ tier3() {
     [[ $parts == *,harness,* ]] && for dt in float32 bfloat16; do
         WCRNN_BENCH_DEVICE=$dev WCRNN_BENCH_DTYPE=$dt WCRNN_TRITON_AUTOTUNE=1 run_or_fail "harness-$dt" 200 \
             "$WORK/harness-$dt.log" $PY -m pytest benchmarks/test_bench_wcrnn.py "$mode" -q -p no:cacheprovider \
-            --benchmark-json="$OUTDIR/bench_harness_$dt.json"
+            -k "not step_by_step" --benchmark-json="$OUTDIR/bench_harness_$dt.json"
         grep -A80 "WCRNN benchmark summary" "$WORK/harness-$dt.log" >> "$SUMMARY" 2>/dev/null
     done
+    # step by step (100 calls of T = 1: the host cost of a call beside nn.RNN's), float32, a file of its own so
+    # that its time limit can never cost the harness's JSON
+    [[ $parts == *,harness,* ]] && {
+        WCRNN_BENCH_DEVICE=$dev WCRNN_BENCH_DTYPE=float32 run_or_fail harness-step 60 "$WORK/harness-step.log" \
+            $PY -m pytest benchmarks/test_bench_wcrnn.py "$mode" -q -p no:cacheprovider -k step_by_step \
+            --benchmark-json="$OUTDIR/bench_step_float32.json"
+        grep -A12 "WCRNN benchmark summary" "$WORK/harness-step.log" >> "$SUMMARY" 2>/dev/null
+    }
     if [[ $parts == *,tests,* ]]; then
         # -v: one line per test as it ends, so a step cut by its time limit still says what passed and failed
         local targs=(-v -rfEs -p no:cacheprovider)
