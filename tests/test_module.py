@@ -210,3 +210,28 @@ def test_module_moves_with_to_and_double():
     assert m.r_l0.dtype == F64 and m.gamma_l0.dtype == F64 and m.weight_hh_l0.dtype == F64
     out, h = m(torch.randn(2, 1, 3, dtype=F64))
     assert out.dtype == F64
+
+
+@pytest.mark.targets("cuda", "triton-gpu")
+@pytest.mark.parametrize("packed", [False, True], ids=["padded", "packed"])
+def test_forward_and_backward_never_make_the_host_wait_for_the_gpu(target, monkeypatch, packed):
+    """torch.cuda.set_sync_debug_mode("error") raises at any host-device synchronisation (a GPU mask used for
+    indexing, lengths checked on the GPU, .item()): a forward and backward, packed too, must have none, or the
+    host stops feeding the GPU at every call."""
+    setup_target(target, monkeypatch)
+    torch.manual_seed(0)
+    model = FusedWCRNN(3, 16, num_layers=2, bidirectional=True, backend=target.backend).to(target.device)
+    x = torch.randn(7, 4, 3, device=target.device, requires_grad=True)
+    inp = pack_padded_sequence(x, torch.tensor([7, 5, 3, 1]), enforce_sorted=False) if packed else x
+
+    def step():
+        out, h = model(inp)
+        ((out.data if packed else out).square().sum() + h.sum()).backward()
+
+    step()  # the first call may build, compile or autotune (which synchronises)
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        step()
+    finally:
+        torch.cuda.set_sync_debug_mode(0)

@@ -95,7 +95,8 @@ def check_lengths(lengths, B: int, T: int, device) -> Tensor:
         lo, hi = int(lengths.min()), int(lengths.max())
         if lo < 0 or hi > T:
             raise ValueError(f"lengths: every entry must lie in [0, T = {T}], got min {lo}, max {hi}")
-    return lengths.to(device=device, dtype=torch.int64).contiguous()
+    # non_blocking: CPU lengths for a GPU chain are copied without making the host wait for the device
+    return lengths.to(device=device, dtype=torch.int64, non_blocking=True).contiguous()
 
 
 def check_chain_call(u, x0, w_hh, res_kind, res, gamma, lengths, nonlinearity: str):

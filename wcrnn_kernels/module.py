@@ -390,12 +390,13 @@ class FusedWCRNN(nn.Module):
                 _check_packed(data, batch_sizes)
             self._check_input(data, hx, batched=True, amp=amp)
             T, B = batch_sizes.shape[0], int(batch_sizes[0])
-            # padded time-major layout in the packed (length-sorted) batch order
+            # padded time-major layout in the packed (length-sorted) batch order. Everything derived from
+            # batch_sizes is worked out on the CPU and moved once without waiting: indexing a GPU tensor with a
+            # GPU mask, or checking GPU lengths, would make the host wait for the device at every call.
             valid = torch.arange(B)[None, :] < batch_sizes[:, None]  # (T, B) on CPU
             lengths = valid.sum(0)
-            valid = valid.to(data.device)
-            x = data.new_zeros((T, B, data.shape[-1]))
-            x[valid] = data
+            rows = valid.reshape(-1).nonzero().squeeze(1).to(data.device, non_blocking=True)  # packed -> T*B
+            x = data.new_zeros((T * B, data.shape[-1])).index_copy(0, rows, data).view(T, B, data.shape[-1])
             if hx is not None and sorted_indices is not None:
                 hx = hx.index_select(1, sorted_indices)
             batched = True
@@ -427,7 +428,8 @@ class FusedWCRNN(nn.Module):
             out, h_n = self._run_layers(x, hx, lengths, amp)
 
         if isinstance(input, PackedSequence):
-            out = PackedSequence(out[valid], batch_sizes, sorted_indices, unsorted_indices)
+            out = PackedSequence(out.reshape(T * B, -1).index_select(0, rows), batch_sizes, sorted_indices,
+                                 unsorted_indices)
             if unsorted_indices is not None:
                 h_n = h_n.index_select(1, unsorted_indices)
             return out, h_n
@@ -445,7 +447,9 @@ class FusedWCRNN(nn.Module):
             hx = x.new_zeros((self.num_layers * num_dir, B, self.hidden_size), dtype=sdt)
         elif amp is not None:
             hx = hx.to(sdt)
-        dev_lengths = lengths.to(x.device) if lengths is not None else None
+        # the chain gets the CPU lengths (checked there, then moved without waiting); the time reversal, its
+        # device copy
+        dev_lengths = lengths.to(x.device, non_blocking=True) if lengths is not None else None
         h_n = []
         layer_in = x
         # Every layer's weights up front: under torch.compile their small elementwise preparations (bias sums,
@@ -467,12 +471,12 @@ class FusedWCRNN(nn.Module):
                     cw = cws[layer * num_dir + d]
                     u = F.linear(inp, cw.w_ih, cw.bias)  # under autocast: in the autocast dtype
                     if amp is None:
-                        out, h = wcrnn_chain(u, x0, cw.w_hh, cw.res_kind, cw.res, cw.gamma, dev_lengths,
+                        out, h = wcrnn_chain(u, x0, cw.w_hh, cw.res_kind, cw.res, cw.gamma, lengths,
                                              self.nonlinearity, self.backend)
                     else:
                         with torch.autocast(x.device.type, enabled=False):
                             out, h = wcrnn_chain(u.to(sdt), x0, cw.w_hh, cw.res_kind, cw.res, cw.gamma,
-                                                 dev_lengths, self.nonlinearity, self.backend)
+                                                 lengths, self.nonlinearity, self.backend)
                 if amp is not None:
                     out, h = out.to(amp), h.to(amp)
                 outs.append(out if d == 0 else _reverse_time(out, dev_lengths))
