@@ -128,8 +128,17 @@ def test_eager_fast_path_only_for_plain_eager_calls():
     seen = []
     torch.func.vmap(lambda x: seen.append(_plain_eager(x)) or x)(torch.zeros(3, 2))
     assert seen == [False]
-    with torch.device("cpu"):  # a TorchFunctionMode
+    from torch.overrides import TorchFunctionMode
+
+    class Passthrough(TorchFunctionMode):
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            return func(*args, **(kwargs or {}))
+    with Passthrough():
         assert not _plain_eager(t)
+    with torch.device("cpu"):  # the one mode that changes nothing here: the default device of factories
+        assert _plain_eager(t)
+        with Passthrough():
+            assert not _plain_eager(t)
 
 
 @pytest.mark.parametrize("fast", [True, False])

@@ -18,6 +18,7 @@ from typing import Optional
 
 import torch
 from torch import Tensor
+from torch.utils._device import DeviceContext as _DeviceContext  # the mode torch.set_default_device installs
 
 from .backends import get_backend, resolve_backend
 from .reference import compute_dtype, phi
@@ -160,8 +161,11 @@ def _plain_eager(*tensors) -> bool:
     if torch.compiler.is_compiling() or torch.jit.is_tracing() or torch.jit.is_scripting():
         return False
     c = torch._C
-    if c._is_torch_function_mode_enabled() or c._len_torch_dispatch_stack() or c._are_functorch_transforms_active():
+    if c._len_torch_dispatch_stack() or c._are_functorch_transforms_active():
         return False
+    if c._is_torch_function_mode_enabled() and not all(
+            isinstance(m, _DeviceContext) for m in torch.overrides._get_current_function_mode_stack()):
+        return False  # a torch function mode other than torch.set_default_device's / `with torch.device(...)`
     return all(t is None or type(t) in _PLAIN for t in tensors)
 
 
