@@ -2,7 +2,8 @@
 
 * torch importable in the build environment (``pip install --no-build-isolation .``, or ``python setup.py
   develop``): the ``wcrnn_C`` library is compiled now, as the extension module ``wcrnn_kernels._C`` - the C++
-  CPU kernels always, plus ``csrc/cuda/*.cu`` when torch has CUDA, nvcc is found and ``WCRNN_NO_CUDA`` is unset
+  CPU kernels always, plus ``csrc/cuda/*.cu`` when torch has CUDA, nvcc is found (a CUDA toolkit, or NVIDIA's
+  pip wheels in site-packages/nvidia/cu<major>: ``_build.cuda_home``) and ``WCRNN_NO_CUDA`` is unset
   (archs from ``WCRNN_CUDA_ARCH``, default "8.0;9.0+PTX"). A record of the torch / Python / source hash it was
   built for is written beside it (``_C_build.json``); at run time a library whose record does not match is
   never loaded.
@@ -74,6 +75,13 @@ def _extensions():
     with_cuda, why = _build.cuda_build_decision(CSRC)
     _say(f"compiling the C++ kernels{' and the CUDA kernels' if with_cuda else ''} "
          f"(CUDA: {why})")
+    link_args = _build.ld_flags()
+    if with_cuda:
+        home, from_pip = _build.cuda_home()
+        if from_pip:  # nvcc from NVIDIA's wheels: this build process uses their toolkit tree
+            from torch.utils import cpp_extension
+            cpp_extension.CUDA_HOME = home
+        link_args = link_args + _build.cudart_link_flags(home, os.path.join(HERE, "build"))
     # setuptools wants source paths relative to setup.py
     sources = [os.path.relpath(p, HERE) for p in _build.cpp_sources(CSRC)]
     compile_args = {"cxx": _build.cxx_flags()}
@@ -83,7 +91,7 @@ def _extensions():
         os.environ["TORCH_CUDA_ARCH_LIST"] = _build.cuda_arch_list()
     ext_cls = CUDAExtension if with_cuda else CppExtension
     ext = ext_cls("wcrnn_kernels._C", sources, include_dirs=[CSRC], extra_compile_args=compile_args,
-                  extra_link_args=_build.ld_flags())
+                  extra_link_args=link_args)
     record = dict(_build.build_record(CSRC, with_cuda), cuda_decision=f"at install time: {why}")
 
     class BuildExtWithRecord(BuildExtension):

@@ -144,6 +144,84 @@ def cuda_arch_list() -> str:
     return (_env.get("WCRNN_CUDA_ARCH") or "").strip() or DEFAULT_CUDA_ARCH
 
 
+# The CUDA compiler from pip, for machines with no CUDA toolkit (torch's CUDA wheels bring the runtime, not
+# nvcc). From CUDA 13 on NVIDIA's wheels install into one tree, site-packages/nvidia/cu<major>, laid out like a
+# toolkit: the runtime headers and libcudart come with torch; these add what compiling needs.
+PIP_CUDA_PARTS = (("bin/nvcc", "nvidia-cuda-nvcc"), ("include/crt/host_config.h", "nvidia-cuda-crt"),
+                  ("include/nv/target", "nvidia-cuda-cccl"), ("nvvm/bin/cicc", "nvidia-nvvm"),
+                  ("include/cuda_runtime.h", "nvidia-cuda-runtime"))
+
+
+def pip_cuda_home(cuda_version: str | None) -> str | None:
+    """site-packages/nvidia/cu<major> when it holds nvcc (pip install nvidia-cuda-nvcc), else None."""
+    if not cuda_version:
+        return None
+    try:
+        import nvidia  # the namespace package of NVIDIA's wheels
+    except ImportError:
+        return None
+    for base in getattr(nvidia, "__path__", []):
+        home = os.path.join(base, f"cu{cuda_version.split('.')[0]}")
+        if os.path.isfile(os.path.join(home, "bin", "nvcc")):
+            return home
+    return None
+
+
+def pip_cuda_install_hint(cuda_version: str) -> str:
+    pin = ".".join(cuda_version.split(".")[:2]) + ".*"
+    return "pip install " + " ".join(f"'{pkg}=={pin}'" for _, pkg in PIP_CUDA_PARTS[:4])
+
+
+def cuda_home() -> tuple[str | None, bool]:
+    """(the CUDA toolkit root a build uses, whether it is the pip one): torch's CUDA_HOME (the CUDA_HOME
+    variable, nvcc on PATH, /usr/local/cuda) when it has nvcc, else site-packages/nvidia/cu<major>."""
+    import torch
+    from torch.utils import cpp_extension
+    home = cpp_extension.CUDA_HOME
+    if home and os.path.exists(os.path.join(home, "bin", "nvcc")):
+        return home, False
+    pip = pip_cuda_home(torch.version.cuda)
+    return (pip, True) if pip else (home, False)
+
+
+class _CudaHome:
+    """Within: torch.utils.cpp_extension builds with the CUDA toolkit at `home` (it reads its module-level
+    CUDA_HOME whenever it needs a path)."""
+
+    def __init__(self, home):
+        self.home = home
+
+    def __enter__(self):
+        from torch.utils import cpp_extension
+        self.saved = cpp_extension.CUDA_HOME
+        cpp_extension.CUDA_HOME = self.home
+        return self
+
+    def __exit__(self, *exc):
+        from torch.utils import cpp_extension
+        cpp_extension.CUDA_HOME = self.saved
+
+
+def cudart_link_flags(home: str, scratch: str) -> list[str]:
+    """Linker flags that let torch's `-lcudart` resolve against `home`. The pip runtime ships only the
+    versioned libcudart.so.<N> (no libcudart.so): a link-time symlink to it in `scratch`. The library then
+    needs libcudart.so.<N>, which torch has loaded already."""
+    for sub in ("lib64", "lib"):
+        d = os.path.join(home, sub)
+        if os.path.exists(os.path.join(d, "libcudart.so")):
+            return []
+        versioned = sorted(glob.glob(os.path.join(d, "libcudart.so.[0-9]*")), key=len)
+        if versioned:
+            shim = os.path.join(scratch, "cudart_link")
+            os.makedirs(shim, exist_ok=True)
+            link = os.path.join(shim, "libcudart.so")
+            if os.path.lexists(link):
+                os.remove(link)
+            os.symlink(versioned[0], link)
+            return [f"-L{shim}"]
+    return []
+
+
 def cuda_build_decision(root: str | None = None) -> tuple[bool, str]:
     """Whether the CUDA kernels join the build, and why (not). Imports torch."""
     import torch
@@ -154,11 +232,18 @@ def cuda_build_decision(root: str | None = None) -> tuple[bool, str]:
         return False, f"this torch ({torch.__version__}) is built without CUDA"
     if root is None or not cuda_sources(root):
         return False, "no CUDA sources (csrc/cuda/*.cu) in this build"
-    from torch.utils.cpp_extension import CUDA_HOME
+    CUDA_HOME, from_pip = cuda_home()
+    if from_pip:
+        missing = [pkg for path, pkg in PIP_CUDA_PARTS if not os.path.exists(os.path.join(CUDA_HOME, path))]
+        if missing:
+            pin = ".".join(torch.version.cuda.split(".")[:2]) + ".*"
+            return False, (f"nvcc from pip at {CUDA_HOME}/bin/nvcc, but compiling also needs "
+                           + ", ".join(missing) + ": pip install " + " ".join(f"'{m}=={pin}'" for m in missing))
+        return True, f"nvcc from pip at {CUDA_HOME}/bin/nvcc, archs {cuda_arch_list()}"
     nvcc = os.path.join(CUDA_HOME, "bin", "nvcc") if CUDA_HOME else None
     if nvcc is None or not os.path.exists(nvcc):
         return False, ("nvcc not found (set CUDA_HOME to a CUDA toolkit matching torch's CUDA "
-                       f"{torch.version.cuda})")
+                       f"{torch.version.cuda}, or {pip_cuda_install_hint(torch.version.cuda)})")
     if not (os.path.isfile(os.path.join(CUDA_HOME, "include", "cuda_runtime.h"))
             or glob.glob(os.path.join(CUDA_HOME, "targets", "*", "include", "cuda_runtime.h"))):
         # e.g. nvcc on PATH is a wrapper script in /usr/local/bin: torch then guesses CUDA_HOME=/usr/local
@@ -298,14 +383,17 @@ def jit_build_and_load(build_dir: str, name: str, *, with_cuda: bool, extra_cfla
     sources = cpp_sources(root) + (cuda_sources(root) if with_cuda else [])
     os.makedirs(build_dir, exist_ok=True)
     saved_arch = os.environ.get("TORCH_CUDA_ARCH_LIST")
+    home = cuda_home()[0] if with_cuda else cpp_extension.CUDA_HOME
+    extra_ldflags = list(extra_ldflags) + (cudart_link_flags(home, build_dir) if with_cuda and home else [])
     if with_cuda:
         os.environ["TORCH_CUDA_ARCH_LIST"] = cuda_arch_list()
     try:
-        cpp_extension.load(
-            name=name, sources=sources, extra_include_paths=[root],
-            extra_cflags=cxx_flags() + list(extra_cflags), extra_ldflags=ld_flags() + list(extra_ldflags),
-            extra_cuda_cflags=nvcc_flags() if with_cuda else None, with_cuda=with_cuda,
-            build_directory=build_dir, verbose=verbose, is_python_module=False)
+        with _CudaHome(home):
+            cpp_extension.load(
+                name=name, sources=sources, extra_include_paths=[root],
+                extra_cflags=cxx_flags() + list(extra_cflags), extra_ldflags=ld_flags() + extra_ldflags,
+                extra_cuda_cflags=nvcc_flags() if with_cuda else None, with_cuda=with_cuda,
+                build_directory=build_dir, verbose=verbose, is_python_module=False)
     finally:
         if with_cuda:
             if saved_arch is None:
