@@ -167,9 +167,11 @@ def pip_cuda_home(cuda_version: str | None) -> str | None:
     return None
 
 
-def pip_cuda_install_hint(cuda_version: str) -> str:
+def pip_cuda_install_hint(cuda_version: str, packages=None) -> str:
+    """The pip command for `packages` (default: the compiler wheels) pinned to torch's CUDA major.minor."""
     pin = ".".join(cuda_version.split(".")[:2]) + ".*"
-    return "pip install " + " ".join(f"'{pkg}=={pin}'" for _, pkg in PIP_CUDA_PARTS[:4])
+    packages = packages or [pkg for _, pkg in PIP_CUDA_PARTS[:4]]
+    return "pip install " + " ".join(f"'{pkg}=={pin}'" for pkg in packages)
 
 
 def cuda_home() -> tuple[str | None, bool]:
@@ -236,9 +238,8 @@ def cuda_build_decision(root: str | None = None) -> tuple[bool, str]:
     if from_pip:
         missing = [pkg for path, pkg in PIP_CUDA_PARTS if not os.path.exists(os.path.join(CUDA_HOME, path))]
         if missing:
-            pin = ".".join(torch.version.cuda.split(".")[:2]) + ".*"
-            return False, (f"nvcc from pip at {CUDA_HOME}/bin/nvcc, but compiling also needs "
-                           + ", ".join(missing) + ": pip install " + " ".join(f"'{m}=={pin}'" for m in missing))
+            return False, (f"nvcc from pip at {CUDA_HOME}/bin/nvcc, but compiling also needs {', '.join(missing)}: "
+                           f"{pip_cuda_install_hint(torch.version.cuda, missing)}")
         return True, f"nvcc from pip at {CUDA_HOME}/bin/nvcc, archs {cuda_arch_list()}"
     nvcc = os.path.join(CUDA_HOME, "bin", "nvcc") if CUDA_HOME else None
     if nvcc is None or not os.path.exists(nvcc):
