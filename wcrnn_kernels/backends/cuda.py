@@ -43,9 +43,10 @@ _DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 _MAX_HIDDEN = {torch.float64: 512}
 _MAX_HIDDEN_DEFAULT = 1024
 
-_INSTALL_HINT = ("install a CUDA build of torch (https://pytorch.org/get-started/locally/) and a CUDA toolkit "
-                 "whose nvcc matches torch.version.cuda; the kernels then compile on first use (or at install "
-                 "time with `pip install --no-build-isolation .`)")
+_INSTALL_HINT = ("install a CUDA build of torch (https://pytorch.org/get-started/locally/) and nvcc matching "
+                 "torch.version.cuda (a CUDA toolkit, or for CUDA 13 NVIDIA's wheels: pip install "
+                 "nvidia-cuda-nvcc nvidia-cuda-crt nvidia-cuda-cccl nvidia-nvvm, pinned to that version); the "
+                 "kernels then compile on first use (or at install time with `pip install --no-build-isolation .`)")
 
 
 class CudaBackend(WcrnnCOps):
