@@ -146,7 +146,8 @@ def cuda_arch_list() -> str:
 
 # The CUDA compiler from pip, for machines with no CUDA toolkit (torch's CUDA wheels bring the runtime, not
 # nvcc). From CUDA 13 on NVIDIA's wheels install into one tree, site-packages/nvidia/cu<major>, laid out like a
-# toolkit: the runtime headers and libcudart come with torch; these add what compiling needs.
+# toolkit: the runtime headers and libcudart come with torch; these add what compiling needs. (CUDA 12's
+# nvidia-cuda-nvcc-cu12 ships ptxas without nvcc: nothing to find there.)
 PIP_CUDA_PARTS = (("bin/nvcc", "nvidia-cuda-nvcc"), ("include/crt/host_config.h", "nvidia-cuda-crt"),
                   ("include/nv/target", "nvidia-cuda-cccl"), ("nvvm/bin/cicc", "nvidia-nvvm"),
                   ("include/cuda_runtime.h", "nvidia-cuda-runtime"))
