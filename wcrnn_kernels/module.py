@@ -396,7 +396,7 @@ class FusedWCRNN(nn.Module):
             valid = torch.arange(B)[None, :] < batch_sizes[:, None]  # (T, B) on CPU
             lengths = valid.sum(0)
             rows = valid.reshape(-1).nonzero().squeeze(1).to(data.device, non_blocking=True)  # packed -> T*B
-            x = data.new_zeros((T * B, data.shape[-1])).index_copy(0, rows, data).view(T, B, data.shape[-1])
+            x = data.new_zeros((T * B, data.shape[-1])).index_copy_(0, rows, data).view(T, B, data.shape[-1])
             if hx is not None and sorted_indices is not None:
                 hx = hx.index_select(1, sorted_indices)
             batched = True

@@ -102,19 +102,22 @@ def _chain_bwd_fake(grad_out, grad_hn, a, x0, out, w_hh, res, gamma, lengths, re
             maybe(gamma, need_gamma))
 
 
-def _setup_context(ctx, inputs, output, chain_bwd=None):
+def _setup_context(ctx, inputs, output, eager=False):
     u, x0, w_hh, res, gamma, lengths, res_kind, nonlin, backend, save_a = inputs
     out, _, a = output
     ctx.mark_non_differentiable(a)
     ctx.set_materialize_grads(False)  # an unused output's gradient arrives as None, not a zero tensor
     ctx.save_for_backward(a, x0, out, w_hh, res, gamma, lengths)
-    # the backward op, or (eager fast path, _EagerChain) its implementation itself
-    ctx.meta = (res_kind, nonlin, backend, save_a, chain_bwd or _chain_bwd)
+    ctx.meta = (res_kind, nonlin, backend, save_a, eager)
 
 
 def _backward(ctx, grad_out, grad_hn, _grad_a):
     a, x0, out, w_hh, res, gamma, lengths = ctx.saved_tensors
-    res_kind, nonlin, backend, save_a, chain_bwd = ctx.meta
+    res_kind, nonlin, backend, save_a, eager = ctx.meta
+    # The backward op; the eager fast path (_EagerChain) calls its implementation directly, except under
+    # create_graph=True (grad mode on here), where the op records that it has no double backward and says so
+    # when one is asked for.
+    chain_bwd = _chain_bwd_impl if eager and not torch.is_grad_enabled() else _chain_bwd
     if not save_a:
         raise RuntimeError("wcrnn_kernels::chain_fwd: backward called on a forward that ran without saving the "
                            "pre-activations (save_a=False: no input required grad, or grad mode was off)")
@@ -144,13 +147,9 @@ class _EagerChain(torch.autograd.Function):
 
     @staticmethod
     def setup_context(ctx, inputs, output):
-        _setup_context(ctx, inputs, output, chain_bwd=_chain_bwd_impl)
+        _setup_context(ctx, inputs, output, eager=True)
 
-    @staticmethod
-    def backward(ctx, grad_out, grad_hn, grad_a):
-        if torch.is_grad_enabled():  # create_graph=True: through the op, which records that it has no
-            ctx.meta = ctx.meta[:4] + (_chain_bwd,)  # double backward and says so when one is asked for
-        return _backward(ctx, grad_out, grad_hn, grad_a)
+    backward = staticmethod(_backward)
 
 
 _PLAIN = (Tensor, torch.nn.Parameter)
