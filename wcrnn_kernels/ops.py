@@ -133,7 +133,7 @@ def _backward(ctx, grad_out, grad_hn, _grad_a):
 torch.library.register_autograd("wcrnn_kernels::chain_fwd", _backward, setup_context=_setup_context)
 
 
-# The eager fast path. Dispatching a Python custom op costs about 30 us of host time per direction (2-core
+# The eager fast path. Dispatching a Python custom op costs about 25-30 us of host time per direction (2-core
 # CPU), several times a small chain's own time (T = 1, step-by-step generation) and, on a GPU, host time a
 # short sequence cannot hide. In plain eager code the forward therefore calls the implementation directly
 # (no backward can follow) or through this autograd.Function, which runs the same implementation, the same
