@@ -20,9 +20,9 @@ from torch.nn.utils.rnn import PackedSequence
 
 from .backends import backend_names, get_backend
 from .contract import check_layer_direction
-from .ops import wcrnn_chain
+from .ops import _plain_eager_mode, _plain_tensors, run_chain
 from .reference import wcrnn_layer_ref
-from .residual import NONLINEARITIES, RESIDUAL_KINDS, canonical_residual, check_residual_args
+from .residual import NONLIN_CODES, NONLINEARITIES, RESIDUAL_KINDS, canonical_residual, check_residual_args
 
 
 class ChainWeights(NamedTuple):
@@ -323,7 +323,8 @@ class FusedWCRNN(nn.Module):
         check_layer_direction(layer, direction, self.num_layers, self.bidirectional)
         return self._chain_weights(layer, direction)
 
-    def _chain_weights(self, layer: int, direction: int) -> ChainWeights:  # checked indices
+    def _chain_weights(self, layer: int, direction: int, contiguous: bool = False) -> ChainWeights:
+        # checked indices; `contiguous`: res and gamma as the kernels take them (an expanded r or gamma copied)
         sfx = self._suffix(layer, direction)
         w_ih, w_hh = getattr(self, "weight_ih" + sfx), getattr(self, "weight_hh" + sfx)
         bias = getattr(self, "bias_ih" + sfx) + getattr(self, "bias_hh" + sfx) if self.bias else None
@@ -333,6 +334,8 @@ class FusedWCRNN(nn.Module):
                                            device=w_hh.device)
         gamma = getattr(self, "gamma" + sfx)
         gamma = gamma.expand(self.hidden_size) if gamma.dim() == 0 else gamma
+        if contiguous:
+            res, gamma = res.contiguous(), gamma.contiguous()
         return ChainWeights(w_ih, w_hh, bias, res_kind, res, gamma, self.nonlinearity)
 
     def _autocast_dtype(self, device: torch.device) -> Optional[torch.dtype]:
@@ -342,10 +345,6 @@ class FusedWCRNN(nn.Module):
             return None
         dt = torch.get_autocast_dtype(device.type)
         return dt if dt in (torch.float16, torch.bfloat16) else None
-
-    def _chain_weights_contiguous(self, layer: int, direction: int) -> ChainWeights:
-        cw = self._chain_weights(layer, direction)
-        return cw._replace(res=cw.res.contiguous(), gamma=cw.gamma.contiguous())
 
     def _check_input(self, x: Tensor, hx: Optional[Tensor], batched: bool, amp: Optional[torch.dtype]):
         w = self.weight_ih_l0
@@ -447,15 +446,18 @@ class FusedWCRNN(nn.Module):
             hx = x.new_zeros((self.num_layers * num_dir, B, self.hidden_size), dtype=sdt)
         elif amp is not None:
             hx = hx.to(sdt)
-        # the chain gets the CPU lengths (checked there, then moved without waiting); the time reversal, its
-        # device copy
+        # lengths come from batch_sizes (in [0, T] by construction), moved once without waiting
         dev_lengths = lengths.to(x.device, non_blocking=True) if lengths is not None else None
         h_n = []
         layer_in = x
         # Every layer's weights up front: under torch.compile their small elementwise preparations (bias sums,
         # residual and gamma in canonical form) then fuse into one generated kernel instead of one per layer.
         cws = None if self.backend == "reference" else \
-            [self._chain_weights_contiguous(layer, d) for layer in range(self.num_layers) for d in range(num_dir)]
+            [self._chain_weights(layer, d, True) for layer in range(self.num_layers) for d in range(num_dir)]
+        # The chain's arguments meet its contract by construction (run_chain skips wcrnn_chain's checks), and
+        # whether this call is plain eager code (ops.py's fast path) is worked out once for every layer.
+        plain_mode = _plain_eager_mode()
+        nonlin = NONLIN_CODES[self.nonlinearity]
         for layer in range(self.num_layers):
             outs = []
             for d in range(num_dir):
@@ -471,12 +473,15 @@ class FusedWCRNN(nn.Module):
                     cw = cws[layer * num_dir + d]
                     u = F.linear(inp, cw.w_ih, cw.bias)  # under autocast: in the autocast dtype
                     if amp is None:
-                        out, h = wcrnn_chain(u, x0, cw.w_hh, cw.res_kind, cw.res, cw.gamma, lengths,
-                                             self.nonlinearity, self.backend)
+                        plain = plain_mode and _plain_tensors(u, x0, cw.w_hh, cw.res, cw.gamma)
+                        out, h = run_chain(u, x0, cw.w_hh, cw.res_kind, cw.res, cw.gamma, dev_lengths, nonlin,
+                                           self.backend, plain)
                     else:
                         with torch.autocast(x.device.type, enabled=False):
-                            out, h = wcrnn_chain(u.to(sdt), x0, cw.w_hh, cw.res_kind, cw.res, cw.gamma,
-                                                 lengths, self.nonlinearity, self.backend)
+                            u = u.to(sdt)
+                            plain = plain_mode and _plain_tensors(u, x0, cw.w_hh, cw.res, cw.gamma)
+                            out, h = run_chain(u, x0, cw.w_hh, cw.res_kind, cw.res, cw.gamma, dev_lengths,
+                                               nonlin, self.backend, plain)
                 if amp is not None:
                     out, h = out.to(amp), h.to(amp)
                 outs.append(out if d == 0 else _reverse_time(out, dev_lengths))

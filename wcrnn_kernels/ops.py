@@ -155,8 +155,9 @@ class _EagerChain(torch.autograd.Function):
 _PLAIN = (Tensor, torch.nn.Parameter)
 
 
-def _plain_eager(*tensors) -> bool:
-    """True where nothing traces or transforms this call: the fast path computes exactly what the op does."""
+def _plain_eager_mode() -> bool:
+    """True where nothing traces or transforms the calls made now (no compile, tracing, scripting, dispatch
+    mode, functorch transform, or torch function mode other than the default device's)."""
     if torch.compiler.is_compiling() or torch.jit.is_tracing() or torch.jit.is_scripting():
         return False
     c = torch._C
@@ -165,7 +166,17 @@ def _plain_eager(*tensors) -> bool:
     if c._is_torch_function_mode_enabled() and not all(
             isinstance(m, _DeviceContext) for m in torch.overrides._get_current_function_mode_stack()):
         return False  # a torch function mode other than torch.set_default_device's / `with torch.device(...)`
+    return True
+
+
+def _plain_tensors(*tensors) -> bool:
+    """True where every argument is None, a plain Tensor or a Parameter (no subclass)."""
     return all(t is None or type(t) in _PLAIN for t in tensors)
+
+
+def _plain_eager(*tensors) -> bool:
+    """True where nothing traces or transforms this call: the fast path computes exactly what the op does."""
+    return _plain_eager_mode() and _plain_tensors(*tensors)
 
 
 def wcrnn_chain(u: Tensor, x0: Tensor, w_hh: Tensor, res_kind: int, res: Tensor, gamma, lengths=None,
@@ -194,13 +205,23 @@ def wcrnn_chain(u: Tensor, x0: Tensor, w_hh: Tensor, res_kind: int, res: Tensor,
     # resolved here to check a forced backend early (eager); the op resolves the request again when it runs
     if resolve_backend(backend, u.device, u.dtype, H) == "reference":
         return wcrnn_chain_ref(u, x0, w_hh, res_kind, res, gamma, lengths, nonlinearity)
-    plain = _plain_eager(u, x0, w_hh, res, gamma, lengths)
+    gamma = gamma.reshape(-1).expand(H) if gamma.numel() == 1 else gamma
+    return run_chain(u, x0, w_hh, res_kind, res, gamma, lengths, nonlin, backend,
+                     _plain_eager(u, x0, w_hh, res, gamma, lengths))
+
+
+def run_chain(u: Tensor, x0: Tensor, w_hh: Tensor, res_kind: int, res: Tensor, gamma: Tensor,
+              lengths: Optional[Tensor], nonlin: int, backend: str, plain: bool) -> tuple[Tensor, Tensor]:
+    """``wcrnn_chain`` past its checks, for callers whose arguments meet the contract by construction
+    (FusedWCRNN, from its own parameters): res_kind and nonlin as int codes, gamma (H,), lengths int64 on u's
+    device or None, all in u's dtype and on its device, a backend other than "reference" that resolves
+    (checked once by the caller); ``plain``: ``_plain_eager`` of these tensors, which a caller making several
+    calls can work out once (``_plain_eager_mode`` for the state, ``_plain_tensors`` for its tensors)."""
     if not plain and _onnx_exporting():  # an exporter traces: never a plain eager call
         # torch.onnx.export(..., dynamo=True): the chain as a scan, which becomes an ONNX Scan with dynamic
         # T and B (the custom op has no ONNX translation; onnx_export.py)
         from .onnx_export import chain_as_scan
         return chain_as_scan(u, x0, w_hh, res_kind, res, gamma, lengths, nonlin)
-    gamma = gamma.reshape(-1).expand(H) if gamma.numel() == 1 else gamma
     # The pre-activations are stored only when a backward can follow.
     save_a = torch.is_grad_enabled() and any(t.requires_grad for t in (u, x0, w_hh, res, gamma))
     args = (u.contiguous(), x0.contiguous(), w_hh.contiguous(), res.contiguous(), gamma.contiguous(), lengths,
