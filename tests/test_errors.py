@@ -17,6 +17,12 @@ def chain_args(T=3, B=2, H=4, dtype=torch.float32):
 
 @pytest.mark.parametrize("kwargs,err,match", [
     (dict(input_size=3, hidden_size=0), ValueError, "hidden_size: expected an integer >= 1"),
+    (dict(input_size=3, hidden_size=16.0), TypeError, "hidden_size: expected an integer >= 1, got float 16.0"),
+    (dict(input_size="3", hidden_size=4), TypeError, "input_size: expected an integer >= 0, got str"),
+    (dict(input_size=3, hidden_size=4, proj_size=2), ValueError, "proj_size: only supported for LSTM"),
+    (dict(input_size=3, hidden_size=4, proj_size=0), ValueError, "proj_size: only supported for LSTM"),
+    (dict(input_size=3, hidden_size=4, gamma="0.01"), TypeError, "gamma: expected a number or a tensor, got str"),
+    (dict(input_size=3, hidden_size=4, r="1"), TypeError, "r: expected a number or a tensor, got str"),
     (dict(input_size=3, hidden_size=4, num_layers=0), ValueError, "num_layers"),
     (dict(input_size=3, hidden_size=4, nonlinearity="sigmoid"), ValueError, "nonlinearity: expected 'tanh' or 'relu'"),
     (dict(input_size=3, hidden_size=4, residual="spiral"), ValueError, "residual: expected one of"),

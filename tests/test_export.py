@@ -154,3 +154,35 @@ def test_onnx_export_with_dynamic_length_and_batch(case, tmp_path):
         assert out.shape == tuple(e_out.shape) and hn.shape == tuple(e_hn.shape), (t, b)
         torch.testing.assert_close(torch.from_numpy(out), e_out, rtol=1e-4, atol=1e-5)
         torch.testing.assert_close(torch.from_numpy(hn), e_hn, rtol=1e-4, atol=1e-5)
+
+
+def test_legacy_onnx_exporter_is_refused_by_name():
+    """torch.onnx.export(..., dynamo=False) traces with TorchScript, where the chain has no ONNX translation:
+    a message that says to export with dynamo=True, not torch's internal scan error."""
+    model = FusedWCRNN(5, 8).eval()
+    with pytest.raises(RuntimeError, match=r"dynamo=False.*Export with dynamo=True"):
+        torch.onnx.export(model, (torch.randn(4, 2, 5),), io.BytesIO(), dynamo=False)
+
+
+@pytest.mark.parametrize("kw", [dict(), dict(num_layers=2, bidirectional=True, residual="rotational"),
+                                dict(residual="none", gamma=1.0, batch_first=True)], ids=["scalar", "bidir", "elman"])
+def test_jit_trace_records_the_fused_op(kw):
+    """torch.jit.trace (with its default check, which reruns under no_grad) gives a module that equals the
+    eager one at other lengths and batch sizes, gradients included."""
+    torch.manual_seed(3)
+    model = FusedWCRNN(5, 8, **kw)
+    traced = torch.jit.trace(model, (torch.randn(4, 2, 5),))
+    x = torch.randn(9, 3, 5, requires_grad=True)
+    results = []
+    for m in (model, traced):
+        out, h_n = m(x)
+        grads = torch.autograd.grad((out * out).sum() + h_n.sum(), [x] + list(model.parameters()))
+        results.append([out, h_n, *grads])
+    assert len(results[0]) == len(results[1]) == 3 + len(list(model.parameters()))
+    for a, b in zip(*results):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_jit_script_is_refused_by_name():
+    with pytest.raises(RuntimeError, match="FusedWCRNN does not support torch.jit.script.*torch.compile"):
+        torch.jit.script(FusedWCRNN(5, 8))

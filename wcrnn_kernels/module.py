@@ -133,12 +133,16 @@ class FusedWCRNN(nn.Module):
                  bias: bool = True, batch_first: bool = False, dropout: float = 0.0,
                  bidirectional: bool = False, residual: str = "scalar", r=None, gamma=0.01, theta=None,
                  learn_residual: bool = False, learn_gamma: bool = False, backend: str = "auto",
-                 device=None, dtype=None):
+                 device=None, dtype=None, proj_size=None):
         super().__init__()
         for name, v, lo in (("input_size", input_size, 0), ("hidden_size", hidden_size, 1),
                             ("num_layers", num_layers, 1)):
-            if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < lo:
+            if isinstance(v, bool) or not isinstance(v, numbers.Integral):  # nn.RNN: TypeError too
+                raise TypeError(f"{name}: expected an integer >= {lo}, got {type(v).__name__} {v!r}")
+            if v < lo:
                 raise ValueError(f"{name}: expected an integer >= {lo}, got {v!r}")
+        if proj_size is not None:  # named, so that it gets nn.RNN's answer instead of "unexpected keyword"
+            raise ValueError(f"proj_size: only supported for LSTM, not RNN (as in nn.RNN), got {proj_size!r}")
         if nonlinearity not in NONLINEARITIES:
             raise ValueError(f"nonlinearity: expected 'tanh' or 'relu', got {nonlinearity!r}")
         if not isinstance(dropout, numbers.Number) or not 0 <= dropout <= 1 or isinstance(dropout, bool):
@@ -169,7 +173,7 @@ class FusedWCRNN(nn.Module):
             if not gamma.is_floating_point():
                 raise ValueError(f"gamma: expected a floating-point tensor, got dtype {gamma.dtype}")
         elif isinstance(gamma, bool) or not isinstance(gamma, numbers.Real):
-            raise ValueError(f"gamma: expected a number or a tensor, got {type(gamma).__name__}")
+            raise TypeError(f"gamma: expected a number or a tensor, got {type(gamma).__name__}")
         _check_finite("gamma", gamma)
         if _min_value(gamma) < 0:
             raise ValueError(f"gamma: expected a coupling >= 0, got {_show(gamma)} (min {_min_value(gamma):g}); "
@@ -499,6 +503,13 @@ class FusedWCRNN(nn.Module):
             getattr(self, "bias_ih" + sfx, None), getattr(self, "bias_hh" + sfx, None),
             residual=self.residual, r=getattr(self, "r" + sfx, 0.0), theta=getattr(self, "theta" + sfx, None),
             gamma=getattr(self, "gamma" + sfx), nonlinearity=self.nonlinearity, lengths=lengths)
+
+    def __prepare_scriptable__(self):
+        # torch.jit.script calls this first: say plainly what works instead of failing deep inside TorchScript
+        raise RuntimeError(
+            "FusedWCRNN does not support torch.jit.script (TorchScript cannot compile its backend dispatch). "
+            "Use torch.compile or torch.export; torch.jit.trace also works (the trace records the fused op, "
+            "whose sequence length and batch stay dynamic)")
 
     def extra_repr(self) -> str:
         s = f"{self.input_size}, {self.hidden_size}"

@@ -218,12 +218,19 @@ def run_chain(u: Tensor, x0: Tensor, w_hh: Tensor, res_kind: int, res: Tensor, g
     (checked once by the caller); ``plain``: ``_plain_eager`` of these tensors, which a caller making several
     calls can work out once (``_plain_eager_mode`` for the state, ``_plain_tensors`` for its tensors)."""
     if not plain and _onnx_exporting():  # an exporter traces: never a plain eager call
+        if torch.jit.is_tracing():
+            raise RuntimeError(
+                "torch.onnx.export(..., dynamo=False): the TorchScript-based exporter cannot export the WCRNN "
+                "chain (a custom op with no ONNX translation). Export with dynamo=True (the default since torch "
+                "2.9), which writes the chain as an ONNX Scan with dynamic sequence length and batch size")
         # torch.onnx.export(..., dynamo=True): the chain as a scan, which becomes an ONNX Scan with dynamic
         # T and B (the custom op has no ONNX translation; onnx_export.py)
         from .onnx_export import chain_as_scan
         return chain_as_scan(u, x0, w_hh, res_kind, res, gamma, lengths, nonlin)
-    # The pre-activations are stored only when a backward can follow.
-    save_a = torch.is_grad_enabled() and any(t.requires_grad for t in (u, x0, w_hh, res, gamma))
+    # The pre-activations are stored only when a backward can follow. A jit trace records the flag as a
+    # constant, so there it follows requires_grad alone: the trace, and its check run under no_grad, agree.
+    save_a = (torch.is_grad_enabled() or torch.jit.is_tracing()) and \
+        any(t.requires_grad for t in (u, x0, w_hh, res, gamma))
     args = (u.contiguous(), x0.contiguous(), w_hh.contiguous(), res.contiguous(), gamma.contiguous(), lengths,
             res_kind, nonlin, backend, save_a)
     if not plain:

@@ -75,7 +75,7 @@ def check_residual_args(kind: str, hidden_size: int, r, theta) -> None:
         if not r.is_floating_point():
             raise ValueError(f"r: expected a floating-point tensor, got dtype {r.dtype}")
     elif isinstance(r, bool) or not isinstance(r, numbers.Real):
-        raise ValueError(f"r: expected a number or a tensor, got {type(r).__name__}")
+        raise TypeError(f"r: expected a number or a tensor, got {type(r).__name__}")
     if theta is not None:
         if kind != "rotational":
             raise ValueError(f"theta: only used by residual='rotational', got residual={kind!r}")
