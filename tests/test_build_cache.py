@@ -135,3 +135,34 @@ def test_one_build_per_key_one_line_per_build_with_its_reason(tmp_path):
     os.remove(record_path)  # a library without its record (an interrupted build): rebuilt
     out, lines = _finish(_fake(tmp_path, real, cache))
     assert _builds(tmp_path) == 3 and len(lines) == 1 and "no readable build record" in lines[0], lines
+
+
+def test_branch_alignment_flag_is_probed_per_compiler(monkeypatch, tmp_path):
+    """The JCC-erratum padding (-Wa,-mbranches-within-32B-boundaries) is in the flags on x86-64 where the
+    compiler takes it, left out where it fails or on another architecture; the flags are part of the cache
+    key, so a library built without it is never loaded as one built with it."""
+    monkeypatch.setattr(_build, "_BRANCH_ALIGN", {})
+    failing = tmp_path / "failing-cxx"
+    failing.write_text("#!/bin/sh\nexit 1\n")
+    failing.chmod(0o755)
+    monkeypatch.setenv("CXX", str(failing))
+    monkeypatch.setattr(_build.platform, "machine", lambda: "x86_64")
+    assert _build.branch_alignment_flags() == []
+    monkeypatch.setattr(_build.platform, "machine", lambda: "aarch64")
+    monkeypatch.setenv("CXX", "no-such-compiler-anywhere")
+    assert _build.branch_alignment_flags() == []
+    assert "no-such-compiler-anywhere" not in _build._BRANCH_ALIGN  # not even probed there
+    monkeypatch.setattr(_build.platform, "machine", lambda: "x86_64")
+    monkeypatch.setenv("CXX", str(failing))
+    key_without = _build.source_hash(_build.source_root(), False)
+    monkeypatch.setitem(_build._BRANCH_ALIGN, str(failing), [_build.BRANCH_ALIGN_FLAG])
+    assert _build.BRANCH_ALIGN_FLAG in _build.cxx_flags()
+    assert _build.source_hash(_build.source_root(), False) != key_without
+
+
+@pytest.mark.skipif(sys.platform != "linux" or os.uname().machine != "x86_64", reason="x86-64 Linux only")
+def test_this_machines_gcc_pads_branches():
+    # CI's machine (x86-64, gcc 12, binutils >= 2.34): the kernels are built with the padding
+    if shutil.which(os.environ.get("CXX", "c++")) is None:
+        pytest.skip("no C++ compiler")
+    assert _build.BRANCH_ALIGN_FLAG in _build.cxx_flags()
