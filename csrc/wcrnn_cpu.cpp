@@ -159,8 +159,20 @@ void run_chain(const Args& k, int64_t res_kind, int64_t nonlin, bool backward, c
   AT_DISPATCH_FLOATING_TYPES(s.t.scalar_type(), "wcrnn_C chain (CPU)", [&] {
     const Kernels<scalar_t>& kern = kernels_of<scalar_t>(isa);
     AlignedBuffer packed(sizeof(scalar_t) * kern.packed_elems(H, kind, backward));
-    kern.pack(prm.w_hh.data_ptr<scalar_t>(), prm.res.data_ptr<scalar_t>(), prm.gamma.data_ptr<scalar_t>(), H,
-              kind, backward, static_cast<scalar_t*>(packed.ptr));
+    const auto pack = [&](int64_t pb, int64_t pe) {
+      kern.pack(prm.w_hh.data_ptr<scalar_t>(), prm.res.data_ptr<scalar_t>(), prm.gamma.data_ptr<scalar_t>(), H,
+                kind, backward, pb, pe, static_cast<scalar_t*>(packed.ptr));
+    };
+    // The pack is a strided copy of H^2 elements: on one thread it was a T = 1 call's largest cost at H >= 256
+    // (B = 32, H = 256: 38 us of 105), while the other threads waited for the chain. At H = 128 sharing it
+    // cost more than it saved (2 threads: a T = 1 call 13-16 us -> 19-22); from 256 it saves 8-11 us
+    // (B = 32), 40 (H = 512, B = 1) and 230-400 (H = 1024, B = 8).
+    const int64_t panels = kern.pack_panels(H, kind, backward);
+    if (H >= 256) {
+      parallel_rows(panels, pack);
+    } else {
+      pack(0, panels);
+    }
     const ChainProblem<scalar_t> chain{prm.lengths_data(), T, B, H, kind, static_cast<int>(nonlin),
                                        static_cast<const scalar_t*>(packed.ptr)};
     const auto p = problem(chain);

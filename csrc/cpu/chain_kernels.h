@@ -316,19 +316,31 @@ int64_t packed_elems(int64_t hidden, int res_kind, bool backward) {
          gemm_segments<T>(res_kind, backward) * hidden * gemm_columns<T>(hidden, res_kind, backward);
 }
 
+// Column panels of the packed GEMM operand: all but the last are WCRNN_NR vectors wide.
 template <typename T>
-void pack(const T* w_hh, const T* res, const T* gamma, int64_t H, int res_kind, bool backward, T* out) {
+int64_t pack_panels(int64_t hidden, int res_kind, bool backward) {
+  const int64_t nv = gemm_columns<T>(hidden, res_kind, backward) / kLanes<T>;
+  return (nv + WCRNN_NR - 1) / WCRNN_NR;
+}
+
+// Packs panels [pb, pe) and, with pb == 0, the vectors (gamma, p0, q). Disjoint ranges write disjoint parts
+// of `out`, so a caller may pack the panels on several threads.
+template <typename T>
+void pack(const T* w_hh, const T* res, const T* gamma, int64_t H, int res_kind, bool backward, int64_t pb,
+          int64_t pe, T* out) {
   constexpr int64_t L = kLanes<T>;
   const int64_t Hp = padded<T>(H);
   T* gam = out;
   T* p0 = gam + Hp;
   T* q = p0 + Hp;
   T* panels = q + Hp;
-  std::memset(out, 0, sizeof(T) * 3 * Hp);  // the panels below are written in full, padding included
-  for (int64_t i = 0; i < H; ++i) {
-    gam[i] = gamma[i];
-    if (res_kind == kResDiag || res_kind == kResRot) p0[i] = res[i];
-    if (res_kind == kResRot) q[i] = backward ? res[H + (i ^ 1)] : res[H + i];
+  if (pb == 0) {
+    std::memset(out, 0, sizeof(T) * 3 * Hp);  // the panels below are written in full, padding included
+    for (int64_t i = 0; i < H; ++i) {
+      gam[i] = gamma[i];
+      if (res_kind == kResDiag || res_kind == kResRot) p0[i] = res[i];
+      if (res_kind == kResRot) q[i] = backward ? res[H + (i ^ 1)] : res[H + i];
+    }
   }
   // Panel element (s, k, c) of the panel that starts at column c0 sits at dst[(s * K + k) * width + c].
   // Forward: column col of [W_hh^T | R^T] is row col of W_hh (col < Hp) or of R: read along that row,
@@ -338,9 +350,9 @@ void pack(const T* w_hh, const T* res, const T* gamma, int64_t H, int res_kind, 
   const int64_t segs = gemm_segments<T>(res_kind, backward);
   const int64_t N = gemm_columns<T>(H, res_kind, backward);
   const int64_t K = H;
-  T* dst = panels;
+  T* dst = panels + pb * segs * K * WCRNN_NR * L;  // every panel before the last is WCRNN_NR vectors wide
   const int64_t nv = N / L;
-  for (int64_t v0 = 0; v0 < nv; v0 += WCRNN_NR) {
+  for (int64_t v0 = pb * WCRNN_NR; v0 < std::min<int64_t>(nv, pe * WCRNN_NR); v0 += WCRNN_NR) {
     const int64_t width = std::min<int64_t>(WCRNN_NR, nv - v0) * L, c0 = v0 * L;
     if (!backward) {
       constexpr int64_t KB = 16;  // a block of 16 k: its panel rows stay in L1 while 16 source rows stream
@@ -564,6 +576,7 @@ template <typename T>
 Kernels<T> make_kernels() {
   Kernels<T> k;
   k.packed_elems = &packed_elems<T>;
+  k.pack_panels = &pack_panels<T>;
   k.pack = &pack<T>;
   k.workspace_elems = &workspace_elems<T>;
   k.forward_rows = &forward_rows<T>;

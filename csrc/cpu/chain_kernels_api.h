@@ -50,15 +50,17 @@ struct BwdProblem : ChainProblem<T> {
   T* delta;
 };
 
-// The entry points of one ISA for one dtype. A caller packs once per call (single-threaded, O(H^2)),
+// The entry points of one ISA for one dtype. A caller packs once per call (O(H^2); the pack_panels panels
+// in disjoint ranges, which may run on several threads, the range starting at 0 also packing the vectors),
 // then runs *_rows on disjoint row ranges, one per thread, each with its own workspace of
 // workspace_elems(rows) elements aligned to 64 bytes. *_rows run the whole time loop without
 // synchronisation and without allocating.
 template <typename T>
 struct Kernels {
   int64_t (*packed_elems)(int64_t hidden, int res_kind, bool backward);
+  int64_t (*pack_panels)(int64_t hidden, int res_kind, bool backward);
   void (*pack)(const T* w_hh, const T* res, const T* gamma, int64_t hidden, int res_kind, bool backward,
-               T* packed);
+               int64_t panel_begin, int64_t panel_end, T* packed);
   int64_t (*workspace_elems)(int64_t hidden, int res_kind, bool backward, int64_t rows);
   void (*forward_rows)(const FwdProblem<T>& p, int64_t row_begin, int64_t row_end, T* workspace);
   void (*backward_rows)(const BwdProblem<T>& p, int64_t row_begin, int64_t row_end, T* workspace);
