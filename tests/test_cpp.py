@@ -222,12 +222,41 @@ def test_module_batch_first_non_contiguous_against_reference(residual):
     assert_all_close(outs[0], outs[1], rtol=1e-10, names=names)
 
 
-def test_auto_picks_cpp_for_cpu_float32_and_float64_only():
-    for dtype in (torch.float32, torch.float64):
+def test_auto_picks_cpp_for_cpu_floating_dtypes():
+    for dtype in (torch.float32, torch.float64, torch.float16, torch.bfloat16):
         assert resolve_backend("auto", torch.device("cpu"), dtype, 64) == "cpp"
-    assert resolve_backend("auto", torch.device("cpu"), torch.bfloat16, 64) == "torch"
-    with pytest.raises(BackendUnavailableError, match="float32 and float64 only"):
-        resolve_backend("cpp", torch.device("cpu"), torch.float16, 64)
+    with pytest.raises(BackendUnavailableError, match="float16, bfloat16, float32 and float64 only"):
+        resolve_backend("cpp", torch.device("cpu"), torch.complex64, 64)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("kind", [0, 1, 2])
+def test_half_inputs_run_the_float32_kernels_and_round_once(dtype, kind):
+    """float16 / bfloat16 on CPU: the float32 chain on float32 copies, each output rounded once to the input
+    dtype (bitwise that), and within rounding of the torch backend, which keeps the same float32 state."""
+    from wcrnn_kernels.backends import get_backend
+    cpp, ref = get_backend("cpp"), get_backend("torch")
+    torch.manual_seed(kind)
+    T, B, H = 9, 3, 16
+    res = {0: torch.rand(H) * 0.9, 1: torch.rand(2, H) * 0.6, 2: torch.randn(H, H) * 0.2}[kind]
+    args32 = [torch.randn(T, B, H), torch.randn(B, H) * 0.5, torch.randn(H, H) / H ** 0.5, kind, res,
+              torch.rand(H) * 0.5 + 0.1, torch.tensor([9, 4, 6]), 0]
+    half = [t.to(dtype) if isinstance(t, torch.Tensor) and t.is_floating_point() else t for t in args32]
+    up = [t.float() if isinstance(t, torch.Tensor) and t.is_floating_point() else t for t in half]
+    got = cpp.chain_fwd(*half, True)
+    want = [t.to(dtype) for t in cpp.chain_fwd(*up, True)]
+    for name, a, b in zip(("out", "h_n", "a"), got, want):
+        assert a.dtype == dtype and torch.equal(a, b), name
+    eps = torch.finfo(dtype).eps
+    for name, a, b in zip(("out", "h_n", "a"), got, ref.chain_fwd(*half, True)):
+        torch.testing.assert_close(a.float(), b.float(), rtol=2 * eps, atol=2 * eps, msg=name)
+    go, gh = torch.randn(T, B, H).to(dtype), torch.randn(B, H).to(dtype)
+    bwd = [go, gh, got[2], half[2], kind, half[4], half[5], half[6], 0, True]
+    got_b = cpp.chain_bwd(*bwd)
+    want_b = [t.to(dtype) for t in cpp.chain_bwd(*[t.float() if isinstance(t, torch.Tensor) and t.is_floating_point()
+                                                   else t for t in bwd])]
+    for name, a, b in zip(("g", "dx0", "delta"), got_b, want_b):
+        assert a.dtype == dtype and torch.equal(a, b), name
 
 
 def _args(T=3, B=2, H=4, dtype=torch.float64):

@@ -1,4 +1,4 @@
-"""The "cpp" backend: the fused C++ CPU kernels of csrc/ (float32 and float64).
+"""The "cpp" backend: the fused C++ CPU kernels of csrc/ (float32 and float64; float16 / bfloat16 in float32).
 
 The chains run in the ``wcrnn_C`` operator library (``wcrnn_C::chain_fwd`` / ``wcrnn_C::chain_bwd``,
 registered with ``TORCH_LIBRARY`` for the CPU dispatch key). ``wcrnn_kernels._build`` finds or compiles
@@ -19,6 +19,9 @@ from ._registry import register_backend
 from .compiled import WcrnnCOps, load
 
 _DTYPES = (torch.float32, torch.float64)
+# float16 / bfloat16 run on float32 copies (the contract's compute dtype: float32 state and accumulation), the
+# outputs rounded to the input dtype where the torch backend rounds them (docs/design.md section 6)
+_HALF = (torch.float16, torch.bfloat16)
 
 
 class CppBackend(WcrnnCOps):
@@ -39,8 +42,26 @@ class CppBackend(WcrnnCOps):
     def supports(self, device, dtype, hidden_size):
         if device.type != "cpu":
             return f"runs CPU tensors only, got a {device.type} tensor"
-        if dtype not in _DTYPES:
-            return f"runs float32 and float64 only, got {dtype} (backend='torch' runs it)"
+        if dtype not in _DTYPES + _HALF:
+            return f"runs float16, bfloat16, float32 and float64 only, got {dtype} (backend='torch' runs it)"
         return None
+
+    def chain_fwd(self, u, x0, w_hh, res_kind, res, gamma, lengths, nonlin, save_a):
+        if u.dtype not in _HALF:
+            return super().chain_fwd(u, x0, w_hh, res_kind, res, gamma, lengths, nonlin, save_a)
+        # the kernels are float32 / float64: the chain runs in float32 (state and accumulation, as the contract
+        # asks of half inputs) and its outputs are rounded once, as the torch backend rounds them
+        f = torch.float32
+        out, h_n, a = super().chain_fwd(u.to(f), x0.to(f), w_hh.to(f), res_kind, res.to(f), gamma.to(f), lengths,
+                                        nonlin, save_a)
+        return out.to(u.dtype), h_n.to(u.dtype), a.to(u.dtype)
+
+    def chain_bwd(self, grad_out, grad_hn, a, w_hh, res_kind, res, gamma, lengths, nonlin, need_delta):
+        if a.dtype not in _HALF:  # ops.py hands half inputs' backward over in float32 already
+            return super().chain_bwd(grad_out, grad_hn, a, w_hh, res_kind, res, gamma, lengths, nonlin, need_delta)
+        f = torch.float32
+        g, dx0, delta = super().chain_bwd(grad_out.to(f), grad_hn.to(f), a.to(f), w_hh.to(f), res_kind, res.to(f),
+                                          gamma.to(f), lengths, nonlin, need_delta)
+        return g.to(a.dtype), dx0.to(a.dtype), (delta.to(a.dtype) if delta is not None else None)
 
 register_backend(CppBackend())
