@@ -24,8 +24,9 @@ import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
-# cpp: (T, B, H): a hidden axis ending mid-vector (17, 1, 130, 34), one row and a remainder of a row tile
-CPP_SIZES = ((3, 5, 17), (2, 3, 1), (1, 9, 130), (4, 1, 34))
+# cpp: (T, B, H): a hidden axis ending mid-vector (17, 1, 130, 34, 260), one row and a remainder of a row tile;
+# H = 260: the pack shared among threads (H >= 256), its transposed tiles and their tail
+CPP_SIZES = ((3, 5, 17), (2, 3, 1), (1, 9, 130), (4, 1, 34), (1, 3, 260))
 CPP_KINDS = ("none", "diagonal", "rotational", "dense")
 CPP_DTYPES = ("float32", "float64")
 

@@ -136,6 +136,35 @@ WCRNN_INLINE typename Vec<T>::V swap_pairs(typename Vec<T>::V x) {
   return swap_pairs_impl<T>(x, std::make_index_sequence<static_cast<size_t>(kLanes<T>)>{});
 }
 
+// One butterfly of an L x L transpose in registers: lanes l with bit B set trade places with lanes l - B of the
+// partner row. lo takes a's lanes without bit B and b's lanes l - B; hi takes a's lanes l + B and b's lanes
+// with bit B. After the stages B = 1, 2, .., L/2 over all row pairs (i, i + B), row j holds lane j of every
+// row: a transpose, exact (pure data movement).
+template <typename T, size_t B, size_t... Is>
+WCRNN_INLINE void butterfly_impl(typename Vec<T>::V& a, typename Vec<T>::V& b, std::index_sequence<Is...>) {
+  constexpr size_t L = sizeof...(Is);
+#if defined(__clang__)
+  const auto lo = __builtin_shufflevector(a, b, static_cast<int>((Is & B) ? L + Is - B : Is)...);
+  const auto hi = __builtin_shufflevector(a, b, static_cast<int>((Is & B) ? L + Is : Is + B)...);
+#else
+  using I = typename Vec<T>::I;
+  using S = typename Vec<T>::IScalar;
+  const auto lo = __builtin_shuffle(a, b, I{static_cast<S>((Is & B) ? L + Is - B : Is)...});
+  const auto hi = __builtin_shuffle(a, b, I{static_cast<S>((Is & B) ? L + Is : Is + B)...});
+#endif
+  a = lo;
+  b = hi;
+}
+
+template <typename T, size_t B = 1>
+WCRNN_INLINE void transpose_tile(typename Vec<T>::V* v) {
+  constexpr size_t L = static_cast<size_t>(kLanes<T>);
+  for (size_t i = 0; i < L; ++i) {
+    if ((i & B) == 0) butterfly_impl<T, B>(v[i], v[i + B], std::make_index_sequence<L>{});
+  }
+  if constexpr (2 * B < L) transpose_tile<T, 2 * B>(v);
+}
+
 template <typename T>
 constexpr T inv_factorial(int n) {
   T f = 1;
@@ -355,14 +384,25 @@ void pack(const T* w_hh, const T* res, const T* gamma, int64_t H, int res_kind, 
   for (int64_t v0 = pb * WCRNN_NR; v0 < std::min<int64_t>(nv, pe * WCRNN_NR); v0 += WCRNN_NR) {
     const int64_t width = std::min<int64_t>(WCRNN_NR, nv - v0) * L, c0 = v0 * L;
     if (!backward) {
-      constexpr int64_t KB = 16;  // a block of 16 k: its panel rows stay in L1 while 16 source rows stream
-      for (int64_t kb = 0; kb < K; kb += KB) {
-        const int64_t ke = std::min<int64_t>(K, kb + KB);
-        for (int64_t c = 0; c < width; ++c) {
-          const int64_t col = c0 + c, m = col < Hp ? col : col - Hp;
-          const T* row = m >= H ? nullptr : (col < Hp ? w_hh : res) + m * H;
-          T* d = dst + c;
-          for (int64_t k = kb; k < ke; ++k) d[k * width] = row != nullptr ? row[k] : T(0);
+      // L source rows at a time (L panel columns): L x L tiles transposed in registers, each stored as L
+      // vectors down the panel; the k past the last full tile element by element.
+      using V = typename Vec<T>::V;
+      const int64_t kfull = K / L * L;
+      for (int64_t c = 0; c < width; c += L) {
+        const T* rows[L];
+        for (int64_t i = 0; i < L; ++i) {
+          const int64_t col = c0 + c + i, m = col < Hp ? col : col - Hp;
+          rows[i] = m >= H ? nullptr : (col < Hp ? w_hh : res) + m * H;
+        }
+        T* d = dst + c;
+        for (int64_t k0 = 0; k0 < kfull; k0 += L) {
+          V v[L];
+          for (int64_t i = 0; i < L; ++i) v[i] = rows[i] != nullptr ? loadu<T>(rows[i] + k0) : V{};
+          transpose_tile<T>(v);
+          for (int64_t j = 0; j < L; ++j) storeu<T>(d + (k0 + j) * width, v[j]);
+        }
+        for (int64_t i = 0; i < L; ++i) {
+          for (int64_t k = kfull; k < K; ++k) d[k * width + i] = rows[i] != nullptr ? rows[i][k] : T(0);
         }
       }
     } else {
