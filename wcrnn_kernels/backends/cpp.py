@@ -20,7 +20,7 @@ from .compiled import WcrnnCOps, load
 
 _DTYPES = (torch.float32, torch.float64)
 # float16 / bfloat16 run on float32 copies (the contract's compute dtype: float32 state and accumulation), the
-# outputs rounded to the input dtype where the torch backend rounds them (docs/design.md section 6)
+# outputs rounded to the input dtype where the torch backend rounds them (docs/design.md section 10)
 _HALF = (torch.float16, torch.bfloat16)
 
 
