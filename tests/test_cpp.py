@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import platform
 import shutil
 import subprocess
 import sys
@@ -454,3 +455,47 @@ def test_one_step_at_a_time_equals_the_whole_sequence_bitwise(kind, H):
     finally:
         torch.set_num_threads(threads)
     assert torch.equal(out, torch.cat(steps)) and torch.equal(h_n, h)
+
+
+def _clang_command():
+    import importlib.util
+    if shutil.which("clang++"):
+        return ["clang++"]
+    if importlib.util.find_spec("ziglang") is not None:  # pip install ziglang: `python -m ziglang c++` is clang
+        return [sys.executable, "-m", "ziglang", "c++"]
+    return None
+
+
+@pytest.mark.parametrize("compiler", ["c++", "clang"])
+def test_pack_matches_its_layout(compiler, tmp_path):
+    """The packed GEMM operand of every ISA variant equals its layout's definition element by element
+    (tests/cpp_pack_check.cpp), compiled by the system compiler and by clang, whose vector-shuffle spelling of
+    the register-tile transpose differs from GCC's. A broken transpose fails it by millions of elements."""
+    cmd = [os.environ.get("CXX", "c++")] if compiler == "c++" else _clang_command()
+    if cmd is None or shutil.which(cmd[0]) is None:
+        msg = f"no {compiler} compiler here (clang: clang++ on PATH or `pip install ziglang`)"
+        if compiler == "clang" and os.environ.get("WCRNN_REQUIRE_CLANG") == "1":
+            pytest.fail(msg + "; WCRNN_REQUIRE_CLANG=1 (CI) asks for the clang build of the pack check")
+        pytest.skip(msg)
+    src = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "csrc", "cpu")
+    x86 = platform.machine().lower() in ("x86_64", "amd64")
+    objs = []
+    for isa in (["default", "avx2", "avx512"] if x86 else ["default"]):
+        obj = str(tmp_path / f"{isa}.o")
+        r = subprocess.run(cmd + ["-std=c++17", "-O1", "-I", src, "-c", os.path.join(src, f"chain_isa_{isa}.cpp"),
+                                  "-o", obj], capture_output=True, text=True, timeout=600)
+        assert r.returncode == 0, r.stderr[-3000:]
+        objs.append(obj)
+    exe = str(tmp_path / "pack_check")
+    here = os.path.dirname(os.path.abspath(__file__))
+    r = subprocess.run(cmd + ["-std=c++17", "-O1", "-I", src, os.path.join(here, "cpp_pack_check.cpp"), *objs,
+                              "-o", exe], capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    runs = ["default"]
+    if x86:
+        from wcrnn_kernels.backends import get_backend
+        ok, why = get_backend("cpp").availability()
+        best = torch.ops.wcrnn_C.cpu_info().split("best_isa=")[1].split()[0] if ok else "default"
+        runs = ["default", "avx2", "avx512"][: ["default", "avx2", "avx512"].index(best) + 1]
+    r = subprocess.run([exe, ",".join(runs)], capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0 and r.stdout.count(" 0 bad, double 0 bad") == len(runs), r.stdout + r.stderr
