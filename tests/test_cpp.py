@@ -233,8 +233,9 @@ def test_auto_picks_cpp_for_cpu_floating_dtypes():
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("kind", [0, 1, 2])
 def test_half_inputs_run_the_float32_kernels_and_round_once(dtype, kind):
-    """float16 / bfloat16 on CPU: the float32 chain on float32 copies, each output rounded once to the input
-    dtype (bitwise that), and within rounding of the torch backend, which keeps the same float32 state."""
+    """float16 / bfloat16 on CPU: the forward is the float32 chain on float32 copies, each output rounded once
+    to the input dtype (bitwise that), and within rounding of the torch backend, which keeps the same float32
+    state."""
     from wcrnn_kernels.backends import get_backend
     cpp, ref = get_backend("cpp"), get_backend("torch")
     torch.manual_seed(kind)
@@ -251,13 +252,8 @@ def test_half_inputs_run_the_float32_kernels_and_round_once(dtype, kind):
     eps = torch.finfo(dtype).eps
     for name, a, b in zip(("out", "h_n", "a"), got, ref.chain_fwd(*half, True)):
         torch.testing.assert_close(a.float(), b.float(), rtol=2 * eps, atol=2 * eps, msg=name)
-    go, gh = torch.randn(T, B, H).to(dtype), torch.randn(B, H).to(dtype)
-    bwd = [go, gh, got[2], half[2], kind, half[4], half[5], half[6], 0, True]
-    got_b = cpp.chain_bwd(*bwd)
-    want_b = [t.to(dtype) for t in cpp.chain_bwd(*[t.float() if isinstance(t, torch.Tensor) and t.is_floating_point()
-                                                   else t for t in bwd])]
-    for name, a, b in zip(("g", "dx0", "delta"), got_b, want_b):
-        assert a.dtype == dtype and torch.equal(a, b), name
+    # the backward of a half model reaches the backend in float32 (ops.py): test_chain.py's half-precision
+    # suite checks it against float64 through the public op
 
 
 def _args(T=3, B=2, H=4, dtype=torch.float64):
@@ -498,4 +494,5 @@ def test_pack_matches_its_layout(compiler, tmp_path):
         best = torch.ops.wcrnn_C.cpu_info().split("best_isa=")[1].split()[0] if ok else "default"
         runs = ["default", "avx2", "avx512"][: ["default", "avx2", "avx512"].index(best) + 1]
     r = subprocess.run([exe, ",".join(runs)], capture_output=True, text=True, timeout=600)
-    assert r.returncode == 0 and r.stdout.count(" 0 bad, double 0 bad") == len(runs), r.stdout + r.stderr
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert sorted(r.stdout.splitlines()) == sorted(f"{isa}: float 0 bad, double 0 bad" for isa in runs), r.stdout

@@ -214,9 +214,10 @@ def run_chain(u: Tensor, x0: Tensor, w_hh: Tensor, res_kind: int, res: Tensor, g
               lengths: Optional[Tensor], nonlin: int, backend: str, plain: bool) -> tuple[Tensor, Tensor]:
     """``wcrnn_chain`` past its checks, for callers whose arguments meet the contract by construction
     (FusedWCRNN, from its own parameters): res_kind and nonlin as int codes, gamma (H,), lengths int64 on u's
-    device or None, all in u's dtype and on its device, a backend other than "reference" that resolves
-    (checked once by the caller); ``plain``: ``_plain_eager`` of these tensors, which a caller making several
-    calls can work out once (``_plain_eager_mode`` for the state, ``_plain_tensors`` for its tensors)."""
+    device or None, all in u's dtype and on its device, a backend other than "reference" (resolved when the op
+    runs, which raises for one that cannot run these tensors); ``plain``: ``_plain_eager`` of these tensors,
+    which a caller making several calls can work out once (``_plain_eager_mode`` for the state,
+    ``_plain_tensors`` for its tensors)."""
     if not plain and _onnx_exporting():  # an exporter traces: never a plain eager call
         if torch.jit.is_tracing():
             raise RuntimeError(

@@ -56,12 +56,6 @@ class CppBackend(WcrnnCOps):
                                         nonlin, save_a)
         return out.to(u.dtype), h_n.to(u.dtype), a.to(u.dtype)
 
-    def chain_bwd(self, grad_out, grad_hn, a, w_hh, res_kind, res, gamma, lengths, nonlin, need_delta):
-        if a.dtype not in _HALF:  # ops.py hands half inputs' backward over in float32 already
-            return super().chain_bwd(grad_out, grad_hn, a, w_hh, res_kind, res, gamma, lengths, nonlin, need_delta)
-        f = torch.float32
-        g, dx0, delta = super().chain_bwd(grad_out.to(f), grad_hn.to(f), a.to(f), w_hh.to(f), res_kind, res.to(f),
-                                          gamma.to(f), lengths, nonlin, need_delta)
-        return g.to(a.dtype), dx0.to(a.dtype), (delta.to(a.dtype) if delta is not None else None)
+    # chain_bwd: WcrnnCOps's. ops.py hands a half model's backward over in float32 (as to the cuda backend).
 
 register_backend(CppBackend())
