@@ -329,6 +329,22 @@ void step_gemm(int64_t n, int64_t K, const T* A1, const T* A2, int64_t lda, cons
 //   forward:  N = Hp: W_hh^T;  dense: N = 2 Hp: [W_hh^T | R^T]   (a_t and R x_{t-1} in one product)
 //   backward: N = Hp: W_hh;    dense: two K-segments [W_hh ; R] against [g_t ; delta_t]
 
+// The epilogue's R v (forward) or R^T v (backward) for one lane block, from that block's p0 and q.
+template <typename T, int KIND>
+WCRNN_INLINE typename Vec<T>::V residual_epilogue(const T* p0, const T* q, typename Vec<T>::V v) {
+  static_assert(KIND != kResDense, "a dense residual is applied in the GEMM");
+  if constexpr (KIND == kResRot) return load<T>(p0) * v + load<T>(q) * swap_pairs<T>(v);
+  return load<T>(p0) * v;
+}
+
+// Whether any of rows [rb, rb + n) is within its length at step t (no lengths: all are).
+inline bool any_row_active(const int64_t* len, int64_t rb, int64_t n, int64_t t) {
+  if (len == nullptr) return true;
+  for (int64_t m = 0; m < n; ++m)
+    if (t < len[rb + m]) return true;
+  return false;
+}
+
 template <typename T>
 int64_t gemm_segments(int res_kind, bool backward) {
   return backward && res_kind == kResDense ? 2 : 1;
@@ -451,14 +467,10 @@ void forward_rows_impl(const FwdProblem<T>& p, int64_t rb, int64_t re, T* ws) {
     const int64_t base = (t * B + rb) * H;
     T* out_t = p.out + base;
     T* a_t = p.a_out != nullptr ? p.a_out + base : nullptr;
-    if (len != nullptr) {
-      bool any = false;
-      for (int64_t m = 0; m < n && !any; ++m) any = t < len[rb + m];
-      if (!any) {  // every row is past its length: state kept, output (and a) zero
-        std::memset(out_t, 0, sizeof(T) * n * H);
-        if (a_t != nullptr) std::memset(a_t, 0, sizeof(T) * n * H);
-        continue;
-      }
+    if (!any_row_active(len, rb, n, t)) {  // every row is past its length: state kept, output (and a) zero
+      std::memset(out_t, 0, sizeof(T) * n * H);
+      if (a_t != nullptr) std::memset(a_t, 0, sizeof(T) * n * H);
+      continue;
     }
     step_gemm<T, 1>(n, H, xa, nullptr, Hp, panels, N, C, N);
     const T* u_t = p.u + base;
@@ -481,13 +493,10 @@ void forward_rows_impl(const FwdProblem<T>& p, int64_t rb, int64_t re, T* ws) {
         if (arow != nullptr) store_tail<T>(arow + j, a, left, L);
         const V ph = phi<T, NONLIN>(a);
         V rx;
-        if constexpr (KIND == kResDiag) {
-          rx = load<T>(p0 + j) * load<T>(xr + j);
-        } else if constexpr (KIND == kResRot) {
-          const V xv = load<T>(xr + j);
-          rx = load<T>(p0 + j) * xv + load<T>(q + j) * swap_pairs<T>(xv);
-        } else {
+        if constexpr (KIND == kResDense) {
           rx = load<T>(cr + Hp + j);
+        } else {
+          rx = residual_epilogue<T, KIND>(p0 + j, q + j, load<T>(xr + j));
         }
         const V xv = rx + load<T>(gam + j) * ph;
         store<T>(xn + j, xv);
@@ -525,14 +534,10 @@ void backward_rows_impl(const BwdProblem<T>& p, int64_t rb, int64_t re, T* ws) {
     const T* a_t = p.a + base;
     T* g_t = p.g + base;
     T* d_t = p.delta != nullptr ? p.delta + base : nullptr;
-    if (len != nullptr) {
-      bool any = false;
-      for (int64_t m = 0; m < n && !any; ++m) any = t < len[rb + m];
-      if (!any) {  // identity Jacobian for every row: carry unchanged, g and delta zero
-        std::memset(g_t, 0, sizeof(T) * n * H);
-        if (d_t != nullptr) std::memset(d_t, 0, sizeof(T) * n * H);
-        continue;
-      }
+    if (!any_row_active(len, rb, n, t)) {  // identity Jacobian for every row: carry unchanged, g, delta zero
+      std::memset(g_t, 0, sizeof(T) * n * H);
+      if (d_t != nullptr) std::memset(d_t, 0, sizeof(T) * n * H);
+      continue;
     }
     const T* e_t = p.grad_out + base;
     for (int64_t m = 0; m < n; ++m) {
@@ -568,12 +573,7 @@ void backward_rows_impl(const BwdProblem<T>& p, int64_t rb, int64_t re, T* ws) {
       const T* Dr = D + m * Hp;
       for (int64_t j = 0; j < Hp; j += L) {
         V v = load<T>(Cr + j);
-        if constexpr (KIND == kResDiag) {
-          v = load<T>(p0 + j) * load<T>(Dr + j) + v;
-        } else if constexpr (KIND == kResRot) {
-          const V dv = load<T>(Dr + j);
-          v = (load<T>(p0 + j) * dv + load<T>(q + j) * swap_pairs<T>(dv)) + v;
-        }
+        if constexpr (KIND != kResDense) v = residual_epilogue<T, KIND>(p0 + j, q + j, load<T>(Dr + j)) + v;
         store<T>(cr + j, v);
       }
     }
