@@ -87,6 +87,43 @@ def test_from_rnn_without_overrides_is_the_rnn(cfg):
         assert max_rel_err(a, e) < 1e-12
 
 
+@pytest.mark.parametrize("wrap", ["orthogonal", "weight_norm", "spectral_norm"])
+def test_parametrized_weights_as_nn_rnn(wrap):
+    # torch.nn.utils.parametrizations on the recurrent weights (a common way to keep an RNN stable): the
+    # parameter leaves _parameters for a property, which the module must read, gradients reaching its original
+    from torch.nn.utils import parametrizations
+    torch.manual_seed(3)
+    rnn = nn.RNN(3, 6, num_layers=2, bidirectional=True).double()
+    model = FusedWCRNN.from_rnn(rnn)
+    for m in (rnn, model):
+        for name in ("weight_hh_l0", "weight_hh_l1_reverse"):
+            getattr(parametrizations, wrap)(m, name)
+    model.load_state_dict(rnn.state_dict(), strict=False)  # the same originals (and spectral_norm's vectors)
+    x = torch.randn(5, 2, 3, dtype=F64)
+    rnn.eval(), model.eval()  # spectral_norm: no power iteration, both use the same u, v
+    for a, e in zip(model(x), rnn(x)):
+        assert max_rel_err(a, e) < 1e-12
+    model(x)[0].square().sum().backward()
+    rnn(x)[0].square().sum().backward()
+    ours = dict(model.named_parameters())
+    for name, p in rnn.named_parameters():
+        assert "original" not in name or max_rel_err(ours[name].grad, p.grad) < 1e-10, name
+    assert any("original" in name for name in ours)
+
+
+@pytest.mark.parametrize("cfg", [dict(), dict(num_layers=2, bidirectional=True)], ids=["1layer", "2layer-bidir"])
+def test_truncated_bptt_detaches_h_n_in_place_as_with_nn_rnn(cfg):
+    # h.detach_() between chunks (truncated backpropagation through time) needs an h_n that is no view
+    torch.manual_seed(4)
+    for m in (nn.RNN(3, 4, **cfg), FusedWCRNN(3, 4, **cfg)):
+        h = None
+        for _ in range(2):
+            out, h = m(torch.randn(5, 2, 3), h)
+            out.sum().backward()
+            h.detach_()
+        assert not h.requires_grad and h._base is None
+
+
 def test_from_rnn_overrides_and_dropout_warning():
     rnn = nn.RNN(3, 6, num_layers=2, dropout=0.25)
     wc = FusedWCRNN.from_rnn(rnn, residual="scalar", r=1.0, gamma=0.01)

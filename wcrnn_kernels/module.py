@@ -25,6 +25,17 @@ from .reference import wcrnn_layer_ref
 from .residual import NONLIN_CODES, NONLINEARITIES, RESIDUAL_KINDS, canonical_residual, check_residual_args
 
 
+def _suffix(layer: int, direction: int) -> str:
+    """nn.RNN's name suffix of one layer and direction's parameters."""
+    return f"_l{layer}" + ("_reverse" if direction else "")
+
+
+def _state_names(layer: int, direction: int) -> tuple[str, ...]:
+    """The names of one layer and direction's weight_ih, weight_hh, bias_ih, bias_hh, r, theta and gamma."""
+    sfx = _suffix(layer, direction)
+    return tuple(n + sfx for n in ("weight_ih", "weight_hh", "bias_ih", "bias_hh", "r", "theta", "gamma"))
+
+
 class ChainWeights(NamedTuple):
     """Everything one layer/direction's chain needs, with the residual in canonical form."""
     w_ih: Tensor
@@ -207,7 +218,7 @@ class FusedWCRNN(nn.Module):
         self._flat_weights_names = []
         for layer in range(num_layers):
             for d in range(num_dir):
-                sfx = f"_l{layer}" + ("_reverse" if d else "")
+                sfx = _suffix(layer, d)
                 layer_in = input_size if layer == 0 else H * num_dir
                 names = [("weight_ih" + sfx, (H, layer_in)), ("weight_hh" + sfx, (H, H))]
                 if bias:
@@ -221,7 +232,7 @@ class FusedWCRNN(nn.Module):
         # stream that nn.RNN's initialisation uses).
         for layer in range(num_layers):
             for d in range(num_dir):
-                sfx = f"_l{layer}" + ("_reverse" if d else "")
+                sfx = _suffix(layer, d)
                 self._register_state("gamma" + sfx, self._gamma_init(gamma, fk), learn_gamma)
                 if residual == "none":
                     continue
@@ -319,9 +330,6 @@ class FusedWCRNN(nn.Module):
             missing_keys[:] = [k for k in missing_keys if k not in drop]
 
     # ------------------------------------------------------------------------------------- forward
-    def _suffix(self, layer: int, direction: int) -> str:
-        return f"_l{layer}" + ("_reverse" if direction else "")
-
     def chain_weights(self, layer: int = 0, direction: int = 0) -> ChainWeights:
         """Weights of one layer/direction with the residual in canonical form (differentiable)."""
         check_layer_direction(layer, direction, self.num_layers, self.bidirectional)
@@ -329,18 +337,25 @@ class FusedWCRNN(nn.Module):
 
     def _chain_weights(self, layer: int, direction: int, contiguous: bool = False) -> ChainWeights:
         # checked indices; `contiguous`: res and gamma as the kernels take them (an expanded r or gamma copied)
-        sfx = self._suffix(layer, direction)
-        w_ih, w_hh = getattr(self, "weight_ih" + sfx), getattr(self, "weight_hh" + sfx)
-        bias = getattr(self, "bias_ih" + sfx) + getattr(self, "bias_hh" + sfx) if self.bias else None
-        r = getattr(self, "r" + sfx, 0.0)
-        theta = getattr(self, "theta" + sfx, None)
-        res_kind, res = canonical_residual(self.residual, self.hidden_size, r, theta, dtype=w_hh.dtype,
-                                           device=w_hh.device)
-        gamma = getattr(self, "gamma" + sfx)
+        w_ih, w_hh, b_ih, b_hh, r, theta, gamma = (self._state(n) for n in _state_names(layer, direction))
+        bias = b_ih + b_hh if self.bias else None
+        res_kind, res = canonical_residual(self.residual, self.hidden_size, 0.0 if r is None else r, theta,
+                                           dtype=w_hh.dtype, device=w_hh.device)
         gamma = gamma.expand(self.hidden_size) if gamma.dim() == 0 else gamma
         if contiguous:
             res, gamma = res.contiguous(), gamma.contiguous()
         return ChainWeights(w_ih, w_hh, bias, res_kind, res, gamma, self.nonlinearity)
+
+    def _state(self, name: str):
+        # Module.__getattr__'s own lookups (parameters, then buffers) without its cost, which a step-by-step
+        # call pays for every weight; getattr for what they do not hold (a parametrization's property, an
+        # attribute a hook sets, a state this module kind has not: None)
+        v = self._parameters.get(name)
+        if v is None:
+            v = self._buffers.get(name)
+            if v is None:
+                v = getattr(self, name, None)
+        return v
 
     def _autocast_dtype(self, device: torch.device) -> Optional[torch.dtype]:
         """The autocast dtype when autocast is on for `device` and would cast this module (float32 weights),
@@ -493,11 +508,11 @@ class FusedWCRNN(nn.Module):
             layer_in = outs[0] if num_dir == 1 else torch.cat(outs, dim=-1)
             if self.dropout and self.training and layer < self.num_layers - 1:
                 layer_in = F.dropout(layer_in, self.dropout, training=True)
-        return layer_in, torch.stack(h_n)
+        return layer_in, torch.stack(h_n)  # a fresh tensor, as nn.RNN's h_n (a view could not be detach_()-ed)
 
     def _reference_layer(self, inp, x0, layer, d, lengths):
         # backend="reference": the specification itself, from the user-facing parameters
-        sfx = self._suffix(layer, d)
+        sfx = _suffix(layer, d)
         return wcrnn_layer_ref(
             inp, x0, getattr(self, "weight_ih" + sfx), getattr(self, "weight_hh" + sfx),
             getattr(self, "bias_ih" + sfx, None), getattr(self, "bias_hh" + sfx, None),

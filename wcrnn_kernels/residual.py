@@ -99,6 +99,8 @@ def canonical_residual(kind: str, hidden_size: int, r, theta=None, *, dtype=None
     if kind == "none":
         return code, torch.zeros(H, dtype=r.dtype, device=r.device)
     if kind in ("scalar", "diagonal"):
+        if r.dim() == 0:
+            return code, r.expand(H)
         return code, r.reshape(-1).expand(H) if r.numel() == 1 else r
     if kind == "dense":
         if r.dim() == 0 or r.numel() == 1:
