@@ -1,16 +1,26 @@
 """Where the host time of one FusedWCRNN call goes, layer by layer, on CPU (the step-by-step benchmark's
 question: `test_step_by_step` in test_bench_wcrnn.py measures the whole call against nn.RNN).
 
-    python benchmarks/bench_call_cost.py [--threads 1] [--repeats 7]
+    python benchmarks/bench_call_cost.py [--threads 1] [--rounds 25]
 
-Per line: the best of `--repeats` means over 2000 calls (no grad, float32), in microseconds:
+Microseconds per call (no grad, float32). Every column of a shape runs 300 calls per round, the columns one
+after another, for --rounds rounds; each column's best round is printed. This 2-core VM is shared and has quiet
+and busy periods (a whole call then takes twice as long, nn.RNN's too): interleaved short rounds let every column
+meet the same periods, and the best round is a quiet one.
   kernel T=1,2,8   the C++ op torch.ops.wcrnn_C.chain_fwd alone; T=1 minus the per-step increase is its fixed
                    cost (mostly packing W_hh once per call)
   impl             the op's implementation (backend resolution + the C++ op): what the eager fast path calls
   custom op        the same through the torch.library custom op's dispatch (what traced graphs call)
   wcrnn_chain      the public op: argument checks, then the fast path
   module           a whole FusedWCRNN(I, H) call with a state, T = 1
+  prepared         the same call with the layer's weights prepared once beforehand (bias sum, residual and
+                   coupling in the kernels' layout): what that per-call preparation costs (a diagnostic: the
+                   module prepares them at every call, as it must to see any change to its parameters)
+  module ops       the torch ops such a call cannot do without, in a row without the module's Python: bias sum,
+                   residual and coupling expanded to the kernels' (H,) layout, input projection, the C++ op, h_n
   nn.RNN           nn.RNN(I, H) with a state, T = 1
+  impl after Py    impl again, each call right after about 5 us of pure-Python work (that work's own time
+                   taken off): what the interpreter running between two calls costs the next one
 """
 import argparse
 import time
@@ -20,23 +30,36 @@ import torch
 from wcrnn_kernels import FusedWCRNN, ops, wcrnn_chain
 from wcrnn_kernels.backends import get_backend
 
+COLUMNS = ("kernel T=1", "T=2", "T=8", "impl", "custom op", "wcrnn_chain", "module", "prepared", "module ops",
+           "nn.RNN", "impl after Py")
 
-def best_us(fn, calls=2000, repeats=7):
-    for _ in range(100):
-        fn()
-    best = float("inf")
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        for _ in range(calls):
+
+def best_rounds(fns, rounds, calls=300):
+    """{name: best microseconds per call over `rounds` interleaved rounds of `calls` calls}."""
+    best = {name: float("inf") for name in fns}
+    for fn in fns.values():
+        for _ in range(50):
             fn()
-        best = min(best, (time.perf_counter() - t0) / calls * 1e6)
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            for _ in range(calls):
+                fn()
+            best[name] = min(best[name], (time.perf_counter() - t0) / calls * 1e6)
     return best
+
+
+def _python_work():
+    s = 0
+    for i in range(300):
+        s += i
+    return s
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--repeats", type=int, default=7)
+    ap.add_argument("--rounds", type=int, default=25)
     ap.add_argument("--shapes", default="1x128,32x128,32x256,1x512", help="BxH, comma-separated")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -45,32 +68,47 @@ def main():
         raise SystemExit(f"the cpp backend is not available: {why}")
     I = 32
     print(f"torch {torch.__version__}, {args.threads} thread(s), float32, microseconds per call (best of "
-          f"{args.repeats})")
-    print(f"{'B':>4} {'H':>4} {'kernel T=1':>10} {'T=2':>7} {'T=8':>7} {'impl':>7} {'custom op':>9} "
-          f"{'wcrnn_chain':>11} {'module':>7} {'nn.RNN':>7}")
+          f"{args.rounds} interleaved rounds)")
+    print(f"{'B':>4} {'H':>4} " + " ".join(f"{c:>{max(len(c), 7)}}" for c in COLUMNS))
     torch.manual_seed(0)
     for shape in args.shapes.split(","):
         B, H = (int(v) for v in shape.split("x"))
         x0 = torch.zeros(B, H)
         w = torch.randn(H, H) / H ** 0.5
         res, gamma = torch.full((H,), 0.9), torch.full((H,), 0.1)
-        kernel = []
+        us = {T: torch.randn(T, B, H) for T in (1, 2, 8)}
+        args_op = (us[1], x0, w, res, gamma, None, 0, 0, "auto", False)
+        m, r = FusedWCRNN(I, H), torch.nn.RNN(I, H)
+        x, h = torch.randn(1, B, I), torch.zeros(1, B, H)
+        prepared = FusedWCRNN(I, H)
+        prepared.load_state_dict(m.state_dict())
+        cws = prepared._chain_weights(0, 0, True)
+        prepared._chain_weights = lambda layer, d, contiguous=False: cws  # instance attribute: this copy only
+        wih, whh, bih, bhh, r0, g0 = (m.weight_ih_l0, m.weight_hh_l0, m.bias_ih_l0, m.bias_hh_l0, m.r_l0,
+                                      m.gamma_l0)
+
+        def module_ops():
+            b = bih + bhh
+            rr, gg = r0.expand(H).contiguous(), g0.expand(H).contiguous()
+            uu = torch.nn.functional.linear(x, wih, b)
+            _, hn, _ = torch.ops.wcrnn_C.chain_fwd(uu, h[0], whh, rr, gg, None, 0, 0, False)
+            return torch.stack([hn])
+
+        def kernel(T):
+            return lambda: torch.ops.wcrnn_C.chain_fwd(us[T], x0, w, res, gamma, None, 0, 0, False)
+
+        fns = dict(zip(COLUMNS, (
+            kernel(1), kernel(2), kernel(8),
+            lambda: ops._chain_fwd_impl(*args_op),
+            lambda: ops._chain_fwd(*args_op),
+            lambda: wcrnn_chain(us[1], x0, w, 0, res, gamma),
+            lambda: m(x, h), lambda: prepared(x, h), module_ops, lambda: r(x, h),
+            lambda: (_python_work(), ops._chain_fwd_impl(*args_op)))))
+        fns["python"] = _python_work
         with torch.no_grad():
-            for T in (1, 2, 8):
-                u = torch.randn(T, B, H)
-                kernel.append(best_us(lambda: torch.ops.wcrnn_C.chain_fwd(u, x0, w, res, gamma, None, 0, 0, False),
-                                      repeats=args.repeats))
-            u = torch.randn(1, B, H)
-            args_op = (u, x0, w, res, gamma, None, 0, 0, "auto", False)
-            impl = best_us(lambda: ops._chain_fwd_impl(*args_op), repeats=args.repeats)
-            custom = best_us(lambda: ops._chain_fwd(*args_op), repeats=args.repeats)
-            public = best_us(lambda: wcrnn_chain(u, x0, w, 0, res, gamma), repeats=args.repeats)
-            m, r = FusedWCRNN(I, H), torch.nn.RNN(I, H)
-            x, h = torch.randn(1, B, I), torch.zeros(1, B, H)
-            module = best_us(lambda: m(x, h), repeats=args.repeats)
-            rnn = best_us(lambda: r(x, h), repeats=args.repeats)
-        print(f"{B:>4} {H:>4} {kernel[0]:>10.1f} {kernel[1]:>7.1f} {kernel[2]:>7.1f} {impl:>7.1f} {custom:>9.1f} "
-              f"{public:>11.1f} {module:>7.1f} {rnn:>7.1f}")
+            best = best_rounds(fns, args.rounds)
+        best["impl after Py"] -= best.pop("python")
+        print(f"{B:>4} {H:>4} " + " ".join(f"{best[c]:>{max(len(c), 7)}.1f}" for c in COLUMNS))
 
 
 if __name__ == "__main__":
