@@ -87,6 +87,12 @@ inline Tensor checked(const Sequence& s, const char* name, const Tensor& t, at::
   return t.contiguous();
 }
 
+// A per-unit vector: (H,), or a 0-d tensor standing for H equal entries (a scalar residual or coupling, as the
+// module passes them), expanded here into a contiguous (H,) copy.
+inline Tensor checked_per_unit(const Sequence& s, const char* name, const Tensor& t, const char* desc) {
+  return checked(s, name, t.dim() == 0 ? t.expand({s.H}) : t, {s.H}, desc);
+}
+
 // The checked parameters both ops share, contiguous.
 struct Params {
   Tensor w_hh, res, gamma;
@@ -106,14 +112,14 @@ inline Params check_params(const Sequence& s, const Policy& policy, const Tensor
   Params p;
   p.w_hh = checked(s, "w_hh", w_hh, {H, H}, "(H, H)");
   if (res_kind == kResDiag) {
-    p.res = checked(s, "res", res, {H}, "(H,) for res_kind 0");
+    p.res = checked_per_unit(s, "res", res, "(H,) or () for res_kind 0");
   } else if (res_kind == kResRot) {
     TORCH_CHECK(H % 2 == 0, op, ": res: rotation pairs need an even hidden size, got H = ", H);
     p.res = checked(s, "res", res, {2, H}, "(2, H) for res_kind 1");
   } else {
     p.res = checked(s, "res", res, {H, H}, "(H, H) for res_kind 2");
   }
-  p.gamma = checked(s, "gamma", gamma, {H}, "(H,)");
+  p.gamma = checked_per_unit(s, "gamma", gamma, "(H,) or ()");
   if (lengths.has_value()) {
     const Tensor& L = *lengths;
     check_device(s, "lengths", L);

@@ -106,6 +106,37 @@ def test_only_some_gradients_and_scalar_gamma(target, kind):
     assert_all_close(actual, expected, rtol=FLOAT64_RTOL, names=names)
 
 
+@pytest.mark.parametrize("lengths", [False, True], ids=["full", "lengths"])
+def test_zero_dim_residual_and_gamma(target, lengths):
+    """A 0-d res (res_kind 0) and a 0-d gamma, as FusedWCRNN passes a scalar residual and coupling: every backend
+    broadcasts them, and their gradients are the sums over the units (as the reference's autograd has them)."""
+    case = make_case("scalar", 6, 3, 17, lengths=lengths, seed=12)
+    case["res"], case["gamma"] = torch.tensor(0.97, dtype=torch.float64), torch.tensor(0.45, dtype=torch.float64)
+    expected = reference(case, "tanh")
+    actual = run_chain(on(case, target.device), target.backend, "tanh")
+    assert actual[5].shape == () and actual[6].shape == ()  # dres, dgamma: 0-d like res and gamma
+    assert_all_close(actual, expected, rtol=FLOAT64_RTOL, names=NAMES)
+    # the same values as (H,) tensors give the same forward, bit for bit
+    full = dict(case, res=case["res"].expand(17).clone(), gamma=case["gamma"].expand(17).clone())
+    expanded = run_chain(on(full, target.device), target.backend, "tanh")
+    assert torch.equal(actual[0], expanded[0]) and torch.equal(actual[1], expanded[1])
+    torch.testing.assert_close(actual[5], expanded[5].sum(), rtol=1e-12, atol=0)
+    torch.testing.assert_close(actual[6], expanded[6].sum(), rtol=1e-12, atol=0)
+
+
+@pytest.mark.targets("torch", "cpp")
+def test_gradcheck_zero_dim_residual_and_gamma(target):
+    target.require(hidden_size=4)
+    case = make_case("scalar", 4, 3, 4, lengths=True, seed=5)
+    case["res"], case["gamma"] = torch.tensor(0.9, dtype=torch.float64), torch.tensor(0.4, dtype=torch.float64)
+    tensors = [case[k].detach().clone().requires_grad_(True) for k in DIFF]
+
+    def f(u, x0, w_hh, res, gamma):
+        return wcrnn_chain(u, x0, w_hh, RES_DIAG, res, gamma, case["lengths"], "tanh", target.backend)
+
+    assert torch.autograd.gradcheck(f, tensors, eps=1e-6, atol=1e-8, rtol=1e-6)
+
+
 def test_scalar_gamma_and_needs_input_grad():
     """A 0-d gamma broadcasts; only requested gradients are computed, and they match the reference."""
     case = make_case("scalar", 5, 3, 6)

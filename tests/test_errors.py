@@ -79,7 +79,7 @@ def test_sequence_length_zero_is_rejected_like_nn_rnn():
     ("u", torch.zeros(3, 2, 4, dtype=torch.int32), "u: expected a floating-point tensor"),
     ("x0", torch.zeros(3, 4), r"x0: expected shape \(B, H\) = \(2, 4\)"),
     ("w_hh", torch.zeros(4, 5), r"w_hh: expected shape \(H, H\) = \(4, 4\)"),
-    ("res", torch.ones(5), r"res: expected shape \(4,\) for res_kind 0 \(diagonal\), got \(5,\)"),
+    ("res", torch.ones(5), r"res: expected shape \(4,\) or \(\) for res_kind 0 \(diagonal\), got \(5,\)"),
     ("res_kind", 7, "res_kind: expected 0"),
     ("gamma", torch.ones(3), r"gamma: expected a number or a tensor of shape \(\) or \(4,\)"),
     ("x0", torch.zeros(2, 4, dtype=torch.float64), "x0: dtype torch.float64 does not match u's dtype"),

@@ -153,6 +153,28 @@ def test_module_every_gradient_matches_reference(target, monkeypatch, kind, nonl
     assert_all_close([ga[k] for k in ge], list(ge.values()), rtol=1e-10, names=list(ge))
 
 
+@pytest.mark.parametrize("residual", ["none", "scalar"])
+def test_module_learned_scalar_r_and_gamma_match_reference(target, monkeypatch, residual):
+    """A scalar r and gamma reach the chain op 0-d (broadcast there): their gradients, 0-d, on every target."""
+    setup_target(target, monkeypatch)
+    target.require(hidden_size=7)
+    kw = dict(residual=residual, gamma=0.3, learn_gamma=True, num_layers=2, bidirectional=True, dtype=F64)
+    if residual == "scalar":
+        kw.update(r=0.97, learn_residual=True)
+    torch.manual_seed(5)
+    ref = FusedWCRNN(3, 7, backend="reference", **kw)
+    model = FusedWCRNN(3, 7, backend=target.backend, **kw).to(target.device)
+    model.load_state_dict(ref.state_dict())
+    assert model.gamma_l0.shape == ()
+    x = torch.randn(6, 2, 3, dtype=F64, requires_grad=True)
+    xd = x.detach().to(target.device).requires_grad_(True)
+    exp, act = ref(x), model(xd)
+    assert_all_close((act[0].cpu(), act[1].cpu()), exp, rtol=1e-10, names=("output", "h_n"))
+    ge, ga = grads_of(ref, [x], exp), grads_of(model, [xd], act)
+    assert ga["gamma_l1_reverse"].shape == () and (residual == "none" or ga["r_l0"].shape == ())
+    assert_all_close([ga[k].cpu() for k in ge], list(ge.values()), rtol=1e-10, names=list(ge))
+
+
 def test_same_seed_gives_nn_rnn_initialisation_and_state_dict_loads():
     torch.manual_seed(3)
     rnn = nn.RNN(4, 8, num_layers=2, bidirectional=True)

@@ -3,10 +3,11 @@
 Two levels share these checks and their messages:
 
 * the public op ``wcrnn_chain`` (``check_chain_call``): lenient where a user is, strict where a kernel is.
-  gamma may be a number, a 0-d or an (H,) tensor; lengths any integer sequence of B entries in [0, T];
+  gamma may be a number, a 0-d or an (H,) tensor, res for res_kind 0 a 0-d or an (H,) tensor (a 0-d one is
+  one value for every unit, broadcast by the backends); lengths any integer sequence of B entries in [0, T];
   every tensor in u's dtype and on u's device. Returns the arguments as the kernels take them.
 * the kernel launchers callable directly (the Triton ``wcrnn_fwd`` / ``wcrnn_bwd``: ``check_kernel_fwd`` /
-  ``check_kernel_bwd``): the kernels' exact contract, contiguous tensors, gamma (H,), lengths int64 on the
+  ``check_kernel_bwd``): the kernels' exact contract, contiguous tensors, gamma (H,) or (), lengths int64 on the
   device, codes as ints, no conversion.
 
 The compiled library (csrc/) checks the same contract for its own two ops, from one C++ header
@@ -67,12 +68,15 @@ def check_res_kind(res_kind) -> int:
 
 
 def check_residual(res_kind: int, res, H: int) -> None:
-    """res has the canonical shape of `res_kind` (which is already checked) for hidden size H."""
+    """res has the canonical shape of `res_kind` (which is already checked) for hidden size H, or, for res_kind
+    0, is a 0-d tensor (one value for every unit)."""
     if res_kind == RES_ROT and H % 2:
         raise ValueError(f"res: rotation pairs need an even hidden size, got H = {H}")
     want = canonical_shape(res_kind, H)
-    if not isinstance(res, torch.Tensor) or tuple(res.shape) != want:
-        raise ValueError(f"res: expected shape {want} for res_kind {res_kind} ({_FORM_NAMES[res_kind]}), "
+    scalar = res_kind == RES_DIAG and isinstance(res, torch.Tensor) and res.dim() == 0
+    if not isinstance(res, torch.Tensor) or (tuple(res.shape) != want and not scalar):
+        also = " or ()" if res_kind == RES_DIAG else ""
+        raise ValueError(f"res: expected shape {want}{also} for res_kind {res_kind} ({_FORM_NAMES[res_kind]}), "
                          f"got {_shape(res)}")
 
 
@@ -133,7 +137,8 @@ def _check_kernel_params(B, H, seq_name, seq, w_hh, res_kind, res, gamma, length
     res_kind = check_res_kind(res_kind)
     check_residual(res_kind, res, H)
     check_shape("w_hh", w_hh, (H, H), "(H, H)")
-    check_shape("gamma", gamma, (H,), "(H,)")
+    if not (isinstance(gamma, torch.Tensor) and gamma.dim() == 0):
+        check_shape("gamma", gamma, (H,), "(H,) or ()")
     for name, t in (("w_hh", w_hh), ("res", res), ("gamma", gamma)):
         check_like(name, t, seq_name, seq, dtype=not (w_dtype_free and name == "w_hh"))
         check_contiguous(name, t)
@@ -147,7 +152,7 @@ def _check_kernel_params(B, H, seq_name, seq, w_hh, res_kind, res, gamma, length
 
 
 def check_kernel_fwd(u, x0, w_hh, res_kind, res, gamma, lengths: Optional[Tensor], nonlin):
-    """A forward launcher's arguments: u (T, B, H); x0 (B, H), w_hh, res, gamma (H,) in u's dtype and on
+    """A forward launcher's arguments: u (T, B, H); x0 (B, H), w_hh, res, gamma (H,) or () in u's dtype and on
     its device; lengths (B,) int64 or None; all contiguous. Returns (res_kind, nonlin) as ints."""
     check_rank("u", u, 3, "(T, B, H)")
     _, B, H = u.shape

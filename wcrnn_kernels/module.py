@@ -335,15 +335,17 @@ class FusedWCRNN(nn.Module):
         check_layer_direction(layer, direction, self.num_layers, self.bidirectional)
         return self._chain_weights(layer, direction)
 
-    def _chain_weights(self, layer: int, direction: int, contiguous: bool = False) -> ChainWeights:
-        # checked indices; `contiguous`: res and gamma as the kernels take them (an expanded r or gamma copied)
+    def _chain_weights(self, layer: int, direction: int, for_kernels: bool = False) -> ChainWeights:
+        # checked indices. `for_kernels`: res and gamma as the chain op takes them, contiguous, a scalar r or
+        # gamma left 0-d (the op broadcasts it): at T = 1 every torch op made here is a noticeable part of a call
         w_ih, w_hh, b_ih, b_hh, r, theta, gamma = (self._state(n) for n in _state_names(layer, direction))
         bias = b_ih + b_hh if self.bias else None
         res_kind, res = canonical_residual(self.residual, self.hidden_size, 0.0 if r is None else r, theta,
-                                           dtype=w_hh.dtype, device=w_hh.device)
-        gamma = gamma.expand(self.hidden_size) if gamma.dim() == 0 else gamma
-        if contiguous:
+                                           dtype=w_hh.dtype, device=w_hh.device, keep_scalar=for_kernels)
+        if for_kernels:
             res, gamma = res.contiguous(), gamma.contiguous()
+        elif gamma.dim() == 0:
+            gamma = gamma.expand(self.hidden_size)
         return ChainWeights(w_ih, w_hh, bias, res_kind, res, gamma, self.nonlinearity)
 
     def _state(self, name: str):

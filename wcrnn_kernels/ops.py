@@ -69,13 +69,16 @@ def _chain_bwd_impl(grad_out: Tensor, grad_hn: Tensor, a: Tensor, x0: Tensor, ou
     def empty():  # outputs of a custom op may not alias each other: one fresh empty tensor each
         return a.new_empty(_EMPTY)
 
+    def per_unit(grad, t):  # a 0-d res or gamma stands for H equal entries: its gradient is their sum
+        return (grad.sum() if t.dim() == 0 else grad).to(t.dtype)
+
     grad_w = pair_sum(g, x0_c, out_c).to(w_hh.dtype) if need_w else empty()
     # phi(a_t) = 0 past a row's length (a is 0 there), where delta is 0 too
-    grad_gamma = (delta * phi(a_c, nonlin)).sum((0, 1)).to(gamma.dtype) if need_gamma else empty()
+    grad_gamma = per_unit((delta * phi(a_c, nonlin)).sum((0, 1)), gamma) if need_gamma else empty()
     if not need_res:
         grad_res = empty()
     elif res_kind == RES_DIAG:
-        grad_res = prod_sum(delta, x0_c, out_c).to(res.dtype)
+        grad_res = per_unit(prod_sum(delta, x0_c, out_c), res)
     elif res_kind == RES_ROT:
         grad_res = torch.stack((prod_sum(delta, x0_c, out_c),
                                 prod_sum(delta, swap_pairs(x0_c), swap_pairs(out_c)))).to(res.dtype)
@@ -187,8 +190,8 @@ def wcrnn_chain(u: Tensor, x0: Tensor, w_hh: Tensor, res_kind: int, res: Tensor,
         u: (T, B, H) input projection W_ih s_t + b_ih + b_hh for every step.
         x0: (B, H) initial state.
         w_hh: (H, H) recurrent weights.
-        res_kind, res: canonical residual: ``ResidualForm.DIAG`` with res (H,), ``ResidualForm.ROT`` with
-            (2, H), ``ResidualForm.DENSE`` with (H, H) (or the codes 0, 1, 2);
+        res_kind, res: canonical residual: ``ResidualForm.DIAG`` with res (H,) or 0-d (one value for every
+            unit), ``ResidualForm.ROT`` with (2, H), ``ResidualForm.DENSE`` with (H, H) (or the codes 0, 1, 2);
             ``residual.canonical_residual`` builds them from a user kind.
         gamma: a number, a 0-d tensor or (H,) coupling.
         lengths: optional (B,) integer tensor, 0 <= L_b <= T; steps past L_b keep the state and output 0.
@@ -205,7 +208,7 @@ def wcrnn_chain(u: Tensor, x0: Tensor, w_hh: Tensor, res_kind: int, res: Tensor,
     # resolved here to check a forced backend early (eager); the op resolves the request again when it runs
     if resolve_backend(backend, u.device, u.dtype, H) == "reference":
         return wcrnn_chain_ref(u, x0, w_hh, res_kind, res, gamma, lengths, nonlinearity)
-    gamma = gamma.reshape(-1).expand(H) if gamma.numel() == 1 else gamma
+    gamma = gamma.reshape(()) if gamma.numel() == 1 else gamma  # a single coupling: 0-d, the backends broadcast it
     return run_chain(u, x0, w_hh, res_kind, res, gamma, lengths, nonlin, backend,
                      _plain_eager(u, x0, w_hh, res, gamma, lengths))
 
@@ -213,7 +216,8 @@ def wcrnn_chain(u: Tensor, x0: Tensor, w_hh: Tensor, res_kind: int, res: Tensor,
 def run_chain(u: Tensor, x0: Tensor, w_hh: Tensor, res_kind: int, res: Tensor, gamma: Tensor,
               lengths: Optional[Tensor], nonlin: int, backend: str, plain: bool) -> tuple[Tensor, Tensor]:
     """``wcrnn_chain`` past its checks, for callers whose arguments meet the contract by construction
-    (FusedWCRNN, from its own parameters): res_kind and nonlin as int codes, gamma (H,), lengths int64 on u's
+    (FusedWCRNN, from its own parameters): res_kind and nonlin as int codes, gamma (H,) or 0-d (as res for
+    res_kind 0: one value for every unit, broadcast by the backends), lengths int64 on u's
     device or None, all in u's dtype and on its device, a backend other than "reference" (resolved when the op
     runs, which raises for one that cannot run these tensors); ``plain``: ``_plain_eager`` of these tensors,
     which a caller making several calls can work out once (``_plain_eager_mode`` for the state,

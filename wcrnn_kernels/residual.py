@@ -84,10 +84,13 @@ def check_residual_args(kind: str, hidden_size: int, r, theta) -> None:
             raise ValueError(f"theta: expected a tensor of shape ({H // 2},) (hidden_size / 2), got {got}")
 
 
-def canonical_residual(kind: str, hidden_size: int, r, theta=None, *, dtype=None, device=None):
+def canonical_residual(kind: str, hidden_size: int, r, theta=None, *, dtype=None, device=None,
+                       keep_scalar: bool = False):
     """User-facing (kind, r, theta) -> (res_kind code, res tensor) with differentiable ops.
 
     ``r`` may be a number or a tensor of the kind's shape (a 0-d / 1-element tensor is broadcast).
+    ``keep_scalar``: a 0-d ``r`` of the kinds "scalar" and "diagonal" comes back as it is, 0-d, which the
+    chain op and every backend take for H equal entries (the module's per-call path: no expand, no copy).
     """
     H = hidden_size
     code = canonical_kind(kind)
@@ -100,7 +103,7 @@ def canonical_residual(kind: str, hidden_size: int, r, theta=None, *, dtype=None
         return code, torch.zeros(H, dtype=r.dtype, device=r.device)
     if kind in ("scalar", "diagonal"):
         if r.dim() == 0:
-            return code, r.expand(H)
+            return code, r if keep_scalar else r.expand(H)
         return code, r.reshape(-1).expand(H) if r.numel() == 1 else r
     if kind == "dense":
         if r.dim() == 0 or r.numel() == 1:

@@ -295,8 +295,14 @@ def _launch(kernel_tuned, kernel, grid, config, args, meta, w_itemsize, backward
     kernel[grid](*args, **meta, **cfg, num_warps=num_warps, num_stages=num_stages)
 
 
+def _per_unit(res, gamma, H):
+    """The kernels read res and gamma as (H,) rows: a 0-d one (one value for every unit) expanded."""
+    return tuple(t.expand(H).contiguous() if t.dim() == 0 else t for t in (res, gamma))
+
+
 def wcrnn_fwd(u, x0, w_hh, res_kind, res, gamma, lengths=None, nonlin=0, save_a=False, *, config=None):
-    """The forward chain. u (T, B, H), x0 (B, H), w_hh (H, H), res canonical, gamma (H,),
+    """The forward chain. u (T, B, H), x0 (B, H), w_hh (H, H), res canonical, gamma (H,) (res for res_kind 0
+    and gamma also 0-d: one value for every unit),
     lengths (B,) int64 or None, nonlin 0 tanh / 1 relu; all one dtype, one device, contiguous.
 
     Returns (output (T, B, H) in u's dtype, zero past each length; h_n (B, H) = x_{L_b}; a: when
@@ -306,6 +312,7 @@ def wcrnn_fwd(u, x0, w_hh, res_kind, res, gamma, lengths=None, nonlin=0, save_a=
     """
     res_kind, nonlin = check_kernel_fwd(u, x0, w_hh, res_kind, res, gamma, lengths, nonlin)
     T, B, H = u.shape
+    res, gamma = _per_unit(res, gamma, H)
     dev, dt = u.device, u.dtype
     _check_backend_limits(B, H, "u", dt, w_hh.dtype, dev)
     cd = _compute_dtype(dt)
@@ -343,6 +350,7 @@ def wcrnn_bwd(grad_out, grad_hn, a, w_hh, res_kind, res, gamma, lengths=None, no
     """
     res_kind, nonlin = check_kernel_bwd(grad_out, grad_hn, a, w_hh, res_kind, res, gamma, lengths, nonlin)
     T, B, H = a.shape
+    res, gamma = _per_unit(res, gamma, H)
     dev, cd = a.device, a.dtype
     if cd not in (torch.float32, torch.float64):
         raise ValueError(f"a: expected the compute dtype float32 or float64, got {cd}")

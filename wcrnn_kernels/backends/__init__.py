@@ -11,7 +11,8 @@ A backend is an object with
 
 The contract for chain_fwd / chain_bwd (checked by ``ops.py`` before any backend is called):
 all tensors contiguous, one dtype and one device; u, grad_out, a: (T, B, H); x0, grad_hn: (B, H);
-res: canonical residual (``residual.py``); gamma: (H,); lengths: int64 (B,) on the same device, or None;
+res: canonical residual (``residual.py``), for res_kind 0 also a 0-d tensor; gamma: (H,) or 0-d (a 0-d res or
+gamma is one value for every unit: the backend broadcasts it); lengths: int64 (B,) on the same device, or None;
 nonlin: 0 tanh, 1 relu. ``output`` is zero past each row's length and h_n[b] is x_{L_b}.
 
 When ``save_a`` is true, the forward also returns the pre-activations a_t = u_t + W_hh x_{t-1}
