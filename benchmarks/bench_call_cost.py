@@ -4,25 +4,28 @@ question: `test_step_by_step` in test_bench_wcrnn.py measures the whole call aga
     python benchmarks/bench_call_cost.py [--threads 1] [--rounds 25]
 
 Microseconds per call (no grad, float32). Every column of a shape runs 300 calls per round, the columns one
-after another, for --rounds rounds; each column's best round is printed. This 2-core VM is shared and has quiet
-and busy periods (a whole call then takes twice as long, nn.RNN's too): interleaved short rounds let every column
-meet the same periods, and the best round is a quiet one.
+after another, for --rounds rounds; each column's median round is printed. This 2-core VM is shared, and short
+quiet spells (a call then takes half as long, nn.RNN's too) come and go within a second: interleaved rounds let
+every column meet the same conditions, and the median is the usual one (a best round would be a quiet spell
+that some columns happen to catch and others not).
   kernel T=1,2,8   the C++ op torch.ops.wcrnn_C.chain_fwd alone; T=1 minus the per-step increase is its fixed
                    cost (mostly packing W_hh once per call)
   impl             the op's implementation (backend resolution + the C++ op): what the eager fast path calls
   custom op        the same through the torch.library custom op's dispatch (what traced graphs call)
   wcrnn_chain      the public op: argument checks, then the fast path
   module           a whole FusedWCRNN(I, H) call with a state, T = 1
-  prepared         the same call with the layer's weights prepared once beforehand (bias sum, residual and
-                   coupling in the kernels' layout): what that per-call preparation costs (a diagnostic: the
-                   module prepares them at every call, as it must to see any change to its parameters)
+  prepared         the same call with the layer's weights prepared once beforehand (parameter lookups, bias
+                   sum, residual and coupling in canonical form): what that per-call preparation costs (a
+                   diagnostic: the module prepares them at every call, as it must to see any change to its
+                   parameters)
   module ops       the torch ops such a call cannot do without, in a row without the module's Python: bias sum,
-                   residual and coupling expanded to the kernels' (H,) layout, input projection, the C++ op, h_n
+                   input projection, the C++ op (given the 0-d r and gamma, as the module gives them), h_n
   nn.RNN           nn.RNN(I, H) with a state, T = 1
   impl after Py    impl again, each call right after about 5 us of pure-Python work (that work's own time
                    taken off): what the interpreter running between two calls costs the next one
 """
 import argparse
+import statistics
 import time
 
 import torch
@@ -34,9 +37,9 @@ COLUMNS = ("kernel T=1", "T=2", "T=8", "impl", "custom op", "wcrnn_chain", "modu
            "nn.RNN", "impl after Py")
 
 
-def best_rounds(fns, rounds, calls=300):
-    """{name: best microseconds per call over `rounds` interleaved rounds of `calls` calls}."""
-    best = {name: float("inf") for name in fns}
+def median_rounds(fns, rounds, calls=300):
+    """{name: median microseconds per call over `rounds` interleaved rounds of `calls` calls}."""
+    times = {name: [] for name in fns}
     for fn in fns.values():
         for _ in range(50):
             fn()
@@ -45,8 +48,8 @@ def best_rounds(fns, rounds, calls=300):
             t0 = time.perf_counter()
             for _ in range(calls):
                 fn()
-            best[name] = min(best[name], (time.perf_counter() - t0) / calls * 1e6)
-    return best
+            times[name].append((time.perf_counter() - t0) / calls * 1e6)
+    return {name: statistics.median(ts) for name, ts in times.items()}
 
 
 def _python_work():
@@ -67,7 +70,7 @@ def main():
     if not ok:
         raise SystemExit(f"the cpp backend is not available: {why}")
     I = 32
-    print(f"torch {torch.__version__}, {args.threads} thread(s), float32, microseconds per call (best of "
+    print(f"torch {torch.__version__}, {args.threads} thread(s), float32, microseconds per call (median of "
           f"{args.rounds} interleaved rounds)")
     print(f"{'B':>4} {'H':>4} " + " ".join(f"{c:>{max(len(c), 7)}}" for c in COLUMNS))
     torch.manual_seed(0)
@@ -89,9 +92,8 @@ def main():
 
         def module_ops():
             b = bih + bhh
-            rr, gg = r0.expand(H).contiguous(), g0.expand(H).contiguous()
             uu = torch.nn.functional.linear(x, wih, b)
-            _, hn, _ = torch.ops.wcrnn_C.chain_fwd(uu, h[0], whh, rr, gg, None, 0, 0, False)
+            _, hn, _ = torch.ops.wcrnn_C.chain_fwd(uu, h[0], whh, r0, g0, None, 0, 0, False)  # 0-d r, gamma
             return torch.stack([hn])
 
         def kernel(T):
@@ -106,7 +108,7 @@ def main():
             lambda: (_python_work(), ops._chain_fwd_impl(*args_op)))))
         fns["python"] = _python_work
         with torch.no_grad():
-            best = best_rounds(fns, args.rounds)
+            best = median_rounds(fns, args.rounds)
         best["impl after Py"] -= best.pop("python")
         print(f"{B:>4} {H:>4} " + " ".join(f"{best[c]:>{max(len(c), 7)}.1f}" for c in COLUMNS))
 
