@@ -462,6 +462,31 @@ def _clang_command():
     return None
 
 
+@pytest.mark.parametrize("triple", ["aarch64-linux-gnu", "aarch64-macos"], ids=["linux-arm64", "macos-arm64"])
+def test_cpu_library_compiles_for_arm64(triple, tmp_path):
+    """Every C++ source of the library compiles for 64-bit ARM (Grace / Graviton Linux, Apple silicon macOS):
+    zig's clang cross-compiles them here against this torch's headers, the flags of a real build included.
+    Only x86-64 has the AVX2 / AVX-512 variants (their files compile to nothing there), and the kernels' default
+    variant is plain vector code. Compiled, never run: no ARM machine has run them."""
+    import importlib.util
+    import sysconfig
+    from torch.utils.cpp_extension import include_paths
+    from wcrnn_kernels import _build
+    if importlib.util.find_spec("ziglang") is None:
+        msg = "zig's clang cross-compiles the ARM check (pip install ziglang)"
+        if os.environ.get("WCRNN_REQUIRE_CLANG") == "1":
+            pytest.fail(msg + "; WCRNN_REQUIRE_CLANG=1 (CI) asks for it")
+        pytest.skip(msg)
+    root = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "csrc")
+    incs = [f"-I{p}" for p in include_paths() + [sysconfig.get_paths()["include"], root]]
+    flags = ["-std=c++17", "-O3", "-ffp-contract=fast"]  # cxx_flags() less the x86 assembler padding and OpenMP
+    for src in _build.cpp_sources(root):
+        r = subprocess.run([sys.executable, "-m", "ziglang", "c++", "-target", triple, *flags, *incs, "-c", src,
+                            "-o", str(tmp_path / (os.path.basename(src) + ".o"))],
+                           capture_output=True, text=True, timeout=900)
+        assert r.returncode == 0, f"{os.path.basename(src)} for {triple}:\n{r.stderr[-3000:]}"
+
+
 @pytest.mark.parametrize("compiler", ["c++", "clang"])
 def test_pack_matches_its_layout(compiler, tmp_path):
     """The packed GEMM operand of every ISA variant equals its layout's definition element by element
