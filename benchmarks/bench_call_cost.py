@@ -86,7 +86,7 @@ def main():
         prepared = FusedWCRNN(I, H)
         prepared.load_state_dict(m.state_dict())
         cws = prepared._chain_weights(0, 0, True)
-        prepared._chain_weights = lambda layer, d, contiguous=False: cws  # instance attribute: this copy only
+        prepared._chain_weights = lambda layer, d, for_kernels=False: cws  # instance attribute: this copy only
         wih, whh, bih, bhh, r0, g0 = (m.weight_ih_l0, m.weight_hh_l0, m.bias_ih_l0, m.bias_hh_l0, m.r_l0,
                                       m.gamma_l0)
 

@@ -338,7 +338,7 @@ class FusedWCRNN(nn.Module):
     def _chain_weights(self, layer: int, direction: int, for_kernels: bool = False) -> ChainWeights:
         # checked indices. `for_kernels`: res and gamma as the chain op takes them, contiguous, a scalar r or
         # gamma left 0-d (the op broadcasts it): at T = 1 every torch op made here is a noticeable part of a call
-        w_ih, w_hh, b_ih, b_hh, r, theta, gamma = (self._state(n) for n in _state_names(layer, direction))
+        w_ih, w_hh, b_ih, b_hh, r, theta, gamma = self._layer_state(layer, direction)
         bias = b_ih + b_hh if self.bias else None
         res_kind, res = canonical_residual(self.residual, self.hidden_size, 0.0 if r is None else r, theta,
                                            dtype=w_hh.dtype, device=w_hh.device, keep_scalar=for_kernels)
@@ -347,6 +347,10 @@ class FusedWCRNN(nn.Module):
         elif gamma.dim() == 0:
             gamma = gamma.expand(self.hidden_size)
         return ChainWeights(w_ih, w_hh, bias, res_kind, res, gamma, self.nonlinearity)
+
+    def _layer_state(self, layer: int, direction: int) -> tuple:
+        """weight_ih, weight_hh, bias_ih, bias_hh, r, theta, gamma of one layer and direction (None where absent)."""
+        return tuple(self._state(n) for n in _state_names(layer, direction))
 
     def _state(self, name: str):
         # Module.__getattr__'s own lookups (parameters, then buffers) without its cost, which a step-by-step
@@ -514,12 +518,9 @@ class FusedWCRNN(nn.Module):
 
     def _reference_layer(self, inp, x0, layer, d, lengths):
         # backend="reference": the specification itself, from the user-facing parameters
-        sfx = _suffix(layer, d)
-        return wcrnn_layer_ref(
-            inp, x0, getattr(self, "weight_ih" + sfx), getattr(self, "weight_hh" + sfx),
-            getattr(self, "bias_ih" + sfx, None), getattr(self, "bias_hh" + sfx, None),
-            residual=self.residual, r=getattr(self, "r" + sfx, 0.0), theta=getattr(self, "theta" + sfx, None),
-            gamma=getattr(self, "gamma" + sfx), nonlinearity=self.nonlinearity, lengths=lengths)
+        w_ih, w_hh, b_ih, b_hh, r, theta, gamma = self._layer_state(layer, d)
+        return wcrnn_layer_ref(inp, x0, w_ih, w_hh, b_ih, b_hh, residual=self.residual, r=0.0 if r is None else r,
+                               theta=theta, gamma=gamma, nonlinearity=self.nonlinearity, lengths=lengths)
 
     def __prepare_scriptable__(self):
         # torch.jit.script calls this first: say plainly what works instead of failing deep inside TorchScript
