@@ -39,6 +39,7 @@ struct Policy {
   const char* dtype_note;                      // appended to the dtype error: why these dtypes ("" for none)
   bool check_lengths_range;                    // lengths are in host memory: entries outside [0, T] rejected
   int64_t max_hidden;                          // the largest H the kernels index
+  bool scalar_per_unit;                        // a 0-d res / gamma is passed on 0-d (the op spreads it itself)
 };
 
 // The op's sequence argument, u (forward) or a (backward), of shape (T, B, H): it fixes the sizes, the
@@ -88,8 +89,12 @@ inline Tensor checked(const Sequence& s, const char* name, const Tensor& t, at::
 }
 
 // A per-unit vector: (H,), or a 0-d tensor standing for H equal entries (a scalar residual or coupling, as the
-// module passes them), expanded here into a contiguous (H,) copy.
-inline Tensor checked_per_unit(const Sequence& s, const char* name, const Tensor& t, const char* desc) {
+// module passes them). With policy.scalar_per_unit the 0-d tensor comes back as it is (the CPU op spreads its
+// value in host memory: a T = 1 call spent a third of its time on the two copies an expand costs); else it is
+// expanded into a contiguous (H,) copy.
+inline Tensor checked_per_unit(const Sequence& s, const Policy& policy, const char* name, const Tensor& t,
+                               const char* desc) {
+  if (t.dim() == 0 && policy.scalar_per_unit) return checked(s, name, t, {}, desc);
   return checked(s, name, t.dim() == 0 ? t.expand({s.H}) : t, {s.H}, desc);
 }
 
@@ -112,14 +117,14 @@ inline Params check_params(const Sequence& s, const Policy& policy, const Tensor
   Params p;
   p.w_hh = checked(s, "w_hh", w_hh, {H, H}, "(H, H)");
   if (res_kind == kResDiag) {
-    p.res = checked_per_unit(s, "res", res, "(H,) or () for res_kind 0");
+    p.res = checked_per_unit(s, policy, "res", res, "(H,) or () for res_kind 0");
   } else if (res_kind == kResRot) {
     TORCH_CHECK(H % 2 == 0, op, ": res: rotation pairs need an even hidden size, got H = ", H);
     p.res = checked(s, "res", res, {2, H}, "(2, H) for res_kind 1");
   } else {
     p.res = checked(s, "res", res, {H, H}, "(H, H) for res_kind 2");
   }
-  p.gamma = checked_per_unit(s, "gamma", gamma, "(H,) or ()");
+  p.gamma = checked_per_unit(s, policy, "gamma", gamma, "(H,) or ()");
   if (lengths.has_value()) {
     const Tensor& L = *lengths;
     check_device(s, "lengths", L);

@@ -43,7 +43,7 @@ using wcrnn_checks::Sequence;
 // The CPU op's side of the shared checks: CPU tensors, the dtypes the CPU kernels are compiled for, lengths
 // read in place.
 const wcrnn_checks::Policy kCpuPolicy{c10::DeviceType::CPU, false, " (the CPU kernels' dtypes)", true,
-                                      std::numeric_limits<int64_t>::max()};
+                                      std::numeric_limits<int64_t>::max(), true};
 
 const IsaTable& best_isa() {
   static const IsaTable& best = []() -> const IsaTable& {
@@ -145,6 +145,15 @@ void run_rows(const Kernels<T>& k, const BwdProblem<T>& p, int64_t rb, int64_t r
   k.backward_rows(p, rb, re, ws);
 }
 
+// The H values of a checked res or gamma: its own data, or for a 0-d one (one value for every unit, which
+// check_params passes on 0-d for this op) `units` filled with that value.
+template <typename T>
+const T* per_unit(const at::Tensor& t, int64_t H, std::vector<T>& units) {
+  if (t.dim() != 0) return t.data_ptr<T>();
+  units.assign(H, *t.data_ptr<T>());
+  return units.data();
+}
+
 // One chain on the checked arguments: packs (w_hh, res, gamma) once for the chain's direction, then runs it on
 // blocks of batch rows, one per thread, each with its own workspace. problem(chain) completes the shared
 // fields `chain` (a ChainProblem<scalar_t>) into the direction's FwdProblem / BwdProblem.
@@ -159,9 +168,12 @@ void run_chain(const Args& k, int64_t res_kind, int64_t nonlin, bool backward, c
   AT_DISPATCH_FLOATING_TYPES(s.t.scalar_type(), "wcrnn_C chain (CPU)", [&] {
     const Kernels<scalar_t>& kern = kernels_of<scalar_t>(isa);
     AlignedBuffer packed(sizeof(scalar_t) * kern.packed_elems(H, kind, backward));
+    std::vector<scalar_t> res_units, gamma_units;
+    const scalar_t* res_p = per_unit(prm.res, H, res_units);
+    const scalar_t* gamma_p = per_unit(prm.gamma, H, gamma_units);
     const auto pack = [&](int64_t pb, int64_t pe) {
-      kern.pack(prm.w_hh.data_ptr<scalar_t>(), prm.res.data_ptr<scalar_t>(), prm.gamma.data_ptr<scalar_t>(), H,
-                kind, backward, pb, pe, static_cast<scalar_t*>(packed.ptr));
+      kern.pack(prm.w_hh.data_ptr<scalar_t>(), res_p, gamma_p, H, kind, backward, pb, pe,
+                static_cast<scalar_t*>(packed.ptr));
     };
     // The pack is a strided copy of H^2 elements: on one thread it was a T = 1 call's largest cost at H >= 256
     // (B = 32, H = 256: 38 us of 105), while the other threads waited for the chain. At H = 128 sharing it

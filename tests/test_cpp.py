@@ -198,6 +198,30 @@ def test_non_contiguous_inputs_to_the_op():
         assert torch.equal(a, b)
 
 
+def test_zero_dim_res_and_gamma_cost_the_op_no_tensor_copy():
+    """A 0-d res / gamma (the module's scalar r and gamma at every step-by-step call) costs the op no tensor op
+    that contiguous (H,) ones do not (the outputs' allocation; their NaN poisoning under the tests): the CPU op
+    spreads the value while packing. Positive control: a strided (H,) gamma costs a copy, which the profiler
+    sees inside the op."""
+    from torch.profiler import ProfilerActivity, profile
+
+    H = 16
+    u, x0, w = torch.randn(2, 3, H), torch.zeros(3, H), torch.randn(H, H) / 4
+
+    def inner_ops(res, gamma):
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            out = torch.ops.wcrnn_C.chain_fwd(u, x0, w, res, gamma, None, 0, 0, False)
+        return sorted(e.name for e in prof.events()), out
+
+    ops_vector, out_vector = inner_ops(torch.full((H,), 0.9), torch.full((H,), 0.1))
+    ops_scalar, out_scalar = inner_ops(torch.tensor(0.9), torch.tensor(0.1))
+    assert ops_scalar == ops_vector, "0-d res and gamma cost tensor ops inside the op"
+    ops_strided, out_strided = inner_ops(torch.full((H,), 0.9), torch.full((2 * H,), 0.1)[::2])
+    assert "aten::copy_" in ops_strided and "aten::copy_" not in ops_vector  # the profiler sees inner copies
+    for a, b, c in zip(out_scalar[:2], out_vector[:2], out_strided[:2]):
+        assert torch.equal(a, b) and torch.equal(a, c)
+
+
 @pytest.mark.parametrize("residual", ["rotational", "dense"])
 def test_module_batch_first_non_contiguous_against_reference(residual):
     """FusedWCRNN(batch_first=True) on a non-contiguous input: output, h_n and every gradient."""

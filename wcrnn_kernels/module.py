@@ -30,10 +30,18 @@ def _suffix(layer: int, direction: int) -> str:
     return f"_l{layer}" + ("_reverse" if direction else "")
 
 
+_STATE_NAMES: dict = {}  # (layer, direction) -> _state_names' answer (not functools.lru_cache: Dynamo warns of it)
+
+
 def _state_names(layer: int, direction: int) -> tuple[str, ...]:
-    """The names of one layer and direction's weight_ih, weight_hh, bias_ih, bias_hh, r, theta and gamma."""
-    sfx = _suffix(layer, direction)
-    return tuple(n + sfx for n in ("weight_ih", "weight_hh", "bias_ih", "bias_hh", "r", "theta", "gamma"))
+    """The names of one layer and direction's weight_ih, weight_hh, bias_ih, bias_hh, r, theta and gamma
+    (cached: a step-by-step call looks them up for every layer)."""
+    names = _STATE_NAMES.get((layer, direction))
+    if names is None:
+        sfx = _suffix(layer, direction)
+        names = tuple(n + sfx for n in ("weight_ih", "weight_hh", "bias_ih", "bias_hh", "r", "theta", "gamma"))
+        _STATE_NAMES[(layer, direction)] = names
+    return names
 
 
 class ChainWeights(NamedTuple):
@@ -336,21 +344,26 @@ class FusedWCRNN(nn.Module):
         return self._chain_weights(layer, direction)
 
     def _chain_weights(self, layer: int, direction: int, for_kernels: bool = False) -> ChainWeights:
-        # checked indices. `for_kernels`: res and gamma as the chain op takes them, contiguous, a scalar r or
-        # gamma left 0-d (the op broadcasts it): at T = 1 every torch op made here is a noticeable part of a call
+        # checked indices. `for_kernels`: res and gamma as the chain op takes them, a scalar r or gamma left 0-d
+        # (the op broadcasts it): at T = 1 every torch op made here is a noticeable part of a call
         w_ih, w_hh, b_ih, b_hh, r, theta, gamma = self._layer_state(layer, direction)
         bias = b_ih + b_hh if self.bias else None
         res_kind, res = canonical_residual(self.residual, self.hidden_size, 0.0 if r is None else r, theta,
                                            dtype=w_hh.dtype, device=w_hh.device, keep_scalar=for_kernels)
-        if for_kernels:
-            res, gamma = res.contiguous(), gamma.contiguous()
-        elif gamma.dim() == 0:
+        if not for_kernels and gamma.dim() == 0:  # the chain op takes a 0-d gamma (and makes both contiguous)
             gamma = gamma.expand(self.hidden_size)
         return ChainWeights(w_ih, w_hh, bias, res_kind, res, gamma, self.nonlinearity)
 
     def _layer_state(self, layer: int, direction: int) -> tuple:
-        """weight_ih, weight_hh, bias_ih, bias_hh, r, theta, gamma of one layer and direction (None where absent)."""
-        return tuple(self._state(n) for n in _state_names(layer, direction))
+        """weight_ih, weight_hh, bias_ih, bias_hh, r, theta, gamma of one layer and direction (None where absent).
+
+        The states this module's configuration never has (biases without bias, r for residual "none", theta
+        but for "rotational") are None without a lookup: nothing would use them, and a lookup of an absent
+        name costs an AttributeError, noticeable in a step-by-step call."""
+        n_ih, n_hh, n_bih, n_bhh, n_r, n_theta, n_gamma = _state_names(layer, direction)
+        st, kind = self._state, self.residual
+        return (st(n_ih), st(n_hh), st(n_bih) if self.bias else None, st(n_bhh) if self.bias else None,
+                st(n_r) if kind != "none" else None, st(n_theta) if kind == "rotational" else None, st(n_gamma))
 
     def _state(self, name: str):
         # Module.__getattr__'s own lookups (parameters, then buffers) without its cost, which a step-by-step
@@ -366,13 +379,13 @@ class FusedWCRNN(nn.Module):
     def _autocast_dtype(self, device: torch.device) -> Optional[torch.dtype]:
         """The autocast dtype when autocast is on for `device` and would cast this module (float32 weights),
         else None: nn.RNN's rule (autocast casts float32 tensors only)."""
-        if self.weight_ih_l0.dtype != torch.float32 or not torch.is_autocast_enabled(device.type):
+        if not torch.is_autocast_enabled(device.type) or self._state("weight_ih_l0").dtype != torch.float32:
             return None
         dt = torch.get_autocast_dtype(device.type)
         return dt if dt in (torch.float16, torch.bfloat16) else None
 
     def _check_input(self, x: Tensor, hx: Optional[Tensor], batched: bool, amp: Optional[torch.dtype]):
-        w = self.weight_ih_l0
+        w = self._state("weight_ih_l0")
         if x.shape[-1] != self.input_size:
             raise ValueError(f"input: expected input.size(-1) == input_size = {self.input_size}, "
                              f"got {x.shape[-1]}")
@@ -466,7 +479,7 @@ class FusedWCRNN(nn.Module):
         (autocast casts it), the chain in float32 with autocast off, and each layer's output is cast to `amp`."""
         num_dir = 2 if self.bidirectional else 1
         T, B = x.shape[:2]
-        sdt = self.weight_hh_l0.dtype  # the chain's dtype (float32 under autocast)
+        sdt = self._state("weight_hh_l0").dtype  # the chain's dtype (float32 under autocast)
         if hx is None:
             hx = x.new_zeros((self.num_layers * num_dir, B, self.hidden_size), dtype=sdt)
         elif amp is not None:

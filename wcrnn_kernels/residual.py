@@ -97,7 +97,8 @@ def canonical_residual(kind: str, hidden_size: int, r, theta=None, *, dtype=None
     if not isinstance(r, torch.Tensor):
         r = torch.tensor(0.0 if kind == "none" else float(r), dtype=dtype or torch.get_default_dtype(),
                          device=device)
-    if dtype is not None and r.dtype != dtype or device is not None and r.device != torch.device(device):
+    if dtype is not None and r.dtype != dtype or device is not None and r.device != (
+            device if isinstance(device, torch.device) else torch.device(device)):
         r = r.to(dtype=dtype, device=device)
     if kind == "none":
         return code, torch.zeros(H, dtype=r.dtype, device=r.device)

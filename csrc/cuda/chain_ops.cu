@@ -43,7 +43,7 @@ wcrnn_checks::Policy cuda_policy(bool backward) {
           backward ? " (the backward chain runs in float32 for float16/bfloat16 models; wcrnn_kernels.ops "
                      "upcasts before calling it)"
                    : "",
-          false, int64_t{1} << 20};
+          false, int64_t{1} << 20, false};
 }
 
 DType dtype_code(const char* op, at::ScalarType st) {
