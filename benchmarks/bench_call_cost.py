@@ -8,8 +8,9 @@ after another, for --rounds rounds; each column's median round is printed. This 
 quiet spells (a call then takes half as long, nn.RNN's too) come and go within a second: interleaved rounds let
 every column meet the same conditions, and the median is the usual one (a best round would be a quiet spell
 that some columns happen to catch and others not).
-  kernel T=1,2,8   the C++ op torch.ops.wcrnn_C.chain_fwd alone; T=1 minus the per-step increase is its fixed
-                   cost (mostly packing W_hh once per call)
+  kernel T=1,2,8   the C++ op torch.ops.wcrnn_C.chain_fwd alone (a scalar residual and coupling, 0-d, as the
+                   module passes them); T=1 minus the per-step increase is its fixed cost (the call through
+                   torch.ops, the outputs' allocation, and packing W_hh once per call)
   impl             the op's implementation (backend resolution + the C++ op): what the eager fast path calls
   custom op        the same through the torch.library custom op's dispatch (what traced graphs call)
   wcrnn_chain      the public op: argument checks, then the fast path
@@ -78,7 +79,7 @@ def main():
         B, H = (int(v) for v in shape.split("x"))
         x0 = torch.zeros(B, H)
         w = torch.randn(H, H) / H ** 0.5
-        res, gamma = torch.full((H,), 0.9), torch.full((H,), 0.1)
+        res, gamma = torch.tensor(0.9), torch.tensor(0.1)  # 0-d, as the module passes a scalar r and gamma
         us = {T: torch.randn(T, B, H) for T in (1, 2, 8)}
         args_op = (us[1], x0, w, res, gamma, None, 0, 0, "auto", False)
         m, r = FusedWCRNN(I, H), torch.nn.RNN(I, H)
