@@ -15,6 +15,7 @@ from __future__ import annotations
 import importlib.util
 import io
 import os
+import warnings
 
 import pytest
 import torch
@@ -180,6 +181,40 @@ def test_jit_trace_records_the_fused_op(kw):
         results.append([out, h_n, *grads])
     assert len(results[0]) == len(results[1]) == 3 + len(list(model.parameters()))
     for a, b in zip(*results):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_jit_trace_of_a_function_as_the_first_use_of_the_compiled_backend(monkeypatch):
+    """A function that calls wcrnn_chain, traced before anything in the process looked at the compiled backend:
+    its availability check (which calls wcrnn_C::cpu_info, an op returning a string that the tracer cannot
+    record) runs outside the trace. It used to fail under it, which marked "cpp" unavailable for the whole
+    process: "auto" then warned of a missing library and fell back to the torch backend, whose traced chain
+    raised "ArrayRef: invalid index"."""
+    from wcrnn_kernels.backends import _registry
+
+    cpp = backends.get_backend("cpp")
+    if not cpp.availability()[0]:
+        pytest.skip("the cpp backend is not available here")
+    monkeypatch.setattr(cpp, "_availability", None)  # as in a fresh process: nothing checked or resolved yet
+    monkeypatch.setattr(_registry, "_RESOLVED", {})
+    monkeypatch.setattr(_registry, "_FALLBACK_WARNED", set())
+    from wcrnn_kernels import wcrnn_chain
+
+    torch.manual_seed(5)
+    H = 8
+
+    def f(u, x0, w_hh, res, gamma):
+        return wcrnn_chain(u, x0, w_hh, 0, res, gamma)
+
+    args = (torch.randn(5, 2, H), torch.randn(2, H), torch.randn(H, H) / 3, torch.full((H,), 0.9),
+            torch.full((H,), 0.2))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)  # no "auto runs CPU tensors on 'torch'" fallback warning
+        traced = torch.jit.trace(f, args)
+    assert cpp.availability()[0], cpp.availability()[1]
+    assert "wcrnn_kernels::chain_fwd" in traced.graph.str()
+    other = (torch.randn(7, 3, H), torch.randn(3, H)) + args[2:]
+    for a, b in zip(traced(*other), f(*other)):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
 
 

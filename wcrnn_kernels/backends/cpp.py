@@ -24,6 +24,20 @@ _DTYPES = (torch.float32, torch.float64)
 _HALF = (torch.float16, torch.bfloat16)
 
 
+def _untraced(fn):
+    """fn() with torch.jit's tracer suspended. An availability check is no part of a model, and the tracer
+    cannot record an op that returns a string (wcrnn_C::cpu_info): the first check made under
+    torch.jit.trace failed, and "cpp" stayed unavailable for the rest of the process."""
+    state = torch._C._get_tracing_state()
+    if state is None:
+        return fn()
+    torch._C._set_tracing_state(None)
+    try:
+        return fn()
+    finally:
+        torch._C._set_tracing_state(state)
+
+
 class CppBackend(WcrnnCOps):
     name = "cpp"
     _availability = None
@@ -33,7 +47,7 @@ class CppBackend(WcrnnCOps):
             ok, why = load()
             if ok:
                 try:
-                    why = f"fused C++ CPU kernels ({torch.ops.wcrnn_C.cpu_info()}); {why}"
+                    why = f"fused C++ CPU kernels ({_untraced(torch.ops.wcrnn_C.cpu_info)}); {why}"
                 except Exception as e:  # noqa: BLE001 - a library without the CPU kernels
                     ok, why = False, f"the loaded wcrnn_C library has no CPU kernels ({e})"
             self._availability = (ok, why)
