@@ -89,19 +89,22 @@ def canonical_residual(kind: str, hidden_size: int, r, theta=None, *, dtype=None
     """User-facing (kind, r, theta) -> (res_kind code, res tensor) with differentiable ops.
 
     ``r`` may be a number or a tensor of the kind's shape (a 0-d / 1-element tensor is broadcast).
-    ``keep_scalar``: a 0-d ``r`` of the kinds "scalar" and "diagonal" comes back as it is, 0-d, which the
-    chain op and every backend take for H equal entries (the module's per-call path: no expand, no copy).
+    ``keep_scalar``: a 0-d ``r`` of the kinds "scalar" and "diagonal" comes back as it is, 0-d, and "none"
+    gives a 0-d zero, which the chain op and every backend take for H equal entries (the module's per-call
+    path: no expand, no copy).
     """
     H = hidden_size
     code = canonical_kind(kind)
+    if kind == "none":  # R = 0 whatever r is: no tensor made of r (a T = 1 call of such a module pays each op)
+        tensor_r = isinstance(r, torch.Tensor)
+        return code, torch.zeros(() if keep_scalar else (H,),
+                                 dtype=dtype or (r.dtype if tensor_r else torch.get_default_dtype()),
+                                 device=device if device is not None else (r.device if tensor_r else None))
     if not isinstance(r, torch.Tensor):
-        r = torch.tensor(0.0 if kind == "none" else float(r), dtype=dtype or torch.get_default_dtype(),
-                         device=device)
+        r = torch.tensor(float(r), dtype=dtype or torch.get_default_dtype(), device=device)
     if dtype is not None and r.dtype != dtype or device is not None and r.device != (
             device if isinstance(device, torch.device) else torch.device(device)):
         r = r.to(dtype=dtype, device=device)
-    if kind == "none":
-        return code, torch.zeros(H, dtype=r.dtype, device=r.device)
     if kind in ("scalar", "diagonal"):
         if r.dim() == 0:
             return code, r if keep_scalar else r.expand(H)
