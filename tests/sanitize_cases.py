@@ -27,7 +27,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 # cpp: (T, B, H): a hidden axis ending mid-vector (17, 1, 130, 34, 260), one row and a remainder of a row tile;
 # H = 260: the pack shared among threads (H >= 256), its transposed tiles and their tail
 CPP_SIZES = ((3, 5, 17), (2, 3, 1), (1, 9, 130), (4, 1, 34), (1, 3, 260))
-CPP_KINDS = ("none", "diagonal", "rotational", "dense")
+CPP_KINDS = ("none", "scalar", "diagonal", "rotational", "dense")  # scalar: 0-d res and gamma, as the module passes
 CPP_DTYPES = ("float32", "float64")
 
 # cuda-emulated: (path, WCRNN_CUDA_ROWS, WCRNN_CUDA_ROW_GROUPS) x dtype x kind x (T, B, H)
@@ -106,17 +106,19 @@ def run_cpp():
                 for T, B, H in CPP_SIZES:
                     if kind == "rotational" and H % 2:
                         H += 1
-                    r = {"none": 0.0, "diagonal": torch.rand(H, generator=g, dtype=torch.float64),
+                    r = {"none": 0.0, "scalar": torch.rand((), generator=g, dtype=torch.float64),
+                         "diagonal": torch.rand(H, generator=g, dtype=torch.float64),
                          "rotational": torch.rand(H // 2, generator=g, dtype=torch.float64),
                          "dense": torch.randn(H, H, generator=g, dtype=torch.float64) / H}[kind]
                     theta = torch.rand(H // 2, generator=g, dtype=torch.float64) if kind == "rotational" else None
-                    rk, res = canonical_residual(kind, H, r, theta, dtype=dtype)
+                    rk, res = canonical_residual(kind, H, r, theta, dtype=dtype, keep_scalar=kind == "scalar")
+                    gamma_shape = () if kind == "scalar" else (H,)
                     for nonlin in ("tanh", "relu"):
                         for lengths in (None, torch.randint(0, T + 1, (B,), generator=g)):
                             args = [torch.randn(T, B, H, generator=g, dtype=torch.float64).to(dtype),
                                     torch.randn(B, H, generator=g, dtype=torch.float64).to(dtype),
                                     (torch.randn(H, H, generator=g, dtype=torch.float64) / H ** 0.5).to(dtype),
-                                    res.detach().clone(), torch.rand(H, generator=g, dtype=torch.float64).to(dtype)]
+                                    res.detach().clone(), torch.rand(gamma_shape, generator=g, dtype=torch.float64).to(dtype)]
                             args = [a.requires_grad_(True) for a in args]
                             out, h = wcrnn_chain(args[0], args[1], args[2], rk, args[3], args[4], lengths, nonlin,
                                                  backend="cpp")
