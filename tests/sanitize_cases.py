@@ -118,7 +118,8 @@ def run_cpp():
                             args = [torch.randn(T, B, H, generator=g, dtype=torch.float64).to(dtype),
                                     torch.randn(B, H, generator=g, dtype=torch.float64).to(dtype),
                                     (torch.randn(H, H, generator=g, dtype=torch.float64) / H ** 0.5).to(dtype),
-                                    res.detach().clone(), torch.rand(gamma_shape, generator=g, dtype=torch.float64).to(dtype)]
+                                    res.detach().clone(),
+                                    torch.rand(gamma_shape, generator=g, dtype=torch.float64).to(dtype)]
                             args = [a.requires_grad_(True) for a in args]
                             out, h = wcrnn_chain(args[0], args[1], args[2], rk, args[3], args[4], lengths, nonlin,
                                                  backend="cpp")

@@ -187,9 +187,9 @@ def test_jit_trace_records_the_fused_op(kw):
 def test_jit_trace_of_a_function_as_the_first_use_of_the_compiled_backend(monkeypatch):
     """A function that calls wcrnn_chain, traced before anything in the process looked at the compiled backend:
     its availability check (which calls wcrnn_C::cpu_info, an op returning a string that the tracer cannot
-    record) runs outside the trace. It used to fail under it, which marked "cpp" unavailable for the whole
-    process: "auto" then warned of a missing library and fell back to the torch backend, whose traced chain
-    raised "ArrayRef: invalid index"."""
+    record) runs outside the trace. It used to fail under it: that trace then failed with "ArrayRef: invalid
+    index", and "cpp" stayed marked unavailable for the whole process ("auto" warned of a missing library and
+    ran later calls on the torch backend)."""
     from wcrnn_kernels.backends import _registry
 
     cpp = backends.get_backend("cpp")

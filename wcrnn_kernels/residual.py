@@ -102,8 +102,7 @@ def canonical_residual(kind: str, hidden_size: int, r, theta=None, *, dtype=None
                                  device=device if device is not None else (r.device if tensor_r else None))
     if not isinstance(r, torch.Tensor):
         r = torch.tensor(float(r), dtype=dtype or torch.get_default_dtype(), device=device)
-    if dtype is not None and r.dtype != dtype or device is not None and r.device != (
-            device if isinstance(device, torch.device) else torch.device(device)):
+    if dtype is not None and r.dtype != dtype or device is not None and r.device != torch.device(device):
         r = r.to(dtype=dtype, device=device)
     if kind in ("scalar", "diagonal"):
         if r.dim() == 0:
