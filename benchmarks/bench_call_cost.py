@@ -1,7 +1,7 @@
 """Where the host time of one FusedWCRNN call goes, layer by layer, on CPU (the step-by-step benchmark's
 question: `test_step_by_step` in test_bench_wcrnn.py measures the whole call against nn.RNN).
 
-    python benchmarks/bench_call_cost.py [--threads 1] [--rounds 25]
+    python benchmarks/bench_call_cost.py [--threads 1] [--rounds 25] [--residual scalar]
 
 Microseconds per call (no grad, float32). Every column of a shape runs 300 calls per round, the columns one
 after another, for --rounds rounds; each column's median round is printed. This 2-core VM is shared, and short
@@ -14,13 +14,14 @@ that some columns happen to catch and others not).
   impl             the op's implementation (backend resolution + the C++ op): what the eager fast path calls
   custom op        the same through the torch.library custom op's dispatch (what traced graphs call)
   wcrnn_chain      the public op: argument checks, then the fast path
-  module           a whole FusedWCRNN(I, H) call with a state, T = 1
+  module           a whole FusedWCRNN(I, H, residual=--residual) call with a state, T = 1
   prepared         the same call with the layer's weights prepared once beforehand (parameter lookups, bias
                    sum, residual and coupling in canonical form): what that per-call preparation costs (a
                    diagnostic: the module prepares them at every call, as it must to see any change to its
                    parameters)
   module ops       the torch ops such a call cannot do without, in a row without the module's Python: bias sum,
-                   input projection, the C++ op (given the 0-d r and gamma, as the module gives them), h_n
+                   input projection, the C++ op (given the layer's canonical residual and coupling as the module
+                   gives them: 0-d for a scalar r and gamma), h_n
   nn.RNN           nn.RNN(I, H) with a state, T = 1
   impl after Py    impl again, each call right after about 5 us of pure-Python work (that work's own time
                    taken off): what the interpreter running between two calls costs the next one
@@ -33,6 +34,7 @@ import torch
 
 from wcrnn_kernels import FusedWCRNN, ops, wcrnn_chain
 from wcrnn_kernels.backends import get_backend
+from wcrnn_kernels.residual import RESIDUAL_KINDS
 
 COLUMNS = ("kernel T=1", "T=2", "T=8", "impl", "custom op", "wcrnn_chain", "module", "prepared", "module ops",
            "nn.RNN", "impl after Py")
@@ -65,14 +67,16 @@ def main():
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--rounds", type=int, default=25)
     ap.add_argument("--shapes", default="1x128,32x128,32x256,1x512", help="BxH, comma-separated")
+    ap.add_argument("--residual", default="scalar", choices=RESIDUAL_KINDS,
+                    help="the modules' residual kind (the kernel columns always run the scalar form)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     ok, why = get_backend("cpp").availability()
     if not ok:
         raise SystemExit(f"the cpp backend is not available: {why}")
     I = 32
-    print(f"torch {torch.__version__}, {args.threads} thread(s), float32, microseconds per call (median of "
-          f"{args.rounds} interleaved rounds)")
+    print(f"torch {torch.__version__}, {args.threads} thread(s), float32, residual={args.residual!r}, "
+          f"microseconds per call (median of {args.rounds} interleaved rounds)")
     print(f"{'B':>4} {'H':>4} " + " ".join(f"{c:>{max(len(c), 7)}}" for c in COLUMNS))
     torch.manual_seed(0)
     for shape in args.shapes.split(","):
@@ -82,19 +86,20 @@ def main():
         res, gamma = torch.tensor(0.9), torch.tensor(0.1)  # 0-d, as the module passes a scalar r and gamma
         us = {T: torch.randn(T, B, H) for T in (1, 2, 8)}
         args_op = (us[1], x0, w, res, gamma, None, 0, 0, "auto", False)
-        m, r = FusedWCRNN(I, H), torch.nn.RNN(I, H)
+        kind = {"residual": args.residual}
+        m, r = FusedWCRNN(I, H, **kind), torch.nn.RNN(I, H)
         x, h = torch.randn(1, B, I), torch.zeros(1, B, H)
-        prepared = FusedWCRNN(I, H)
+        prepared = FusedWCRNN(I, H, **kind)
         prepared.load_state_dict(m.state_dict())
         cws = prepared._chain_weights(0, 0, True)
         prepared._chain_weights = lambda layer, d, for_kernels=False: cws  # instance attribute: this copy only
-        wih, whh, bih, bhh, r0, g0 = (m.weight_ih_l0, m.weight_hh_l0, m.bias_ih_l0, m.bias_hh_l0, m.r_l0,
-                                      m.gamma_l0)
+        wih, whh, bih, bhh = m.weight_ih_l0, m.weight_hh_l0, m.bias_ih_l0, m.bias_hh_l0
+        rk, r0, g0 = cws.res_kind, cws.res, cws.gamma  # the canonical residual and coupling (0-d when scalar)
 
         def module_ops():
             b = bih + bhh
             uu = torch.nn.functional.linear(x, wih, b)
-            _, hn, _ = torch.ops.wcrnn_C.chain_fwd(uu, h[0], whh, r0, g0, None, 0, 0, False)  # 0-d r, gamma
+            _, hn, _ = torch.ops.wcrnn_C.chain_fwd(uu, h[0], whh, r0, g0, None, rk, 0, False)
             return torch.stack([hn])
 
         def kernel(T):
