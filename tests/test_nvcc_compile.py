@@ -277,9 +277,9 @@ int main(int argc, char** argv) {
       auto regs_smem = [&](int BT) { return regs_bytes(dir, H, K, BT, ab); };
       Plan p = dir == 0
         ? plan_chain("fwd", B, H, d, [&](int U, int BT, bool g) { return fwd_bytes(H, U, BT, g, dense, ab, wb); },
-                     K, regs_smem)
+                     K, kAutoRegs && ab == 4, regs_smem)
         : plan_chain("bwd", B, H, d, [&](int U, int BT, bool g) { return bwd_bytes(H, U, BT, g, dense, ab); },
-                     K, regs_smem);
+                     K, kAutoRegs && ab == 4, regs_smem);
       MatvecShape m = matvec_shape(H, p.U);
       std::printf("%s{\"ok\": true, \"grid\": %d, \"rows\": %d, \"U\": %d, \"blocks\": %lld, \"smem\": %zu, "
                   "\"UP\": %d, \"KS\": %d, \"unit_blocks\": %d, \"row_groups\": %d, \"rows_per_group\": %lld, "
@@ -337,6 +337,15 @@ def test_planner_fits_every_shape(probe, device):
                     assert p["ok"], where
                     assert p["smem"] <= smem, where
                     assert p["rows"] in (1, 4, 8), where
+                    # "auto" takes the register path wherever it runs with 4-byte accumulators (chain_cuda.cuh
+                    # kAutoRegs, measured faster on an H200): H <= 256, H <= 64 with a dense residual; never
+                    # in float64 (not measured there)
+                    regs = dtype != "float64" and H <= (64 if dense else 256)
+                    if regs:
+                        assert not p["grid"] and p["regs"] in (64, 128) and p["U"] == H, where
+                        assert p["threads"] == -(-H // 32) * 32 and p["blocks"] * p["rows"] >= B, where
+                        continue
+                    assert p["regs"] == 0 and p["threads"] == 256, where
                     if p["grid"]:
                         nu, ng, rpg = p["unit_blocks"], p["row_groups"], p["rows_per_group"]
                         assert p["blocks"] == nu * ng <= sms and p["U"] % 2 == 0, where
@@ -345,17 +354,21 @@ def test_planner_fits_every_shape(probe, device):
                     else:
                         assert p["U"] == H and p["blocks"] * p["rows"] >= B, where
                     assert p["KS"] * p["UP"] <= 256 and p["KS"] <= max(H, 1), where
-                    # "auto" does not take the register path (chain_cuda.cuh kAutoRegs = false, until measured)
-                    assert p["regs"] == 0 and p["threads"] == 256, where
 
 
 def test_planner_paths_and_knobs(probe):
-    # W_hh of H = 128 fits one block in float32; H = 512 and 1024 take the grid path.
-    assert not probe("H100", 32, 128, False, "float32")[0][0]["grid"]
+    # W_hh of H = 128 fits one block in float32 (float64 under "auto"); H = 512 and 1024 take the grid path.
+    assert not probe("H100", 32, 128, False, "float32", {"WCRNN_CUDA_PATH": "block"})[0][0]["grid"]
+    q = probe("H100", 32, 128, False, "float64")[0][0]
+    assert not q["grid"] and q["regs"] == 0, q
     assert probe("H100", 8, 512, False, "float32")[0][0]["grid"]
     assert probe("A100", 8, 1024, True, "float32")[0][1]["grid"]
-    # S3 in float32 (B = 64, H = 256): 8 row groups of 8 rows times 16 slices of 16 units.
-    q = probe("H100", 64, 256, False, "float32")[0][0]
+    # S3 in float32 (B = 64, H = 256): the register path under "auto"; without it (block forced: does not fit;
+    # grid forced, what "auto" planned before the register path) 8 row groups of 8 rows times 16 slices of 16
+    # units.
+    assert all(q["ok"] and q["regs"] == 128 for q in probe("H100", 64, 256, False, "float32")[0])
+    assert not any(q["ok"] for q in probe("H100", 64, 256, False, "float32", {"WCRNN_CUDA_PATH": "block"})[0])
+    q = probe("H100", 64, 256, False, "float32", {"WCRNN_CUDA_PATH": "grid"})[0][0]
     assert q["grid"] and (q["row_groups"], q["rows_per_group"], q["unit_blocks"], q["U"]) == (8, 8, 16, 16), q
     # Forcing the grid path at small H (what the GPU tests do), the tile height and the row groups.
     p = probe("H100", 11, 17, False, "float64", {"WCRNN_CUDA_PATH": "grid", "WCRNN_CUDA_ROWS": "4"})[0]

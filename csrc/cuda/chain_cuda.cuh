@@ -321,10 +321,12 @@ inline DeviceInfo device_info(int device) {
 
 enum class PathChoice { kAuto, kBlock, kGrid, kRegs };
 
-// Whether "auto" takes the register path wherever it runs. false until a GPU run measures it faster than the
-// block and grid paths and cuDNN (scripts/gpu_check.sh tier 1: the cuda-regs lines against the cuda lines);
+// Whether "auto" takes the register path wherever it runs with 4-byte accumulators (float32, bfloat16, float16).
+// Measured on an H200 (benchmarks/results/h200-ec2fdbb-run4, scripts/gpu_check.sh tier 1): at S1-S4 (B 16-100,
+// H 64-256) 1.5-3.8x faster than the block and grid paths forward in float32 and bfloat16, 1.04-3.4x forward and
+// backward. float64 is not measured and keeps the block / grid paths under "auto" (forcing regs still runs it).
 // tests/test_nvcc_compile.py's planner test states the same.
-constexpr bool kAutoRegs = false;
+constexpr bool kAutoRegs = true;
 
 // WCRNN_CUDA_PATH=auto|block|grid|regs forces a path (tests use it to run every path at small H).
 inline PathChoice path_from_env() {
@@ -383,12 +385,12 @@ inline int even_up(int64_t n) { return static_cast<int>(n + (n & 1)); }
 // W_hh rows fit shared memory, more if SMs are left) and over batch rows (blockIdx.y: up to one group per
 // BT rows). Each block then runs ceil(rows_per_group / BT) chunks per step.
 //
-// The register path when forced (WCRNN_CUDA_PATH=regs), and under "auto" wherever it runs once kAutoRegs is
-// set: regs_k is its K for this H, dtype and residual form (0: it cannot run them), regs_smem_of(BT) its shared
-// memory.
+// The register path when forced (WCRNN_CUDA_PATH=regs), and under "auto" where regs_auto (kAutoRegs and 4-byte
+// accumulators) and it runs: regs_k is its K for this H, dtype and residual form (0: it cannot run them),
+// regs_smem_of(BT) its shared memory.
 template <class SmemOf, class RegsSmemOf>
 Plan plan_chain(const char* op, int64_t B, int H, const DeviceInfo& dev, SmemOf smem_of, int regs_k,
-                RegsSmemOf regs_smem_of) {
+                bool regs_auto, RegsSmemOf regs_smem_of) {
   const PathChoice choice = path_from_env();
   const int env_rows = rows_from_env();
   const int env_groups = row_groups_from_env();
@@ -406,7 +408,7 @@ Plan plan_chain(const char* op, int64_t B, int H, const DeviceInfo& dev, SmemOf 
     }
     if (env_rows) bt = env_rows;
     if (choice == PathChoice::kRegs ||
-        (kAutoRegs && choice == PathChoice::kAuto && regs_k > 0 && regs_smem_of(bt) <= optin)) {
+        (regs_auto && choice == PathChoice::kAuto && regs_k > 0 && regs_smem_of(bt) <= optin)) {
       TORCH_CHECK(regs_k > 0, op, ": WCRNN_CUDA_PATH=regs but H=", H, " does not fit the register path in this ",
                   "dtype and residual form (H <= 256 in float32, float16 and bfloat16; H <= 128 in float64; H <= 64 ",
                   "with a dense residual, not in float64)");
@@ -565,7 +567,8 @@ Plan plan_chain_call(const typename Dir::Call& c, const DeviceInfo& dev) {
     const int regs_k = regs_slots<A>(c.H, dense);
     return plan_chain(
         Dir::kOp, c.B, c.H, dev, [&](int U, int BT, bool grid) { return Dir::template smem<S>(c.H, U, BT, grid, dense); },
-        regs_k, [&](int BT) { return regs_smem_bytes(c.H, regs_k, BT, Dir::kRegsBuffers, sizeof(A)); });
+        regs_k, kAutoRegs && sizeof(A) == 4,
+        [&](int BT) { return regs_smem_bytes(c.H, regs_k, BT, Dir::kRegsBuffers, sizeof(A)); });
   });
 }
 
