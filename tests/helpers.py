@@ -280,6 +280,12 @@ def _why_not(name):
         if why:
             return why
     if name == "cuda-emulated":
+        if torch.cuda.is_available() and name not in required_targets():
+            # the emulator stands in for a GPU on machines without one; on the H200 (2026-11-30) a test run that
+            # generated its rows beside the "cuda" ones died of a segfault in the first emulated case (not
+            # reproduced without a GPU, same torch, CUDA-built wcrnn_C loaded): opt in to run it there
+            return ("a CUDA device is present: the real \"cuda\" target runs instead (WCRNN_TEST_TARGETS="
+                    "cuda-emulated or WCRNN_REQUIRE_CUDA_EMU=1 runs the emulator anyway)")
         ok, why = register_emulated_cuda()
         return None if ok else why
     ok, why = get_backend(TARGETS[name].backend).availability()
