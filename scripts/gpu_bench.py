@@ -9,7 +9,8 @@ Implementations: ``nn.RNN`` (cuDNN, with torch's default ``cudnn.allow_tf32 = Tr
 residual, scalar r = 1, gamma = 0.01: the same layer the pytest-benchmark harness in benchmarks/ times), and
 ``gemm-floor`` (forward only: T dependent (B x H) @ (H x H) products and nothing else), and
 ``<backend>@<precision>`` (a backend under ``torch.set_float32_matmul_precision``; benchmarks/bench_config.py),
-``cuda:<path>`` (the cuda backend on a forced path, e.g. ``cuda:regs``, the opt-in register path). ``forward`` runs under
+``cuda:<path>`` (the cuda backend on a forced path, e.g. ``cuda:block``; a path that cannot run the shape is
+recorded as refused). ``forward`` runs under
 no_grad; ``forward+backward`` backpropagates one upstream gradient into output and h_n with the input, the
 weights and the biases requiring grad. The Triton kernels run their default configurations here
 (WCRNN_TRITON_AUTOTUNE=0 unless the caller sets it), so every line costs at most two compiles; tier 3 runs
@@ -167,7 +168,10 @@ def main():
                                    max_ms=max(times) * 1e3, reps=len(times), us_per_step=med * 1e6 / T,
                                    tokens_per_s=T * B / med)
                     except Exception as e:  # noqa: BLE001 - recorded, the sweep goes on
-                        rec.update(status="error", message=f"{type(e).__name__}: {str(e).strip()[:300]}")
+                        msg = f"{type(e).__name__}: {str(e).strip()[:300]}"
+                        # a forced CUDA path that cannot run the shape: the planner's refusal, by design
+                        refused = ":" in impl and "WCRNN_CUDA_PATH=" in msg and " but H=" in msg
+                        rec.update(status="refused" if refused else "error", message=msg)
                     rec["seconds"] = round(time.perf_counter() - t0, 2)
                     rows.append(rec)
                     if args.out and not args.prewarm:
@@ -177,10 +181,11 @@ def main():
                         print(f"{args.tag}{' ' if args.tag else ''}{dt_name:8} {shape} {rec['mode']:16} {impl:13} {rec['median_ms']:10.3f} ms "
                               f"{rec['us_per_step']:8.2f} us/step ({rec['reps']} reps, {rec['seconds']} s)", flush=True)
                     else:
-                        print(f"{dt_name:8} {shape} {rec['mode']:16} {impl:13} ERROR {rec['message']}", flush=True)
+                        print(f"{dt_name:8} {shape} {rec['mode']:16} {impl:13} {rec['status'].upper()} {rec['message']}",
+                              flush=True)
     if not args.prewarm and not args.tag:
         print_table(rows)
-    sys.exit(1 if any(r["status"] != "ok" for r in rows) else 0)
+    sys.exit(1 if any(r["status"] == "error" for r in rows) else 0)
 
 
 def print_table(rows):

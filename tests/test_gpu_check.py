@@ -60,7 +60,7 @@ def test_dry_run_passes_and_writes_every_file(dry_run):
     summary = (out / "summary.txt").read_text()
     for stepname in ("env", "build", "smoke-triton-float64", "smoke-triton-float32", "smoke-triton-bfloat16",
                      "smoke-cuda-float64", "smoke-cuda-float32", "smoke-cuda-bfloat16", "prewarm-triton", "bench",
-                     "fp32-precision", "cuda-regs", "profile", "memcheck-cuda", "memcheck-triton"):
+                     "fp32-precision", "cuda-paths", "profile", "memcheck-cuda", "memcheck-triton"):
         line = next((ln for ln in summary.splitlines() if ln.split()[:1] == [stepname]), None)
         assert line is not None and line.split()[1] == "ok", f"{stepname}: {line}\n{summary}"
     print(f"dry run: {seconds:.0f} s\n{summary}")
@@ -109,8 +109,9 @@ def test_dry_run_benchmark_lines_and_sanitizer_cases(dry_run):
     precision = [r for r in lines if r["tag"] == "fp32-precision"]
     assert {r["impl"] for r in precision} == {"nn.RNN-noTF32", "triton@high", "triton@medium"}
     assert {r["dtype"] for r in precision} == {"float32"}
-    regs = [r for r in lines if r["tag"] == "cuda-regs"]
-    assert {r["impl"] for r in regs} == {"cuda-emulated:regs"} and {r["dtype"] for r in regs} == {"float32", "bfloat16"}
+    paths = [r for r in lines if r["tag"] == "cuda-paths"]
+    assert {r["impl"] for r in paths} == {"cuda-emulated:block", "cuda-emulated:grid"}, paths
+    assert {r["dtype"] for r in paths} == {"float32", "bfloat16"}
     assert all(r["us_per_step"] > 0 for r in lines)
     san = (out / "sanitize.log").read_text()
     assert "refused (planner)" in san and san.count("sanitizer cases done") == 2
