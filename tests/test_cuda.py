@@ -294,6 +294,41 @@ def test_non_contiguous_inputs_are_accepted(target):
         assert torch.equal(a, e)
 
 
+@pytest.mark.parametrize("path", PATHS)
+def test_zero_dim_res_and_gamma_read_without_a_copy(target, monkeypatch, path):
+    """A 0-d diagonal res and a 0-d gamma (what the module passes for scalar r and gamma) give, on every path,
+    forward and backward, bitwise the results of (H,) tensors holding the same value; the op reads the one
+    value in the kernels and copies nothing: the profiler sees no tensor op inside it that (H,) ones do not
+    cost. Positive control: a strided (H,) gamma costs a copy that the profiler sees."""
+    from torch.profiler import profile
+    force_path(monkeypatch, path)
+    ops, device = ops_of(target), target.device
+    T, B, H = 5, 3, 12
+    g = torch.Generator().manual_seed(5)
+    u, x0, go, ghn = (torch.randn(*s, generator=g, dtype=torch.float64).to(device)
+                      for s in ((T, B, H), (B, H), (T, B, H), (B, H)))
+    w = (torch.randn(H, H, generator=g, dtype=torch.float64) / H ** 0.5).to(device)
+    L = torch.tensor([5, 2, 0], device=device)
+
+    def run(res, gamma):
+        with profile() as prof:
+            fwd = ops.chain_fwd(u, x0, w, res, gamma, L, 0, 0, True)
+            bwd = ops.chain_bwd(go, ghn, fwd[2], w, res, gamma, L, 0, 0, True)
+        inner = sorted(e.name for e in prof.events() if e.name.startswith("aten::"))
+        return inner, fwd + bwd
+
+    vec = lambda v: torch.full((H,), v, dtype=torch.float64, device=device)  # noqa: E731
+    ops_vector, want = run(vec(0.9), vec(0.3))
+    ops_scalar, got = run(torch.tensor(0.9, dtype=torch.float64, device=device),
+                          torch.tensor(0.3, dtype=torch.float64, device=device))
+    for a, e in zip(got, want):
+        assert torch.equal(a, e)
+    assert ops_scalar == ops_vector, "0-d res and gamma cost tensor ops inside the op"
+    ops_strided, _ = run(vec(0.9), torch.full((2 * H,), 0.3, dtype=torch.float64, device=device)[::2])
+    assert "aten::copy_" in ops_strided and "aten::copy_" not in ops_vector
+    check_launches(target, True, path)
+
+
 def test_empty_sizes(target):
     ops, device = ops_of(target), target.device
     u, x0, w, res, gamma = _op_args(T=4, B=3, H=8, device=device)

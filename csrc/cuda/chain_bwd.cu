@@ -64,9 +64,9 @@ __global__ void __launch_bounds__(kThreads) chain_bwd_kernel(const BwdParams<S> 
   }
   for (int jj = tid; jj < Ueff; jj += kThreads) {
     const int j = u0 + jj;
-    gam[jj] = p.gamma[j];
+    gam[jj] = p.gamma[j * p.gamma_step];
     if constexpr (!DENSE) {
-      res0[jj] = p.res[j];
+      res0[jj] = p.res[j * p.res_step];
       // R^T d = res[0] * d + swap_pairs(res[1] * d): unit j takes res[1] of its partner j^1.
       if (rot) res1[jj] = p.res[H + (j ^ 1)];
     }
@@ -230,11 +230,11 @@ __global__ void __launch_bounds__(kRegsThreads) chain_bwd_regs_kernel(const BwdP
   A w[K];  // w[k] = W_hh[k, j]
   A rw[DENSE ? K : 1];
   regs_load<K, DENSE, true>(p.w, p.res, H, j, tile.own, tile.tail, w, rw, Wt);
-  const A gam = tile.own ? p.gamma[j] : A(0);
+  const A gam = tile.own ? p.gamma[j * p.gamma_step] : A(0);
   A res0 = A(0), res1 = A(0);
   if constexpr (!DENSE) {
     if (tile.own) {
-      res0 = p.res[j];
+      res0 = p.res[j * p.res_step];
       // R^T d = res[0] * d + swap_pairs(res[1] * d): unit j takes res[1] of its partner j^1.
       if (tile.rot) res1 = p.res[H + (j ^ 1)];
     }

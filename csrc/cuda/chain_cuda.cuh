@@ -273,12 +273,13 @@ __device__ __forceinline__ A sum_partials(const A* part, int r, int i, int U, in
 template <class S>
 struct ChainParams {        // what both chains read
   const S* w;               // (H, H) W_hh
-  const S* res;             // canonical residual: (H,), (2, H) or (H, H)
-  const S* gamma;           // (H,)
+  const S* res;             // canonical residual: (H,), (2, H) or (H, H); a 0-d diagonal one with res_step 0
+  const S* gamma;           // (H,), or 0-d with gamma_step 0
   const int64_t* lengths;   // (B,) or nullptr: every row runs all T steps
   int64_t T, B;
   int64_t rows_per_group;   // grid path: batch rows per blockIdx.y
   int H, U, nonlin, res_kind;
+  int res_step, gamma_step;  // 1, or 0 for a 0-d res (diagonal) / gamma: unit i reads entry i * step
 };
 
 template <class S>
@@ -510,6 +511,7 @@ struct ChainCall {  // what both chains' calls share
   int64_t T, B;
   int H;
   const void *w, *res, *gamma;
+  int res_step, gamma_step;  // 0 for a 0-d res / gamma (one value for every unit), else 1
   const int64_t* lengths;
   int device;
   cudaStream_t stream;
@@ -545,6 +547,8 @@ ChainParams<S> chain_params(const ChainCall& c, const Plan& plan) {
   p.rows_per_group = plan.rows_per_group;
   p.nonlin = c.nonlin;
   p.res_kind = c.res_kind;
+  p.res_step = c.res_step;
+  p.gamma_step = c.gamma_step;
   return p;
 }
 

@@ -53,9 +53,9 @@ __global__ void __launch_bounds__(kThreads) chain_fwd_kernel(const FwdParams<S> 
     if constexpr (DENSE) Rs[j * U + i] = p.res[src];
   }
   for (int i = tid; i < Ueff; i += kThreads) {
-    gam[i] = static_cast<A>(p.gamma[u0 + i]);
+    gam[i] = static_cast<A>(p.gamma[(u0 + i) * p.gamma_step]);
     if constexpr (!DENSE) {
-      res0[i] = static_cast<A>(p.res[u0 + i]);                // diagonal: R(x)[i] = res[i] x[i]
+      res0[i] = static_cast<A>(p.res[(u0 + i) * p.res_step]);  // diagonal: R(x)[i] = res[i] x[i]
       if (rot) res1[i] = static_cast<A>(p.res[H + u0 + i]);  // rotation: + res[1][i] x[i^1]
     }
   }
@@ -168,11 +168,11 @@ __global__ void __launch_bounds__(kRegsThreads) chain_fwd_regs_kernel(const FwdP
   A w[K];  // w[k] = W_hh[i, k]
   A rw[DENSE ? K : 1];
   regs_load<K, DENSE, false>(p.w, p.res, H, i, tile.own, tile.tail, w, rw, Wt);
-  const A gam = tile.own ? static_cast<A>(p.gamma[i]) : A(0);
+  const A gam = tile.own ? static_cast<A>(p.gamma[i * p.gamma_step]) : A(0);
   A res0 = A(0), res1 = A(0);
   if constexpr (!DENSE) {
     if (tile.own) {
-      res0 = static_cast<A>(p.res[i]);                // diagonal: R(x)[i] = res[i] x[i]
+      res0 = static_cast<A>(p.res[i * p.res_step]);   // diagonal: R(x)[i] = res[i] x[i]
       if (tile.rot) res1 = static_cast<A>(p.res[H + i]);  // rotation: + res[1][i] x[i^1]
     }
   }

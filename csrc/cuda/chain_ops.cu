@@ -43,7 +43,7 @@ wcrnn_checks::Policy cuda_policy(bool backward) {
           backward ? " (the backward chain runs in float32 for float16/bfloat16 models; wcrnn_kernels.ops "
                      "upcasts before calling it)"
                    : "",
-          false, int64_t{1} << 20, false};
+          false, int64_t{1} << 20, true};
 }
 
 DType dtype_code(const char* op, at::ScalarType st) {
@@ -70,6 +70,10 @@ ChainCall chain_call(const Args& k, int64_t res_kind, int64_t nonlin, const Tens
   c.w = k.params.w_hh.data_ptr();
   c.res = k.params.res.data_ptr();
   c.gamma = k.params.gamma.data_ptr();
+  // a 0-d res (diagonal) or gamma comes through as it is (Policy::scalar_per_unit): the kernels read its one
+  // value for every unit, with no (H,) copy per call
+  c.res_step = k.params.res.dim() == 0 ? 0 : 1;
+  c.gamma_step = k.params.gamma.dim() == 0 ? 0 : 1;
   c.lengths = k.params.lengths_data();
   c.device = on.get_device();
   c.stream = c10::cuda::getCurrentCUDAStream(c.device).stream();
