@@ -14,9 +14,10 @@
 #   forward+backward) x (float32, bfloat16) x (S1-S4, G4) with microseconds per step (scripts/gpu_bench.py),
 #   and in float32 nn.RNN without TF32 and Triton at "high" / "medium" matmul precision (is the gap TF32?);
 #   the CUDA paths that "auto" passes over (cuda:block, cuda:grid) at S1-S4, against "auto"'s (the register
-#   path there in float32 and bfloat16: is it still the fastest?); after the tiers (so that it never takes
-#   the sanitizers' time), Nsight Compute on the block and register paths' kernels at S1 (scripts/gpu_profile.py;
-#   its report goes to full.log, key lines to summary.txt).
+#   path there in float32 and bfloat16: is it still the fastest?); right after tier 1, before tier 2, Nsight
+#   Compute on the block and register paths' kernels at S1 (scripts/gpu_profile.py; its report goes to full.log,
+#   key lines to summary.txt): where the register path's step goes is the open question of the float32 gap to
+#   cuDNN, and run 4's tier 2 left it no time (tier 2, clean in runs 3 and 4, takes what is left).
 # Tier 2 (about 3 minutes): compute-sanitizer memcheck over every CUDA path x residual forms x dtypes and a
 #   few Triton launches; racecheck and synccheck on float32 cases (scripts/gpu_sanitize_cases.py). A plan the
 #   planner refuses is recorded and skipped, never fatal.
@@ -192,8 +193,8 @@ tier1() {
         --impls cuda:block,cuda:grid --shapes "$rshapes" --tag cuda-paths "${DRYARG[@]}"
 }
 
-# Tier 1's diagnosis, run after tier 2 so that it never takes the sanitizers' time: where a step's time goes,
-# Nsight Compute on the forward and backward kernels of the block and register paths at S1 (one launch each).
+# Tier 1's diagnosis, run right after tier 1 (before tier 2: run 4's sanitizers left it no time): where a step's
+# time goes, Nsight Compute on the forward and backward kernels of the block and register paths at S1 (one launch each).
 # Its failure (e.g. no access to the performance counters) fails nothing.
 profile() {
     local ncu=""
@@ -307,10 +308,9 @@ log "gpu_check: tiers ${TIERS[*]}$([ "$DRY" = 1 ] && echo ' (dry run on CPU)'), 
 for t in "${TIERS[@]}"; do
     s=$(date +%s)
     "tier$t"
-    [ "$t" = 1 ] && TIER1_RAN=1
     printf '%-22s %-8s %5s %6s s\n' "== tier $t" done - $(( $(date +%s) - s )) >> "$SUMMARY"
+    [ "$t" = 1 ] && { TIER1_RAN=1; profile; }
 done
-[ "$TIER1_RAN" = 1 ] && profile
 
 # the summary: steps, smoke counts, benchmark table (the reply of the device tool shows the end of stdout)
 if [ -f "$OUTDIR/smoke.jsonl" ]; then
