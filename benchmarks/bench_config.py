@@ -53,6 +53,10 @@ def layer_call(impl: str, mode: str, T: int, B: int, I: int, H: int, device, dty
 
     CUDA execution paths: "cuda:<path>" runs the cuda backend with ``WCRNN_CUDA_PATH=<path>`` ("block",
     "grid", "regs"), set around every call.
+
+    The chain alone: "<backend>/chain" times ``wcrnn_chain`` on the layer's input projection, computed once
+    beforehand, with the weights as the module passes them: the layer's time less this is what the module
+    adds around the chain (the projection, h0, h_n, its Python).
     """
     torch.manual_seed(0)
     if ":" in impl:
@@ -71,6 +75,8 @@ def layer_call(impl: str, mode: str, T: int, B: int, I: int, H: int, device, dty
             for _ in range(T):
                 torch.mm(x, w, out=y)
         return floor
+    if impl.endswith("/chain"):
+        return _chain_call(impl[:-len("/chain")], mode, T, B, I, H, device, dtype)
     from wcrnn_kernels import FusedWCRNN
     if impl == "nn.RNN":
         model = torch.nn.RNN(I, H, device=device, dtype=dtype)
@@ -88,6 +94,29 @@ def layer_call(impl: str, mode: str, T: int, B: int, I: int, H: int, device, dty
     def forward_backward():
         out, h = model(x)
         torch.autograd.backward([out, h], [g_out, g_h])
+    return forward_backward
+
+
+def _chain_call(backend, mode, T, B, I, H, device, dtype):
+    from wcrnn_kernels import FusedWCRNN, wcrnn_chain
+    model = FusedWCRNN(I, H, backend=backend, device=device, dtype=dtype)
+    cw = model._chain_weights(0, 0, True)  # what the module's forward passes the chain (a 0-d r and gamma)
+    with torch.no_grad():
+        u = torch.nn.functional.linear(torch.randn(T, B, I, device=device, dtype=dtype), cw.w_ih, cw.bias)
+    x0 = torch.zeros(B, H, device=device, dtype=dtype)
+    res, gamma, w_hh = cw.res.detach(), cw.gamma.detach(), cw.w_hh.detach()
+    if mode == "forward":
+        def forward():
+            with torch.no_grad():
+                wcrnn_chain(u, x0, w_hh, cw.res_kind, res, gamma, nonlinearity=cw.nonlinearity, backend=backend)
+        return forward
+    u.requires_grad_(True)
+    w_hh = w_hh.clone().requires_grad_(True)
+    g_out = torch.randn(T, B, H, device=device, dtype=dtype)
+
+    def forward_backward():
+        out, _ = wcrnn_chain(u, x0, w_hh, cw.res_kind, res, gamma, nonlinearity=cw.nonlinearity, backend=backend)
+        torch.autograd.backward([out], [g_out])
     return forward_backward
 
 

@@ -10,7 +10,8 @@ residual, scalar r = 1, gamma = 0.01: the same layer the pytest-benchmark harnes
 ``gemm-floor`` (forward only: T dependent (B x H) @ (H x H) products and nothing else), and
 ``<backend>@<precision>`` (a backend under ``torch.set_float32_matmul_precision``; benchmarks/bench_config.py),
 ``cuda:<path>`` (the cuda backend on a forced path, e.g. ``cuda:block``; a path that cannot run the shape is
-recorded as refused). ``forward`` runs under
+recorded as refused), ``<backend>/chain`` (the chain alone on a precomputed input projection: what the layer
+costs beyond it is the module's). ``forward`` runs under
 no_grad; ``forward+backward`` backpropagates one upstream gradient into output and h_n with the input, the
 weights and the biases requiring grad. The Triton kernels run their default configurations here
 (WCRNN_TRITON_AUTOTUNE=0 unless the caller sets it), so every line costs at most two compiles; tier 3 runs
@@ -130,10 +131,10 @@ def main():
     if args.dry_run:
         # the same plumbing on CPU: cuda -> the emulator, triton -> the interpreter, a few steps
         os.environ.update({"WCRNN_EMU_SMS": "132", "WCRNN_EMU_SMEM_OPTIN": "232448"})
-        if any(i.split(":")[0] == "cuda" for i in impls):
+        if any(i.split(":")[0].split("/")[0] == "cuda" for i in impls):
             from gpu_smoke import setup_backend
             emu = setup_backend("cuda", True)[0]
-            impls = [emu + i[4:] if i.split(":")[0] == "cuda" else i for i in impls]
+            impls = [emu + i[4:] if i.split(":")[0].split("/")[0] == "cuda" else i for i in impls]
     T_cap = 2 if args.prewarm else (4 if args.dry_run else None)
     timer = Timer(device)
     reps = (1, 1, 0.0) if (args.dry_run or args.prewarm) else (5, 40, 0.25)
@@ -156,7 +157,7 @@ def main():
                     t0 = time.perf_counter()
                     try:
                         if impl not in ("nn.RNN", "nn.RNN-noTF32", "gemm-floor"):
-                            b = get_backend(impl.split("@")[0].split(":")[0])
+                            b = get_backend(impl.split("@")[0].split(":")[0].split("/")[0])
                             ok, why = b.availability()
                             why = why if not ok else b.supports(torch.device(device), dtype, SHAPES[shape][3])
                             if not ok or why is not None:

@@ -186,11 +186,13 @@ tier1() {
         "${DRYARG[@]}"
     # the CUDA paths "auto" passes over at S1-S4 (it takes the register path there in float32 and bfloat16,
     # measured faster in runs 4 and 5): is "auto"'s path (the cuda lines above) still the fastest? A forced
-    # block path that does not fit (S3) is recorded as refused, by design.
+    # block path that does not fit (S3) is recorded as refused, by design. cuda/chain: "auto"'s chain alone, on a
+    # precomputed input projection; the layer's time less it is what the module adds per call (runs 4-5 fit
+    # about 0.3 ms a call beside 0.43 us a step at H = 128 in float32, twice cuDNN's fixed cost: where is it?)
     local rshapes=S1,S2,S3,S4
     [ "$DRY" = 1 ] && rshapes=S2
     run_or_fail cuda-paths 90 "$WORK/cuda-paths.log" $PY scripts/gpu_bench.py --out "$OUTDIR/bench.jsonl" \
-        --impls cuda:block,cuda:grid --shapes "$rshapes" --tag cuda-paths "${DRYARG[@]}"
+        --impls cuda:block,cuda:grid,cuda/chain --shapes "$rshapes" --tag cuda-paths "${DRYARG[@]}"
 }
 
 # Tier 1's diagnosis, run right after tier 1 (before tier 2: run 4's sanitizers left it no time): where a step's
@@ -332,13 +334,14 @@ if [ -f "$OUTDIR/bench.jsonl" ]; then
 import json, sys
 rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
 ms = {(r["dtype"], r["shape"], r["mode"], r["impl"]): r["median_ms"] for r in rows if r.get("status") == "ok"}
-cuda = sorted({k[3] for k in ms if k[3].startswith("cuda") and ":" not in k[3]})  # cuda or cuda-emulated
-keys = sorted({k[:3] for k in ms if k[3].startswith("cuda") and ":" in k[3]})
+cuda = sorted({k[3] for k in ms if k[3].startswith("cuda") and not set(":/") & set(k[3])})  # or cuda-emulated
+keys = sorted({k[:3] for k in ms if k[3].startswith("cuda") and (":" in k[3] or "/" in k[3])})
 if keys and cuda:
     c = cuda[0]
-    print('CUDA paths: ms per call; "auto" = the cuda lines; best forced / auto > 1: "auto" took the faster path')
+    print('CUDA paths: ms per call; "auto" = the cuda lines; best forced / auto > 1: "auto" took the faster path;')
+    print('chain: the chain alone (cuda/chain), "auto" less it = what the module adds per call')
     print(f"{'dtype':8} {'shape':5} {'mode':16} {'nn.RNN':>9} {'auto':>9} {'block':>9} {'grid':>9} {'regs':>9} "
-          f"{'best/auto':>9} {'nnRNN/auto':>10}")
+          f"{'chain':>9} {'best/auto':>9} {'nnRNN/auto':>10}")
     for dt, sh, mo in keys:
         got = {p: ms.get((dt, sh, mo, f"{c}:{p}")) for p in ("block", "grid", "regs")}
         auto, rnn = ms.get((dt, sh, mo, c)), ms.get((dt, sh, mo, "nn.RNN"))
@@ -346,7 +349,8 @@ if keys and cuda:
         f = lambda v: f"{v:9.3f}" if v else f"{'-':>9}"  # noqa: E731
         r = lambda v, w, n: f"{v / w:{n}.2f}" if v and w else f"{'-':>{n}}"  # noqa: E731
         print(f"{dt:8} {sh:5} {mo:16} {f(rnn)} {f(auto)} {f(got['block'])} {f(got['grid'])} {f(got['regs'])} "
-              f"{r(min(forced) if forced else None, auto, 9)} {r(rnn, auto, 10)}")
+              f"{f(ms.get((dt, sh, mo, c + '/chain')))} {r(min(forced) if forced else None, auto, 9)} "
+              f"{r(rnn, auto, 10)}")
 EOF
 fi
 cat "$WORK"/fp32-precision.log "$WORK"/cuda-paths.log 2>/dev/null | grep -E "^(fp32-precision|cuda-paths) " >> "$SUMMARY"

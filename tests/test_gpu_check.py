@@ -110,7 +110,7 @@ def test_dry_run_benchmark_lines_and_sanitizer_cases(dry_run):
     assert {r["impl"] for r in precision} == {"nn.RNN-noTF32", "triton@high", "triton@medium"}
     assert {r["dtype"] for r in precision} == {"float32"}
     paths = [r for r in lines if r["tag"] == "cuda-paths"]
-    assert {r["impl"] for r in paths} == {"cuda-emulated:block", "cuda-emulated:grid"}, paths
+    assert {r["impl"] for r in paths} == {"cuda-emulated:block", "cuda-emulated:grid", "cuda-emulated/chain"}, paths
     assert {r["dtype"] for r in paths} == {"float32", "bfloat16"}
     assert all(r["us_per_step"] > 0 for r in lines)
     san = (out / "sanitize.log").read_text()
