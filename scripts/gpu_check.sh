@@ -187,8 +187,9 @@ tier1() {
     # the CUDA paths "auto" passes over at S1-S4 (it takes the register path there in float32 and bfloat16,
     # measured faster in runs 4 and 5): is "auto"'s path (the cuda lines above) still the fastest? A forced
     # block path that does not fit (S3) is recorded as refused, by design. cuda/chain: "auto"'s chain alone, on a
-    # precomputed input projection; the layer's time less it is what the module adds per call (runs 4-5 fit
-    # about 0.3 ms a call beside 0.43 us a step at H = 128 in float32, twice cuDNN's fixed cost: where is it?)
+    # precomputed input projection; the layer's time less it is what the module adds per call (a two-point fit
+    # of S1 and S4 in run 5, if B does not change the step: 0.31 ms a call and 0.43 us a step at H = 128 in
+    # float32 against cuDNN's 0.17 ms and 0.44 us; this tells whether the gap is the call or the chain)
     local rshapes=S1,S2,S3,S4
     [ "$DRY" = 1 ] && rshapes=S2
     run_or_fail cuda-paths 90 "$WORK/cuda-paths.log" $PY scripts/gpu_bench.py --out "$OUTDIR/bench.jsonl" \
