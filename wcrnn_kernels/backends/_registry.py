@@ -16,7 +16,7 @@ _REGISTRY: dict = {}
 # Preference order for backend="auto", per device type; the first is the compiled backend whose loss "auto"
 # reports once (_warn_fallback). CUDA: "cuda" first, measured on an H200 (benchmarks/results/h200-fbeda44-run3):
 # in float32 1.4-25x faster than "triton" at S1, S3, S4 and G4 (25x at G4, H = 512), on par at S2 (within 4 %);
-# in bfloat16 faster forward+backward except at S2; "triton" wins bfloat16 forward at S1 and S2.
+# with the register path (h200-ec2fdbb-run4, h200-67b95f2-run5-verify) faster at every shape in bfloat16 too.
 _AUTO_ORDER = {"cuda": ("cuda", "triton", "torch"), "cpu": ("cpp", "torch")}
 
 
