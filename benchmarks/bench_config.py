@@ -54,9 +54,10 @@ def layer_call(impl: str, mode: str, T: int, B: int, I: int, H: int, device, dty
     CUDA execution paths: "cuda:<path>" runs the cuda backend with ``WCRNN_CUDA_PATH=<path>`` ("block",
     "grid", "regs"), set around every call.
 
-    The chain alone: "<backend>/chain" times ``wcrnn_chain`` on the layer's input projection, computed once
-    beforehand, with the weights as the module passes them: the layer's time less this is what the module
-    adds around the chain (the projection, h0, h_n, its Python).
+    The chain alone: "<backend>/chain" times the chain as the module's forward calls it (``ops.run_chain``,
+    past the public op's checks, with the weights as the module passes them) on the layer's input projection,
+    computed once beforehand: the layer's time less this is what the module adds around the chain (the
+    projection, h0, h_n, its Python).
     """
     torch.manual_seed(0)
     if ":" in impl:
@@ -98,24 +99,29 @@ def layer_call(impl: str, mode: str, T: int, B: int, I: int, H: int, device, dty
 
 
 def _chain_call(backend, mode, T, B, I, H, device, dtype):
-    from wcrnn_kernels import FusedWCRNN, wcrnn_chain
+    from wcrnn_kernels import FusedWCRNN
+    from wcrnn_kernels.ops import _plain_eager, run_chain
+    from wcrnn_kernels.residual import NONLIN_CODES
     model = FusedWCRNN(I, H, backend=backend, device=device, dtype=dtype)
     cw = model._chain_weights(0, 0, True)  # what the module's forward passes the chain (a 0-d r and gamma)
     with torch.no_grad():
         u = torch.nn.functional.linear(torch.randn(T, B, I, device=device, dtype=dtype), cw.w_ih, cw.bias)
     x0 = torch.zeros(B, H, device=device, dtype=dtype)
     res, gamma, w_hh = cw.res.detach(), cw.gamma.detach(), cw.w_hh.detach()
+    if mode != "forward":
+        u.requires_grad_(True)
+        w_hh = w_hh.clone().requires_grad_(True)
+    args = (u, x0, w_hh, cw.res_kind, res, gamma, None, NONLIN_CODES[cw.nonlinearity], backend,
+            _plain_eager(u, x0, w_hh, res, gamma))
     if mode == "forward":
         def forward():
             with torch.no_grad():
-                wcrnn_chain(u, x0, w_hh, cw.res_kind, res, gamma, nonlinearity=cw.nonlinearity, backend=backend)
+                run_chain(*args)
         return forward
-    u.requires_grad_(True)
-    w_hh = w_hh.clone().requires_grad_(True)
     g_out = torch.randn(T, B, H, device=device, dtype=dtype)
 
     def forward_backward():
-        out, _ = wcrnn_chain(u, x0, w_hh, cw.res_kind, res, gamma, nonlinearity=cw.nonlinearity, backend=backend)
+        out, _ = run_chain(*args)
         torch.autograd.backward([out], [g_out])
     return forward_backward
 

@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import statistics
 import subprocess
 import sys
@@ -105,6 +106,23 @@ def build(impl, mode, shape, dtype, device, T_override=None):
     return layer_call(impl, mode, T, B, I, H, device, dtype), (T, B, I, H)
 
 
+def backend_of(impl):
+    """The backend an implementation name runs: "cuda" for "cuda:block", "cuda/chain", "cuda@high"."""
+    return re.split(r"[@:/]", impl, maxsplit=1)[0]
+
+
+def predicted_refusal(e, impl, mode, dtype_name, H):
+    """The planner refused a forced CUDA path ("cuda:block") where sanitize_cases.cuda_path_refused predicts it
+    (gpu_smoke.is_refusal) for the layer's residual (scalar) in its dtype or, forward+backward, in float32, the
+    backward's dtype for half models. Any other error stays an error."""
+    if ":" not in impl:
+        return False
+    from gpu_smoke import is_refusal
+    path = impl.split(":", 1)[1]
+    dtypes = [dtype_name] + (["float32"] if mode != "forward" and dtype_name in ("float16", "bfloat16") else [])
+    return any(is_refusal(e, path, "scalar", H, d) for d in dtypes)
+
+
 def measure(fn, timer, min_reps, max_reps, budget_s):
     timer(fn)
     timer(fn)
@@ -131,10 +149,10 @@ def main():
     if args.dry_run:
         # the same plumbing on CPU: cuda -> the emulator, triton -> the interpreter, a few steps
         os.environ.update({"WCRNN_EMU_SMS": "132", "WCRNN_EMU_SMEM_OPTIN": "232448"})
-        if any(i.split(":")[0].split("/")[0] == "cuda" for i in impls):
+        if any(backend_of(i) == "cuda" for i in impls):
             from gpu_smoke import setup_backend
             emu = setup_backend("cuda", True)[0]
-            impls = [emu + i[4:] if i.split(":")[0].split("/")[0] == "cuda" else i for i in impls]
+            impls = [emu + i[4:] if backend_of(i) == "cuda" else i for i in impls]
     T_cap = 2 if args.prewarm else (4 if args.dry_run else None)
     timer = Timer(device)
     reps = (1, 1, 0.0) if (args.dry_run or args.prewarm) else (5, 40, 0.25)
@@ -157,7 +175,7 @@ def main():
                     t0 = time.perf_counter()
                     try:
                         if impl not in ("nn.RNN", "nn.RNN-noTF32", "gemm-floor"):
-                            b = get_backend(impl.split("@")[0].split(":")[0].split("/")[0])
+                            b = get_backend(backend_of(impl))
                             ok, why = b.availability()
                             why = why if not ok else b.supports(torch.device(device), dtype, SHAPES[shape][3])
                             if not ok or why is not None:
@@ -169,10 +187,9 @@ def main():
                                    max_ms=max(times) * 1e3, reps=len(times), us_per_step=med * 1e6 / T,
                                    tokens_per_s=T * B / med)
                     except Exception as e:  # noqa: BLE001 - recorded, the sweep goes on
-                        msg = f"{type(e).__name__}: {str(e).strip()[:300]}"
-                        # a forced CUDA path that cannot run the shape: the planner's refusal, by design
-                        refused = ":" in impl and "WCRNN_CUDA_PATH=" in msg and " but H=" in msg
-                        rec.update(status="refused" if refused else "error", message=msg)
+                        refused = predicted_refusal(e, impl, mode, dt_name, SHAPES[shape][3])
+                        rec.update(status="refused" if refused else "error",
+                                   message=f"{type(e).__name__}: {str(e).strip()[:300]}")
                     rec["seconds"] = round(time.perf_counter() - t0, 2)
                     rows.append(rec)
                     if args.out and not args.prewarm:
