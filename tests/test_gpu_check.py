@@ -120,3 +120,23 @@ def test_dry_run_benchmark_lines_and_sanitizer_cases(dry_run):
 def test_script_rejects_unknown_arguments():
     r = subprocess.run(["bash", str(SCRIPT), "--bogus"], capture_output=True, text=True, timeout=60)
     assert r.returncode == 2 and "unknown argument" in r.stdout
+
+
+def test_bench_records_only_predicted_refusals_as_refused(monkeypatch):
+    """gpu_bench's cuda-paths lines: a forced path the planner refuses where sanitize_cases predicts it is
+    'refused' (the backward of a bfloat16 layer runs in float32, so its block path at H = 256 is refused);
+    an unpredicted refusal or any other error stays an error, which fails the step."""
+    monkeypatch.syspath_prepend(str(REPO / "scripts"))
+    monkeypatch.syspath_prepend(str(REPO / "tests"))
+    import gpu_bench
+
+    bwd = RuntimeError("wcrnn_C::chain_bwd: WCRNN_CUDA_PATH=block but H=256 needs 269312 bytes of shared memory "
+                       "per block and this device allows 232448")
+    assert gpu_bench.predicted_refusal(bwd, "cuda:block", "forward+backward", "bfloat16", 256)
+    assert gpu_bench.predicted_refusal(bwd, "cuda:block", "forward", "float32", 256)
+    assert not gpu_bench.predicted_refusal(bwd, "cuda:block", "forward", "bfloat16", 256)  # 128 KiB fits
+    assert not gpu_bench.predicted_refusal(bwd, "cuda:block", "forward", "float32", 128)
+    assert not gpu_bench.predicted_refusal(bwd, "cuda", "forward", "float32", 256)  # no forced path
+    assert not gpu_bench.predicted_refusal(ValueError("bad"), "cuda:block", "forward", "float32", 256)
+    assert [gpu_bench.backend_of(i) for i in ("cuda", "cuda:block", "cuda/chain", "triton@high",
+                                              "cuda-emulated:grid")] == ["cuda"] * 3 + ["triton", "cuda-emulated"]
