@@ -154,15 +154,21 @@ const T* per_unit(const at::Tensor& t, int64_t H, std::vector<T>& units) {
   return units.data();
 }
 
-// One chain on the checked arguments: packs (w_hh, res, gamma) once for the chain's direction, then runs it on
-// blocks of batch rows, one per thread, each with its own workspace. problem(chain) completes the shared
-// fields `chain` (a ChainProblem<scalar_t>) into the direction's FwdProblem / BwdProblem.
+// One chain on the checked arguments: allocates the op's three outputs (new_outputs: a (T, B, H) sequence, a
+// (B, H) state and, with `with_extra`, a second (T, B, H) sequence), packs (w_hh, res, gamma) once for the
+// chain's direction, then runs it on blocks of batch rows, one per thread, each with its own workspace.
+// problem(chain, seq, state, extra) completes the shared fields `chain` (a ChainProblem<scalar_t>) and the
+// outputs' data (extra: null without `with_extra`) into the direction's FwdProblem / BwdProblem.
 template <typename MakeProblem>
-void run_chain(const Args& k, int64_t res_kind, int64_t nonlin, bool backward, const MakeProblem& problem) {
+std::tuple<at::Tensor, at::Tensor, at::Tensor> run_chain(const Args& k, int64_t res_kind, int64_t nonlin,
+                                                         bool backward, bool with_extra,
+                                                         const MakeProblem& problem) {
   const Sequence& s = k.seq;
   const Params& prm = k.params;
   const int64_t T = s.T, B = s.B, H = s.H;
-  if (B == 0 || H == 0) return;
+  at::Tensor seq, state, extra;
+  std::tie(seq, state, extra) = new_outputs(s, with_extra);
+  if (B == 0 || H == 0) return {seq, state, extra};
   const IsaTable& isa = selected_isa();
   const int kind = static_cast<int>(res_kind);
   AT_DISPATCH_FLOATING_TYPES(s.t.scalar_type(), "wcrnn_C chain (CPU)", [&] {
@@ -187,12 +193,14 @@ void run_chain(const Args& k, int64_t res_kind, int64_t nonlin, bool backward, c
     }
     const ChainProblem<scalar_t> chain{prm.lengths_data(), T, B, H, kind, static_cast<int>(nonlin),
                                        static_cast<const scalar_t*>(packed.ptr)};
-    const auto p = problem(chain);
+    const auto p = problem(chain, seq.data_ptr<scalar_t>(), state.data_ptr<scalar_t>(),
+                           with_extra ? extra.data_ptr<scalar_t>() : nullptr);
     parallel_rows(B, [&](int64_t rb, int64_t re) {
       AlignedBuffer ws(sizeof(scalar_t) * kern.workspace_elems(H, kind, backward, re - rb));
       run_rows(kern, p, rb, re, static_cast<scalar_t*>(ws.ptr));
     });
   });
+  return {seq, state, extra};
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> chain_fwd_cpu(const at::Tensor& u, const at::Tensor& x0,
@@ -201,18 +209,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> chain_fwd_cpu(const at::Tensor& u
                                                              const c10::optional<at::Tensor>& lengths,
                                                              int64_t res_kind, int64_t nonlin, bool save_a) {
   const Args k = check_args("wcrnn_C::chain_fwd", "u", u, kCpuPolicy, w_hh, res, gamma, lengths, res_kind, nonlin);
-  const Sequence& s = k.seq;
-  const int64_t T = s.T, B = s.B, H = s.H;
-  const at::Tensor xc = checked(s, "x0", x0, {B, H}, "(B, H)");
+  const at::Tensor xc = checked(k.seq, "x0", x0, {k.seq.B, k.seq.H}, "(B, H)");
   const at::Tensor uc = u.contiguous();
-  at::Tensor out, h_n, a;
-  std::tie(out, h_n, a) = new_outputs(s, save_a);
-  run_chain(k, res_kind, nonlin, false, [&](const auto& chain) {
+  return run_chain(k, res_kind, nonlin, false, save_a, [&](const auto& chain, auto* out, auto* h_n, auto* a) {
     using S = typename std::decay_t<decltype(chain)>::Elem;
-    return FwdProblem<S>{chain, uc.data_ptr<S>(), xc.data_ptr<S>(), out.data_ptr<S>(), h_n.data_ptr<S>(),
-                         save_a ? a.data_ptr<S>() : nullptr};
+    return FwdProblem<S>{chain, uc.data_ptr<S>(), xc.data_ptr<S>(), out, h_n, a};
   });
-  return {out, h_n, a};
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> chain_bwd_cpu(const at::Tensor& grad_out, const at::Tensor& grad_hn,
@@ -223,18 +225,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> chain_bwd_cpu(const at::Tensor& g
   const Args k = check_args("wcrnn_C::chain_bwd", "a", a_in, kCpuPolicy, w_hh, res, gamma, lengths, res_kind,
                             nonlin);
   const Sequence& s = k.seq;
-  const int64_t T = s.T, B = s.B, H = s.H;
-  const at::Tensor eo = checked(s, "grad_out", grad_out, {T, B, H}, "(T, B, H) like a");
-  const at::Tensor eh = checked(s, "grad_hn", grad_hn, {B, H}, "(B, H)");
+  const at::Tensor eo = checked(s, "grad_out", grad_out, {s.T, s.B, s.H}, "(T, B, H) like a");
+  const at::Tensor eh = checked(s, "grad_hn", grad_hn, {s.B, s.H}, "(B, H)");
   const at::Tensor a = a_in.contiguous();
-  at::Tensor gt, dx0, delta;
-  std::tie(gt, dx0, delta) = new_outputs(s, need_delta);
-  run_chain(k, res_kind, nonlin, true, [&](const auto& chain) {
+  return run_chain(k, res_kind, nonlin, true, need_delta, [&](const auto& chain, auto* g, auto* dx0, auto* delta) {
     using S = typename std::decay_t<decltype(chain)>::Elem;
-    return BwdProblem<S>{chain, eo.data_ptr<S>(), eh.data_ptr<S>(), a.data_ptr<S>(), gt.data_ptr<S>(),
-                         dx0.data_ptr<S>(), need_delta ? delta.data_ptr<S>() : nullptr};
+    return BwdProblem<S>{chain, eo.data_ptr<S>(), eh.data_ptr<S>(), a.data_ptr<S>(), g, dx0, delta};
   });
-  return {gt, dx0, delta};
 }
 
 }  // namespace

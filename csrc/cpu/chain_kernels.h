@@ -28,38 +28,41 @@ namespace {
 
 #define WCRNN_INLINE inline __attribute__((always_inline))
 
+// The vector math's constants tuned per precision (tanh saturation, the exp argument reduction, the number of
+// expm1 Taylor terms).
 template <typename T>
-struct Vec;
+struct MathConsts;
 
 template <>
-struct Vec<float> {
-  typedef float V __attribute__((vector_size(WCRNN_VBYTES)));
-  typedef int32_t I __attribute__((vector_size(WCRNN_VBYTES)));
-  typedef int32_t IScalar;
-  static constexpr int kMantBits = 23;
-  static constexpr int32_t kExpBias = 127;
-  // 1.5 * 2^23: adding it rounds |y| < 2^22 to an integer held in the low mantissa bits.
-  static constexpr float kRoundMagic = 12582912.0f;
-  // Beyond this |x|, tanh(x) rounds to +-1 in float.
-  static constexpr float kTanhSat = 10.0f;
+struct MathConsts<float> {
+  static constexpr float kTanhSat = 10.0f;               // beyond this |x|, tanh(x) rounds to +-1 in float
   static constexpr float kLn2Hi = 0.693359375f;          // ln 2 with trailing zero bits: k * kLn2Hi is exact
   static constexpr float kLn2Lo = -2.12194440e-4f;
   static constexpr int kExpm1Terms = 8;                  // Taylor terms r^2/2! .. r^8/8!
 };
 
 template <>
-struct Vec<double> {
-  typedef double V __attribute__((vector_size(WCRNN_VBYTES)));
-  typedef int64_t I __attribute__((vector_size(WCRNN_VBYTES)));
-  typedef int64_t IScalar;
-  static constexpr int kMantBits = 52;
-  static constexpr int64_t kExpBias = 1023;
-  static constexpr double kRoundMagic = 6755399441055744.0;  // 1.5 * 2^52
+struct MathConsts<double> {
   static constexpr double kTanhSat = 20.0;
   static constexpr double kLn2Hi = 6.93147180369123816490e-01;
   static constexpr double kLn2Lo = 1.90821492927058770002e-10;
   static constexpr int kExpm1Terms = 13;
 };
+
+// One vector of T (V), its integer twin (I) and the format's constants.
+template <typename T>
+struct Vec : MathConsts<T> {
+  static_assert(std::numeric_limits<T>::is_iec559, "the vector math assumes IEEE float / double");
+  using IScalar = std::conditional_t<sizeof(T) == 4, int32_t, int64_t>;
+  typedef T V __attribute__((vector_size(WCRNN_VBYTES)));
+  typedef IScalar I __attribute__((vector_size(WCRNN_VBYTES)));
+  static constexpr int kMantBits = std::numeric_limits<T>::digits - 1;  // 23, 52
+  static constexpr IScalar kExpBias = std::numeric_limits<T>::max_exponent - 1;  // 127, 1023
+  // 1.5 * 2^kMantBits: adding it rounds |y| < 2^(kMantBits - 1) to an integer held in the low mantissa bits.
+  static constexpr T kRoundMagic = T(3) * T(IScalar(1) << (kMantBits - 1));
+};
+static_assert(Vec<float>::kRoundMagic == 12582912.0f && Vec<double>::kRoundMagic == 6755399441055744.0,
+              "1.5 * 2^23 and 1.5 * 2^52");
 
 template <typename T>
 constexpr int64_t kLanes = WCRNN_VBYTES / static_cast<int64_t>(sizeof(T));
@@ -345,6 +348,17 @@ inline bool any_row_active(const int64_t* len, int64_t rb, int64_t n, int64_t t)
   return false;
 }
 
+// A step writes zeros past a row's length (docs/design.md). rows_done: whether every one of rows [rb, rb + n)
+// is past its length at step t; if so, it zeroes o1 and, where non-null, o2 (`count` elements each: the
+// step's outputs of those rows).
+template <typename T>
+inline bool rows_done(const int64_t* len, int64_t rb, int64_t n, int64_t t, T* o1, T* o2, int64_t count) {
+  if (any_row_active(len, rb, n, t)) return false;
+  std::memset(o1, 0, sizeof(T) * count);
+  if (o2 != nullptr) std::memset(o2, 0, sizeof(T) * count);
+  return true;
+}
+
 template <typename T>
 int64_t gemm_segments(int res_kind, bool backward) {
   return backward && res_kind == kResDense ? 2 : 1;
@@ -368,6 +382,16 @@ int64_t pack_panels(int64_t hidden, int res_kind, bool backward) {
   return (nv + WCRNN_NR - 1) / WCRNN_NR;
 }
 
+// The parts of a packed buffer (layout above): gamma, p0, q (Hp each), then the GEMM panels. P: T* or const T*.
+template <typename P>
+struct PackedParts {
+  P gam, p0, q, panels;
+};
+template <typename P>
+WCRNN_INLINE PackedParts<P> packed_parts(P packed, int64_t Hp) {
+  return {packed, packed + Hp, packed + 2 * Hp, packed + 3 * Hp};
+}
+
 // Packs panels [pb, pe) and, with pb == 0, the vectors (gamma, p0, q). Disjoint ranges write disjoint parts
 // of `out`, so a caller may pack the panels on several threads.
 template <typename T>
@@ -375,16 +399,13 @@ void pack(const T* w_hh, const T* res, const T* gamma, int64_t H, int res_kind, 
           int64_t pe, T* out) {
   constexpr int64_t L = kLanes<T>;
   const int64_t Hp = padded<T>(H);
-  T* gam = out;
-  T* p0 = gam + Hp;
-  T* q = p0 + Hp;
-  T* panels = q + Hp;
+  const PackedParts<T*> pk = packed_parts(out, Hp);
   if (pb == 0) {
     std::memset(out, 0, sizeof(T) * 3 * Hp);  // the panels below are written in full, padding included
     for (int64_t i = 0; i < H; ++i) {
-      gam[i] = gamma[i];
-      if (res_kind == kResDiag || res_kind == kResRot) p0[i] = res[i];
-      if (res_kind == kResRot) q[i] = backward ? res[H + (i ^ 1)] : res[H + i];
+      pk.gam[i] = gamma[i];
+      if (res_kind == kResDiag || res_kind == kResRot) pk.p0[i] = res[i];
+      if (res_kind == kResRot) pk.q[i] = backward ? res[H + (i ^ 1)] : res[H + i];
     }
   }
   // Panel element (s, k, c) of the panel that starts at column c0 sits at dst[(s * K + k) * width + c].
@@ -395,7 +416,7 @@ void pack(const T* w_hh, const T* res, const T* gamma, int64_t H, int res_kind, 
   const int64_t segs = gemm_segments<T>(res_kind, backward);
   const int64_t N = gemm_columns<T>(H, res_kind, backward);
   const int64_t K = H;
-  T* dst = panels + pb * segs * K * WCRNN_NR * L;  // every panel before the last is WCRNN_NR vectors wide
+  T* dst = pk.panels + pb * segs * K * WCRNN_NR * L;  // every panel before the last is WCRNN_NR vectors wide
   const int64_t nv = N / L;
   for (int64_t v0 = pb * WCRNN_NR; v0 < std::min<int64_t>(nv, pe * WCRNN_NR); v0 += WCRNN_NR) {
     const int64_t width = std::min<int64_t>(WCRNN_NR, nv - v0) * L, c0 = v0 * L;
@@ -457,36 +478,27 @@ void forward_rows_impl(const FwdProblem<T>& p, int64_t rb, int64_t re, T* ws) {
   T* C = xb + n * Hp;   // [W_hh x_{t-1} | R x_{t-1}], rows of N
   std::memset(ws, 0, sizeof(T) * 2 * n * Hp);
   for (int64_t m = 0; m < n; ++m) std::memcpy(xa + m * Hp, p.x0 + (rb + m) * H, sizeof(T) * H);
-  const T* gam = p.packed;
-  const T* p0 = gam + Hp;
-  const T* q = p0 + Hp;
-  const T* panels = q + Hp;
+  const PackedParts<const T*> pk = packed_parts(p.packed, Hp);
   const int64_t* len = p.lengths;
 
   for (int64_t t = 0; t < p.steps; ++t) {
     const int64_t base = (t * B + rb) * H;
     T* out_t = p.out + base;
     T* a_t = p.a_out != nullptr ? p.a_out + base : nullptr;
-    if (!any_row_active(len, rb, n, t)) {  // every row is past its length: state kept, output (and a) zero
-      std::memset(out_t, 0, sizeof(T) * n * H);
-      if (a_t != nullptr) std::memset(a_t, 0, sizeof(T) * n * H);
-      continue;
-    }
-    step_gemm<T, 1>(n, H, xa, nullptr, Hp, panels, N, C, N);
+    if (rows_done(len, rb, n, t, out_t, a_t, n * H)) continue;  // every row past its length: state kept
+    step_gemm<T, 1>(n, H, xa, nullptr, Hp, pk.panels, N, C, N);
     const T* u_t = p.u + base;
     for (int64_t m = 0; m < n; ++m) {
+      const T* ur = u_t + m * H;
+      const T* cr = C + m * N;  // [W_hh x_{t-1} | R x_{t-1}] of this row
       const T* xr = xa + m * Hp;
       T* xn = xb + m * Hp;
       T* orow = out_t + m * H;
       T* arow = a_t != nullptr ? a_t + m * H : nullptr;
-      if (len != nullptr && t >= len[rb + m]) {
+      if (rows_done(len, rb + m, 1, t, orow, arow, H)) {  // past its length: state kept
         std::memcpy(xn, xr, sizeof(T) * Hp);
-        std::memset(orow, 0, sizeof(T) * H);
-        if (arow != nullptr) std::memset(arow, 0, sizeof(T) * H);
         continue;
       }
-      const T* ur = u_t + m * H;
-      const T* cr = C + m * N;
       for (int64_t j = 0; j < Hp; j += L) {
         const int64_t left = H - j;
         const V a = load<T>(cr + j) + load_tail<T>(ur + j, left, L);
@@ -496,9 +508,9 @@ void forward_rows_impl(const FwdProblem<T>& p, int64_t rb, int64_t re, T* ws) {
         if constexpr (KIND == kResDense) {
           rx = load<T>(cr + Hp + j);
         } else {
-          rx = residual_epilogue<T, KIND>(p0 + j, q + j, load<T>(xr + j));
+          rx = residual_epilogue<T, KIND>(pk.p0 + j, pk.q + j, load<T>(xr + j));
         }
-        const V xv = rx + load<T>(gam + j) * ph;
+        const V xv = rx + load<T>(pk.gam + j) * ph;
         store<T>(xn + j, xv);
         store_tail<T>(orow + j, xv, left, L);
       }
@@ -523,10 +535,7 @@ void backward_rows_impl(const BwdProblem<T>& p, int64_t rb, int64_t re, T* ws) {
   T* C = c + n * Hp;    // GEMM out
   std::memset(ws, 0, sizeof(T) * 4 * n * Hp);
   for (int64_t m = 0; m < n; ++m) std::memcpy(c + m * Hp, p.grad_hn + (rb + m) * H, sizeof(T) * H);
-  const T* gam = p.packed;
-  const T* p0 = gam + Hp;
-  const T* q = p0 + Hp;
-  const T* panels = q + Hp;
+  const PackedParts<const T*> pk = packed_parts(p.packed, Hp);
   const int64_t* len = p.lengths;
 
   for (int64_t t = p.steps - 1; t >= 0; --t) {
@@ -534,38 +543,33 @@ void backward_rows_impl(const BwdProblem<T>& p, int64_t rb, int64_t re, T* ws) {
     const T* a_t = p.a + base;
     T* g_t = p.g + base;
     T* d_t = p.delta != nullptr ? p.delta + base : nullptr;
-    if (!any_row_active(len, rb, n, t)) {  // identity Jacobian for every row: carry unchanged, g, delta zero
-      std::memset(g_t, 0, sizeof(T) * n * H);
-      if (d_t != nullptr) std::memset(d_t, 0, sizeof(T) * n * H);
-      continue;
-    }
+    // every row past its length: identity Jacobian, carry unchanged
+    if (rows_done(len, rb, n, t, g_t, d_t, n * H)) continue;
     const T* e_t = p.grad_out + base;
     for (int64_t m = 0; m < n; ++m) {
-      T* Gr = G + m * Hp;
-      T* Dr = D + m * Hp;
-      const T* arow = a_t + m * H;
-      T* grow = g_t + m * H;
-      T* drow = d_t != nullptr ? d_t + m * H : nullptr;
-      if (len != nullptr && t >= len[rb + m]) {
-        std::memset(Gr, 0, sizeof(T) * Hp);
-        std::memset(Dr, 0, sizeof(T) * Hp);
-        std::memset(grow, 0, sizeof(T) * H);
-        if (drow != nullptr) std::memset(drow, 0, sizeof(T) * H);
-        continue;
-      }
       const T* erow = e_t + m * H;
       const T* cr = c + m * Hp;
+      const T* arow = a_t + m * H;
+      T* Gr = G + m * Hp;
+      T* Dr = D + m * Hp;
+      T* grow = g_t + m * H;
+      T* drow = d_t != nullptr ? d_t + m * H : nullptr;
+      if (rows_done(len, rb + m, 1, t, grow, drow, H)) {  // past its length: identity Jacobian, GEMM rows zero
+        std::memset(Gr, 0, sizeof(T) * Hp);
+        std::memset(Dr, 0, sizeof(T) * Hp);
+        continue;
+      }
       for (int64_t j = 0; j < Hp; j += L) {
         const int64_t left = H - j;
         const V d = load<T>(cr + j) + load_tail<T>(erow + j, left, L);
-        const V g = load<T>(gam + j) * phi_prime<T, NONLIN>(load_tail<T>(arow + j, left, L)) * d;
+        const V g = load<T>(pk.gam + j) * phi_prime<T, NONLIN>(load_tail<T>(arow + j, left, L)) * d;
         store<T>(Gr + j, g);
         store<T>(Dr + j, d);
         store_tail<T>(grow + j, g, left, L);
         if (drow != nullptr) store_tail<T>(drow + j, d, left, L);
       }
     }
-    step_gemm<T, SEGS>(n, H, G, D, Hp, panels, Hp, C, Hp);
+    step_gemm<T, SEGS>(n, H, G, D, Hp, pk.panels, Hp, C, Hp);
     for (int64_t m = 0; m < n; ++m) {
       if (len != nullptr && t >= len[rb + m]) continue;
       T* cr = c + m * Hp;
@@ -573,7 +577,7 @@ void backward_rows_impl(const BwdProblem<T>& p, int64_t rb, int64_t re, T* ws) {
       const T* Dr = D + m * Hp;
       for (int64_t j = 0; j < Hp; j += L) {
         V v = load<T>(Cr + j);
-        if constexpr (KIND != kResDense) v = residual_epilogue<T, KIND>(p0 + j, q + j, load<T>(Dr + j)) + v;
+        if constexpr (KIND != kResDense) v = residual_epilogue<T, KIND>(pk.p0 + j, pk.q + j, load<T>(Dr + j)) + v;
         store<T>(cr + j, v);
       }
     }

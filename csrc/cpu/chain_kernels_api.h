@@ -29,11 +29,8 @@ struct ChainProblem {
 // `packed` is Kernels::pack with backward = false.
 template <typename T>
 struct FwdProblem : ChainProblem<T> {
-  const T* u;
-  const T* x0;
-  T* out;
-  T* h_n;
-  T* a_out;
+  const T *u, *x0;
+  T *out, *h_n, *a_out;
 };
 
 // One backward delta chain (docs/design.md section 5), rows independent:
@@ -42,12 +39,8 @@ struct FwdProblem : ChainProblem<T> {
 // non-null; dx0 (B, H) receives the final carry. `packed` is Kernels::pack with backward = true.
 template <typename T>
 struct BwdProblem : ChainProblem<T> {
-  const T* grad_out;
-  const T* grad_hn;
-  const T* a;
-  T* g;
-  T* dx0;
-  T* delta;
+  const T *grad_out, *grad_hn, *a;
+  T *g, *dx0, *delta;
 };
 
 // The entry points of one ISA for one dtype. A caller packs once per call (O(H^2); the pack_panels panels
