@@ -260,7 +260,7 @@ static size_t fwd_bytes(int H, int U, int BT, bool grid, bool dense, size_t ab, 
 static size_t bwd_bytes(int H, int U, int BT, bool grid, bool dense, size_t ab) {
   return smem_layout(H, U, BT, dense, 1, grid ? (dense ? 1 : 0) : 2, ab, ab).total;
 }
-// The register path: Forward::kRegsBuffers = 2, Backward::kRegsBuffers = 4.
+// The register path's buffers: Forward::kInfo 2, Backward::kInfo 4.
 static size_t regs_bytes(int dir, int H, int K, int BT, size_t ab) {
   return regs_smem_bytes(H, K, BT, dir == 0 ? 2 : 4, ab);
 }

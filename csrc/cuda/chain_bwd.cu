@@ -44,31 +44,25 @@ __global__ void __launch_bounds__(kThreads) chain_bwd_kernel(const BwdParams<S> 
   const SmemLayout L = smem_layout(H, U, BT, DENSE, 1, NX2, sizeof(A), sizeof(S));
 
   WCRNN_DYNAMIC_SMEM(smem);
-  A* part = reinterpret_cast<A*>(smem + L.part);
-  A* partR = reinterpret_cast<A*>(smem + L.partR);
-  A* sg = reinterpret_cast<A*>(smem + L.x);   // [BT][H] g_t rows
-  A* sd = reinterpret_cast<A*>(smem + L.x2);  // block path: [2][BT][H] delta rows; grid + dense: [BT][H]
-  A* gam = reinterpret_cast<A*>(smem + L.params);
-  A* res0 = gam + U;
-  A* res1 = gam + 2 * U;
-  S* Ws = reinterpret_cast<S*>(smem + L.w);
-  S* Rs = reinterpret_cast<S*>(smem + L.r);
+  const BlockSmem<S, A> sm = block_smem<S, A>(smem, L, U);
+  A* sg = sm.x;   // [BT][H] g_t rows
+  A* sd = sm.x2;  // block path: [2][BT][H] delta rows; grid + dense: [BT][H]
 
-  // Once per kernel: columns u0.. of W_hh (rows of W_hh^T), Ws[k*U + jj] = W[k, u0+jj], so that the
+  // Once per kernel: columns u0.. of W_hh (rows of W_hh^T), sm.w[k*U + jj] = W[k, u0+jj], so that the
   // shared matvec computes (W^T g)[j] = sum_k W[k, j] g[k]; the same for a dense R (R^T delta).
   for (int idx = tid; idx < Ueff * H; idx += kThreads) {
     const int k = idx / Ueff, jj = idx % Ueff;
     const int64_t src = static_cast<int64_t>(k) * H + u0 + jj;
-    Ws[k * U + jj] = p.w[src];
-    if constexpr (DENSE) Rs[k * U + jj] = p.res[src];
+    sm.w[k * U + jj] = p.w[src];
+    if constexpr (DENSE) sm.r[k * U + jj] = p.res[src];
   }
   for (int jj = tid; jj < Ueff; jj += kThreads) {
     const int j = u0 + jj;
-    gam[jj] = p.gamma[j * p.gamma_step];
+    sm.gam[jj] = p.gamma[j * p.gamma_step];
     if constexpr (!DENSE) {
-      res0[jj] = p.res[j * p.res_step];
+      sm.res0[jj] = p.res[j * p.res_step];
       // R^T d = res[0] * d + swap_pairs(res[1] * d): unit j takes res[1] of its partner j^1.
-      if (rot) res1[jj] = p.res[H + (j ^ 1)];
+      if (rot) sm.res1[jj] = p.res[H + (j ^ 1)];
     }
   }
   for (int idx = tid; idx < BT * H; idx += kThreads) sg[idx] = A(0);
@@ -102,7 +96,7 @@ __global__ void __launch_bounds__(kThreads) chain_bwd_kernel(const BwdParams<S> 
     const int j = u0 + jj;
     const bool valid = p.lengths == nullptr || t < p.lengths[b];
     const A delta = valid ? carry + go : carry;
-    const A g = valid ? gam[jj] * phi_prime(av, nonlin) * delta : A(0);
+    const A g = valid ? sm.gam[jj] * phi_prime(av, nonlin) * delta : A(0);
     const int64_t o = t * BH + b * H + j;
     if (p.deltas != nullptr) p.deltas[o] = valid ? delta : A(0);
     A* slot = dslot(static_cast<int>(t & 1), r, b, j);
@@ -162,7 +156,7 @@ __global__ void __launch_bounds__(kThreads) chain_bwd_kernel(const BwdParams<S> 
 
       // (3) Partial sums of (W^T g_t)[j] and, for a dense R, (R^T delta_t)[j] for the block's units.
       const A* D = GRID ? sd : sd + cur * BT * H;
-      matvec_partials<BT, DENSE>(Ws, Rs, sg, D, part, partR, H, U, Ueff, ms);
+      matvec_partials<BT, DENSE>(sm.w, sm.r, sg, D, sm.part, sm.partR, H, U, Ueff, ms);
       __syncthreads();
 
       // (4) Epilogue: phase B of step t for (row r, own unit jj), then phase A of step t-1.
@@ -172,13 +166,13 @@ __global__ void __launch_bounds__(kThreads) chain_bwd_kernel(const BwdParams<S> 
         const A d = load_delta(dslot(cur, r, b, j));
         A rt;
         if constexpr (DENSE) {
-          rt = sum_partials<BT>(partR, r, jj, U, ms.KS);
+          rt = sum_partials<BT>(sm.partR, r, jj, U, ms.KS);
         } else {
           // j^1 belongs to this block too: slices start at even units and have even length.
-          rt = rot ? res0[jj] * d + res1[jj] * load_delta(dslot(cur, r, b, j ^ 1)) : res0[jj] * d;
+          rt = rot ? sm.res0[jj] * d + sm.res1[jj] * load_delta(dslot(cur, r, b, j ^ 1)) : sm.res0[jj] * d;
         }
         const bool valid = p.lengths == nullptr || t < p.lengths[b];
-        const A carry = valid ? rt + sum_partials<BT>(part, r, jj, U, ms.KS) : d;  // dL/dx_{t-1}
+        const A carry = valid ? rt + sum_partials<BT>(sm.part, r, jj, U, ms.KS) : d;  // dL/dx_{t-1}
         if (t == 0) {
           p.dx0[b * H + j] = carry;
         } else {
@@ -203,7 +197,7 @@ __global__ void __launch_bounds__(kThreads) chain_bwd_kernel(const BwdParams<S> 
         }
         epilogue(e, go, av);
       }
-      __syncthreads();  // sg, sd, part are reused by the next chunk / step
+      __syncthreads();  // sg, sd, sm.part are reused by the next chunk / step
     }
     if constexpr (GRID) cg::this_grid().sync();  // g_{t-1} and delta_{t-1} of every unit are in L2
   }
@@ -317,9 +311,9 @@ __global__ void __launch_bounds__(kRegsThreads) chain_bwd_regs_kernel(const BwdP
 
 struct Backward {
   using Call = BwdCall;
-  static constexpr bool kHalfTypes = false;  // ops.py upcasts float16 / bfloat16 before the backward
-  static constexpr const char* kOp = "wcrnn_C::chain_bwd";
-  static constexpr int kRegsBuffers = 4;  // register path: two halves each of g rows and delta rows
+  // no half types (ops.py upcasts float16 / bfloat16 before the backward); the register path's buffers: two
+  // halves each of g rows and delta rows
+  static constexpr DirInfo kInfo{false, "wcrnn_C::chain_bwd", 4};
 
   template <class S>
   static size_t smem(int H, int U, int BT, bool grid, bool dense) {
@@ -327,31 +321,15 @@ struct Backward {
   }
   template <class S>
   static BwdParams<S> params(const ChainParams<S>& chain, const BwdCall& c) {
-    return {chain,
-            static_cast<const S*>(c.grad_out),
-            static_cast<const S*>(c.grad_hn),
-            static_cast<const S*>(c.a),
-            static_cast<S*>(c.g),
-            static_cast<S*>(c.dx0),
-            static_cast<S*>(c.deltas),
-            static_cast<S*>(c.exchange)};
+    return {chain, static_cast<const S*>(c.grad_out), static_cast<const S*>(c.grad_hn), static_cast<const S*>(c.a),
+            static_cast<S*>(c.g), static_cast<S*>(c.dx0), static_cast<S*>(c.deltas), static_cast<S*>(c.exchange)};
   }
-  template <class S, bool DENSE, int BT, bool GRID>
-  static auto kernel() {
-    return chain_bwd_kernel<S, DENSE, BT, GRID>;
-  }
-  template <class S, bool DENSE, int BT, int K>
-  static auto regs_kernel() {
-    return chain_bwd_regs_kernel<S, DENSE, BT, K>;
-  }
+  template <class S, bool D, int BT, bool GRID> static auto kernel() { return chain_bwd_kernel<S, D, BT, GRID>; }
+  template <class S, bool D, int BT, int K> static auto regs_kernel() { return chain_bwd_regs_kernel<S, D, BT, K>; }
 };
 
 }  // namespace
 
-Plan plan_bwd(const BwdCall& c, const DeviceInfo& dev) { return plan_chain_call<Backward>(c, dev); }
-
-void launch_bwd(const BwdCall& c, const Plan& plan, const DeviceInfo& dev) {
-  launch_chain_call<Backward>(c, plan, dev);
-}
+const ChainEntry<BwdCall> kBackwardChain{plan_chain_call<Backward>, launch_chain_call<Backward>};
 
 }  // namespace wcrnn_cuda

@@ -215,6 +215,24 @@ __host__ __device__ inline SmemLayout smem_layout(int H, int U, int BT, bool den
   return L;
 }
 
+// A block / grid kernel's dynamic shared memory, carved as smem_layout places it.
+template <class S, class A>
+struct BlockSmem {
+  A *part, *partR;       // matvec partial sums (partR: a dense residual's)
+  A *x, *x2;             // state rows: the forward's x; the backward's g and delta
+  A *gam, *res0, *res1;  // the block's U units of gamma and of a diagonal / rotation residual
+  S *w, *r;              // the block's slice of W_hh and of a dense R
+};
+
+template <class S, class A>
+__device__ __forceinline__ BlockSmem<S, A> block_smem(unsigned char* smem, const SmemLayout& L, int U) {
+  A* gam = reinterpret_cast<A*>(smem + L.params);
+  return {reinterpret_cast<A*>(smem + L.part), reinterpret_cast<A*>(smem + L.partR),
+          reinterpret_cast<A*>(smem + L.x), reinterpret_cast<A*>(smem + L.x2),
+          gam, gam + U, gam + 2 * U,
+          reinterpret_cast<S*>(smem + L.w), reinterpret_cast<S*>(smem + L.r)};
+}
+
 // part[(ks*BT + r)*U + i] = sum_{j = ks, ks+KS, ...} M[j*U + i] * X[r*H + j], for r < BT, i < Ueff;
 // with DUAL also part2 from (M2, X2) in the same pass. X and X2 may alias (forward dense residual).
 template <int BT, bool DUAL, class S, class A>
@@ -552,27 +570,33 @@ ChainParams<S> chain_params(const ChainCall& c, const Plan& plan) {
   return p;
 }
 
-// plan_fwd / launch_fwd and plan_bwd / launch_bwd, written once. Dir describes one direction
+// What a direction states about itself (Dir::kInfo).
+struct DirInfo {
+  bool half_types;   // float16 / bfloat16 instantiations exist
+  const char* op;    // "wcrnn_C::chain_fwd", for messages
+  int regs_buffers;  // the register path's state buffers (regs_smem_bytes)
+};
+
+// Planning and launching, written once for both directions. Dir describes one direction
 // (chain_fwd.cu: Forward, chain_bwd.cu: Backward):
 //   using Call                                  FwdCall or BwdCall
-//   static constexpr bool kHalfTypes            float16 / bfloat16 instantiations exist
-//   static constexpr const char* kOp            "wcrnn_C::chain_fwd", for messages
+//   static constexpr DirInfo kInfo              above
 //   static size_t smem<S>(H, U, BT, grid, dense)  dynamic shared memory per block
-//   static constexpr int kRegsBuffers           the register path's state buffers (regs_smem_bytes)
 //   static params<S>(chain, call)               the kernel parameters: `chain` plus the direction's own
 //   static kernel<S, DENSE, BT, GRID>()         the kernel instantiation
-//   static regs_kernel<S, DENSE, BT, K>()       the register path's (only where regs_fit)
+//   static regs_kernel<S, DENSE, BT, K>()       the register path's (called only where regs_fit)
 template <class Dir>
 Plan plan_chain_call(const typename Dir::Call& c, const DeviceInfo& dev) {
-  return dispatch_dtype<Dir::kHalfTypes>(c.dtype, Dir::kOp, [&](auto tag) {
+  return dispatch_dtype<Dir::kInfo.half_types>(c.dtype, Dir::kInfo.op, [&](auto tag) {
     using S = typename decltype(tag)::type;
     using A = typename AccType<S>::type;
     const bool dense = c.res_kind == kResDense;
     const int regs_k = regs_slots<A>(c.H, dense);
-    return plan_chain(
-        Dir::kOp, c.B, c.H, dev, [&](int U, int BT, bool grid) { return Dir::template smem<S>(c.H, U, BT, grid, dense); },
-        regs_k, kAutoRegs && sizeof(A) == 4,
-        [&](int BT) { return regs_smem_bytes(c.H, regs_k, BT, Dir::kRegsBuffers, sizeof(A)); });
+    const auto block_smem = [&](int U, int BT, bool grid) { return Dir::template smem<S>(c.H, U, BT, grid, dense); };
+    const auto regs_smem = [&](int BT) {
+      return regs_smem_bytes(c.H, regs_k, BT, Dir::kInfo.regs_buffers, sizeof(A));
+    };
+    return plan_chain(Dir::kInfo.op, c.B, c.H, dev, block_smem, regs_k, kAutoRegs && sizeof(A) == 4, regs_smem);
   });
 }
 
@@ -580,17 +604,17 @@ Plan plan_chain_call(const typename Dir::Call& c, const DeviceInfo& dev) {
 template <class Dir, class S, bool DENSE, int BT, int K, class Params>
 void launch_regs(const Plan& plan, const DeviceInfo& dev, const Params& p, cudaStream_t stream) {
   if constexpr (regs_fit<typename AccType<S>::type>(K, DENSE)) {
-    launch_kernel(Dir::kOp, Dir::template regs_kernel<S, DENSE, BT, K>(), plan, dev, p, stream);
+    launch_kernel(Dir::kInfo.op, Dir::template regs_kernel<S, DENSE, BT, K>(), plan, dev, p, stream);
   } else {
-    TORCH_CHECK(false, Dir::kOp, ": internal error: the register path planned K=", K, " where it does not fit");
+    TORCH_CHECK(false, Dir::kInfo.op, ": internal error: the register path planned K=", K, " where it does not fit");
   }
 }
 
 template <class Dir>
 void launch_chain_call(const typename Dir::Call& c, const Plan& plan, const DeviceInfo& dev) {
-  dispatch_dtype<Dir::kHalfTypes>(c.dtype, Dir::kOp, [&](auto tag) {
+  dispatch_dtype<Dir::kInfo.half_types>(c.dtype, Dir::kInfo.op, [&](auto tag) {
     using S = typename decltype(tag)::type;
-    dispatch_variant(c.res_kind, plan.rows, Dir::kOp, [&](auto dense, auto rows) {
+    dispatch_variant(c.res_kind, plan.rows, Dir::kInfo.op, [&](auto dense, auto rows) {
       constexpr bool DENSE = decltype(dense)::value;
       constexpr int BT = decltype(rows)::value;
       const auto p = Dir::template params<S>(chain_params<S>(c, plan), c);
@@ -599,19 +623,24 @@ void launch_chain_call(const typename Dir::Call& c, const Plan& plan, const Devi
       } else if (plan.regs == 128) {
         launch_regs<Dir, S, DENSE, BT, 128>(plan, dev, p, c.stream);
       } else if (plan.grid) {
-        TORCH_CHECK(c.exchange != nullptr, Dir::kOp,
+        TORCH_CHECK(c.exchange != nullptr, Dir::kInfo.op,
                     ": internal error: the grid path needs its exchange buffer");
-        launch_kernel(Dir::kOp, Dir::template kernel<S, DENSE, BT, true>(), plan, dev, p, c.stream);
+        launch_kernel(Dir::kInfo.op, Dir::template kernel<S, DENSE, BT, true>(), plan, dev, p, c.stream);
       } else {
-        launch_kernel(Dir::kOp, Dir::template kernel<S, DENSE, BT, false>(), plan, dev, p, c.stream);
+        launch_kernel(Dir::kInfo.op, Dir::template kernel<S, DENSE, BT, false>(), plan, dev, p, c.stream);
       }
     });
   });
 }
 
-Plan plan_fwd(const FwdCall& c, const DeviceInfo& dev);
-void launch_fwd(const FwdCall& c, const Plan& plan, const DeviceInfo& dev);
-Plan plan_bwd(const BwdCall& c, const DeviceInfo& dev);
-void launch_bwd(const BwdCall& c, const Plan& plan, const DeviceInfo& dev);
+// One direction's entry points: plan_chain_call<Dir> and launch_chain_call<Dir>, instantiated in the direction's
+// file (kForwardChain in chain_fwd.cu, kBackwardChain in chain_bwd.cu) and called by chain_ops.cu.
+template <class Call>
+struct ChainEntry {
+  Plan (*plan)(const Call& c, const DeviceInfo& dev);
+  void (*launch)(const Call& c, const Plan& plan, const DeviceInfo& dev);
+};
+extern const ChainEntry<FwdCall> kForwardChain;
+extern const ChainEntry<BwdCall> kBackwardChain;
 
 }  // namespace wcrnn_cuda

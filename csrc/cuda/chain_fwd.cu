@@ -36,27 +36,21 @@ __global__ void __launch_bounds__(kThreads) chain_fwd_kernel(const FwdParams<S> 
   const SmemLayout L = smem_layout(H, U, BT, DENSE, NX, 0, sizeof(A), sizeof(S));
 
   WCRNN_DYNAMIC_SMEM(smem);
-  A* part = reinterpret_cast<A*>(smem + L.part);
-  A* partR = reinterpret_cast<A*>(smem + L.partR);
-  A* xs = reinterpret_cast<A*>(smem + L.x);  // [NX][BT][H] state rows
-  A* gam = reinterpret_cast<A*>(smem + L.params);
-  A* res0 = gam + U;
-  A* res1 = gam + 2 * U;
-  S* Ws = reinterpret_cast<S*>(smem + L.w);
-  S* Rs = reinterpret_cast<S*>(smem + L.r);
+  const BlockSmem<S, A> sm = block_smem<S, A>(smem, L, U);
+  A* xs = sm.x;  // [NX][BT][H] state rows
 
-  // Once per kernel: this block's rows of W_hh (and of a dense R), transposed: Ws[j*U + i] = W[u0+i, j].
+  // Once per kernel: this block's rows of W_hh (and of a dense R), transposed: sm.w[j*U + i] = W[u0+i, j].
   for (int idx = tid; idx < Ueff * H; idx += kThreads) {
     const int i = idx / H, j = idx % H;
     const int64_t src = static_cast<int64_t>(u0 + i) * H + j;
-    Ws[j * U + i] = p.w[src];
-    if constexpr (DENSE) Rs[j * U + i] = p.res[src];
+    sm.w[j * U + i] = p.w[src];
+    if constexpr (DENSE) sm.r[j * U + i] = p.res[src];
   }
   for (int i = tid; i < Ueff; i += kThreads) {
-    gam[i] = static_cast<A>(p.gamma[(u0 + i) * p.gamma_step]);
+    sm.gam[i] = static_cast<A>(p.gamma[(u0 + i) * p.gamma_step]);
     if constexpr (!DENSE) {
-      res0[i] = static_cast<A>(p.res[(u0 + i) * p.res_step]);  // diagonal: R(x)[i] = res[i] x[i]
-      if (rot) res1[i] = static_cast<A>(p.res[H + u0 + i]);  // rotation: + res[1][i] x[i^1]
+      sm.res0[i] = static_cast<A>(p.res[(u0 + i) * p.res_step]);  // diagonal: R(x)[i] = res[i] x[i]
+      if (rot) sm.res1[i] = static_cast<A>(p.res[H + u0 + i]);  // rotation: + res[1][i] x[i^1]
     }
   }
   // Rows past B are never written but are read by the matvec: keep them zero, not garbage.
@@ -96,7 +90,7 @@ __global__ void __launch_bounds__(kThreads) chain_fwd_kernel(const FwdParams<S> 
       __syncthreads();
 
       // (3) Partial sums of W_hh x_{t-1} (and R x_{t-1} for a dense residual) for the block's units.
-      matvec_partials<BT, DENSE>(Ws, Rs, X, X, part, partR, H, U, Ueff, ms);
+      matvec_partials<BT, DENSE>(sm.w, sm.r, X, X, sm.part, sm.partR, H, U, Ueff, ms);
       __syncthreads();
 
       // (4) Epilogue for element e = (row r, own unit i).
@@ -104,15 +98,15 @@ __global__ void __launch_bounds__(kThreads) chain_fwd_kernel(const FwdParams<S> 
       auto epilogue = [&](int e, A u_val) {
         const int r = e / Ueff, i = e % Ueff, gi = u0 + i;
         const int64_t b = b0 + r;
-        const A a = u_val + sum_partials<BT>(part, r, i, U, ms.KS);
+        const A a = u_val + sum_partials<BT>(sm.part, r, i, U, ms.KS);
         const A xp = X[r * H + gi];
         A rx;
         if constexpr (DENSE) {
-          rx = sum_partials<BT>(partR, r, i, U, ms.KS);
+          rx = sum_partials<BT>(sm.partR, r, i, U, ms.KS);
         } else {
-          rx = rot ? res0[i] * xp + res1[i] * X[r * H + (gi ^ 1)] : res0[i] * xp;
+          rx = rot ? sm.res0[i] * xp + sm.res1[i] * X[r * H + (gi ^ 1)] : sm.res0[i] * xp;
         }
-        const A x_new = rx + gam[i] * phi(a, nonlin);
+        const A x_new = rx + sm.gam[i] * phi(a, nonlin);
         const bool valid = p.lengths == nullptr || t < p.lengths[b];
         const A x = valid ? x_new : xp;  // past the length the state is kept
         const int64_t o = b * H + gi;
@@ -138,7 +132,7 @@ __global__ void __launch_bounds__(kThreads) chain_fwd_kernel(const FwdParams<S> 
         if (!early_hit) u_val = static_cast<A>(p.u[ubase + static_cast<int64_t>(e / Ueff) * H + e % Ueff]);
         epilogue(e, u_val);
       }
-      __syncthreads();  // X, part and Xn are reused by the next chunk / step
+      __syncthreads();  // X, sm.part and Xn are reused by the next chunk / step
     }
     if constexpr (GRID) {
       cg::this_grid().sync();  // x_t of every unit is in L2 before anyone stages it
@@ -234,9 +228,8 @@ __global__ void __launch_bounds__(kRegsThreads) chain_fwd_regs_kernel(const FwdP
 
 struct Forward {
   using Call = FwdCall;
-  static constexpr bool kHalfTypes = true;
-  static constexpr const char* kOp = "wcrnn_C::chain_fwd";
-  static constexpr int kRegsBuffers = 2;  // register path: x_{t-1} and x_t rows
+  // half types instantiated; the register path's buffers: x_{t-1} and x_t rows
+  static constexpr DirInfo kInfo{true, "wcrnn_C::chain_fwd", 2};
 
   template <class S>
   static size_t smem(int H, int U, int BT, bool grid, bool dense) {  // block path: double-buffered state rows
@@ -245,30 +238,15 @@ struct Forward {
   }
   template <class S>
   static FwdParams<S> params(const ChainParams<S>& chain, const FwdCall& c) {
-    return {chain,
-            static_cast<const S*>(c.u),
-            static_cast<const S*>(c.x0),
-            static_cast<S*>(c.out),
-            static_cast<S*>(c.hn),
-            static_cast<S*>(c.a_out),
-            static_cast<typename AccType<S>::type*>(c.exchange)};
+    return {chain, static_cast<const S*>(c.u), static_cast<const S*>(c.x0), static_cast<S*>(c.out),
+            static_cast<S*>(c.hn), static_cast<S*>(c.a_out), static_cast<typename AccType<S>::type*>(c.exchange)};
   }
-  template <class S, bool DENSE, int BT, bool GRID>
-  static auto kernel() {
-    return chain_fwd_kernel<S, DENSE, BT, GRID>;
-  }
-  template <class S, bool DENSE, int BT, int K>
-  static auto regs_kernel() {
-    return chain_fwd_regs_kernel<S, DENSE, BT, K>;
-  }
+  template <class S, bool D, int BT, bool GRID> static auto kernel() { return chain_fwd_kernel<S, D, BT, GRID>; }
+  template <class S, bool D, int BT, int K> static auto regs_kernel() { return chain_fwd_regs_kernel<S, D, BT, K>; }
 };
 
 }  // namespace
 
-Plan plan_fwd(const FwdCall& c, const DeviceInfo& dev) { return plan_chain_call<Forward>(c, dev); }
-
-void launch_fwd(const FwdCall& c, const Plan& plan, const DeviceInfo& dev) {
-  launch_chain_call<Forward>(c, plan, dev);
-}
+const ChainEntry<FwdCall> kForwardChain{plan_chain_call<Forward>, launch_chain_call<Forward>};
 
 }  // namespace wcrnn_cuda

@@ -84,18 +84,16 @@ ChainCall chain_call(const Args& k, int64_t res_kind, int64_t nonlin, const Tens
 // Plans the call, gives the grid path its (2, B, H) exchange buffer (dtype of `exchange_options`; NaN under
 // WCRNN_POISON_OUTPUTS), launches.
 template <class Call>
-void plan_and_launch(Call& c, Plan (*plan_of)(const Call&, const DeviceInfo&),
-                     void (*launch)(const Call&, const Plan&, const DeviceInfo&),
-                     const at::TensorOptions& exchange_options) {
+void plan_and_launch(Call& c, const ChainEntry<Call>& entry, const at::TensorOptions& exchange_options) {
   const DeviceInfo dev = device_info(c.device);
-  const Plan plan = plan_of(c, dev);
+  const Plan plan = entry.plan(c, dev);
   Tensor exchange;
   if (plan.grid) {
     exchange = at::empty({2, c.B, c.H}, exchange_options);
     poison({&exchange});
     c.exchange = exchange.data_ptr();
   }
-  launch(c, plan, dev);
+  entry.launch(c, plan, dev);
 }
 
 std::tuple<Tensor, Tensor, Tensor> chain_fwd_cuda(const Tensor& u_in, const Tensor& x0_in, const Tensor& w_hh,
@@ -117,7 +115,7 @@ std::tuple<Tensor, Tensor, Tensor> chain_fwd_cuda(const Tensor& u_in, const Tens
             save_a ? a.data_ptr() : nullptr};
   // the grid path's state exchange is in the accumulation type
   const at::ScalarType acc = c.dtype == DType::kDouble ? at::kDouble : at::kFloat;
-  plan_and_launch(c, plan_fwd, launch_fwd, u.options().dtype(acc));
+  plan_and_launch(c, kForwardChain, u.options().dtype(acc));
   return {out, hn, a};
 }
 
@@ -139,7 +137,7 @@ std::tuple<Tensor, Tensor, Tensor> chain_bwd_cuda(const Tensor& grad_out_in, con
 
   BwdCall c{chain_call(k, res_kind, nonlin, a), grad_out.data_ptr(), grad_hn.data_ptr(), a.data_ptr(), g.data_ptr(),
             dx0.data_ptr(), need_delta ? deltas.data_ptr() : nullptr};
-  plan_and_launch(c, plan_bwd, launch_bwd, a.options());
+  plan_and_launch(c, kBackwardChain, a.options());
   return {g, dx0, deltas};
 }
 
