@@ -224,10 +224,13 @@ def _fwd_update(x, r, a, gamma, t, lens, a_ptr, t_off, tile, mask, NONLIN: tl.co
 
 
 @triton.jit
-def _program_setup(gamma_ptr, res_ptr, len_ptr, B, H, RES_KIND: tl.constexpr, HAS_LENGTHS: tl.constexpr,
-                   CD: tl.constexpr, BLOCK: tl.constexpr, HP: tl.constexpr):
+def _program_setup(state_ptr, gamma_ptr, res_ptr, len_ptr, B, H, RES_KIND: tl.constexpr,
+                   HAS_LENGTHS: tl.constexpr, CD: tl.constexpr, BLOCK: tl.constexpr, HP: tl.constexpr):
     # This program's BLOCK rows and the HP padded columns (offsets within one (B, H) slab: B * H < 2^31),
-    # gamma, the residual's vectors and the rows' lengths (zeros, unused, without lengths).
+    # the slab's size (one step's offset), gamma, the residual's vectors, the rows' lengths (zeros, unused,
+    # without lengths) and the chain's starting (B, H) state of these rows in CD (forward x_0, backward
+    # grad_hn). Padded rows and columns start at 0 and stay 0: every padded weight, input, gamma and res
+    # entry is 0.
     rows = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     cols = tl.arange(0, HP)
     row_ok = rows < B
@@ -240,7 +243,8 @@ def _program_setup(gamma_ptr, res_ptr, len_ptr, B, H, RES_KIND: tl.constexpr, HA
         lens = tl.load(len_ptr + rows, mask=row_ok, other=0)
     else:
         lens = tl.zeros((BLOCK,), dtype=tl.int64)
-    return rows, cols, row_ok, col_ok, mask, tile, gamma, res0, res1, lens
+    state = tl.load(state_ptr + tile, mask=mask, other=0.0).to(CD)
+    return rows, cols, row_ok, col_ok, mask, tile, B * H, gamma, res0, res1, lens, state
 
 
 @triton.jit
@@ -268,11 +272,8 @@ def _wcrnn_fwd_kernel(
     # u, out: (T, B, H); x0, hn: (B, H); wt = W_hh^T (H, H); res: (H,), (2, H) or R^T (H, H);
     # gamma: (H,); len: (B,) int64; a: (T, B, H) saved pre-activations (SAVE_A; else a dummy);
     # scr: (2, B, HP) CD scratch for the streamed variant.
-    rows, cols, row_ok, col_ok, mask, tile, gamma, res0, res1, lens = _program_setup(
-        gamma_ptr, res_ptr, len_ptr, B, H, RES_KIND, HAS_LENGTHS, CD, BLOCK, HP)
-    slab = B * H
-    # padded rows and columns start at 0 and stay 0: every padded weight, u, gamma and res entry is 0
-    x = tl.load(x0_ptr + tile, mask=mask, other=0.0).to(CD)
+    rows, cols, row_ok, col_ok, mask, tile, slab, gamma, res0, res1, lens, x = _program_setup(
+        x0_ptr, gamma_ptr, res_ptr, len_ptr, B, H, RES_KIND, HAS_LENGTHS, CD, BLOCK, HP)
 
     if W_RESIDENT:
         wt, rt = _load_square(wt_ptr, res_ptr, cols, col_ok, H, RES_KIND, CD)
@@ -375,6 +376,21 @@ def _load_prev(go_ptr, a_ptr, t_off, slab, tile, row_ok, cols, H, t, CD: tl.cons
 
 
 @triton.jit
+def _wt_g_resident(g, w, CD: tl.constexpr, PREC: tl.constexpr, EMULATE_BF16: tl.constexpr, SPLIT: tl.constexpr,
+                   SCALE_G: tl.constexpr, BLOCK: tl.constexpr, HP: tl.constexpr):
+    # W_hh^T g_t with the whole W_hh resident (w holds W_hh: g @ w). SCALE_G (a float16 W_hh): each row of g
+    # is divided by a power of two before the product and the product multiplied back (both exact), so that
+    # g's float16 operands stay within float16's range.
+    zero = tl.zeros((BLOCK, HP), dtype=CD)
+    if SCALE_G:
+        s = _row_pow2_scale(g)
+        wg = _dot_w(g / s[:, None], w, zero, PREC, EMULATE_BF16, SPLIT) * s[:, None]
+    else:
+        wg = _dot_w(g, w, zero, PREC, EMULATE_BF16, SPLIT)
+    return wg
+
+
+@triton.jit
 def _bwd_step_tail(delta, rtd, wg, valid, HAS_LENGTHS: tl.constexpr):
     # delta_{t-1} = R^T delta_t + W_hh^T g_t; past a row's length delta passes through unchanged
     if HAS_LENGTHS:
@@ -395,10 +411,8 @@ def _wcrnn_bwd_kernel(
 ):
     # go, a, g, delta: (T, B, H) CD; ghn, dx0: (B, H) CD; w = W_hh (H, H) (any float dtype);
     # res: (H,), (2, H) or R (H, H); gamma (H,); len (B,) int64; scr (2, B, HP) CD (streamed dense).
-    rows, cols, row_ok, col_ok, mask, tile, gamma, res0, res1, lens = _program_setup(
-        gamma_ptr, res_ptr, len_ptr, B, H, RES_KIND, HAS_LENGTHS, CD, BLOCK, HP)
-    slab = B * H
-    delta = tl.load(ghn_ptr + tile, mask=mask, other=0.0).to(CD)
+    rows, cols, row_ok, col_ok, mask, tile, slab, gamma, res0, res1, lens, delta = _program_setup(
+        ghn_ptr, gamma_ptr, res_ptr, len_ptr, B, H, RES_KIND, HAS_LENGTHS, CD, BLOCK, HP)
 
     if W_RESIDENT:
         w, rm = _load_square(w_ptr, res_ptr, cols, col_ok, H, RES_KIND, CD)
@@ -409,12 +423,7 @@ def _wcrnn_bwd_kernel(
             e_prev, a_prev = _load_prev(go_ptr, a_ptr, t_off, slab, tile, row_ok, cols, H, t, CD)
             delta, g, valid = _bwd_step_head(e_t, a_t, g_ptr, delta_ptr, t_off, tile, mask, t, lens, gamma,
                                              delta, NONLIN, HAS_LENGTHS, NEED_DELTA)
-            if SCALE_G:
-                s = _row_pow2_scale(g)
-                wg = _dot_w(g / s[:, None], w, tl.zeros((BLOCK, HP), dtype=CD), PREC, EMULATE_BF16, SPLIT)
-                wg = wg * s[:, None]
-            else:
-                wg = _dot_w(g, w, tl.zeros((BLOCK, HP), dtype=CD), PREC, EMULATE_BF16, SPLIT)
+            wg = _wt_g_resident(g, w, CD, PREC, EMULATE_BF16, SPLIT, SCALE_G, BLOCK, HP)
             if RES_KIND == 2:
                 rtd = tl.dot(delta, rm, input_precision=PREC_CD, out_dtype=CD)
             else:
