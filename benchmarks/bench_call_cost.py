@@ -25,6 +25,10 @@ that some columns happen to catch and others not).
   nn.RNN           nn.RNN(I, H) with a state, T = 1
   impl after Py    impl again, each call right after about 5 us of pure-Python work (that work's own time
                    taken off): what the interpreter running between two calls costs the next one
+  module f+b       a training step of `module` at T = 1 with grad on: the call with the input requiring grad,
+                   then backward of out.sum() + h_n.sum() (the autograd graph, the backward op and the parameter
+                   gradients: host time that a GPU step at small T cannot hide either)
+  nn.RNN f+b       the same for nn.RNN
 """
 import argparse
 import statistics
@@ -37,7 +41,7 @@ from wcrnn_kernels.backends import get_backend
 from wcrnn_kernels.residual import RESIDUAL_KINDS
 
 COLUMNS = ("kernel T=1", "T=2", "T=8", "impl", "custom op", "wcrnn_chain", "module", "prepared", "module ops",
-           "nn.RNN", "impl after Py")
+           "nn.RNN", "impl after Py", "module f+b", "nn.RNN f+b")
 
 
 def median_rounds(fns, rounds, calls=300):
@@ -116,6 +120,15 @@ def main():
         with torch.no_grad():
             best = median_rounds(fns, args.rounds)
         best["impl after Py"] -= best.pop("python")
+        xg = x.clone().requires_grad_()
+
+        def train_step(model):
+            def step():
+                out, hn = model(xg, h)
+                (out.sum() + hn.sum()).backward()
+            return step
+
+        best.update(median_rounds({"module f+b": train_step(m), "nn.RNN f+b": train_step(r)}, args.rounds, 100))
         print(f"{B:>4} {H:>4} " + " ".join(f"{best[c]:>{max(len(c), 7)}.1f}" for c in COLUMNS))
 
 
