@@ -80,7 +80,10 @@ def meta(device):
 
 
 class Timer:
-    """Per-call wall time of fn: CUDA events on a GPU, perf_counter on the CPU."""
+    """(wall, host) seconds of one call of fn. wall: CUDA events around it on a GPU (the device idle before it),
+    perf_counter on the CPU. host: perf_counter until fn returns, i.e. on a GPU until the host has enqueued
+    all of the call's work without waiting for it. host close to wall: the call is bound by its host time
+    (Python, dispatch, launches), which a faster kernel cannot shorten."""
 
     def __init__(self, device):
         self.cuda = device == "cuda"
@@ -89,13 +92,16 @@ class Timer:
         if self.cuda:
             start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
             start.record()
+            t0 = time.perf_counter()
             fn()
+            host = time.perf_counter() - t0
             end.record()
             end.synchronize()
-            return start.elapsed_time(end) * 1e-3
+            return start.elapsed_time(end) * 1e-3, host
         t0 = time.perf_counter()
         fn()
-        return time.perf_counter() - t0
+        wall = time.perf_counter() - t0
+        return wall, wall
 
 
 def build(impl, mode, shape, dtype, device, T_override=None):
@@ -124,12 +130,15 @@ def predicted_refusal(e, impl, mode, dtype_name, H):
 
 
 def measure(fn, timer, min_reps, max_reps, budget_s):
+    """(wall times, host times) of repeated calls, after two unmeasured ones."""
     timer(fn)
     timer(fn)
-    times = []
-    while len(times) < min_reps or (len(times) < max_reps and sum(times) < budget_s):
-        times.append(timer(fn))
-    return times
+    walls, hosts = [], []
+    while len(walls) < min_reps or (len(walls) < max_reps and sum(walls) < budget_s):
+        wall, host = timer(fn)
+        walls.append(wall)
+        hosts.append(host)
+    return walls, hosts
 
 
 def main():
@@ -181,11 +190,11 @@ def main():
                             if not ok or why is not None:
                                 raise RuntimeError(f"backend {impl!r} does not run this: {why}")
                         fn, (T, B, I, H) = build(impl, mode, shape, dtype, device, T_cap)
-                        times = measure(fn, timer, *reps)
+                        times, hosts = measure(fn, timer, *reps)
                         med = statistics.median(times)
                         rec.update(status="ok", T=T, B=B, I=I, H=H, median_ms=med * 1e3, min_ms=min(times) * 1e3,
                                    max_ms=max(times) * 1e3, reps=len(times), us_per_step=med * 1e6 / T,
-                                   tokens_per_s=T * B / med)
+                                   tokens_per_s=T * B / med, host_ms=statistics.median(hosts) * 1e3)
                     except Exception as e:  # noqa: BLE001 - recorded, the sweep goes on
                         refused = predicted_refusal(e, impl, mode, dt_name, SHAPES[shape][3])
                         rec.update(status="refused" if refused else "error",
@@ -197,7 +206,8 @@ def main():
                             f.write(json.dumps(rec) + "\n")
                     if rec["status"] == "ok":
                         print(f"{args.tag}{' ' if args.tag else ''}{dt_name:8} {shape} {rec['mode']:16} {impl:13} {rec['median_ms']:10.3f} ms "
-                              f"{rec['us_per_step']:8.2f} us/step ({rec['reps']} reps, {rec['seconds']} s)", flush=True)
+                              f"{rec['us_per_step']:8.2f} us/step, host {rec['host_ms']:.3f} ms ({rec['reps']} reps, {rec['seconds']} s)",
+                              flush=True)
                     else:
                         print(f"{dt_name:8} {shape} {rec['mode']:16} {impl:13} {rec['status'].upper()} {rec['message']}",
                               flush=True)

@@ -335,14 +335,16 @@ if [ -f "$OUTDIR/bench.jsonl" ]; then
 import json, sys
 rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
 ms = {(r["dtype"], r["shape"], r["mode"], r["impl"]): r["median_ms"] for r in rows if r.get("status") == "ok"}
+host = {(r["dtype"], r["shape"], r["mode"], r["impl"]): r.get("host_ms") for r in rows if r.get("status") == "ok"}
 cuda = sorted({k[3] for k in ms if k[3].startswith("cuda") and not set(":/") & set(k[3])})  # or cuda-emulated
 keys = sorted({k[:3] for k in ms if k[3].startswith("cuda") and (":" in k[3] or "/" in k[3])})
 if keys and cuda:
     c = cuda[0]
     print('CUDA paths: ms per call; "auto" = the cuda lines; best forced / auto > 1: "auto" took the faster path;')
-    print('chain: the chain alone (cuda/chain), "auto" less it = what the module adds per call')
+    print('chain: the chain alone (cuda/chain), "auto" less it = what the module adds per call; host: ms until the')
+    print('call returned (work enqueued, not waited for): close to the call\'s ms, the call is bound by host time')
     print(f"{'dtype':8} {'shape':5} {'mode':16} {'nn.RNN':>9} {'auto':>9} {'block':>9} {'grid':>9} {'regs':>9} "
-          f"{'chain':>9} {'best/auto':>9} {'nnRNN/auto':>10}")
+          f"{'chain':>9} {'best/auto':>9} {'nnRNN/auto':>10} {'host RNN':>9} {'host auto':>9}")
     for dt, sh, mo in keys:
         got = {p: ms.get((dt, sh, mo, f"{c}:{p}")) for p in ("block", "grid", "regs")}
         auto, rnn = ms.get((dt, sh, mo, c)), ms.get((dt, sh, mo, "nn.RNN"))
@@ -351,7 +353,7 @@ if keys and cuda:
         r = lambda v, w, n: f"{v / w:{n}.2f}" if v and w else f"{'-':>{n}}"  # noqa: E731
         print(f"{dt:8} {sh:5} {mo:16} {f(rnn)} {f(auto)} {f(got['block'])} {f(got['grid'])} {f(got['regs'])} "
               f"{f(ms.get((dt, sh, mo, c + '/chain')))} {r(min(forced) if forced else None, auto, 9)} "
-              f"{r(rnn, auto, 10)}")
+              f"{r(rnn, auto, 10)} {f(host.get((dt, sh, mo, 'nn.RNN')))} {f(host.get((dt, sh, mo, c)))}")
 EOF
 fi
 cat "$WORK"/fp32-precision.log "$WORK"/cuda-paths.log 2>/dev/null | grep -E "^(fp32-precision|cuda-paths) " >> "$SUMMARY"
