@@ -148,6 +148,41 @@ def test_eager_fast_path_only_for_plain_eager_calls():
             assert not _plain_eager(t)
 
 
+def test_eager_function_binds_no_signature_per_call(monkeypatch):
+    """The eager path's autograd.Function sets up its context in forward: with a setup_context, Function.apply
+    binds every call's arguments through inspect.signature (a quarter of a T = 1 training step's host time,
+    README). Counted, not timed; the positive control is a Function that defines setup_context."""
+    import inspect
+    from wcrnn_kernels import ops
+    calls = []
+    real = inspect.signature
+    monkeypatch.setattr(inspect, "signature", lambda *a, **k: calls.append(a) or real(*a, **k))
+
+    class WithSetupContext(torch.autograd.Function):
+        @staticmethod
+        def forward(x):
+            return x * 2
+
+        @staticmethod
+        def setup_context(ctx, inputs, output):
+            pass
+
+        @staticmethod
+        def backward(ctx, g):
+            return g * 2
+    x = torch.zeros(2, requires_grad=True)
+    WithSetupContext.apply(x)
+    assert calls, "positive control: a Function with setup_context binds through inspect.signature"
+    calls.clear()
+    H = 4
+    args = (torch.randn(3, 2, H, requires_grad=True), torch.zeros(2, H), torch.eye(H), torch.full((H,), 0.9),
+            torch.full((H,), 0.1), None, 0, 0, "torch", True)
+    out, h_n, _ = ops._EagerChain.apply(*args)
+    (out.sum() + h_n.sum()).backward()
+    assert not calls, "the eager chain's Function.apply went through inspect.signature"
+    assert args[0].grad is not None
+
+
 @pytest.mark.parametrize("fast", [True, False])
 def test_double_backward_is_refused_by_name(monkeypatch, fast):
     """create_graph=True gives a first gradient that remembers the chain; differentiating it again raises
