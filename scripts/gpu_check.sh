@@ -17,7 +17,9 @@
 #   path there in float32 and bfloat16: is it still the fastest?); right after tier 1, before tier 2, Nsight
 #   Compute on the block and register paths' kernels at S1 (scripts/gpu_profile.py; its report goes to full.log,
 #   key lines to summary.txt): where the register path's step goes is the open question of the float32 gap to
-#   cuDNN, and run 4's tier 2 left it no time (tier 2, clean in runs 3 and 4, takes what is left).
+#   cuDNN, and run 4's tier 2 left it no time (tier 2, clean in runs 3 and 4, takes what is left); before it, the
+#   timeline of one call kernel by kernel at S1 and S4 (scripts/gpu_trace.py, torch.profiler: trace lines in
+#   summary.txt), for the per-call part of that gap.
 # Tier 2 (about 3 minutes): compute-sanitizer memcheck over every CUDA path x residual forms x dtypes and a
 #   few Triton launches; racecheck and synccheck on float32 cases (scripts/gpu_sanitize_cases.py). A plan the
 #   planner refuses is recorded and skipped, never fatal.
@@ -200,6 +202,9 @@ tier1() {
 # time goes, Nsight Compute on the forward and backward kernels of the block and register paths at S1 (one launch each).
 # Its failure (e.g. no access to the performance counters) fails nothing.
 profile() {
+    # first the timeline of one call, kernel by kernel (torch.profiler, ~30 s): float32 S1 and S4, nn.RNN and auto,
+    # forward and forward+backward: is the per-call gap the chain, the module's other kernels, or idle time?
+    step trace 60 "$WORK/trace.log" $PY scripts/gpu_trace.py "${DRYARG[@]}"
     local ncu=""
     ncu=$(command -v ncu 2>/dev/null || ls "${CUDA_HOME:-/usr/local/cuda}/bin/ncu" /usr/local/cuda/bin/ncu 2>/dev/null \
           | head -1)
@@ -356,6 +361,7 @@ if keys and cuda:
               f"{r(rnn, auto, 10)} {f(host.get((dt, sh, mo, 'nn.RNN')))} {f(host.get((dt, sh, mo, c)))}")
 EOF
 fi
+grep -E "^(trace |    )" "$WORK/trace.log" 2>/dev/null | cut -c1-160 | head -120 >> "$SUMMARY"
 cat "$WORK"/fp32-precision.log "$WORK"/cuda-paths.log 2>/dev/null | grep -E "^(fp32-precision|cuda-paths) " >> "$SUMMARY"
 grep -E "chain_.*kernel|^ +(Duration|Registers Per Thread|Warp Cycles Per Issued Instruction|Issue Slots Busy|Compute \(SM\) Throughput) " \
     "$WORK/profile.log" 2>/dev/null | cut -c1-160 >> "$SUMMARY"

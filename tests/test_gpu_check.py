@@ -60,9 +60,12 @@ def test_dry_run_passes_and_writes_every_file(dry_run):
     summary = (out / "summary.txt").read_text()
     for stepname in ("env", "build", "smoke-triton-float64", "smoke-triton-float32", "smoke-triton-bfloat16",
                      "smoke-cuda-float64", "smoke-cuda-float32", "smoke-cuda-bfloat16", "prewarm-triton", "bench",
-                     "fp32-precision", "cuda-paths", "profile", "memcheck-cuda", "memcheck-triton"):
+                     "fp32-precision", "cuda-paths", "trace", "profile", "memcheck-cuda", "memcheck-triton"):
         line = next((ln for ln in summary.splitlines() if ln.split()[:1] == [stepname]), None)
         assert line is not None and line.split()[1] == "ok", f"{stepname}: {line}\n{summary}"
+    # the trace's per-call lines reach the summary: S1 and S4, both modes, nn.RNN and the CUDA backend
+    traced = [ln for ln in summary.splitlines() if ln.startswith("trace S")]
+    assert len(traced) == 8 and all("host" in ln and "busy" in ln for ln in traced), traced
     print(f"dry run: {seconds:.0f} s\n{summary}")
 
 

@@ -1,0 +1,104 @@
+"""Where one layer call's time goes, kernel by kernel (tier 1's `trace` step): torch.profiler over a few calls.
+
+    python scripts/gpu_trace.py [--shapes S1,S4] [--impls nn.RNN,cuda] [--modes forward,forward+backward]
+    python scripts/gpu_trace.py --dry-run        # CPU: the same plumbing through the CUDA emulator, no kernels
+
+For each (shape, mode, impl), float32, the benchmarks' own layer (benchmarks/bench_config.py layer_call): the
+call's time with CUDA events and its host time (until it returned), then the device activities of --calls
+profiled calls, per call: how many kernels (and copies / fills) ran, their summed device time, and the
+longest ones by name. Device time well under the call's time: the device waited (for the host, or between
+launches); one activity taking most of it: that one is the cost. The question it answers (issue 11): runs 4-5
+found `auto`'s float32 layer behind cuDNN by a roughly constant 0.1-0.3 ms per forward call and about 1 ms
+per backward, whatever T; is that the chain kernels, the module's other kernels, or time between them?
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path[:0] = [REPO, os.path.join(REPO, "benchmarks"), os.path.join(REPO, "scripts"), os.path.join(REPO, "tests")]
+
+import torch  # noqa: E402
+from torch.profiler import ProfilerActivity, profile  # noqa: E402
+
+from bench_config import SHAPES, layer_call  # noqa: E402
+
+
+def wall_and_host(fn, device, reps=10):
+    """Median (wall, host) ms of one call (gpu_bench.Timer's measure)."""
+    walls, hosts = [], []
+    for _ in range(reps):
+        if device == "cuda":
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            t0 = time.perf_counter()
+            fn()
+            hosts.append((time.perf_counter() - t0) * 1e3)
+            end.record()
+            end.synchronize()
+            walls.append(start.elapsed_time(end))
+        else:
+            t0 = time.perf_counter()
+            fn()
+            walls.append((time.perf_counter() - t0) * 1e3)
+            hosts.append(walls[-1])
+    return statistics.median(walls), statistics.median(hosts)
+
+
+def device_activities(fn, device, calls):
+    """[(name, count per call, device us per call)] of the profiled calls' device activities, longest first."""
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device == "cuda" else [])
+    with profile(activities=acts) as prof:
+        for _ in range(calls):
+            fn()
+            if device == "cuda":
+                torch.cuda.synchronize()
+    rows = []
+    for e in prof.key_averages():
+        us = getattr(e, "self_device_time_total", 0) or 0
+        if us > 0:
+            rows.append((e.key, e.count / calls, us / calls))
+    return sorted(rows, key=lambda r: -r[2])
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--shapes", default="S1,S4")
+    ap.add_argument("--impls", default="nn.RNN,cuda")
+    ap.add_argument("--modes", default="forward,forward+backward")
+    ap.add_argument("--calls", type=int, default=5)
+    ap.add_argument("--top", type=int, default=12)
+    ap.add_argument("--dry-run", action="store_true")
+    args = ap.parse_args()
+    device, cuda_name = "cuda", "cuda"
+    if args.dry_run:
+        from gpu_smoke import setup_backend
+        cuda_name, device = setup_backend("cuda", True)
+    dtype = torch.float32
+    for shape in [s.strip() for s in args.shapes.split(",") if s.strip()]:
+        T, B, I, H = SHAPES[shape]
+        if args.dry_run:
+            T = min(T, 4)
+        for mode in [m.strip() for m in args.modes.split(",") if m.strip()]:
+            for impl in [i.strip() for i in args.impls.split(",") if i.strip()]:
+                run = cuda_name + impl[4:] if impl.startswith("cuda") else impl
+                fn = layer_call(run, mode, T, B, I, H, device, dtype)
+                for _ in range(3):  # warm-up: compiles, allocator, cuDNN plans
+                    fn()
+                wall, host = wall_and_host(fn, device)
+                rows = device_activities(fn, device, args.calls)
+                n = sum(r[1] for r in rows)
+                busy = sum(r[2] for r in rows) / 1e3
+                print(f"trace {shape} (T={T}, B={B}, H={H}) {mode} {impl}: call {wall:.3f} ms, host {host:.3f} ms, "
+                      f"{n:.0f} device activities per call, {busy:.3f} ms busy", flush=True)
+                for name, count, us in rows[:args.top]:
+                    print(f"    {us:10.1f} us  x{count:<5.1f} {name[:110]}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
