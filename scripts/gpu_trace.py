@@ -19,7 +19,6 @@ import argparse
 import os
 import statistics
 import sys
-import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path[:0] = [REPO, os.path.join(REPO, "benchmarks"), os.path.join(REPO, "scripts"), os.path.join(REPO, "tests")]
@@ -28,27 +27,7 @@ import torch  # noqa: E402
 from torch.profiler import ProfilerActivity, profile  # noqa: E402
 
 from bench_config import SHAPES, layer_call  # noqa: E402
-
-
-def wall_and_host(fn, device, reps=10):
-    """Median (wall, host) ms of one call (gpu_bench.Timer's measure)."""
-    walls, hosts = [], []
-    for _ in range(reps):
-        if device == "cuda":
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            t0 = time.perf_counter()
-            fn()
-            hosts.append((time.perf_counter() - t0) * 1e3)
-            end.record()
-            end.synchronize()
-            walls.append(start.elapsed_time(end))
-        else:
-            t0 = time.perf_counter()
-            fn()
-            walls.append((time.perf_counter() - t0) * 1e3)
-            hosts.append(walls[-1])
-    return statistics.median(walls), statistics.median(hosts)
+from gpu_bench import Timer, backend_of, measure  # noqa: E402
 
 
 def device_activities(fn, device, calls):
@@ -87,11 +66,10 @@ def main():
             T = min(T, 4)
         for mode in [m.strip() for m in args.modes.split(",") if m.strip()]:
             for impl in [i.strip() for i in args.impls.split(",") if i.strip()]:
-                run = cuda_name + impl[4:] if impl.startswith("cuda") else impl
+                run = cuda_name + impl[4:] if backend_of(impl) == "cuda" else impl
                 fn = layer_call(run, mode, T, B, I, H, device, dtype)
-                for _ in range(3):  # warm-up: compiles, allocator, cuDNN plans
-                    fn()
-                wall, host = wall_and_host(fn, device)
+                walls, hosts = measure(fn, Timer(device), 10, 10, 0.0)  # after two unmeasured (warm-up) calls
+                wall, host = statistics.median(walls) * 1e3, statistics.median(hosts) * 1e3
                 rows = device_activities(fn, device, args.calls)
                 n = sum(r[1] for r in rows)
                 busy = sum(r[2] for r in rows) / 1e3

@@ -592,11 +592,11 @@ Plan plan_chain_call(const typename Dir::Call& c, const DeviceInfo& dev) {
     using A = typename AccType<S>::type;
     const bool dense = c.res_kind == kResDense;
     const int regs_k = regs_slots<A>(c.H, dense);
-    const auto block_smem = [&](int U, int BT, bool grid) { return Dir::template smem<S>(c.H, U, BT, grid, dense); };
-    const auto regs_smem = [&](int BT) {
+    const auto block_bytes = [&](int U, int BT, bool grid) { return Dir::template smem<S>(c.H, U, BT, grid, dense); };
+    const auto regs_bytes = [&](int BT) {
       return regs_smem_bytes(c.H, regs_k, BT, Dir::kInfo.regs_buffers, sizeof(A));
     };
-    return plan_chain(Dir::kInfo.op, c.B, c.H, dev, block_smem, regs_k, kAutoRegs && sizeof(A) == 4, regs_smem);
+    return plan_chain(Dir::kInfo.op, c.B, c.H, dev, block_bytes, regs_k, kAutoRegs && sizeof(A) == 4, regs_bytes);
   });
 }
 
