@@ -361,7 +361,7 @@ if keys and cuda:
               f"{r(rnn, auto, 10)} {f(host.get((dt, sh, mo, 'nn.RNN')))} {f(host.get((dt, sh, mo, c)))}")
 EOF
 fi
-grep -E "^(trace |    )" "$WORK/trace.log" 2>/dev/null | cut -c1-160 | head -120 >> "$SUMMARY"
+grep -E "^(trace |    )" "$WORK/trace.log" 2>/dev/null | cut -c1-240 | head -120 >> "$SUMMARY"
 cat "$WORK"/fp32-precision.log "$WORK"/cuda-paths.log 2>/dev/null | grep -E "^(fp32-precision|cuda-paths) " >> "$SUMMARY"
 grep -E "chain_.*kernel|^ +(Duration|Registers Per Thread|Warp Cycles Per Issued Instruction|Issue Slots Busy|Compute \(SM\) Throughput) " \
     "$WORK/profile.log" 2>/dev/null | cut -c1-160 >> "$SUMMARY"

@@ -358,6 +358,60 @@ def test_bitwise_deterministic_and_stream_aware(target, monkeypatch, path):
 
 
 @GPU_ONLY
+@pytest.mark.parametrize("path", PATHS)
+def test_training_step_in_a_cuda_graph(target, monkeypatch, path):
+    """A FusedWCRNN training step (forward, backward into the input, the state and every parameter) captured
+    in a CUDA graph replays what eager mode computes, on new data each replay: what torch.cuda.graphs and
+    torch.compile(mode="reduce-overhead") need to take the host out of a short sequence's step. Nothing in the
+    op may wait for the host, allocate outside the caching allocator or launch outside the current stream."""
+    from wcrnn_kernels import FusedWCRNN
+    force_path(monkeypatch, path)
+    torch.manual_seed(12)
+    T, B, I, H = 7, 5, 3, 24
+    model = FusedWCRNN(I, H, residual="rotational", r=0.9, learn_residual=True, learn_gamma=True,
+                       backend="cuda", device="cuda", dtype=torch.float64)
+    x = torch.randn(T, B, I, device="cuda", dtype=torch.float64, requires_grad=True)
+    h0 = torch.randn(1, B, H, device="cuda", dtype=torch.float64, requires_grad=True)
+    g_out = torch.randn(T, B, H, device="cuda", dtype=torch.float64)
+    params = [p for _, p in sorted(model.named_parameters())]
+    leaves = [x, h0, *params]
+
+    def step():
+        for t in leaves:
+            t.grad = None
+        out, hn = model(x, h0)
+        torch.autograd.backward([out, hn], [g_out, torch.ones_like(hn)])
+        return out, hn
+
+    side = torch.cuda.Stream()  # warm-up off the capture stream, as torch.cuda.graphs asks
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(2):
+            step()
+    torch.cuda.current_stream().wait_stream(side)
+    for t in leaves:
+        t.grad = None
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        static_out, static_hn = step()
+    static_grads = [t.grad for t in leaves]
+    names = ["output", "h_n", "dx", "dh0"] + [n for n, _ in sorted(model.named_parameters())]
+    outputs = []
+    for seed in (13, 14):
+        gen = torch.Generator(device="cuda").manual_seed(seed)
+        with torch.no_grad():
+            x.copy_(torch.randn(x.shape, generator=gen, device="cuda", dtype=torch.float64))
+            g_out.copy_(torch.randn(g_out.shape, generator=gen, device="cuda", dtype=torch.float64))
+        graph.replay()
+        replayed = [t.clone() for t in (static_out, static_hn, *static_grads)]
+        eager_out, eager_hn = step()
+        eager = [eager_out.detach(), eager_hn.detach(), *[t.grad for t in leaves]]
+        assert_all_close(replayed, eager, rtol=1e-12, names=names)
+        outputs.append(replayed[0])
+    assert not torch.equal(outputs[0], outputs[1])  # each replay read its own input
+
+
+@GPU_ONLY
 def test_second_device(target):
     if torch.cuda.device_count() < 2:
         pytest.skip("needs two CUDA devices (checks the device guard)")

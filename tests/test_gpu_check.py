@@ -65,7 +65,8 @@ def test_dry_run_passes_and_writes_every_file(dry_run):
         assert line is not None and line.split()[1] == "ok", f"{stepname}: {line}\n{summary}"
     # the trace's per-call lines reach the summary: S1 and S4, both modes, nn.RNN and the CUDA backend
     traced = [ln for ln in summary.splitlines() if ln.startswith("trace S")]
-    assert len(traced) == 8 and all("host" in ln and "busy" in ln for ln in traced), traced
+    assert len(traced) == 8, traced
+    assert all("host" in ln and "busy" in ln and "CUDA graph replay" in ln for ln in traced), traced
     print(f"dry run: {seconds:.0f} s\n{summary}")
 
 
