@@ -186,7 +186,7 @@ def test_eager_function_binds_no_signature_per_call(monkeypatch):
 @pytest.mark.parametrize("fast", [True, False])
 def test_double_backward_is_refused_by_name(monkeypatch, fast):
     """create_graph=True gives a first gradient that remembers the chain; differentiating it again raises
-    (the backward has no autograd formula) instead of silently treating it as a constant: both paths."""
+    a message naming what works instead of silently treating it as a constant: both paths."""
     from wcrnn_kernels import ops, wcrnn_chain
     if not fast:
         monkeypatch.setattr(ops, "_plain_eager", lambda *a: False)
@@ -195,5 +195,35 @@ def test_double_backward_is_refused_by_name(monkeypatch, fast):
     out, _ = wcrnn_chain(torch.randn(3, 2, H), torch.zeros(2, H), w, 0, torch.full((H,), 0.9), 0.1, backend="torch")
     g, = torch.autograd.grad(out.square().sum(), w, create_graph=True)
     assert g.requires_grad
-    with pytest.raises(RuntimeError, match="wcrnn_kernels.chain_bwd.default but no autograd formula"):
+    with pytest.raises(RuntimeError, match=r"double backward.*not implemented by the fused WCRNN kernels.*"
+                                           r"torch\.func.*backend='reference'"):
         g.sum().backward()
+
+
+def test_compile_with_packed_input_breaks_the_graph_quietly(caplog):
+    """A PackedSequence's layout has data-dependent sizes: torch.compile runs it eagerly (a graph break that
+    Dynamo logged as a warning, 13 lines per compile, from an int() of batch_sizes) and the rest compiled,
+    matching eager at several batch sizes; fullgraph=True refuses packed input with the reason."""
+    import logging
+    from torch.nn.utils.rnn import pack_padded_sequence
+    torch._dynamo.reset()
+    torch.manual_seed(5)
+    model = FusedWCRNN(3, 4, num_layers=2, bidirectional=True)
+    compiled = torch.compile(model, backend="aot_eager")
+    with caplog.at_level(logging.WARNING, logger="torch._dynamo"):
+        for B in (3, 5):
+            lens = torch.randint(1, 7, (B,))
+            lens[0] = 6
+            x = torch.randn(6, B, 3, requires_grad=True)
+            out, h_n = compiled(pack_padded_sequence(x, lens, enforce_sorted=False))
+            e_out, e_h = model(pack_padded_sequence(x, lens, enforce_sorted=False))
+            torch.testing.assert_close(out.data, e_out.data, rtol=1e-5, atol=1e-6)
+            torch.testing.assert_close(h_n, e_h, rtol=1e-5, atol=1e-6)
+            g, = torch.autograd.grad(out.data.sum() + h_n.sum(), x)
+            torch.testing.assert_close(g, torch.autograd.grad(e_out.data.sum() + e_h.sum(), x)[0],
+                                       rtol=1e-5, atol=1e-6)
+    assert not [r.getMessage() for r in caplog.records if "Graph break" in r.getMessage()]
+    torch._dynamo.reset()
+    packed = pack_padded_sequence(torch.randn(4, 2, 3), torch.tensor([4, 2]))
+    with pytest.raises(Exception, match="PackedSequence's layout has data-dependent sizes"):
+        torch.compile(model, fullgraph=True, backend="aot_eager")(packed)

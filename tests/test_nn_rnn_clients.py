@@ -475,3 +475,114 @@ def test_auto_warns_once_when_cuda_tensors_lose_the_compiled_cuda_backend(monkey
     assert f"backend='auto' runs CUDA tensors on the '{expect}' backend" in msgs[0]
     assert "compiled 'cuda' backend is not available here: cuda stub not built: make nvcc findable" in msgs[0]
     assert f"backend='{expect}'" in msgs[0]
+
+
+# ------------------------------------------------------------------- torch.func, forward-mode AD, from_rnn mode
+
+def _elman_pair(seed=20):
+    torch.manual_seed(seed)
+    rnn = nn.RNN(3, 5, num_layers=2).double()
+    return rnn, FusedWCRNN.from_rnn(rnn)
+
+
+@pytest.fixture
+def reference_warning_reset(monkeypatch):
+    from wcrnn_kernels import ops
+    monkeypatch.setattr(ops, "_REFERENCE_WARNED", [])
+
+
+@pytest.mark.parametrize("backend", ["auto", "torch"])
+def test_torch_func_transforms_and_forward_ad_match_nn_rnn(backend, reference_warning_reset):
+    """jvp (the tangent was silently 0 through the fused op), grad of functional_call (it raised), jacrev,
+    vmap and forward-mode AD: the chain runs as the reference under them, and says so once per process."""
+    import torch.autograd.forward_ad as fwAD
+    rnn, _ = _elman_pair()
+    model = FusedWCRNN.from_rnn(rnn, backend=backend)
+    x = torch.randn(4, 2, 3, dtype=F64)
+    v = torch.randn_like(x)
+    with pytest.warns(UserWarning, match="torch.func transforms.*pure-PyTorch reference") as record:
+        ours = torch.func.jvp(lambda xi: model(xi)[0], (x,), (v,))[1]
+    assert sum("pure-PyTorch reference" in str(w.message) for w in record) == 1
+    theirs = torch.func.jvp(lambda xi: rnn(xi)[0], (x,), (v,))[1]
+    assert theirs.abs().max() > 1e-3 and max_rel_err(ours, theirs) < 1e-12
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # said once per process: no second warning
+        params = {n: p.detach() for n, p in rnn.named_parameters()}
+        ours = torch.func.grad(lambda p: torch.func.functional_call(model, p, (x,))[0].sum())(params)
+        theirs = torch.func.grad(lambda p: torch.func.functional_call(rnn, p, (x,))[0].sum())(params)
+        for n in params:
+            assert max_rel_err(ours[n], theirs[n]) < 1e-12, n
+        ours = torch.func.jacrev(lambda xi: model(xi)[1])(x)
+        assert max_rel_err(ours, torch.func.jacrev(lambda xi: rnn(xi)[1])(x)) < 1e-12
+        xs = torch.randn(3, 4, 2, 3, dtype=F64)
+        assert max_rel_err(torch.func.vmap(lambda xi: model(xi)[0])(xs),
+                           torch.stack([rnn(xi)[0] for xi in xs])) < 1e-12
+        with fwAD.dual_level():
+            ours = fwAD.unpack_dual(model(fwAD.make_dual(x, v))[0]).tangent
+        with fwAD.dual_level():
+            theirs = fwAD.unpack_dual(rnn(fwAD.make_dual(x, v))[0]).tangent
+        assert max_rel_err(ours, theirs) < 1e-12
+
+
+def test_plain_calls_do_not_take_the_reference(reference_warning_reset):
+    # positive control of the routing: functional_call without a transform, and plain calls, stay fused
+    from wcrnn_kernels import ops
+    rnn, model = _elman_pair()
+    calls = []
+    real = ops.wcrnn_chain_ref
+    try:
+        ops.wcrnn_chain_ref = lambda *a, **k: calls.append(1) or real(*a, **k)
+        x = torch.randn(4, 2, 3, dtype=F64, requires_grad=True)
+        model(x)[0].sum().backward()
+        torch.func.functional_call(model, dict(model.named_parameters()), (x,))
+        assert calls == [] and not ops._REFERENCE_WARNED
+        torch.func.jvp(lambda xi: model(xi)[0], (x.detach(),), (torch.ones_like(x),))
+        assert calls  # the control: a transform does reach it
+    finally:
+        ops.wcrnn_chain_ref = real
+
+
+def test_second_derivatives_through_torch_func_match_the_reference_backend():
+    rnn, model = _elman_pair(21)
+    x = torch.randn(3, 2, 3, dtype=F64)
+    hess = torch.func.hessian(lambda xi: model(xi)[0].square().sum())(x)
+    ref = FusedWCRNN.from_rnn(rnn, backend="reference")
+    xr = x.clone().requires_grad_()
+    g, = torch.autograd.grad(ref(xr)[0].square().sum(), xr, create_graph=True)
+    v = torch.randn_like(x)
+    hv, = torch.autograd.grad((g * v).sum(), xr)
+    assert max_rel_err(torch.einsum("abcdef,def->abc", hess, v), hv) < 1e-10
+
+
+def test_from_rnn_keeps_eval_mode_and_says_parametrizations_are_not_carried():
+    from torch.nn.utils import parametrizations
+    torch.manual_seed(22)
+    rnn = nn.RNN(3, 5, num_layers=2, dropout=0.5).double().eval()
+    model = FusedWCRNN.from_rnn(rnn)
+    assert not model.training
+    x = torch.randn(4, 2, 3, dtype=F64)
+    assert max_rel_err(model(x)[0], rnn(x)[0]) < 1e-12  # dropout off, as in the eval-mode rnn
+    assert FusedWCRNN.from_rnn(rnn.train()).training
+    parametrizations.weight_norm(rnn, "weight_hh_l0")
+    with pytest.warns(UserWarning, match="parametrizations on weight_hh_l0.*Register them again"):
+        model = FusedWCRNN.from_rnn(rnn)
+    assert max_rel_err(model.weight_hh_l0, rnn.weight_hh_l0) < 1e-15
+
+
+def test_nn_rnn_internal_names_clients_read():
+    torch.manual_seed(23)
+    for cfg in (dict(), dict(num_layers=2, bidirectional=True, bias=False, nonlinearity="relu")):
+        rnn = nn.RNN(3, 4, **cfg)
+        model = FusedWCRNN.from_rnn(rnn)
+        assert model._flat_weights_names == rnn._flat_weights_names
+        assert model._all_weights == rnn._all_weights and model.mode == rnn.mode
+        for n, w in zip(model._flat_weights_names, model._flat_weights):
+            assert w is getattr(model, n) and torch.equal(w, getattr(rnn, n))
+
+
+def test_meta_device_forward_gives_shapes_as_nn_rnn():
+    model = FusedWCRNN(4, 6, num_layers=2, residual="none", gamma=1.0, device="meta")
+    rnn = nn.RNN(4, 6, num_layers=2, device="meta")
+    x = torch.randn(5, 3, 4, device="meta")
+    for a, e in zip(model(x), rnn(x)):
+        assert a.device.type == "meta" and a.shape == e.shape

@@ -94,6 +94,29 @@ def _min_value(v) -> float:
     return float(v)
 
 
+def _compiler_disable(reason: str):
+    def wrap(fn):
+        try:
+            return torch.compiler.disable(fn, reason=reason)
+        except TypeError:  # a torch before `reason`
+            return torch.compiler.disable(fn)
+    return wrap
+
+
+@_compiler_disable("a PackedSequence's layout has data-dependent sizes (batch_sizes): torch.compile runs it "
+                   "eagerly, a graph break, so fullgraph=True cannot take packed input")
+def _packed_layout(batch_sizes: Tensor, device: torch.device) -> tuple[int, int, Tensor, Tensor]:
+    """T, B, the lengths (B,) and, for each packed row, its row in the padded time-major (T * B) layout, in the
+    packed (length-sorted) batch order. Worked out on the CPU from batch_sizes (a CPU tensor) and moved once
+    without waiting: indexing a GPU tensor with a GPU mask, or checking GPU lengths, would make the host wait
+    for the device at every call. Data-dependent sizes, which torch.compile cannot trace: it runs this eagerly
+    (a graph break, as for nn.RNN, which Dynamo does not trace at all; fullgraph=True refuses packed input)."""
+    T, B = batch_sizes.shape[0], int(batch_sizes[0])
+    valid = torch.arange(B)[None, :] < batch_sizes[:, None]  # (T, B) on CPU
+    rows = valid.reshape(-1).nonzero().squeeze(1).to(device, non_blocking=True)  # packed -> T*B
+    return T, B, valid.sum(0), rows
+
+
 def _check_packed(data: Tensor, batch_sizes: Tensor) -> None:
     """A PackedSequence's batch_sizes must describe its data (as pack_padded_sequence makes them)."""
     if not isinstance(batch_sizes, torch.Tensor) or batch_sizes.dim() != 1 or batch_sizes.dtype != torch.int64 \
@@ -290,8 +313,22 @@ class FusedWCRNN(nn.Module):
     @property
     def all_weights(self) -> list[list[Tensor]]:
         per = 4 if self.bias else 2
-        ws = [getattr(self, n) for n in self._flat_weights_names]
+        ws = self._flat_weights
         return [ws[i:i + per] for i in range(0, len(ws), per)]
+
+    # nn.RNNBase's names for the same things, which client code reads (weight-drop wrappers, init loops)
+    @property
+    def _flat_weights(self) -> list[Tensor]:
+        return [getattr(self, n) for n in self._flat_weights_names]
+
+    @property
+    def _all_weights(self) -> list[list[str]]:
+        per = 4 if self.bias else 2
+        return [self._flat_weights_names[i:i + per] for i in range(0, len(self._flat_weights_names), per)]
+
+    @property
+    def mode(self) -> str:
+        return "RNN_TANH" if self.nonlinearity == "tanh" else "RNN_RELU"
 
     @classmethod
     def from_rnn(cls, rnn: nn.RNN, **overrides) -> "FusedWCRNN":
@@ -317,10 +354,17 @@ class FusedWCRNN(nn.Module):
                 # rnn's constructor already warned about this dropout
                 warnings.filterwarnings("ignore", message="dropout option adds dropout")
             model = cls(**cfg)
+        parametrized = sorted(getattr(rnn, "parametrizations", {}).keys())
+        if parametrized:
+            warnings.warn(
+                f"FusedWCRNN.from_rnn: rnn has parametrizations on {', '.join(parametrized)}; the new module takes "
+                "their current values as plain parameters (its state_dict has no 'parametrizations.' keys). "
+                "Register them again on the result (e.g. torch.nn.utils.parametrizations.weight_norm(model, "
+                "'weight_hh_l0')) to keep them", stacklevel=2)
         with torch.no_grad():
             for n in model._flat_weights_names:
                 getattr(model, n).copy_(getattr(rnn, n))
-        return model
+        return model.train(rnn.training)  # an eval-mode rnn gives an eval-mode module (dropout off)
 
     def _extra_state_names(self) -> list[str]:
         """Names of the residual / coupling tensors, which an nn.RNN state_dict does not have."""
@@ -379,8 +423,9 @@ class FusedWCRNN(nn.Module):
     def _autocast_dtype(self, device: torch.device) -> Optional[torch.dtype]:
         """The autocast dtype when autocast is on for `device` and would cast this module (float32 weights),
         else None: nn.RNN's rule (autocast casts float32 tensors only)."""
-        if not torch.is_autocast_enabled(device.type) or self._state("weight_ih_l0").dtype != torch.float32:
-            return None
+        if device.type == "meta" or not torch.is_autocast_enabled(device.type) or \
+                self._state("weight_ih_l0").dtype != torch.float32:
+            return None  # (autocast has no meta device: is_autocast_enabled("meta") raises)
         dt = torch.get_autocast_dtype(device.type)
         return dt if dt in (torch.float16, torch.bfloat16) else None
 
@@ -426,13 +471,7 @@ class FusedWCRNN(nn.Module):
             if not torch.compiler.is_compiling():  # data-dependent checks: eager only
                 _check_packed(data, batch_sizes)
             self._check_input(data, hx, batched=True, amp=amp)
-            T, B = batch_sizes.shape[0], int(batch_sizes[0])
-            # padded time-major layout in the packed (length-sorted) batch order. Everything derived from
-            # batch_sizes is worked out on the CPU and moved once without waiting: indexing a GPU tensor with a
-            # GPU mask, or checking GPU lengths, would make the host wait for the device at every call.
-            valid = torch.arange(B)[None, :] < batch_sizes[:, None]  # (T, B) on CPU
-            lengths = valid.sum(0)
-            rows = valid.reshape(-1).nonzero().squeeze(1).to(data.device, non_blocking=True)  # packed -> T*B
+            T, B, lengths, rows = _packed_layout(batch_sizes, data.device)
             x = data.new_zeros((T * B, data.shape[-1])).index_copy_(0, rows, data).view(T, B, data.shape[-1])
             if hx is not None and sorted_indices is not None:
                 hx = hx.index_select(1, sorted_indices)

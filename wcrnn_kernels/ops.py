@@ -14,9 +14,11 @@ dispatch, for plain eager calls), then the public function ``wcrnn_chain`` that 
 """
 from __future__ import annotations
 
+import warnings
 from typing import Optional
 
 import torch
+import torch.autograd.forward_ad as _fwad
 from torch import Tensor
 from torch.utils._device import DeviceContext as _DeviceContext  # the mode torch.set_default_device installs
 
@@ -142,6 +144,18 @@ def _backward(ctx, grad_out, grad_hn, _grad_a):
 torch.library.register_autograd("wcrnn_kernels::chain_fwd", _backward, setup_context=_setup_context)
 
 
+def _no_double_backward(ctx, *grads):
+    raise RuntimeError(
+        "wcrnn_kernels: a gradient of a gradient (double backward: autograd.grad(..., create_graph=True), then a "
+        "backward through its result) is not implemented by the fused WCRNN kernels. Second derivatives work "
+        "with torch.func (hessian, jacfwd(jacrev(f)), jvp of grad), which runs the chain as the pure-PyTorch "
+        "reference, or with backend='reference'")
+
+
+torch.library.register_autograd("wcrnn_kernels::chain_bwd", _no_double_backward,
+                                setup_context=lambda ctx, inputs, output: None)
+
+
 # The eager fast path. Dispatching a Python custom op costs about 25-30 us of host time per direction (2-core
 # CPU), several times a small chain's own time (T = 1, step-by-step generation) and, on a GPU, host time a
 # short sequence cannot hide. In plain eager code the forward therefore calls the implementation directly
@@ -243,6 +257,13 @@ def run_chain(u: Tensor, x0: Tensor, w_hh: Tensor, res_kind: int, res: Tensor, g
         # T and B (the custom op has no ONNX translation; onnx_export.py)
         from .onnx_export import chain_as_scan
         return chain_as_scan(u, x0, w_hh, res_kind, res, gamma, lengths, nonlin)
+    if (not plain and torch._C._are_functorch_transforms_active()) or _fwad._current_level >= 0:
+        # torch.func transforms (grad, vjp, jvp, jacrev, jacfwd, hessian, vmap) and forward-mode AD: the fused
+        # ops have no rules for them (a custom op's autograd formula is reverse mode only; under jvp torch
+        # dropped the tangent without a word, under grad it raised). The specification itself, in torch ops,
+        # has every rule: the same values to rounding, at the reference loop's speed. Said once per process.
+        _warn_reference_chain()
+        return wcrnn_chain_ref(u, x0, w_hh, res_kind, res, gamma, lengths, nonlin)
     # The pre-activations are stored only when a backward can follow. A jit trace records the flag as a
     # constant, so there it follows requires_grad alone: the trace, and its check run under no_grad, agree.
     save_a = (torch.is_grad_enabled() or torch.jit.is_tracing()) and (
@@ -256,6 +277,19 @@ def run_chain(u: Tensor, x0: Tensor, w_hh: Tensor, res_kind: int, res: Tensor, g
     else:
         out, h_n, _ = _chain_fwd_impl(*args)
     return out, h_n
+
+
+_REFERENCE_WARNED = []
+
+
+def _warn_reference_chain() -> None:
+    if not _REFERENCE_WARNED:
+        _REFERENCE_WARNED.append(True)
+        warnings.warn(
+            "wcrnn_kernels: under torch.func transforms (grad, vjp, jvp, jacrev, jacfwd, hessian, vmap) and "
+            "forward-mode AD the WCRNN chain runs as the pure-PyTorch reference (docs/design.md), not the fused "
+            "kernels, which have no rules for them: the same values to rounding, several times slower. (Shown "
+            "once per process.)", stacklevel=3)
 
 
 @torch._dynamo.assume_constant_result
