@@ -586,7 +586,7 @@ def _compile_into_cache(root, with_cuda, build_dir, lib, record, reason, what) -
     staging = os.path.join(build_dir, f"staging-{os.getpid()}")
     shutil.rmtree(staging, ignore_errors=True)
     print(f"wcrnn_kernels: compiling the {what} kernels for torch {torch.__version__}, Python {record['python']} "
-          f"into {build_dir} ({reason}; about a minute, once for every environment on this machine)",
+          f"into {build_dir} ({reason}; seconds to a minute, once for every environment on this machine)",
           file=sys.stderr, flush=True)
     try:
         built = jit_build_and_load(staging, name, with_cuda=with_cuda)
