@@ -41,8 +41,9 @@ def main():
     args = p.parse_args()
     torch.manual_seed(args.seed)
 
+    backends = available_backends()  # (a first use compiles the C++ backend and says so on stderr: before the list)
     print("backends:")
-    for name, info in available_backends().items():
+    for name, info in backends.items():
         print(f"  {name:10} {'yes' if info['available'] else 'no ':3}  {info['reason']}")
 
     # 1. the one-line swap: residual="none", gamma=1 is exactly an Elman RNN
