@@ -198,7 +198,7 @@ def test_residual_and_gamma_are_buffers_by_default_and_parameters_on_request():
     params = dict(m.named_parameters())
     assert params["r_l0"].shape == (6, 6) and torch.equal(params["r_l0"].detach(), torch.eye(6))
     assert params["gamma_l0"].shape == (6,)
-    m = FusedWCRNN(3, 6, residual="none")
+    m = FusedWCRNN(3, 6, residual="none", gamma=1.0)
     assert not hasattr(m, "r_l0")
 
 

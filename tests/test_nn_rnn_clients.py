@@ -586,3 +586,16 @@ def test_meta_device_forward_gives_shapes_as_nn_rnn():
     x = torch.randn(5, 3, 4, device="meta")
     for a, e in zip(model(x), rnn(x)):
         assert a.device.type == "meta" and a.shape == e.shape
+
+
+def test_residual_none_without_a_gamma_warns_that_it_is_not_an_elman_rnn():
+    with pytest.warns(UserWarning, match=r"residual='none'\) with the default gamma=0.01 is .* not an Elman RNN"):
+        model = FusedWCRNN(3, 4, residual="none")
+    assert float(model.gamma_l0) == pytest.approx(0.01)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for kw in (dict(gamma=0.01), dict(gamma=1.0), dict(gamma=torch.full((4,), 0.5))):
+            FusedWCRNN(3, 4, residual="none", **kw)
+        FusedWCRNN(3, 4)  # the weakly coupled default itself
+        FusedWCRNN.from_rnn(nn.RNN(3, 4))
+        FusedWCRNN.from_rnn(nn.RNN(3, 4), residual="none")

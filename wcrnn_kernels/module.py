@@ -137,6 +137,17 @@ def _check_packed(data: Tensor, batch_sizes: Tensor) -> None:
                              f"{batch_sizes.tolist()}")
 
 
+class _DefaultGamma(float):
+    """The constructor's default coupling (0.01, and shown as 0.01): a float, told apart from a gamma the caller
+    passed, so that residual="none" without one can warn (it is the most common slip of a literal swap)."""
+
+    def __repr__(self) -> str:
+        return repr(float(self))
+
+
+_DEFAULT_GAMMA = _DefaultGamma(0.01)
+
+
 class FusedWCRNN(nn.Module):
     r"""Weakly coupled residual RNN with ``torch.nn.RNN``'s interface.
 
@@ -173,7 +184,7 @@ class FusedWCRNN(nn.Module):
 
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, nonlinearity: str = "tanh",
                  bias: bool = True, batch_first: bool = False, dropout: float = 0.0,
-                 bidirectional: bool = False, residual: str = "scalar", r=None, gamma=0.01, theta=None,
+                 bidirectional: bool = False, residual: str = "scalar", r=None, gamma=_DEFAULT_GAMMA, theta=None,
                  learn_residual: bool = False, learn_gamma: bool = False, backend: str = "auto",
                  device=None, dtype=None, proj_size=None):
         super().__init__()
@@ -203,6 +214,10 @@ class FusedWCRNN(nn.Module):
             if learn_residual:
                 raise ValueError("learn_residual: residual='none' has no residual parameters to learn; "
                                  "leave learn_residual=False, or choose a residual kind that has them")
+            if gamma is _DEFAULT_GAMMA:
+                warnings.warn("FusedWCRNN(residual='none') with the default gamma=0.01 is x_t = 0.01 * phi(...), not "
+                              "an Elman RNN: pass gamma=1.0 for what nn.RNN computes (or FusedWCRNN.from_rnn(rnn)), "
+                              "or gamma=0.01 to keep this network without this warning", stacklevel=2)
         elif r is None:
             r = 1.0
         check_residual_args(residual, hidden_size, 0.0 if r is None else r, theta)
