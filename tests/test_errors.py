@@ -18,7 +18,7 @@ def chain_args(T=3, B=2, H=4, dtype=torch.float32):
 @pytest.mark.parametrize("kwargs,err,match", [
     (dict(input_size=3, hidden_size=0), ValueError, "hidden_size: expected an integer >= 1"),
     (dict(input_size=3, hidden_size=16.0), TypeError, "hidden_size: expected an integer >= 1, got float 16.0"),
-    (dict(input_size="3", hidden_size=4), TypeError, "input_size: expected an integer >= 0, got str"),
+    (dict(input_size="3", hidden_size=4), TypeError, "input_size: expected an integer >= 1, got str"),
     (dict(input_size=3, hidden_size=4, proj_size=2), ValueError, "proj_size: only supported for LSTM"),
     (dict(input_size=3, hidden_size=4, proj_size=0), ValueError, "proj_size: only supported for LSTM"),
     (dict(input_size=3, hidden_size=4, gamma="0.01"), TypeError, "gamma: expected a number or a tensor, got str"),
@@ -37,6 +37,10 @@ def chain_args(T=3, B=2, H=4, dtype=torch.float32):
     (dict(input_size=3, hidden_size=4, gamma=torch.ones(3)), ValueError, r"gamma: expected .* \(4,\)"),
     (dict(input_size=3, hidden_size=4, dropout=1.5), ValueError, "dropout"),
     (dict(input_size=3, hidden_size=4, backend="fortran"), ValueError, "backend: expected 'auto' or one of"),
+    (dict(input_size=0, hidden_size=4), ValueError, "input_size: expected an integer >= 1, got 0"),
+    (dict(input_size=3, hidden_size=4, batch_first="False"), TypeError, "batch_first: expected a bool, got str"),
+    (dict(input_size=3, hidden_size=4, bias="False"), TypeError, "bias: expected a bool, got str 'False'"),
+    (dict(input_size=3, hidden_size=4, bidirectional="True"), TypeError, "bidirectional: expected a bool, got str"),
 ])
 def test_constructor_errors(kwargs, err, match):
     with pytest.raises(err, match=match):
@@ -104,6 +108,11 @@ def test_chain_other_errors():
         wcrnn_chain(**args, lengths=torch.tensor([1.0, 2.0]))
     with pytest.raises(ValueError, match="backend: expected 'auto' or one of"):
         wcrnn_chain(**args, backend="fortran")
+    with pytest.raises(TypeError, match="lengths: expected an integer tensor or sequence of B = 2 entries, got str"):
+        wcrnn_chain(**args, lengths="523")
+    for gamma in ("abc", "0.1", None, True):  # float("0.1") passed, float("abc") named no argument
+        with pytest.raises(TypeError, match="gamma: expected a number or a tensor, got"):
+            wcrnn_chain(**{**args, "gamma": gamma})
     args.update(res_kind=RES_ROT, res=torch.ones(2, 3), u=torch.zeros(3, 2, 3), x0=torch.zeros(2, 3),
                 w_hh=torch.eye(3), gamma=torch.ones(3))
     with pytest.raises(ValueError, match="res: rotation pairs need an even hidden size, got H = 3"):

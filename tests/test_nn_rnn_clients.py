@@ -599,3 +599,61 @@ def test_residual_none_without_a_gamma_warns_that_it_is_not_an_elman_rnn():
         FusedWCRNN(3, 4)  # the weakly coupled default itself
         FusedWCRNN.from_rnn(nn.RNN(3, 4))
         FusedWCRNN.from_rnn(nn.RNN(3, 4), residual="none")
+
+
+@pytest.mark.parametrize("backend", ["auto", "torch", "reference"])
+def test_an_empty_batch_backpropagates_zero_gradients_as_nn_rnn(backend):
+    # B = 0 (a filtered batch, an idle DDP rank): the outputs were fresh zeros outside the graph, so backward()
+    # raised "element 0 of tensors does not require grad"; nn.RNN gives zero gradients
+    torch.manual_seed(24)
+    for cfg in (dict(), dict(num_layers=2, bidirectional=True, batch_first=True)):
+        rnn = nn.RNN(3, 5, **cfg).double()
+        model = FusedWCRNN.from_rnn(rnn, backend=backend)
+        shape = (0, 4, 3) if cfg else (4, 0, 3)
+        for m in (rnn, model):
+            x = torch.zeros(shape, dtype=F64, requires_grad=True)
+            h0 = torch.zeros(rnn.num_layers * (2 if rnn.bidirectional else 1), 0, 5, dtype=F64, requires_grad=True)
+            out, h_n = m(x, h0)
+            assert out.shape == rnn(x, h0)[0].shape and h_n.shape == h0.shape and h_n.grad_fn is not None
+            (out.sum() + h_n.sum()).backward()
+            assert x.grad.shape == shape and h0.grad.shape == h0.shape
+            assert all(p.grad is not None and not p.grad.any() for p in m.parameters())
+
+
+def test_a_module_built_on_meta_is_made_again_by_to_empty_and_reset_parameters():
+    # the large-model recipe: r, gamma and theta kept uninitialised memory (reset_parameters reset the weights
+    # only), and an op with a meta argument among CPU ones ran its fake: uninitialised outputs, no error
+    kw = dict(num_layers=2, bidirectional=True, residual="rotational", r=0.95, gamma=0.1, learn_residual=True)
+    torch.manual_seed(25)
+    eager = FusedWCRNN(4, 8, **kw)
+    with torch.device("meta"):
+        model = FusedWCRNN(4, 8, **kw)
+    model.to_empty(device="cpu")
+    torch.manual_seed(25)
+    model.reset_parameters()
+    for name, value in eager.state_dict().items():
+        assert torch.equal(model.state_dict()[name], value), name
+    with torch.no_grad():
+        model.r_l0.fill_(0.5)
+    model.reset_parameters()  # learned values too, as nn.RNN's reset does
+    assert torch.allclose(model.r_l0, torch.full_like(model.r_l0, 0.95))
+    # an nn.RNN state_dict assigned into a meta module leaves gamma (which it lacks) on meta: a clear error
+    rnn = nn.RNN(4, 8)
+    with torch.device("meta"):
+        elman = FusedWCRNN(4, 8, residual="none", gamma=1.0)
+    elman.load_state_dict(rnn.state_dict(), assign=True)
+    with pytest.raises(RuntimeError, match="gamma is on meta but u is on cpu.*materialise it"):
+        elman(torch.randn(5, 2, 4))
+
+
+def test_residual_and_coupling_tensors_take_the_weights_dtype():
+    # a float64 gamma (numpy) beside float32 weights: accepted, then the forward failed in the compiled op
+    import numpy as np
+    model = FusedWCRNN(4, 16, residual="diagonal", r=torch.linspace(0.9, 1.0, 16, dtype=F64),
+                       gamma=torch.from_numpy(np.full(16, 0.05)), learn_gamma=True)
+    assert model.gamma_l0.dtype == model.r_l0.dtype == model.weight_hh_l0.dtype == torch.float32
+    out, _ = model(torch.randn(3, 2, 4))
+    out.sum().backward()
+    assert model.gamma_l0.grad.dtype == torch.float32
+    model = FusedWCRNN(4, 6, residual="rotational", theta=torch.zeros(3, dtype=F64), dtype=F64)
+    assert model.theta_l0.dtype == F64

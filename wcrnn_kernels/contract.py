@@ -90,7 +90,11 @@ def check_lengths(lengths, B: int, T: int, device) -> Tensor:
     """Any integer sequence of B entries in [0, T] as the kernels take it: int64, contiguous, on `device`.
     The range is checked eagerly only (it reads the values; a traced graph cannot)."""
     if not isinstance(lengths, torch.Tensor):
-        lengths = torch.as_tensor(lengths)
+        try:
+            lengths = torch.as_tensor(lengths)
+        except (TypeError, ValueError, RuntimeError) as e:
+            raise TypeError(f"lengths: expected an integer tensor or sequence of B = {B} entries, got "
+                            f"{type(lengths).__name__} {lengths!r}") from e
     if lengths.dim() != 1 or lengths.shape[0] != B:
         raise ValueError(f"lengths: expected a 1-D tensor of B = {B} entries, got shape {tuple(lengths.shape)}")
     if lengths.dtype.is_floating_point or lengths.dtype == torch.bool or lengths.is_complex():
@@ -121,6 +125,8 @@ def check_chain_call(u, x0, w_hh, res_kind, res, gamma, lengths, nonlinearity: s
     if nonlinearity not in NONLIN_CODES:
         raise ValueError(f"nonlinearity: expected 'tanh' or 'relu', got {nonlinearity!r}")
     if not isinstance(gamma, torch.Tensor):
+        if isinstance(gamma, bool) or not isinstance(gamma, numbers.Real):  # "0.1" would pass float()
+            raise TypeError(f"gamma: expected a number or a tensor, got {type(gamma).__name__} {gamma!r}")
         gamma = torch.tensor(float(gamma), dtype=u.dtype, device=u.device)
     if gamma.numel() != 1 and tuple(gamma.shape) != (H,):
         raise ValueError(f"gamma: expected a number or a tensor of shape () or ({H},), got {tuple(gamma.shape)}")

@@ -188,7 +188,12 @@ class FusedWCRNN(nn.Module):
                  learn_residual: bool = False, learn_gamma: bool = False, backend: str = "auto",
                  device=None, dtype=None, proj_size=None):
         super().__init__()
-        for name, v, lo in (("input_size", input_size, 0), ("hidden_size", hidden_size, 1),
+        for name, v in (("bias", bias), ("batch_first", batch_first), ("bidirectional", bidirectional)):
+            # nn.RNN: a TypeError for bias and batch_first; it takes any bidirectional, where "False" (from a config
+            # file or a command line) is truthy: refused too, an integer 0 / 1 allowed
+            if not isinstance(v, bool) and not (name == "bidirectional" and isinstance(v, int) and v in (0, 1)):
+                raise TypeError(f"{name}: expected a bool, got {type(v).__name__} {v!r}")
+        for name, v, lo in (("input_size", input_size, 1), ("hidden_size", hidden_size, 1),
                             ("num_layers", num_layers, 1)):
             if isinstance(v, bool) or not isinstance(v, numbers.Integral):  # nn.RNN: TypeError too
                 raise TypeError(f"{name}: expected an integer >= {lo}, got {type(v).__name__} {v!r}")
@@ -272,21 +277,21 @@ class FusedWCRNN(nn.Module):
                 for n, shape in names:
                     setattr(self, n, nn.Parameter(torch.empty(shape, **fk)))
                     self._flat_weights_names.append(n)
-        self.reset_parameters()
+        self._reset_weights()
 
         # Residual and coupling, per layer and direction, after the weights (they do not shift the RNG
-        # stream that nn.RNN's initialisation uses).
+        # stream that nn.RNN's initialisation uses), in the weights' dtype. What they were made from is kept
+        # (a copy of a tensor), so that reset_parameters() makes them again, as nn.RNN's resets every parameter
+        # (e.g. after to_empty() of a module built on the meta device).
+        fk["dtype"] = self.weight_ih_l0.dtype
+        # (plain floats: a pickled module must load with torch.load(weights_only=True) and only FusedWCRNN allowed)
+        self._state_init = tuple(v.detach().clone() if isinstance(v, torch.Tensor) else
+                                 None if v is None else float(v) for v in (r, gamma, theta))
         for layer in range(num_layers):
             for d in range(num_dir):
-                sfx = _suffix(layer, d)
-                self._register_state("gamma" + sfx, self._gamma_init(gamma, fk), learn_gamma)
-                if residual == "none":
-                    continue
-                self._register_state("r" + sfx, self._r_init(residual, r, fk), learn_residual)
-                if residual == "rotational":
-                    th = (theta.detach().clone().to(**{k: v for k, v in fk.items() if v is not None})
-                          if theta is not None else torch.rand(H // 2, **fk) * math.pi)
-                    self._register_state("theta" + sfx, th, learn_residual)
+                for name, value in self._initial_states(fk):
+                    learnable = learn_gamma if name == "gamma" else learn_residual
+                    self._register_state(name + _suffix(layer, d), value, learnable)
 
     # ----------------------------------------------------------------------------------- construction
     def _register_state(self, name, value, learnable):
@@ -299,14 +304,13 @@ class FusedWCRNN(nn.Module):
         if isinstance(gamma, torch.Tensor):
             g = gamma.detach().clone()
             g = g.reshape(()) if g.numel() == 1 else g
-            dtype = fk["dtype"] or (g.dtype if g.is_floating_point() else torch.get_default_dtype())
-            return g.to(dtype=dtype, device=fk["device"] or g.device)
+            return g.to(dtype=fk["dtype"], device=fk["device"] or g.device)
         return torch.tensor(float(gamma), **fk)
 
     def _r_init(self, kind, r, fk):
         H = self.hidden_size
         if isinstance(r, torch.Tensor) and r.numel() != 1:
-            return r.detach().clone().to(dtype=fk["dtype"] or r.dtype, device=fk["device"] or r.device)
+            return r.detach().clone().to(dtype=fk["dtype"], device=fk["device"] or r.device)
         val = float(r)
         if kind == "scalar":
             return torch.tensor(val, **fk)
@@ -316,11 +320,36 @@ class FusedWCRNN(nn.Module):
             return torch.full((H // 2,), val, **fk)
         return val * torch.eye(H, **fk)  # dense
 
-    def reset_parameters(self) -> None:
-        """nn.RNN's initialisation: every weight and bias uniform in [-1/sqrt(H), 1/sqrt(H)]."""
+    def _initial_states(self, fk):
+        """(name, value) of one layer and direction's residual and coupling states as constructed: gamma, then r
+        and theta (drawn uniformly from [0, pi) unless given) for the kinds that have them."""
+        r, gamma, theta = self._state_init
+        out = [("gamma", self._gamma_init(gamma, fk))]
+        if self.residual != "none":
+            out.append(("r", self._r_init(self.residual, 1.0 if r is None else r, fk)))
+        if self.residual == "rotational":
+            H = self.hidden_size
+            out.append(("theta", theta.detach().clone().to(**fk) if theta is not None
+                        else torch.rand(H // 2, **fk) * math.pi))
+        return out
+
+    def _reset_weights(self) -> None:
         stdv = 1.0 / math.sqrt(self.hidden_size) if self.hidden_size > 0 else 0
         for n in self._flat_weights_names:
             nn.init.uniform_(getattr(self, n), -stdv, stdv)
+
+    def reset_parameters(self) -> None:
+        """nn.RNN's initialisation of every weight and bias (uniform in [-1/sqrt(H), 1/sqrt(H)], the same draws
+        for the same seed), then the residual and coupling states as the constructor made them (r and gamma
+        from its arguments, theta drawn again unless it was given), learned values included."""
+        self._reset_weights()
+        w = self.weight_ih_l0
+        num_dir = 2 if self.bidirectional else 1
+        with torch.no_grad():
+            for layer in range(self.num_layers):
+                for d in range(num_dir):
+                    for name, value in self._initial_states({"dtype": w.dtype, "device": w.device}):
+                        getattr(self, name + _suffix(layer, d)).copy_(value)
 
     def flatten_parameters(self) -> None:
         """No-op, for nn.RNN compatibility (the fused op needs no flat weight buffer)."""
@@ -511,12 +540,7 @@ class FusedWCRNN(nn.Module):
             got = tuple(hx.shape) if batched else (hx.shape[0], hx.shape[2])
             raise ValueError(f"hx: expected shape {shown}, got {got}")
 
-        if B == 0:
-            dt = amp or x.dtype
-            out = x.new_zeros((T, 0, num_dir * H), dtype=dt)
-            h_n = x.new_zeros(expected_hx, dtype=dt)
-        else:
-            out, h_n = self._run_layers(x, hx, lengths, amp)
+        out, h_n = self._run_layers(x, hx, lengths, amp)
 
         if isinstance(input, PackedSequence):
             out = PackedSequence(out.reshape(T * B, -1).index_select(0, rows), batch_sizes, sorted_indices,

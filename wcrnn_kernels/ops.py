@@ -23,6 +23,7 @@ from torch import Tensor
 from torch.utils._device import DeviceContext as _DeviceContext  # the mode torch.set_default_device installs
 
 from .backends import get_backend, resolve_backend
+from .backends.compiled import check_same_device
 from .reference import compute_dtype, phi
 from .reference import wcrnn_chain_ref
 from .contract import check_chain_call
@@ -101,12 +102,16 @@ _chain_bwd = torch.library.custom_op("wcrnn_kernels::chain_bwd", _chain_bwd_impl
 
 @_chain_fwd.register_fake
 def _chain_fwd_fake(u, x0, w_hh, res, gamma, lengths, res_kind, nonlin, backend, save_a):
+    check_same_device("wcrnn_kernels::chain_fwd", "u x0 w_hh res gamma lengths", u, x0, w_hh, res, gamma, lengths)
     return torch.empty_like(u), torch.empty_like(x0), (torch.empty_like(u) if save_a else u.new_empty(_EMPTY))
 
 
 @_chain_bwd.register_fake
 def _chain_bwd_fake(grad_out, grad_hn, a, x0, out, w_hh, res, gamma, lengths, res_kind, nonlin, backend,
                     need_w, need_res, need_gamma):
+    check_same_device("wcrnn_kernels::chain_bwd", "a grad_out grad_hn x0 out w_hh res gamma lengths", a, grad_out,
+                      grad_hn, x0, out, w_hh, res, gamma, lengths)
+
     def maybe(t, need):
         return torch.empty_like(t) if need else a.new_empty(_EMPTY)
     return (torch.empty_like(a), torch.empty_like(x0), maybe(w_hh, need_w), maybe(res, need_res),

@@ -101,7 +101,8 @@ def copy_task(num_samples: int, delay: int = 100, *, num_symbols: int = 8, copy_
 
 
 def copy_baseline_loss(delay: int = 100, num_symbols: int = 8, copy_len: int = 10) -> float:
-    """Mean cross-entropy per step of the best memoryless strategy: L log K / (T + 2L)."""
+    """Mean cross-entropy per step of the best memoryless strategy: L log K / (delay + 2L), with L = copy_len
+    and K = num_symbols (a copy_task sequence is delay + 2L steps long)."""
     return copy_len * math.log(num_symbols) / (delay + 2 * copy_len)
 
 

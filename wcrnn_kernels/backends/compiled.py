@@ -15,6 +15,22 @@ from .. import _build
 _fakes_registered: set = set()
 
 
+def check_same_device(op: str, names: str, *tensors) -> None:
+    """Every tensor argument (None skipped) on the first one's device, else an error naming the argument.
+
+    The fakes run for meta tensors too: an op called with one meta argument among CPU or CUDA ones dispatches
+    to its fake, which would hand back uninitialised outputs on the first argument's device without a word
+    (a module built under ``torch.device("meta")`` whose residual or coupling was never materialised)."""
+    first = tensors[0]
+    for name, t in zip(names.split(), tensors):
+        if t is not None and t.device != first.device:
+            raise RuntimeError(f"{op}: {name} is on {t.device} but {names.split()[0]} is on {first.device}; every "
+                               "tensor argument must be on one device" +
+                               (" (a meta tensor has no data: materialise it, e.g. module.to_empty(device=...) "
+                                "then reset_parameters(), or load real values into it)"
+                                if "meta" in (t.device.type, first.device.type) else ""))
+
+
 def register_fakes(namespace: str = "wcrnn_C") -> None:
     """Fake (meta) implementations of the wcrnn_C ops, so that they trace under fake tensors / torch.compile.
 
@@ -28,11 +44,14 @@ def register_fakes(namespace: str = "wcrnn_C") -> None:
     @torch.library.register_fake(f"{namespace}::chain_fwd")
     def _chain_fwd_fake(u, x0, w_hh, res, gamma, lengths, res_kind, nonlin, save_a):
         torch._check(u.dim() == 3, lambda: f"{namespace}::chain_fwd: u: expected (T, B, H), got {tuple(u.shape)}")
+        check_same_device(f"{namespace}::chain_fwd", "u x0 w_hh res gamma lengths", u, x0, w_hh, res, gamma, lengths)
         return torch.empty_like(u), torch.empty_like(x0), (torch.empty_like(u) if save_a else u.new_empty((0,)))
 
     @torch.library.register_fake(f"{namespace}::chain_bwd")
     def _chain_bwd_fake(grad_out, grad_hn, a, w_hh, res, gamma, lengths, res_kind, nonlin, need_delta):
         torch._check(a.dim() == 3, lambda: f"{namespace}::chain_bwd: a: expected (T, B, H), got {tuple(a.shape)}")
+        check_same_device(f"{namespace}::chain_bwd", "a grad_out grad_hn w_hh res gamma lengths", a, grad_out,
+                          grad_hn, w_hh, res, gamma, lengths)
         delta = torch.empty_like(a) if need_delta else a.new_empty((0,))
         return torch.empty_like(a), torch.empty_like(grad_hn), delta
 
