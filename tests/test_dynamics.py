@@ -225,6 +225,8 @@ def test_bad_arguments_name_the_argument():
         lyapunov_spectrum(model, x, k=2, q0=torch.eye(8))
     with pytest.raises(ValueError, match="hx"):
         lyapunov_spectrum(model, x, hx=torch.zeros(1, 3, 8))
+    with pytest.raises(TypeError, match=r"model: expected a FusedWCRNN .* got RNN: FusedWCRNN.from_rnn\(model\)"):
+        lyapunov_spectrum(torch.nn.RNN(2, 8), x)
 
 
 def test_layer_and_direction_are_checked_as_the_module_checks_them():

@@ -120,6 +120,11 @@ def layer_inputs(model, input: Tensor, hx: Optional[Tensor] = None, layer: int =
     previous layer's output otherwise; dropout is not applied). ``input`` as the model takes it:
     (T, B, I), or (B, T, I) with ``batch_first``, or unbatched (T, I); all sequences of one length.
     """
+    if not callable(getattr(model, "chain_weights", None)):
+        hint = (": FusedWCRNN.from_rnn(model) is the same network (its exponents are the nn.RNN's)"
+                if isinstance(model, torch.nn.RNN) else "")
+        raise TypeError(f"model: expected a FusedWCRNN (anything with chain_weights(layer, direction)), got "
+                        f"{type(model).__name__}{hint}")
     num_dir = 2 if model.bidirectional else 1
     check_layer_direction(layer, direction, model.num_layers, model.bidirectional)
     if not isinstance(input, Tensor) or input.dim() not in (2, 3):
