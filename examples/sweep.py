@@ -231,7 +231,7 @@ def cmd_run(args):
     running = []  # (Popen, cfg)
     t0 = time.time()
     queue = list(todo)
-    failed = 0
+    failed = succeeded = 0
     while queue or running:
         while queue and len(running) < args.workers and (args.time_limit is None
                                                          or time.time() - t0 < args.time_limit):
@@ -258,13 +258,20 @@ def cmd_run(args):
             with open(os.path.join(args.results_dir, f"{cfg['experiment']}.jsonl"), "a") as f:
                 f.write(lines[-1] + "\n")
             res = json.loads(lines[-1])
+            succeeded += 1
             bar.update(1)
             bar.set_postfix_str(f"{cfg['experiment']} best {res['best_rms']:.3f} "
                                 f"({res['wall_time_s']:.0f} s)")
     bar.close()
     left = len(queue)
-    print(f"{'stopped by --time-limit with ' + str(left) + ' runs not started' if left else 'all runs done'}; "
-          f"wall time {time.time() - t0:.0f} s")
+    remaining = total - done_before - succeeded  # configs without a result line, failed runs included
+    if left:
+        status = f"stopped by --time-limit with {left} runs not started"
+    elif remaining:
+        status = f"{remaining} of {total} runs still to do (--max-runs, or failed runs): run the sweep again"
+    else:
+        status = "all runs done"
+    print(f"{status}; wall time {time.time() - t0:.0f} s")
 
 
 def cmd_one(args):

@@ -109,6 +109,7 @@ def test_sweep_runner_appends_and_resumes(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     first = lines()
     assert len(first) == 2 and first[0]["seed"] == 0 and all(len(r["test_rms"]) == 3 for r in first)
+    assert "runs still to do" in proc.stdout and "all runs done" not in proc.stdout, proc.stdout[-500:]
     proc = subprocess.run(cmd + ["--max-runs", "1"], capture_output=True, text=True, timeout=240, env=env, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr[-3000:]
     second = lines()
