@@ -177,6 +177,10 @@ def test_weak_coupling_check_warns_for_a_non_normal_residual_only():
     with pytest.warns(UserWarning, match="does not hold"):
         rep = weak_coupling_check(fb)
     assert rep.predicted_shift > 0.1
+    # R = 0 (no residual): no prediction to hold, said plainly (it printed "up to inf above -inf")
+    with pytest.warns(UserWarning, match="R = 0 .* prediction log\|lambda\(R\)\| is -inf") as caught:
+        rep = weak_coupling_check(FusedWCRNN(2, 16, residual="none", gamma=1.0, dtype=F64))
+    assert rep.spectral_radius == 0 and len(caught) == 1 and "inf above" not in str(caught[0].message)
 
 
 def test_non_normal_residual_exponent_needs_a_tiny_gamma():

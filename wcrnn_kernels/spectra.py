@@ -411,7 +411,11 @@ def weak_coupling_check(model, layer: int = 0, direction: int = 0, *, tol: float
     cw = model.chain_weights(layer, direction)
     R = canonical_residual_matrix(cw.res_kind, cw.res.detach().to(torch.float64))
     rep = nonnormality(R, gamma=cw.gamma, w_hh=cw.w_hh)
-    if warn and rep.predicted_shift is not None and rep.predicted_shift > tol:
+    if warn and rep.spectral_radius == 0:
+        warnings.warn("weak coupling: the residual is R = 0 (residual='none' or a zero r), so the prediction "
+                      "log|lambda(R)| is -inf: the Lyapunov exponents are those of gamma * diag(phi') W_hh alone, "
+                      "which the weak-coupling limit does not predict", stacklevel=2)
+    elif warn and rep.predicted_shift is not None and rep.predicted_shift > tol:
         warnings.warn(f"weak coupling: at gamma * ||W_hh||_2 = {rep.eps:.3g} the residual "
                       f"(eigenvalue condition {rep.eig_condition:.3g}, transient growth "
                       f"{rep.transient_growth:.3g}) can move the leading Lyapunov exponent by up to "
