@@ -216,10 +216,13 @@ def test_elman_rnn_equivalence_with_cudnn(target, monkeypatch):
 
 def _op_args(T=5, B=3, H=8, dtype=torch.float32, res_kind=1, seed=10, device="cuda"):
     """Op arguments with a contracting residual (every |eigenvalue| < 1), so that long chains stay finite:
-    diagonal values in [0, 1), rotation pairs with a^2 + b^2 < 1, a dense R with row sums under 0.9.
+    diagonal values in [0, 1), rotation-pair entries in [0, 0.45) (a unit's two coefficients, its own and its
+    partner's, sum under 0.9: every row of R does, so ||R||_inf < 0.9), a dense R with row sums under 0.9.
+    (rand(2, H) * 0.7 left independent pair entries with a spectral radius up to 1.4: 1.16 at the 64-bit offset
+    test's seed, NaN long before its 2^18 steps.)
     (H200 run 3: rand(H, H) and rotation pairs up to sqrt(2) overflowed to NaN, and NaN != NaN.)"""
     g = torch.Generator().manual_seed(seed)
-    res_shape, res_scale = {0: ((H,), 1.0), 1: ((2, H), 0.7), 2: ((H, H), 0.9 / H)}[res_kind]
+    res_shape, res_scale = {0: ((H,), 1.0), 1: ((2, H), 0.45), 2: ((H, H), 0.9 / H)}[res_kind]
     t = [torch.randn(T, B, H, generator=g), torch.randn(B, H, generator=g),
          torch.randn(H, H, generator=g) / H ** 0.5, torch.rand(*res_shape, generator=g) * res_scale,
          torch.rand(H, generator=g)]

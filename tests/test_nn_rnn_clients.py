@@ -2,6 +2,7 @@
 overrides, autocast, bad values, PackedSequence checks, the warning when "auto" loses the compiled backend."""
 from __future__ import annotations
 
+import copy
 import io
 import os
 import subprocess
@@ -333,9 +334,20 @@ def test_autocast_cuda_behaves_as_nn_rnn(backend, dtype):
     m_out, m_h, m_g = run(model, True)
     f_out, f_h, f_g = run(model, False)
     rf_out, rf_h, rf_g = run(rnn, False)
-    assert (m_out.dtype, m_h.dtype) == (r_out.dtype, r_h.dtype) == (dtype, dtype)
+    assert (m_out.dtype, m_h.dtype) == (dtype, dtype)
     eps = 2 ** -8 if dtype == torch.bfloat16 else 2 ** -11
-    assert max_rel_err(m_out, f_out) <= max(max_rel_err(r_out, rf_out), eps)
+    if r_out.dtype == dtype:
+        bound = max(max_rel_err(r_out, rf_out), eps)
+    else:
+        # cuDNN's RNN autocast casts to float16 whatever the autocast dtype (a bfloat16 request gives float16
+        # outputs, 8x more precise): the yardstick is then an nn.RNN that runs in bfloat16, under CPU autocast
+        # (a different implementation: within 2x of its error; ours was 0.75-0.93x of it on CPU, 5 seeds)
+        assert dtype == torch.bfloat16 and r_out.dtype == torch.float16, r_out.dtype
+        rnn_cpu, x_cpu = copy.deepcopy(rnn).cpu(), x.cpu()
+        with torch.autocast("cpu", dtype=dtype):
+            y_amp = rnn_cpu(x_cpu)[0]
+        bound = max(2 * max_rel_err(y_amp.float(), rnn_cpu(x_cpu)[0]), eps)
+    assert max_rel_err(m_out, f_out) <= bound
     for (name, p), g, gf, rg, rgf in zip(model.named_parameters(), m_g, f_g, r_g, rf_g):
         assert g.dtype == torch.float32, name
         assert max_rel_err(g, gf) <= max(2 * max_rel_err(rg, rgf), 4 * eps), name
