@@ -395,8 +395,12 @@ def test_training_step_in_a_cuda_graph(target, monkeypatch, path):
     for t in leaves:
         t.grad = None
     graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        static_out, static_hn = step()
+    stream = torch.cuda.current_stream()
+    try:
+        with torch.cuda.graph(graph):
+            static_out, static_hn = step()
+    finally:  # a failed capture leaves its side stream current: later tests in this worker would run there
+        torch.cuda.set_stream(stream)
     static_grads = [t.grad for t in leaves]
     names = ["output", "h_n", "dx", "dh0"] + [n for n, _ in sorted(model.named_parameters())]
     outputs = []
