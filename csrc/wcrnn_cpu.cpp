@@ -173,7 +173,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> run_chain(const Args& k, int64_t 
   const int kind = static_cast<int>(res_kind);
   AT_DISPATCH_FLOATING_TYPES(s.t.scalar_type(), "wcrnn_C chain (CPU)", [&] {
     const Kernels<scalar_t>& kern = kernels_of<scalar_t>(isa);
-    AlignedBuffer packed(sizeof(scalar_t) * kern.packed_elems(H, kind, backward));
+    // One forward step of a few rows (generation): no panels, the GEMM reads W_hh (and a dense R) as they are,
+    // with the same arithmetic (chain_kernels.h, step_gemm_direct); only the vectors are packed: pack(0, 0).
+    const bool direct = !backward && T == 1 && B <= kern.direct_rows;
+    AlignedBuffer packed(sizeof(scalar_t) *
+                         (direct ? kern.direct_packed_elems(H) : kern.packed_elems(H, kind, backward)));
     std::vector<scalar_t> res_units, gamma_units;
     const scalar_t* res_p = per_unit(prm.res, H, res_units);
     const scalar_t* gamma_p = per_unit(prm.gamma, H, gamma_units);
@@ -185,14 +189,18 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> run_chain(const Args& k, int64_t 
     // (B = 32, H = 256: 38 us of 105), while the other threads waited for the chain. At H = 128 sharing it
     // cost more than it saved (2 threads: a T = 1 call 13-16 us -> 19-22); from 256 it saves 8-11 us
     // (B = 32), 40 (H = 512, B = 1) and 230-400 (H = 1024, B = 8).
-    const int64_t panels = kern.pack_panels(H, kind, backward);
-    if (H >= 256) {
+    const int64_t panels = direct ? 0 : kern.pack_panels(H, kind, backward);
+    if (H >= 256 && !direct) {
       parallel_rows(panels, pack);
     } else {
       pack(0, panels);
     }
-    const ChainProblem<scalar_t> chain{prm.lengths_data(), T, B, H, kind, static_cast<int>(nonlin),
-                                       static_cast<const scalar_t*>(packed.ptr)};
+    ChainProblem<scalar_t> chain{prm.lengths_data(), T, B, H, kind, static_cast<int>(nonlin),
+                                 static_cast<const scalar_t*>(packed.ptr)};
+    if (direct) {
+      chain.w_direct = prm.w_hh.data_ptr<scalar_t>();
+      chain.r_direct = kind == kResDense ? prm.res.data_ptr<scalar_t>() : nullptr;
+    }
     const auto p = problem(chain, seq.data_ptr<scalar_t>(), state.data_ptr<scalar_t>(),
                            with_extra ? extra.data_ptr<scalar_t>() : nullptr);
     parallel_rows(B, [&](int64_t rb, int64_t re) {

@@ -477,6 +477,34 @@ def test_one_step_at_a_time_equals_the_whole_sequence_bitwise(kind, H):
     assert torch.equal(out, torch.cat(steps)) and torch.equal(h_n, h)
 
 
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["float32", "float64"])
+@pytest.mark.parametrize("kind", [0, 1, 2])
+def test_one_step_of_a_few_rows_reads_w_hh_directly_with_the_packed_arithmetic(kind, dtype):
+    """A forward of T = 1 and B <= 4 (generation) skips the pack and transposes W_hh's tiles as it multiplies
+    (chain_kernels.h, step_gemm_direct): bitwise the first step of a packed call (T = 2), for H around the
+    vector length and its tails, every B up to 4 and B = 5 (packed, the control), with lengths and a_out."""
+    from wcrnn_kernels import wcrnn_chain
+    for H in (1, 2, 9, 16, 33, 100):
+        if kind == 1 and H % 2:
+            continue
+        for B in (1, 2, 3, 4, 5):
+            g = torch.Generator().manual_seed(100 * H + B)
+            u = torch.randn(2, B, H, generator=g, dtype=dtype)
+            x0 = torch.randn(B, H, generator=g, dtype=dtype)
+            w = (torch.randn(H, H, generator=g, dtype=dtype) / H ** 0.5).requires_grad_()
+            res = {0: torch.rand(H, generator=g, dtype=dtype), 1: torch.rand(2, H, generator=g, dtype=dtype) * 0.5,
+                   2: torch.randn(H, H, generator=g, dtype=dtype) / H ** 0.5}[kind]
+            gam = torch.rand(H, generator=g, dtype=dtype)
+            lengths = torch.randint(0, 3, (B,), generator=g)
+            two, _ = wcrnn_chain(u, x0, w, kind, res, gam, lengths=lengths, backend="cpp")
+            one, h1 = wcrnn_chain(u[:1], x0, w, kind, res, gam, lengths=lengths.clamp(max=1), backend="cpp")
+            assert torch.equal(one[0], two[0]), (H, B)
+            g2, = torch.autograd.grad(two[0].sum(), w)  # through the saved pre-activations (a_out) of each
+            g1, = torch.autograd.grad(one[0].sum(), w)
+            assert torch.equal(g1, g2), (H, B)
+
+
 def _clang_command():
     import importlib.util
     if shutil.which("clang++"):

@@ -323,6 +323,57 @@ void step_gemm(int64_t n, int64_t K, const T* A1, const T* A2, int64_t lda, cons
   }
 }
 
+// The forward's step GEMM straight from W_hh (and, for the columns past Hp, a dense R), unpacked: each L x L tile
+// of L rows of W (L columns of W^T) is transposed in registers exactly as pack() would store it, and used at
+// once. Every output lane sums the same products in the same order as micro_tile does on the packed panels
+// (zero from k = 0 up, acc += a * b), so the results are bitwise a packed call's (test_cpp's one-step-at-a-time
+// test). For one step of a few rows (generation, T = 1): W is read once, where packing reads it, writes the
+// panels, and the GEMM reads them again (the pack was about 29 of a 36.5 us call at H = 512, B = 1). Rows in
+// blocks of kDirectRows, the tiles transposed once per block: callers take it for at most that many rows.
+constexpr int64_t kDirectRows = 4;
+
+template <typename T>
+void step_gemm_direct(int64_t n, int64_t H, const T* A, int64_t lda, const T* W, const T* R, int64_t N, T* C,
+                      int64_t ldc) {
+  using V = typename Vec<T>::V;
+  constexpr int64_t L = kLanes<T>;
+  const int64_t Hp = padded<T>(H), kfull = H / L * L;
+  for (int64_t c0 = 0; c0 < N; c0 += L) {
+    const T* rows[L];
+    for (int64_t i = 0; i < L; ++i) {
+      const int64_t col = c0 + i, m = col < Hp ? col : col - Hp;
+      rows[i] = m >= H ? nullptr : (col < Hp ? W : R) + m * H;
+    }
+    for (int64_t r0 = 0; r0 < n; r0 += kDirectRows) {
+      const int64_t nr = std::min<int64_t>(kDirectRows, n - r0);
+      const T* Ar = A + r0 * lda;
+      V acc[kDirectRows];
+      for (int64_t m = 0; m < kDirectRows; ++m) acc[m] = V{};
+      for (int64_t k0 = 0; k0 < kfull; k0 += L) {
+        V v[L];
+        for (int64_t i = 0; i < L; ++i) v[i] = rows[i] != nullptr ? loadu<T>(rows[i] + k0) : V{};
+        transpose_tile<T>(v);
+        for (int64_t j = 0; j < L; ++j) {
+          for (int64_t m = 0; m < nr; ++m) {
+            const V a = splat<T>(Ar[m * lda + k0 + j]);
+            acc[m] += a * v[j];
+          }
+        }
+      }
+      for (int64_t k = kfull; k < H; ++k) {
+        alignas(64) T lanes[L];
+        for (int64_t i = 0; i < L; ++i) lanes[i] = rows[i] != nullptr ? rows[i][k] : T(0);
+        const V b = load<T>(lanes);
+        for (int64_t m = 0; m < nr; ++m) {
+          const V a = splat<T>(Ar[m * lda + k]);
+          acc[m] += a * b;
+        }
+      }
+      for (int64_t m = 0; m < nr; ++m) store<T>(C + (r0 + m) * ldc + c0, acc[m]);
+    }
+  }
+}
+
 // ---------------------------------------------------------------------------------------------------------
 // Packing (once per call). Layout: gamma (Hp) | p0 (Hp) | q (Hp) | GEMM panels.
 // Residual epilogue: R x = p0 * x + q * swap_pairs(x) (diagonal: q unused; dense: in the GEMM).
@@ -486,7 +537,11 @@ void forward_rows_impl(const FwdProblem<T>& p, int64_t rb, int64_t re, T* ws) {
     T* out_t = p.out + base;
     T* a_t = p.a_out != nullptr ? p.a_out + base : nullptr;
     if (rows_done(len, rb, n, t, out_t, a_t, n * H)) continue;  // every row past its length: state kept
-    step_gemm<T, 1>(n, H, xa, nullptr, Hp, pk.panels, N, C, N);
+    if (p.w_direct != nullptr) {
+      step_gemm_direct<T>(n, H, xa, Hp, p.w_direct, p.r_direct, N, C, N);
+    } else {
+      step_gemm<T, 1>(n, H, xa, nullptr, Hp, pk.panels, N, C, N);
+    }
     const T* u_t = p.u + base;
     for (int64_t m = 0; m < n; ++m) {
       const T* ur = u_t + m * H;
@@ -623,6 +678,8 @@ Kernels<T> make_kernels() {
   k.pack_panels = &pack_panels<T>;
   k.pack = &pack<T>;
   k.workspace_elems = &workspace_elems<T>;
+  k.direct_rows = kDirectRows;
+  k.direct_packed_elems = [](int64_t hidden) { return 3 * padded<T>(hidden); };
   k.forward_rows = &forward_rows<T>;
   k.backward_rows = &backward_rows<T>;
   return k;

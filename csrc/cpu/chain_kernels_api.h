@@ -21,6 +21,10 @@ struct ChainProblem {
   int64_t steps, batch, hidden;
   int res_kind, nonlin;
   const T* packed;
+  // Forward only, non-null for a direct call (one step, a few rows: step-by-step generation): the GEMM reads
+  // W_hh (and a dense residual, r_direct) as they are, and `packed` holds only the vectors (gamma, p0, q).
+  const T* w_direct = nullptr;
+  const T* r_direct = nullptr;
 };
 
 // One forward chain: x_t = R(x_{t-1}) + gamma * phi(u_t + W_hh x_{t-1}), rows independent.
@@ -57,6 +61,8 @@ struct Kernels {
   int64_t (*workspace_elems)(int64_t hidden, int res_kind, bool backward, int64_t rows);
   void (*forward_rows)(const FwdProblem<T>& p, int64_t row_begin, int64_t row_end, T* workspace);
   void (*backward_rows)(const BwdProblem<T>& p, int64_t row_begin, int64_t row_end, T* workspace);
+  int64_t direct_rows;  // a one-step forward of at most this many rows runs direct (ChainProblem::w_direct)
+  int64_t (*direct_packed_elems)(int64_t hidden);  // what `pack` writes for it: the vectors only
 };
 
 struct IsaTable {
