@@ -175,7 +175,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> run_chain(const Args& k, int64_t 
     const Kernels<scalar_t>& kern = kernels_of<scalar_t>(isa);
     // One forward step of a few rows (generation): no panels, the GEMM reads W_hh (and a dense R) as they are,
     // with the same arithmetic (chain_kernels.h, step_gemm_direct); only the vectors are packed: pack(0, 0).
-    const bool direct = !backward && T == 1 && B <= kern.direct_rows;
+    const bool direct = !backward && T == 1 && B <= kDirectRows;
     AlignedBuffer packed(sizeof(scalar_t) *
                          (direct ? kern.direct_packed_elems(H) : kern.packed_elems(H, kind, backward)));
     std::vector<scalar_t> res_units, gamma_units;

@@ -329,8 +329,8 @@ void step_gemm(int64_t n, int64_t K, const T* A1, const T* A2, int64_t lda, cons
 // (zero from k = 0 up, acc += a * b), so the results are bitwise a packed call's (test_cpp's one-step-at-a-time
 // test). For one step of a few rows (generation, T = 1): W is read once, where packing reads it, writes the
 // panels, and the GEMM reads them again (the pack was about 29 of a 36.5 us call at H = 512, B = 1). Rows in
-// blocks of kDirectRows, the tiles transposed once per block: callers take it for at most that many rows.
-constexpr int64_t kDirectRows = 4;
+// blocks of kDirectRows (chain_kernels_api.h), the tiles transposed once per block: callers take it for at most
+// that many rows.
 
 template <typename T>
 void step_gemm_direct(int64_t n, int64_t H, const T* A, int64_t lda, const T* W, const T* R, int64_t N, T* C,
@@ -678,7 +678,6 @@ Kernels<T> make_kernels() {
   k.pack_panels = &pack_panels<T>;
   k.pack = &pack<T>;
   k.workspace_elems = &workspace_elems<T>;
-  k.direct_rows = kDirectRows;
   k.direct_packed_elems = [](int64_t hidden) { return 3 * padded<T>(hidden); };
   k.forward_rows = &forward_rows<T>;
   k.backward_rows = &backward_rows<T>;

@@ -61,9 +61,12 @@ struct Kernels {
   int64_t (*workspace_elems)(int64_t hidden, int res_kind, bool backward, int64_t rows);
   void (*forward_rows)(const FwdProblem<T>& p, int64_t row_begin, int64_t row_end, T* workspace);
   void (*backward_rows)(const BwdProblem<T>& p, int64_t row_begin, int64_t row_end, T* workspace);
-  int64_t direct_rows;  // a one-step forward of at most this many rows runs direct (ChainProblem::w_direct)
-  int64_t (*direct_packed_elems)(int64_t hidden);  // what `pack` writes for it: the vectors only
+  int64_t (*direct_packed_elems)(int64_t hidden);  // what `pack` writes for a direct call: the vectors only
 };
+
+// A one-step forward of at most this many rows runs direct (ChainProblem::w_direct; chain_kernels.h,
+// step_gemm_direct, takes its rows in blocks of this many).
+constexpr int64_t kDirectRows = 4;
 
 struct IsaTable {
   const char* name;  // "default", "avx2" or "avx512"
