@@ -7,8 +7,9 @@ For each (shape, mode, impl), float32, the benchmarks' own layer (benchmarks/ben
 call's time with CUDA events and its host time (until it returned), then the device activities of --calls
 profiled calls, per call: how many kernels (and copies / fills) ran, their summed device time, and the
 longest ones by name; then the call captured in a CUDA graph and replayed: its device time with no host in it
-(what torch.cuda.graphs or torch.compile(mode="reduce-overhead") would leave of the call). Device time well under the call's time: the device waited (for the host, or between
-launches); one activity taking most of it: that one is the cost. The question it answers (issue 11): in run 5
+(what torch.cuda.graphs or torch.compile(mode="reduce-overhead") would leave of the call). Device time well
+under the call's time: the device waited (for the host, or between launches); one activity taking most of it:
+that one is the cost. The question it answers (issue 11): in run 5
 (benchmarks/results/h200-67b95f2-run5-verify) `auto`'s float32 forward was behind cuDNN by 0.13-0.21 ms per call
 at S1, S3 and S4 (ahead by 0.06 at S2), and its backward (forward+backward less forward) took 1.1-1.5 ms at
 S1, S2 and S4 whatever T (100-1024), cuDNN's 0.57-0.96: is that the chain kernels, the module's other kernels

@@ -536,22 +536,19 @@ def test_torch_func_transforms_and_forward_ad_match_nn_rnn(backend, reference_wa
         assert max_rel_err(ours, theirs) < 1e-12
 
 
-def test_plain_calls_do_not_take_the_reference(reference_warning_reset):
+def test_plain_calls_do_not_take_the_reference(reference_warning_reset, monkeypatch):
     # positive control of the routing: functional_call without a transform, and plain calls, stay fused
     from wcrnn_kernels import ops
     rnn, model = _elman_pair()
     calls = []
     real = ops.wcrnn_chain_ref
-    try:
-        ops.wcrnn_chain_ref = lambda *a, **k: calls.append(1) or real(*a, **k)
-        x = torch.randn(4, 2, 3, dtype=F64, requires_grad=True)
-        model(x)[0].sum().backward()
-        torch.func.functional_call(model, dict(model.named_parameters()), (x,))
-        assert calls == [] and not ops._REFERENCE_WARNED
-        torch.func.jvp(lambda xi: model(xi)[0], (x.detach(),), (torch.ones_like(x),))
-        assert calls  # the control: a transform does reach it
-    finally:
-        ops.wcrnn_chain_ref = real
+    monkeypatch.setattr(ops, "wcrnn_chain_ref", lambda *a, **k: calls.append(1) or real(*a, **k))
+    x = torch.randn(4, 2, 3, dtype=F64, requires_grad=True)
+    model(x)[0].sum().backward()
+    torch.func.functional_call(model, dict(model.named_parameters()), (x,))
+    assert calls == [] and not ops._REFERENCE_WARNED
+    torch.func.jvp(lambda xi: model(xi)[0], (x.detach(),), (torch.ones_like(x),))
+    assert calls  # the control: a transform does reach it
 
 
 def test_second_derivatives_through_torch_func_match_the_reference_backend():

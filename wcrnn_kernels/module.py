@@ -287,11 +287,8 @@ class FusedWCRNN(nn.Module):
         # (plain floats: a pickled module must load with torch.load(weights_only=True) and only FusedWCRNN allowed)
         self._state_init = tuple(v.detach().clone() if isinstance(v, torch.Tensor) else
                                  None if v is None else float(v) for v in (r, gamma, theta))
-        for layer in range(num_layers):
-            for d in range(num_dir):
-                for name, value in self._initial_states(fk):
-                    learnable = learn_gamma if name == "gamma" else learn_residual
-                    self._register_state(name + _suffix(layer, d), value, learnable)
+        for kind, name, value in self._initial_states(fk):
+            self._register_state(name, value, learn_gamma if kind == "gamma" else learn_residual)
 
     # ----------------------------------------------------------------------------------- construction
     def _register_state(self, name, value, learnable):
@@ -321,17 +318,19 @@ class FusedWCRNN(nn.Module):
         return val * torch.eye(H, **fk)  # dense
 
     def _initial_states(self, fk):
-        """(name, value) of one layer and direction's residual and coupling states as constructed: gamma, then r
-        and theta (drawn uniformly from [0, pi) unless given) for the kinds that have them."""
+        """(kind, name, value) of every layer and direction's residual and coupling states as constructed, in
+        construction order: per layer and direction gamma, then r and theta (drawn uniformly from [0, pi) unless
+        given) for the residual kinds that have them."""
         r, gamma, theta = self._state_init
-        out = [("gamma", self._gamma_init(gamma, fk))]
-        if self.residual != "none":
-            out.append(("r", self._r_init(self.residual, 1.0 if r is None else r, fk)))
-        if self.residual == "rotational":
-            H = self.hidden_size
-            out.append(("theta", theta.detach().clone().to(**fk) if theta is not None
-                        else torch.rand(H // 2, **fk) * math.pi))
-        return out
+        for layer in range(self.num_layers):
+            for d in range(2 if self.bidirectional else 1):
+                sfx = _suffix(layer, d)
+                yield "gamma", "gamma" + sfx, self._gamma_init(gamma, fk)
+                if self.residual != "none":
+                    yield "r", "r" + sfx, self._r_init(self.residual, 1.0 if r is None else r, fk)
+                if self.residual == "rotational":
+                    yield "theta", "theta" + sfx, (theta.detach().clone().to(**fk) if theta is not None
+                                                   else torch.rand(self.hidden_size // 2, **fk) * math.pi)
 
     def _reset_weights(self) -> None:
         stdv = 1.0 / math.sqrt(self.hidden_size) if self.hidden_size > 0 else 0
@@ -344,21 +343,16 @@ class FusedWCRNN(nn.Module):
         from its arguments, theta drawn again unless it was given), learned values included."""
         self._reset_weights()
         w = self.weight_ih_l0
-        num_dir = 2 if self.bidirectional else 1
         with torch.no_grad():
-            for layer in range(self.num_layers):
-                for d in range(num_dir):
-                    for name, value in self._initial_states({"dtype": w.dtype, "device": w.device}):
-                        getattr(self, name + _suffix(layer, d)).copy_(value)
+            for _, name, value in self._initial_states({"dtype": w.dtype, "device": w.device}):
+                getattr(self, name).copy_(value)
 
     def flatten_parameters(self) -> None:
         """No-op, for nn.RNN compatibility (the fused op needs no flat weight buffer)."""
 
     @property
     def all_weights(self) -> list[list[Tensor]]:
-        per = 4 if self.bias else 2
-        ws = self._flat_weights
-        return [ws[i:i + per] for i in range(0, len(ws), per)]
+        return [[getattr(self, n) for n in names] for names in self._all_weights]
 
     # nn.RNNBase's names for the same things, which client code reads (weight-drop wrappers, init loops)
     @property
