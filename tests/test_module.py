@@ -218,6 +218,40 @@ def test_dropout_only_in_training_and_between_layers():
     assert torch.equal(single(x)[0], single(x)[0])  # no dropout after the last layer
 
 
+def _autograd_nodes(t):
+    seen, todo = set(), [t.grad_fn]
+    while todo:
+        fn = todo.pop()
+        if fn is not None and fn not in seen:
+            seen.add(fn)
+            todo.extend(f for f, _ in fn.next_functions)
+    return {type(fn).__name__ for fn in seen}
+
+
+@pytest.mark.parametrize("I", [1, 2, 7, 12, 16])
+def test_cpu_input_projection_of_narrow_inputs(I, monkeypatch):
+    """At 2 <= I <= 12 the CPU module multiplies by a contiguous copy of W_ih^T (module._input_projection, for a
+    faster weight gradient; benchmarks/bench_projection.py): the same outputs and gradients as F.linear's to
+    float32 rounding, bitwise the same with grad and without, and the copy is in the graph only at those widths."""
+    import wcrnn_kernels.module as module
+    torch.manual_seed(0)
+    model = FusedWCRNN(I, 16, num_layers=2, bidirectional=True)
+    x = torch.randn(7, 3, I, requires_grad=True)
+    out, h = model(x)
+    with torch.no_grad():
+        out_ng, h_ng = model(x)
+    assert torch.equal(out_ng, out) and torch.equal(h_ng, h)
+    # only the first layer's projection is narrow (the second layer's input is 32 wide): one copy per direction
+    assert ("CloneBackward0" in _autograd_nodes(out)) == (2 <= I <= 12)
+    grads = grads_of(model, [x], (out, h))
+    monkeypatch.setattr(module, "_SKINNY_INPUT", range(0))  # F.linear as given
+    out_l, h_l = model(x)
+    assert "CloneBackward0" not in _autograd_nodes(out_l)
+    assert_all_close((out, h), (out_l, h_l), rtol=1e-6, names=("output", "h_n"))
+    grads_l = grads_of(model, [x], (out_l, h_l))
+    assert_all_close(list(grads.values()), [grads_l[k] for k in grads], rtol=1e-5, names=list(grads))
+
+
 def test_batch_zero_and_repr():
     m = FusedWCRNN(3, 4, num_layers=2, bidirectional=True)
     out, h = m(torch.zeros(5, 0, 3))
