@@ -86,7 +86,7 @@ def main():
 
         fns = {
             "F.linear": lambda: torch.nn.functional.linear(x, w, b).backward(g),
-            "projection": lambda: module._input_projection(x, w, b).backward(g),
+            "projection": lambda: module._input_projection(x, w, b, I).backward(g),
             "step linear": step_linear,
             "step module": step,
         }

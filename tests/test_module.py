@@ -218,35 +218,54 @@ def test_dropout_only_in_training_and_between_layers():
     assert torch.equal(single(x)[0], single(x)[0])  # no dropout after the last layer
 
 
-def _autograd_nodes(t):
+def _clones_in_graph(t):
+    """How many CloneBackward0 nodes the autograd graph of t has."""
     seen, todo = set(), [t.grad_fn]
     while todo:
         fn = todo.pop()
         if fn is not None and fn not in seen:
             seen.add(fn)
             todo.extend(f for f, _ in fn.next_functions)
-    return {type(fn).__name__ for fn in seen}
+    return sum(type(fn).__name__ == "CloneBackward0" for fn in seen)
 
 
+@pytest.mark.parametrize("batch_first", [False, True], ids=["time_major", "batch_first"])
 @pytest.mark.parametrize("I", [1, 2, 7, 12, 16])
-def test_cpu_input_projection_of_narrow_inputs(I, monkeypatch):
+def test_cpu_input_projection_of_narrow_inputs(I, batch_first, monkeypatch):
     """At 2 <= I <= 12 the CPU module multiplies by a contiguous copy of W_ih^T (module._input_projection, for a
     faster weight gradient; benchmarks/bench_projection.py): the same outputs and gradients as F.linear's to
-    float32 rounding, bitwise the same with grad and without, and the copy is in the graph only at those widths."""
+    float32 rounding, bitwise the same with grad, without and in inference mode (batch_first: a transposed
+    input, which F.linear's grad and no-grad forms once rounded differently at B = 2-6), the copy in the graph
+    only at those widths, and torch.jit.trace without a warning from it."""
+    import inspect
+    import warnings
+
     import wcrnn_kernels.module as module
     torch.manual_seed(0)
-    model = FusedWCRNN(I, 16, num_layers=2, bidirectional=True)
-    x = torch.randn(7, 3, I, requires_grad=True)
+    model = FusedWCRNN(I, 32, num_layers=2, bidirectional=True, batch_first=batch_first)
+    for B in (2, 3, 5):
+        x = torch.randn((B, 50, I) if batch_first else (50, B, I))
+        out, h = model(x)
+        with torch.no_grad():
+            out_ng, h_ng = model(x)
+        with torch.inference_mode():
+            out_im, h_im = model(x)
+        assert torch.equal(out_ng, out) and torch.equal(h_ng, h), B
+        assert torch.equal(out_im, out) and torch.equal(h_im, h), B
+    x = torch.randn((3, 7, I) if batch_first else (7, 3, I), requires_grad=True)
     out, h = model(x)
-    with torch.no_grad():
-        out_ng, h_ng = model(x)
-    assert torch.equal(out_ng, out) and torch.equal(h_ng, h)
-    # only the first layer's projection is narrow (the second layer's input is 32 wide): one copy per direction
-    assert ("CloneBackward0" in _autograd_nodes(out)) == (2 <= I <= 12)
     grads = grads_of(model, [x], (out, h))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        traced = torch.jit.trace(model, (x.detach(),), check_trace=False)
+    lines, first = inspect.getsourcelines(module._input_projection)
+    assert not [w for w in caught if w.filename == module.__file__ and first <= w.lineno < first + len(lines)]
+    assert torch.equal(traced(x.detach())[0], out.detach())
     monkeypatch.setattr(module, "_SKINNY_INPUT", range(0))  # F.linear as given
     out_l, h_l = model(x)
-    assert "CloneBackward0" not in _autograd_nodes(out_l)
+    # only the first layer's projection is narrow (the second layer's input is 64 wide): a copy of W_ih^T per
+    # direction (and of a batch_first input, which F.linear copies too, in its own graph nodes)
+    assert (_clones_in_graph(out) > _clones_in_graph(out_l)) == (2 <= I <= 12)
     assert_all_close((out, h), (out_l, h_l), rtol=1e-6, names=("output", "h_n"))
     grads_l = grads_of(model, [x], (out_l, h_l))
     assert_all_close(list(grads.values()), [grads_l[k] for k in grads], rtol=1e-5, names=list(grads))

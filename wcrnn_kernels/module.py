@@ -70,16 +70,20 @@ def _reverse_time(x: Tensor, lengths: Optional[Tensor]) -> Tensor:
 _SKINNY_INPUT = range(2, 13)
 
 
-def _input_projection(inp: Tensor, w_ih: Tensor, bias: Optional[Tensor]) -> Tensor:
-    """u = F.linear(inp, w_ih, bias) over (T, B, I). On the CPU with 2 <= I <= 12 the weight is passed as a
+def _input_projection(inp: Tensor, w_ih: Tensor, bias: Optional[Tensor], width: int) -> Tensor:
+    """u = F.linear(inp, w_ih, bias) over (T, B, I), I = `width` (a Python int: under torch.jit.trace a tensor's
+    size would be traced, and testing it would warn). On the CPU with 2 <= I <= 12 the weight is passed as a
     transposed view of a contiguous copy of w_ih^T (the same values): F.linear then multiplies by that copy as
     it is, and its backward computes the weight's gradient as input^T @ grad (an I x H product) instead of
     grad^T @ input, which CPU BLAS runs 2-7x slower at these widths. Measured with
     benchmarks/bench_projection.py at S4's T x B x H (2-core VM): the projection's forward and backward 2.3-2.6x
     faster in float32 at I = 2-8 (1.3x at 12), 1.1-1.3x in bfloat16, the same at I = 1 and I >= 16; a whole
-    float32 training step 1.02-1.14x (its controls at I = 1, 16, 32: 0.97-1.12). The copy (I x H words) costs a call about 2 us; it is made with grad or
-    without, so that a call's result never depends on the mode (the two forms round differently)."""
-    if inp.device.type == "cpu" and w_ih.shape[1] in _SKINNY_INPUT:
+    float32 training step 1.02-1.14x (its controls at I = 1, 16, 32: 0.97-1.12). The copy (I x H words) and the
+    input made contiguous (a batch_first input is a transposed view) cost a call 2-3 us. Both are made with grad
+    or without: with either missing, F.linear's grad and no-grad forms round differently (1 ulp), and a call's
+    result must not depend on the mode."""
+    if inp.device.type == "cpu" and width in _SKINNY_INPUT:
+        inp = inp.contiguous()
         w_ih = w_ih.t().contiguous().t()
     return F.linear(inp, w_ih, bias)
 
@@ -599,7 +603,8 @@ class FusedWCRNN(nn.Module):
                             out, h = self._reference_layer(inp.to(sdt), x0, layer, d, dev_lengths)
                 else:
                     cw = cws[layer * num_dir + d]
-                    u = _input_projection(inp, cw.w_ih, cw.bias)  # under autocast: in the autocast dtype
+                    width = self.input_size if layer == 0 else self.hidden_size * num_dir
+                    u = _input_projection(inp, cw.w_ih, cw.bias, width)  # under autocast: in the autocast dtype
                     if amp is None:
                         plain = plain_mode and _plain_tensors(u, x0, cw.w_hh, cw.res, cw.gamma)
                         out, h = run_chain(u, x0, cw.w_hh, cw.res_kind, cw.res, cw.gamma, dev_lengths, nonlin,
