@@ -13,10 +13,11 @@
 #   and compared bit for bit); one benchmark line per (nn.RNN/cuDNN, cuda, triton, GEMM floor) x (forward,
 #   forward+backward) x (float32, bfloat16) x (S1-S4, G4) with microseconds per step (scripts/gpu_bench.py),
 #   and in float32 nn.RNN without TF32 and Triton at "high" / "medium" matmul precision (is the gap TF32?);
-#   the CUDA paths that "auto" passes over (cuda:block, cuda:grid) at S1-S4, against "auto"'s (the register
-#   path there in float32 and bfloat16: is it still the fastest?); right after tier 1, before tier 2, Nsight
-#   Compute on the block and register paths' kernels at S1 (scripts/gpu_profile.py; its report goes to full.log,
-#   key lines to summary.txt): where the register path's step goes is the open question of the float32 gap to
+#   the CUDA paths that "auto" passes over (cuda:block, cuda:grid, and the opt-in tiled register path
+#   cuda:tiled) at S1-S4, against "auto"'s (the register path there in float32 and bfloat16: is it still the
+#   fastest?); right after tier 1, before tier 2, Nsight Compute on the kernels of the register path and the
+#   tiled register path at S1 (scripts/gpu_profile.py; its report goes to full.log, key lines to
+#   summary.txt): where the register path's step goes is the open question of the float32 gap to
 #   cuDNN, and run 4's tier 2 left it no time (tier 2, clean in runs 3 and 4, takes what is left); before it, the
 #   timeline of one call kernel by kernel at S1 and S4 (scripts/gpu_trace.py, torch.profiler: trace lines in
 #   summary.txt), for the per-call part of that gap.
@@ -191,15 +192,18 @@ tier1() {
     # block path that does not fit (S3) is recorded as refused, by design. cuda/chain: "auto"'s chain alone, on a
     # precomputed input projection; the layer's time less it is what the module adds per call (a two-point fit
     # of S1 and S4 in run 5, if B does not change the step: 0.31 ms a call and 0.43 us a step at H = 128 in
-    # float32 against cuDNN's 0.17 ms and 0.44 us; this tells whether the gap is the call or the chain)
+    # float32 against cuDNN's 0.17 ms and 0.44 us; this tells whether the gap is the call or the chain).
+    # cuda:tiled: the tiled register path (opt-in, never measured before; refused at S3's H = 256), a
+    # quarter of the register path's shared-memory reads per step: "auto" should take it where it is faster.
     local rshapes=S1,S2,S3,S4
     [ "$DRY" = 1 ] && rshapes=S2
     run_or_fail cuda-paths 90 "$WORK/cuda-paths.log" $PY scripts/gpu_bench.py --out "$OUTDIR/bench.jsonl" \
-        --impls cuda:block,cuda:grid,cuda/chain --shapes "$rshapes" --tag cuda-paths "${DRYARG[@]}"
+        --impls cuda:block,cuda:grid,cuda:tiled,cuda/chain --shapes "$rshapes" --tag cuda-paths "${DRYARG[@]}"
 }
 
 # Tier 1's diagnosis, run right after tier 1 (before tier 2: run 4's sanitizers left it no time): where a step's
-# time goes, Nsight Compute on the forward and backward kernels of the block and register paths at S1 (one launch each).
+# time goes, Nsight Compute at S1 on the forward and backward kernels of the register path and the tiled register
+# path (one launch each; the block path, which "auto" no longer takes there, was dropped for it).
 # Its failure (e.g. no access to the performance counters) fails nothing.
 profile() {
     # first the timeline of one call, kernel by kernel (torch.profiler, ~30 s): float32 S1 and S4, nn.RNN and auto,
@@ -209,11 +213,11 @@ profile() {
     ncu=$(command -v ncu 2>/dev/null || ls "${CUDA_HOME:-/usr/local/cuda}/bin/ncu" /usr/local/cuda/bin/ncu 2>/dev/null \
           | head -1)
     if [ "$DRY" = 1 ]; then
-        step profile 60 "$WORK/profile.log" $PY scripts/gpu_profile.py --shape S1 --paths block,regs --dry-run
+        step profile 60 "$WORK/profile.log" $PY scripts/gpu_profile.py --shape S1 --paths regs,tiled --dry-run
     elif [ -n "$ncu" ]; then
         step profile 90 "$WORK/profile.log" "$ncu" -k regex:chain_ --launch-count 4 --section SpeedOfLight \
             --section LaunchStats --section Occupancy --section SchedulerStats --section WarpStateStats \
-            --section MemoryWorkloadAnalysis $PY scripts/gpu_profile.py --shape S1 --paths block,regs
+            --section MemoryWorkloadAnalysis $PY scripts/gpu_profile.py --shape S1 --paths regs,tiled
     else
         log "ncu not found: no profile"
     fi
@@ -348,22 +352,22 @@ if keys and cuda:
     print('CUDA paths: ms per call; "auto" = the cuda lines; best forced / auto > 1: "auto" took the faster path;')
     print('chain: the chain alone (cuda/chain), "auto" less it = what the module adds per call; host: ms until the')
     print('call returned (work enqueued, not waited for): close to the call\'s ms, the call is bound by host time')
-    print(f"{'dtype':8} {'shape':5} {'mode':16} {'nn.RNN':>9} {'auto':>9} {'block':>9} {'grid':>9} {'regs':>9} "
+    print(f"{'dtype':8} {'shape':5} {'mode':16} {'nn.RNN':>9} {'auto':>9} {'block':>9} {'grid':>9} {'tiled':>9} "
           f"{'chain':>9} {'best/auto':>9} {'nnRNN/auto':>10} {'host RNN':>9} {'host auto':>9}")
     for dt, sh, mo in keys:
-        got = {p: ms.get((dt, sh, mo, f"{c}:{p}")) for p in ("block", "grid", "regs")}
+        got = {p: ms.get((dt, sh, mo, f"{c}:{p}")) for p in ("block", "grid", "tiled")}
         auto, rnn = ms.get((dt, sh, mo, c)), ms.get((dt, sh, mo, "nn.RNN"))
         forced = [v for v in got.values() if v]
         f = lambda v: f"{v:9.3f}" if v else f"{'-':>9}"  # noqa: E731
         r = lambda v, w, n: f"{v / w:{n}.2f}" if v and w else f"{'-':>{n}}"  # noqa: E731
-        print(f"{dt:8} {sh:5} {mo:16} {f(rnn)} {f(auto)} {f(got['block'])} {f(got['grid'])} {f(got['regs'])} "
+        print(f"{dt:8} {sh:5} {mo:16} {f(rnn)} {f(auto)} {f(got['block'])} {f(got['grid'])} {f(got['tiled'])} "
               f"{f(ms.get((dt, sh, mo, c + '/chain')))} {r(min(forced) if forced else None, auto, 9)} "
               f"{r(rnn, auto, 10)} {f(host.get((dt, sh, mo, 'nn.RNN')))} {f(host.get((dt, sh, mo, c)))}")
 EOF
 fi
 grep -E "^(trace |    )" "$WORK/trace.log" 2>/dev/null | cut -c1-240 | head -120 >> "$SUMMARY"
 cat "$WORK"/fp32-precision.log "$WORK"/cuda-paths.log 2>/dev/null | grep -E "^(fp32-precision|cuda-paths) " >> "$SUMMARY"
-grep -E "chain_.*kernel|^ +(Duration|Registers Per Thread|Warp Cycles Per Issued Instruction|Issue Slots Busy|Compute \(SM\) Throughput) " \
+grep -E "chain_.*kernel|^ +(Duration|Registers Per Thread|Warp Cycles Per Issued Instruction|Issue Slots Busy|Compute \(SM\) Throughput|Mem Pipes Busy|Max Bandwidth) " \
     "$WORK/profile.log" 2>/dev/null | cut -c1-160 >> "$SUMMARY"
 if [ -f "$OUTDIR/sanitize.log" ]; then
     # (each refused plan is in sanitize.log; "sanitizer cases done" counts them)

@@ -10,9 +10,9 @@ same (rounded) inputs, by max |x - ref| / max |ref| per tensor:
   float32            at most 4x the reference loop's own float32 error (cuBLAS fp32), floor 1e-5;
   bfloat16/float16   at most 2x the "torch" backend's error in that dtype (it keeps fp32 state too) plus one
                      epsilon of the dtype.
-The CUDA backend runs each case on every path (WCRNN_CUDA_PATH=grid / block / regs); a path the planner
+The CUDA backend runs each case on every path (WCRNN_CUDA_PATH=grid / block / regs / tiled); a path the planner
 refuses (W_hh does not fit one block's shared memory; the register path past H = 256, 128 in float64, 64 with
-a dense residual) is recorded as "refused", never as a failure, where sanitize_cases.cuda_path_refused predicts it;
+a dense residual; the tiled register path past H = 128, 64 in float64, and the dense form) is recorded as "refused", never as a failure, where sanitize_cases.cuda_path_refused predicts it;
 an unpredicted refusal is an error. One long grid-path run (T = 2048, H = 1024,
 float32) and one on the register path (T = 2048, H = 128) run twice and must agree bit for bit. Outputs start as NaN
 (WCRNN_POISON_OUTPUTS=1 for the CUDA op, torch.empty* poisoned for the Triton launchers), so an element a
@@ -247,7 +247,7 @@ def main():
             raise SystemExit(f"backend {name!r} is not available: {why}")
     # grid first: should a refused block plan ever take the process down (the first H200 run), the case's grid
     # result is in already
-    paths = ("grid", "block", "regs") if args.backend == "cuda" else (None,)
+    paths = ("grid", "block", "regs", "tiled") if args.backend == "cuda" else (None,)
     counts = {}
 
     def emit(rec):

@@ -399,6 +399,8 @@ def assert_launch_path(log, path, n_min=2, several_blocks=True):
         if path == "regs":  # one thread per unit, in whole warps: at most 256 threads
             threads = int(line.split("block=")[1].split()[0])
             assert line.startswith("ordinary") and threads <= 256 and threads % 32 == 0, line
+        elif path == "tiled":  # one thread per word of the padded row: 64 or 128
+            assert line.startswith("ordinary") and int(line.split("block=")[1].split()[0]) in (64, 128), line
         elif path == "block":
             assert line.startswith("ordinary") and " block=256 " in line, line
         else:

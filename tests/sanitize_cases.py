@@ -32,7 +32,7 @@ CPP_DTYPES = ("float32", "float64")
 
 # cuda-emulated: (path, WCRNN_CUDA_ROWS, WCRNN_CUDA_ROW_GROUPS) x dtype x kind x (T, B, H)
 CUDA_PLANS = (("block", "", ""), ("grid", "", ""), ("grid", "8", "1"), ("block", "8", ""), ("regs", "", ""),
-              ("regs", "8", ""))
+              ("regs", "8", ""), ("tiled", "", ""), ("tiled", "8", ""))
 CUDA_DTYPES = ("float64", "float32", "float16", "bfloat16")
 CUDA_KINDS = ("diagonal", "rotational", "dense")
 CUDA_SIZES = ((3, 5, 17), (1, 1, 2), (2, 13, 130))
@@ -48,13 +48,16 @@ def cuda_path_refused(path, kind, H, dtype="float64"):
     dense R) must fit one block's shared memory (at most 227 KiB). The register path (chain_cuda.cuh
     regs_slots): 128 32-bit registers of matrix per thread hold K = 64 or 128 words of a row, at most K more
     in shared memory without a dense residual: H <= 256 in float32 / float16 / bfloat16, H <= 128 in float64,
-    H <= 64 with a dense residual and never float64 with one."""
+    H <= 64 with a dense residual and never float64 with one. The tiled register path (chain_cuda.cuh tiled_slots):
+    a 4 x H/4 tile of W_hh per thread, the elementwise forms only, H <= 128 (float64: 64)."""
     nbytes = _BYTES[str(dtype).rsplit(".", 1)[-1]]
     dense = kind == "dense"
     if path == "block" and H * H * (2 if dense else 1) * nbytes > 227 * 1024:
         return f"WCRNN_CUDA_PATH=block but H={H} needs .* bytes of shared memory"
     if path == "regs" and (H > (128 if nbytes == 8 else 256) or (dense and (H > 64 or nbytes == 8))):
         return f"WCRNN_CUDA_PATH=regs but H={H} does not fit the register path"
+    if path == "tiled" and (dense or H > (64 if nbytes == 8 else 128)):
+        return f"WCRNN_CUDA_PATH=tiled but H={H} does not fit the tiled register path"
     return None
 
 
@@ -67,7 +70,7 @@ def cuda_cases(dtypes=CUDA_DTYPES):
     for plan in CUDA_PLANS:
         for dt in dtypes:
             for kind in CUDA_KINDS:
-                for T, B, H in CUDA_SIZES + (REGS_SIZES if plan[0] == "regs" else ()):
+                for T, B, H in CUDA_SIZES + (REGS_SIZES if plan[0] in ("regs", "tiled") else ()):
                     if kind == "rotational" and H % 2:
                         H += 1  # rotation pairs need an even H
                     yield plan, dt, kind, T, B, H, (T + B) % 2 == 0, n % 2

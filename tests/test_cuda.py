@@ -56,7 +56,7 @@ def check_launches(target, ran, path, several_blocks=True):
     if not ran:
         assert log == [], log
         return
-    assert_path(log, path if path in ("block", "regs") else "grid", several_blocks=several_blocks)
+    assert_path(log, path if path in ("block", "regs", "tiled") else "grid", several_blocks=several_blocks)
 
 
 def compare_with_reference(case, target, path, kind, H, nonlinearity):
@@ -133,6 +133,41 @@ def test_register_path_float64_tail(target, monkeypatch, rows, kind):
     ran = compare_with_reference(make_case(kind, 9, 13, 102, lengths=True, seed=9), target, "regs", kind, 102, "relu")
     check_launches(target, ran, "regs")
     assert ran
+
+
+# The tiled register path (forced), both directions: a 4-row tile of W_hh (the backward: of W_hh^T) per thread over
+# a quarter of the columns (chain_cuda.cuh tiled_slots). H = 6 and 100 leave rows and columns of the
+# padded tile (64 or 128) empty; every tile height, rows past B in the last tile (B = 13); T = 11 past every
+# prefetch depth and not a multiple of any. float64 runs H <= 64, the dense form never.
+@pytest.mark.parametrize("rows", ["1", "4", "8"])
+@pytest.mark.parametrize("nonlinearity", ["tanh", "relu"])
+@pytest.mark.parametrize("kind", ["scalar", "diagonal", "rotational", "dense"])
+@pytest.mark.parametrize("H", [6, 64, 100])
+def test_tiled_path_float64(target, monkeypatch, rows, nonlinearity, kind, H):
+    force_path(monkeypatch, "tiled")
+    monkeypatch.setenv("WCRNN_CUDA_ROWS", rows)
+    ran = compare_with_reference(make_case(kind, 11, 13, H, lengths=True, seed=21), target, "tiled", kind, H,
+                                 nonlinearity)
+    check_launches(target, ran, "tiled")
+    assert ran == (kind != "dense" and H <= 64)
+
+
+@pytest.mark.parametrize("rows", ["1", "4", "8"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=["float32", "float16", "bfloat16"])
+@pytest.mark.parametrize("kind", ["scalar", "rotational", "dense"])
+@pytest.mark.parametrize("H", [6, 64, 100, 128, 130])
+def test_tiled_path_low_precision(target, monkeypatch, rows, dtype, kind, H):
+    force_path(monkeypatch, "tiled")
+    monkeypatch.setenv("WCRNN_CUDA_ROWS", rows)
+    case = make_case(kind, 11, 13, H, lengths=True, seed=22)
+    refusal = cuda_path_refused("tiled", kind, H, dtype)
+    assert (refusal is None) == (kind != "dense" and H <= 128)
+    if refusal:
+        with pytest.raises(RuntimeError, match=refusal):
+            run_chain(on(case, target.device, dtype), target.backend, "tanh")
+    else:
+        check_low_precision(case, target.backend, dtype, "tanh", device=target.device)
+    check_launches(target, not refusal, "tiled")
 
 
 @pytest.mark.parametrize("path", PATHS)

@@ -151,18 +151,25 @@ def test_half_precision_within_torch_backend_error(monkeypatch, dtype, kind, T, 
 def test_barriers_per_step(monkeypatch, kind):
     """What each path costs in barriers, from the emulator's count over one block (B = 1): the block path three
     per step (after staging, after the partial sums, after the epilogue); the register path one per step, plus
-    two at the start, in both directions. A change that adds a barrier to a step shows
-    here (on the GPU a barrier is a visible part of a step of a few hundred cycles)."""
+    two at the start, in both directions; the tiled register path two per step (after the partial sums, after the
+    epilogue) plus two, in both directions (the dense form: no tiled path). A change
+    that adds a barrier to a step shows here (on the GPU a barrier is a visible part of a step of a few hundred
+    cycles)."""
     T = 12
     case = on(make_case(kind, T, 1, 32, seed=16), "cpu", torch.float32)  # float32: the register path's dense form
     counts = {}
-    for path in ("block", "regs"):
+    for path in ("block", "regs") + (("tiled",) if kind != "dense" else ()):
         force_path(monkeypatch, path)
         run_chain(case, BACKEND, "tanh")
-        fwd, bwd = [int(line.split("block_barriers=")[1].split()[0]) for line in launches()]
+        (fwd, fwd_threads), (bwd, bwd_threads) = [(int(line.split("block_barriers=")[1].split()[0]),
+                                                   int(line.split("block=")[1].split()[0])) for line in launches()]
         counts[path] = (fwd, bwd)
+        if path == "tiled":  # H = 32: one thread per word of the 64-word padded row
+            assert (fwd_threads, bwd_threads) == (64, 64)
     assert counts["regs"] == (T + 2, T + 2), counts
     assert counts["block"] == (3 * T + 1, 3 * T + 2), counts
+    if kind != "dense":
+        assert counts["tiled"] == (2 * T + 2, 2 * T + 2), counts
 
 
 def test_module_bidirectional_packed_matches_reference():

@@ -82,7 +82,7 @@ def test_dry_run_smoke_covers_both_backends_and_records_refusals(dry_run):
         assert {r["nonlinearity"] for r in mine} == {"tanh", "relu"}, backend
         assert any(r.get("check") == "bitwise-repeat" and r["status"] == "pass" for r in mine), backend
     cuda = [r for r in rows if r["backend"] == "cuda-emulated"]
-    assert {r["path"] for r in cuda} == {"block", "grid", "regs"}
+    assert {r["path"] for r in cuda} == {"block", "grid", "regs", "tiled"}
     # the dense float64 H = 130 block path does not fit an H100 block, the register path has no float64 dense
     # form: recorded, not fatal
     assert any(r["status"] == "refused" and r["path"] == "block" and r["kind"] == "dense" for r in cuda)
@@ -90,6 +90,9 @@ def test_dry_run_smoke_covers_both_backends_and_records_refusals(dry_run):
     regs = [r for r in cuda if r["path"] == "regs" and r["status"] == "pass"]
     assert {r["kind"] for r in regs} >= {"scalar", "rotational", "dense"}, regs
     assert any(r.get("check") == "bitwise-repeat" for r in regs)
+    tiled = [r for r in cuda if r["path"] == "tiled"]  # the tiled register path: no dense form
+    assert {r["kind"] for r in tiled if r["status"] == "pass"} >= {"scalar", "rotational"}, tiled
+    assert all(r["status"] == "refused" for r in tiled if r["kind"] == "dense"), tiled
     # float64 within 1e-10, and the tolerances are the reference-relative ones, never looser than documented
     for r in rows:
         if r["status"] == "pass" and "errors" in r and r["dtype"] == "float64":
@@ -114,7 +117,8 @@ def test_dry_run_benchmark_lines_and_sanitizer_cases(dry_run):
     assert {r["impl"] for r in precision} == {"nn.RNN-noTF32", "triton@high", "triton@medium"}
     assert {r["dtype"] for r in precision} == {"float32"}
     paths = [r for r in lines if r["tag"] == "cuda-paths"]
-    assert {r["impl"] for r in paths} == {"cuda-emulated:block", "cuda-emulated:grid", "cuda-emulated/chain"}, paths
+    assert {r["impl"] for r in paths} == {"cuda-emulated:block", "cuda-emulated:grid", "cuda-emulated:tiled",
+                                          "cuda-emulated/chain"}, paths
     assert {r["dtype"] for r in paths} == {"float32", "bfloat16"}
     assert all(r["us_per_step"] > 0 for r in lines)
     san = (out / "sanitize.log").read_text()

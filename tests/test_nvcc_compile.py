@@ -145,8 +145,10 @@ def test_cuda_source_compiles(builds, src):
     assert kernels[ARCHS[0]] == kernels[ARCHS[1]], kernels
     if src in ("chain_fwd.cu", "chain_bwd.cu"):
         # fwd: 4 dtypes x {elementwise, dense} x 3 tile heights x {block, grid}; bwd: 2 dtypes x ...; the register
-        # path: 3 tile heights x the (dtype, form, K) that fit (chain_cuda.cuh regs_fit): fwd 10, bwd 4
-        assert len(kernels[ARCHS[0]]) == (48 + 30 if src == "chain_fwd.cu" else 24 + 12), sorted(kernels[ARCHS[0]])
+        # path: 3 tile heights x the (dtype, form, K) that fit (chain_cuda.cuh regs_fit): fwd 10, bwd 4; the
+        # tiled register path: 3 tile heights x the (dtype, KS) that fit (tiled_fit): fwd 7, bwd 3
+        assert len(kernels[ARCHS[0]]) == (48 + 30 + 21 if src == "chain_fwd.cu" else 24 + 12 + 9), \
+            sorted(kernels[ARCHS[0]])
 
 
 def test_cuda_objects_link_into_one_library(builds, tmp_path):
@@ -240,7 +242,7 @@ def test_cuda_ptxas_report(builds):
         entries += ptxas_report(r["log"])
     for a in ARCHS:
         mine = [e for e in entries if e["arch"] == a]
-        assert len(mine) == 48 + 24 + 30 + 12, len(mine)  # block/grid fwd, bwd; register path fwd, bwd
+        assert len(mine) == 48 + 24 + 30 + 12 + 21 + 9, len(mine)  # block/grid, register path, tiled: fwd, bwd
         for e in mine:
             assert e["regs"] is not None, e
             assert e["smem"] == 0, e
@@ -281,17 +283,20 @@ int main(int argc, char** argv) {
     try {
       const int K = ab == 8 ? regs_slots<double>(H, dense) : regs_slots<float>(H, dense);
       auto regs_smem = [&](int BT) { return regs_bytes(dir, H, K, BT, ab); };
+      // The tiled register path: its KS and buffers as plan_chain_call computes them.
+      const TiledInfo tiled{ab == 8 ? tiled_slots<double>(H, dense) : tiled_slots<float>(H, dense), dir == 0 ? 2 : 4,
+                            ab};
       Plan p = dir == 0
         ? plan_chain("fwd", B, H, d, [&](int U, int BT, bool g) { return fwd_bytes(H, U, BT, g, dense, ab, wb); },
-                     K, kAutoRegs && ab == 4, regs_smem)
+                     K, kAutoRegs && ab == 4, regs_smem, tiled)
         : plan_chain("bwd", B, H, d, [&](int U, int BT, bool g) { return bwd_bytes(H, U, BT, g, dense, ab); },
-                     K, kAutoRegs && ab == 4, regs_smem);
+                     K, kAutoRegs && ab == 4, regs_smem, tiled);
       MatvecShape m = matvec_shape(H, p.U);
       std::printf("%s{\"ok\": true, \"grid\": %d, \"rows\": %d, \"U\": %d, \"blocks\": %lld, \"smem\": %zu, "
                   "\"UP\": %d, \"KS\": %d, \"unit_blocks\": %d, \"row_groups\": %d, \"rows_per_group\": %lld, "
-                  "\"regs\": %d, \"threads\": %d}",
+                  "\"regs\": %d, \"tiled\": %d, \"threads\": %d}",
                   dir ? ", " : "", p.grid ? 1 : 0, p.rows, p.U, (long long)p.blocks, p.smem, m.UP, m.KS,
-                  p.unit_blocks, p.row_groups, (long long)p.rows_per_group, p.regs, p.threads);
+                  p.unit_blocks, p.row_groups, (long long)p.rows_per_group, p.regs, p.tiled, p.threads);
     } catch (const std::exception& e) {
       std::printf("%s{\"ok\": false}", dir ? ", " : "");
     }
@@ -403,6 +408,17 @@ def test_planner_paths_and_knobs(probe):
     for H, dense, dtype in ((257, False, "float32"), (65, True, "float32"), (129, False, "float64"),
                             (8, True, "float64")):
         assert not any(q["ok"] for q in probe("H100", 8, H, dense, dtype, {"WCRNN_CUDA_PATH": "regs"})[0]), H
+    # The tiled register path, only when forced: 4 KS threads (KS = 16 for H <= 64, 32 up to 128), two (forward)
+    # or four (backward) buffers of BT rows of 4 KS words, then BT x 4 slices of 4 KS + 8 words of partial sums.
+    f, b = probe("H100", 32, 128, False, "float32", {"WCRNN_CUDA_PATH": "tiled"})[0]  # S1
+    assert f["ok"] and (f["tiled"], f["regs"], f["threads"], f["rows"], f["blocks"], f["smem"]) == \
+        (32, 0, 128, 1, 32, (2 * 128 + 4 * 136) * 4), f
+    assert b["ok"] and (b["tiled"], b["regs"], b["threads"], b["smem"]) == (32, 0, 128, (4 * 128 + 4 * 136) * 4), b
+    f, _ = probe("H100", 1000, 6, False, "float64", {"WCRNN_CUDA_PATH": "tiled"})[0]
+    assert (f["tiled"], f["threads"], f["rows"], f["blocks"], f["smem"]) == (16, 64, 8, 125, (16 * 64 + 32 * 72) * 8), f
+    assert all(q["tiled"] == 0 for q in probe("H100", 32, 128, False, "float32")[0])  # never under "auto"
+    for H, dense, dtype in ((129, False, "float32"), (65, False, "float64"), (8, True, "float32")):
+        assert not any(q["ok"] for q in probe("H100", 8, H, dense, dtype, {"WCRNN_CUDA_PATH": "tiled"})[0]), H
     # Beyond the shared memory of the device: a clear error (caught here), never a launch.
     assert not any(q["ok"] for q in probe("A100", 8, 8192, True, "float32")[0])
 

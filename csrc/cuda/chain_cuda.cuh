@@ -2,7 +2,7 @@
 // host-side launch planning (block, grid or register path). Included by chain_fwd.cu, chain_bwd.cu and
 // chain_ops.cu; the register path's device helpers are in chain_regs.cuh. Nothing here allocates tensors.
 //
-// Two execution paths, one kernel template per direction (template flag GRID):
+// Execution paths, one kernel template per direction (template flag GRID) for the first two:
 //
 // * block path (GRID=false): one thread block owns a tile of BT batch rows and ALL H units. W_hh (and a
 //   dense residual) lives in shared memory for the whole sequence, the state rows live in shared memory,
@@ -18,6 +18,10 @@
 //   K words the row is read from shared memory), so a step reads mostly the state rows from shared memory
 //   (four words per instruction), u_t is loaded several steps ahead into registers, and a step needs one
 //   barrier. H <= 256 (regs_slots below).
+// * tiled register path (WCRNN_CUDA_PATH=tiled, opt-in until measured on a GPU): the register path's matvec
+//   split two ways, each thread holding a 4-row x H/4-column tile of W_hh (of W_hh^T in the backward), so that
+//   a step reads a quarter of the state words from shared memory; the partial sums meet in shared memory (two
+//   barriers a step). H <= 128 (64 in float64), elementwise residual forms (tiled_slots below).
 //
 // Both paths share the per-step structure of the "torch" backend (wcrnn_kernels/backends/pytorch.py):
 // the matvec is split into KS partial sums per output (threads ks = 0..KS-1 take every KS-th input
@@ -128,6 +132,35 @@ __host__ __device__ constexpr int regs_tail_rows(int H, int K) { return regs_row
 // Its dynamic shared memory: `buffers` buffers of BT state rows, then the tail of W_hh, in the accumulation type.
 inline size_t regs_smem_bytes(int H, int K, int BT, int buffers, size_t acc_bytes) {
   return (static_cast<size_t>(buffers) * BT * regs_row_words(H, K) + static_cast<size_t>(regs_tail_rows(H, K)) * H) *
+         acc_bytes;
+}
+// The tiled register path (WCRNN_CUDA_PATH=tiled, opt-in until measured on a GPU): the block's Hp = 4 * KS
+// threads (Hp = H rounded up to 64 or 128) split the matvec two ways. Thread t = 4 g + s keeps the 4 x KS tile
+// of W_hh (the backward: of W_hh^T) made of rows 4g .. 4g+3 and of the KS columns in the state-row quads s,
+// s + 4, s + 8, ...
+// So a thread reads KS state words per row and step (KS / 4 shared-memory loads, against H on the register
+// path: a quarter of the shared-memory traffic at H = 128, which is what bounds the register path at large
+// batches) and makes 4 rows' partial sums, which meet in shared memory (one more barrier per step); the
+// epilogue is the register path's, thread t owning unit t. Elementwise residual forms only; KS in {16, 32}:
+// H <= 128 in float32 / float16 / bfloat16 and H <= 64 in float64 (128 32-bit registers of matrix per thread).
+template <class A>
+constexpr bool tiled_fit(int KS) {
+  return 4 * KS * static_cast<int>(sizeof(A) / 4) <= 128;
+}
+template <class A>
+constexpr int tiled_slots(int H, bool dense) {
+  if (dense) return 0;
+  if (H <= 64) return 16;
+  return H <= 128 && tiled_fit<A>(32) ? 32 : 0;
+}
+// Words between the four slices' partial sums of one state row: Hp + 8, so that the quads the 8 threads of a
+// quarter warp store (two row groups x four slices) fall in 8 different bank quads.
+__host__ __device__ constexpr int tiled_partial_stride(int KS) { return 4 * KS + 8; }
+// Its dynamic shared memory: `buffers` buffers of BT state rows (Hp words each, zero past H; the forward two,
+// the backward four: g and delta rows, double-buffered), then BT x 4 slices of partial sums, in the accumulation
+// type.
+inline size_t tiled_smem_bytes(int KS, int BT, int buffers, size_t acc_bytes) {
+  return (static_cast<size_t>(buffers) * BT * 4 * KS + static_cast<size_t>(BT) * 4 * tiled_partial_stride(KS)) *
          acc_bytes;
 }
 // ---------------------------------------------------------------------------------------------------
@@ -338,7 +371,7 @@ inline DeviceInfo device_info(int device) {
   return d;
 }
 
-enum class PathChoice { kAuto, kBlock, kGrid, kRegs };
+enum class PathChoice { kAuto, kBlock, kGrid, kRegs, kTiled };
 
 // Whether "auto" takes the register path wherever it runs with 4-byte accumulators (float32, bfloat16, float16).
 // Measured on an H200 (benchmarks/results/h200-ec2fdbb-run4, scripts/gpu_check.sh tier 1): at S1-S4 (B 16-100,
@@ -347,14 +380,15 @@ enum class PathChoice { kAuto, kBlock, kGrid, kRegs };
 // tests/test_nvcc_compile.py's planner test states the same.
 constexpr bool kAutoRegs = true;
 
-// WCRNN_CUDA_PATH=auto|block|grid|regs forces a path (tests use it to run every path at small H).
+// WCRNN_CUDA_PATH=auto|block|grid|regs|tiled forces a path (tests use it to run every path at small H).
 inline PathChoice path_from_env() {
   const char* v = std::getenv("WCRNN_CUDA_PATH");
   if (v == nullptr || *v == '\0' || std::strcmp(v, "auto") == 0) return PathChoice::kAuto;
   if (std::strcmp(v, "block") == 0) return PathChoice::kBlock;
   if (std::strcmp(v, "grid") == 0) return PathChoice::kGrid;
   if (std::strcmp(v, "regs") == 0) return PathChoice::kRegs;
-  TORCH_CHECK(false, "WCRNN_CUDA_PATH: expected 'auto', 'block', 'grid' or 'regs', got '", v, "'");
+  if (std::strcmp(v, "tiled") == 0) return PathChoice::kTiled;
+  TORCH_CHECK(false, "WCRNN_CUDA_PATH: expected 'auto', 'block', 'grid', 'regs' or 'tiled', got '", v, "'");
   return PathChoice::kAuto;
 }
 
@@ -386,6 +420,7 @@ inline int row_groups_from_env() {
 struct Plan {
   bool grid = false;
   int regs = 0;             // register path: K, the registers per thread that hold a row of W_hh; 0 otherwise
+  int tiled = 0;            // tiled register path: KS, the columns of its W_hh tile; 0 otherwise
   int threads = kThreads;   // threads per block
   int rows = 1;             // BT (one of kRowChoices): batch rows per tile (block path) / per chunk (grid)
   int U = 0;                // units per block (H on the block path)
@@ -406,10 +441,16 @@ inline int even_up(int64_t n) { return static_cast<int>(n + (n & 1)); }
 //
 // The register path when forced (WCRNN_CUDA_PATH=regs), and under "auto" where regs_auto (kAutoRegs and 4-byte
 // accumulators) and it runs: regs_k is its K for this H, dtype and residual form (0: it cannot run them),
-// regs_smem_of(BT) its shared memory.
+// regs_smem_of(BT) its shared memory. The tiled register path only when forced (WCRNN_CUDA_PATH=tiled): tiled.ks
+// is its KS for this H, dtype and residual form (0: it cannot run them).
+struct TiledInfo {
+  int ks = 0;
+  int buffers = 2;  // state buffers (Dir::kInfo.regs_buffers)
+  size_t acc_bytes = 0;
+};
 template <class SmemOf, class RegsSmemOf>
 Plan plan_chain(const char* op, int64_t B, int H, const DeviceInfo& dev, SmemOf smem_of, int regs_k,
-                bool regs_auto, RegsSmemOf regs_smem_of) {
+                bool regs_auto, RegsSmemOf regs_smem_of, TiledInfo tiled = {}) {
   const PathChoice choice = path_from_env();
   const int env_rows = rows_from_env();
   const int env_groups = row_groups_from_env();
@@ -426,6 +467,20 @@ Plan plan_chain(const char* op, int64_t B, int H, const DeviceInfo& dev, SmemOf 
       }
     }
     if (env_rows) bt = env_rows;
+    if (choice == PathChoice::kTiled) {
+      TORCH_CHECK(tiled.ks > 0, op, ": WCRNN_CUDA_PATH=tiled but H=", H, " does not fit the tiled register path ",
+                  "in this dtype and residual form (elementwise residual forms only; H <= 128 in float32, float16 ",
+                  "and bfloat16; H <= 64 in float64)");
+      p.tiled = tiled.ks;
+      p.threads = 4 * tiled.ks;
+      p.rows = bt;
+      p.U = H;
+      p.blocks = ceil_div(B, bt);
+      p.smem = tiled_smem_bytes(tiled.ks, bt, tiled.buffers, tiled.acc_bytes);
+      TORCH_CHECK(p.smem <= optin, op, ": WCRNN_CUDA_PATH=tiled but H=", H, " with ", bt, "-row tiles needs ",
+                  p.smem, " bytes of shared memory per block and this device allows ", dev.smem_optin);
+      return p;
+    }
     if (choice == PathChoice::kRegs ||
         (regs_auto && choice == PathChoice::kAuto && regs_k > 0 && regs_smem_of(bt) <= optin)) {
       TORCH_CHECK(regs_k > 0, op, ": WCRNN_CUDA_PATH=regs but H=", H, " does not fit the register path in this ",
@@ -585,6 +640,7 @@ struct DirInfo {
 //   static params<S>(chain, call)               the kernel parameters: `chain` plus the direction's own
 //   static kernel<S, DENSE, BT, GRID>()         the kernel instantiation
 //   static regs_kernel<S, DENSE, BT, K>()       the register path's (called only where regs_fit)
+//   static tiled_kernel<S, BT, KS>()            the tiled register path's (called only where tiled_fit)
 template <class Dir>
 Plan plan_chain_call(const typename Dir::Call& c, const DeviceInfo& dev) {
   return dispatch_dtype<Dir::kInfo.half_types>(c.dtype, Dir::kInfo.op, [&](auto tag) {
@@ -596,7 +652,9 @@ Plan plan_chain_call(const typename Dir::Call& c, const DeviceInfo& dev) {
     const auto regs_bytes = [&](int BT) {
       return regs_smem_bytes(c.H, regs_k, BT, Dir::kInfo.regs_buffers, sizeof(A));
     };
-    return plan_chain(Dir::kInfo.op, c.B, c.H, dev, block_bytes, regs_k, kAutoRegs && sizeof(A) == 4, regs_bytes);
+    const TiledInfo tiled{tiled_slots<A>(c.H, dense), Dir::kInfo.regs_buffers, sizeof(A)};
+    return plan_chain(Dir::kInfo.op, c.B, c.H, dev, block_bytes, regs_k, kAutoRegs && sizeof(A) == 4, regs_bytes,
+                      tiled);
   });
 }
 
@@ -610,6 +668,16 @@ void launch_regs(const Plan& plan, const DeviceInfo& dev, const Params& p, cudaS
   }
 }
 
+// The tiled register path's kernel for KS, instantiated only for the elementwise forms and where tiled_fit.
+template <class Dir, class S, bool DENSE, int BT, int KS, class Params>
+void launch_tiled(const Plan& plan, const DeviceInfo& dev, const Params& p, cudaStream_t stream) {
+  if constexpr (!DENSE && tiled_fit<typename AccType<S>::type>(KS)) {
+    launch_kernel(Dir::kInfo.op, Dir::template tiled_kernel<S, BT, KS>(), plan, dev, p, stream);
+  } else {
+    TORCH_CHECK(false, Dir::kInfo.op, ": internal error: the tiled path planned KS=", KS, " where it does not run");
+  }
+}
+
 template <class Dir>
 void launch_chain_call(const typename Dir::Call& c, const Plan& plan, const DeviceInfo& dev) {
   dispatch_dtype<Dir::kInfo.half_types>(c.dtype, Dir::kInfo.op, [&](auto tag) {
@@ -618,7 +686,11 @@ void launch_chain_call(const typename Dir::Call& c, const Plan& plan, const Devi
       constexpr bool DENSE = decltype(dense)::value;
       constexpr int BT = decltype(rows)::value;
       const auto p = Dir::template params<S>(chain_params<S>(c, plan), c);
-      if (plan.regs == 64) {
+      if (plan.tiled == 16) {
+        launch_tiled<Dir, S, DENSE, BT, 16>(plan, dev, p, c.stream);
+      } else if (plan.tiled == 32) {
+        launch_tiled<Dir, S, DENSE, BT, 32>(plan, dev, p, c.stream);
+      } else if (plan.regs == 64) {
         launch_regs<Dir, S, DENSE, BT, 64>(plan, dev, p, c.stream);
       } else if (plan.regs == 128) {
         launch_regs<Dir, S, DENSE, BT, 128>(plan, dev, p, c.stream);

@@ -44,6 +44,15 @@ __device__ __forceinline__ void lds4(const double* p, double (&v)[4]) {
   v[3] = q1.y;
 }
 
+// The same four words stored at once (the tiled path's partial sums).
+__device__ __forceinline__ void sts4(float* p, const float (&v)[4]) {
+  *reinterpret_cast<float4*>(p) = float4{v[0], v[1], v[2], v[3]};
+}
+__device__ __forceinline__ void sts4(double* p, const double (&v)[4]) {
+  *reinterpret_cast<double2*>(p) = double2{v[0], v[1]};
+  *reinterpret_cast<double2*>(p + 2) = double2{v[2], v[3]};
+}
+
 // One row's residual term for the thread's unit on the register path: R(x)[unit] in the forward,
 // (R^T delta)[unit] in the backward. Dense: the matvec's result `dense_part`; otherwise res0 * v[unit] +
 // res1 * v[unit ^ 1] for rotation pairs and res0 * v[unit] for a diagonal R, where `mine` = v[unit] (kept in
