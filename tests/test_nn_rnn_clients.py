@@ -391,15 +391,17 @@ FALLBACK = textwrap.dedent(r"""
         m(torch.randn(5, 2, 3)); m(torch.randn(5, 2, 3))
         FusedWCRNN(3, 4, dtype=torch.float64)(torch.randn(5, 2, 3, dtype=torch.float64))
         FusedWCRNN(3, 4, backend="torch")(torch.randn(5, 2, 3))
-    msgs = [str(x.message) for x in w if "wcrnn_kernels" in str(x.message)]
-    print(len(msgs))
-    print(msgs[0] if msgs else "")
+    ours = [x for x in w if "wcrnn_kernels" in str(x.message)]
+    print(len(ours))
+    print(ours[0].filename if ours else "")
+    print(str(ours[0].message) if ours else "")
 """)
 
 
 def _fallback_warnings(script, tmp_path):
     """(count, first message) of the package's warnings, from `script` run in a child process with an empty
-    build cache (and, by the script, no ninja): the compiled backend cannot be built there."""
+    build cache (and, by the script, no ninja): the compiled backend cannot be built there. The first one must
+    point at the script's line that called into the package (python -c: "<string>")."""
     pkg_parent = os.path.dirname(os.path.dirname(os.path.abspath(wcrnn_kernels.__file__)))
     env = dict(os.environ, WCRNN_CACHE_DIR=str(tmp_path / "empty_cache"),
                PYTHONPATH=os.pathsep.join([pkg_parent, os.environ.get("PYTHONPATH", "")]))
@@ -407,7 +409,8 @@ def _fallback_warnings(script, tmp_path):
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env,
                           cwd=str(tmp_path), timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    count, msg = proc.stdout.strip().split("\n", 1)
+    count, filename, msg = proc.stdout.strip().split("\n", 2)
+    assert filename == "<string>", filename  # the warning points at the script's own line, not the package's
     return count, msg
 
 
@@ -428,9 +431,10 @@ FALLBACK_OP = textwrap.dedent(r"""
     with warnings.catch_warnings(record=True) as w:
         for _ in range(2):
             wcrnn_chain(torch.randn(5, 2, 4), torch.zeros(2, 4), torch.eye(4), 0, torch.ones(4), 0.1)
-    msgs = [str(x.message) for x in w if "wcrnn_kernels" in str(x.message)]
-    print(len(msgs))
-    print(msgs[0] if msgs else "")
+    ours = [x for x in w if "wcrnn_kernels" in str(x.message)]
+    print(len(ours))
+    print(ours[0].filename if ours else "")
+    print(str(ours[0].message) if ours else "")
 """)
 
 
@@ -514,7 +518,8 @@ def test_torch_func_transforms_and_forward_ad_match_nn_rnn(backend, reference_wa
     v = torch.randn_like(x)
     with pytest.warns(UserWarning, match="torch.func transforms.*pure-PyTorch reference") as record:
         ours = torch.func.jvp(lambda xi: model(xi)[0], (x,), (v,))[1]
-    assert sum("pure-PyTorch reference" in str(w.message) for w in record) == 1
+    mine = [w for w in record if "pure-PyTorch reference" in str(w.message)]
+    assert len(mine) == 1 and mine[0].filename == __file__, [(w.filename, w.lineno) for w in mine]
     theirs = torch.func.jvp(lambda xi: rnn(xi)[0], (x,), (v,))[1]
     assert theirs.abs().max() > 1e-3 and max_rel_err(ours, theirs) < 1e-12
     with warnings.catch_warnings():

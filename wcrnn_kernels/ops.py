@@ -14,7 +14,6 @@ dispatch, for plain eager calls), then the public function ``wcrnn_chain`` that 
 """
 from __future__ import annotations
 
-import warnings
 from typing import Optional
 
 import torch
@@ -22,6 +21,7 @@ import torch.autograd.forward_ad as _fwad
 from torch import Tensor
 from torch.utils._device import DeviceContext as _DeviceContext  # the mode torch.set_default_device installs
 
+from ._warn import warn_at_caller
 from .backends import get_backend, resolve_backend
 from .backends.compiled import check_same_device
 from .reference import compute_dtype, phi
@@ -290,11 +290,11 @@ _REFERENCE_WARNED = []
 def _warn_reference_chain() -> None:
     if not _REFERENCE_WARNED:
         _REFERENCE_WARNED.append(True)
-        warnings.warn(
+        warn_at_caller(
             "wcrnn_kernels: under torch.func transforms (grad, vjp, jvp, jacrev, jacfwd, hessian, vmap) and "
             "forward-mode AD the WCRNN chain runs as the pure-PyTorch reference (docs/design.md), not the fused "
             "kernels, which have no rules for them: the same values to rounding, several times slower. (Shown "
-            "once per process.)", stacklevel=3)
+            "once per process.)")
 
 
 @torch._dynamo.assume_constant_result

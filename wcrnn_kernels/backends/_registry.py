@@ -4,9 +4,9 @@ this module imports none of them, so the import graph has no cycle.
 """
 from __future__ import annotations
 
-import warnings
-
 import torch
+
+from .._warn import warn_at_caller
 
 # set by backends/__init__.py: imports every backend module (each registers itself) on first use
 _loader = None
@@ -126,7 +126,7 @@ def _warn_fallback(chosen: str, device, dtype) -> None:
     if ok:
         return
     _FALLBACK_WARNED.add(device.type)
-    warnings.warn(f"wcrnn_kernels: backend='auto' runs {device.type.upper()} tensors on the {chosen!r} backend "
-                  f"({_FALLBACK_COST.get(device.type, 'slower')}), because the compiled {first!r} backend is "
-                  f"not available here: {why}. Fix that and restart, or pass backend={chosen!r} to choose it "
-                  f"explicitly.", RuntimeWarning, stacklevel=5)
+    warn_at_caller(f"wcrnn_kernels: backend='auto' runs {device.type.upper()} tensors on the {chosen!r} backend "
+                   f"({_FALLBACK_COST.get(device.type, 'slower')}), because the compiled {first!r} backend is "
+                   f"not available here: {why}. Fix that and restart, or pass backend={chosen!r} to choose it "
+                   f"explicitly.", RuntimeWarning)
