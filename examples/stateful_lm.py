@@ -127,7 +127,8 @@ def main():
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--quick", action="store_true", help="20,000 tokens (a smoke run for the tests)")
     p.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results",
-                                                 "stateful_lm.json"))
+                                                 "stateful_lm.json"),
+                   help="JSON path: the results table (this example makes no plot, unlike the others' PNG)")
     args = p.parse_args()
     if args.quick:
         args.tokens = 20_000
