@@ -112,16 +112,23 @@ def test_every_tile_height(target, monkeypatch, rows, path, kind):
 @pytest.mark.parametrize("kind", ["scalar", "rotational", "dense"])
 @pytest.mark.parametrize("H", [6, 64, 100, 128, 202])
 def test_register_path_low_precision(target, monkeypatch, rows, dtype, kind, H):
-    force_path(monkeypatch, "regs")
+    low_precision_on_path(target, monkeypatch, "regs", rows, dtype, kind, H, seed=8)
+
+
+def low_precision_on_path(target, monkeypatch, path, rows, dtype, kind, H, seed):
+    """A case (T = 11, B = 13, lengths) on a forced path and tile height against helpers.LOWP_RULE, or, where the
+    path cannot run it, the planner's refusal (and no launch). Returns whether it ran."""
+    force_path(monkeypatch, path)
     monkeypatch.setenv("WCRNN_CUDA_ROWS", rows)
-    case = make_case(kind, 11, 13, H, lengths=True, seed=8)
-    refusal = cuda_path_refused("regs", kind, H, dtype)
+    case = make_case(kind, 11, 13, H, lengths=True, seed=seed)
+    refusal = cuda_path_refused(path, kind, H, dtype)
     if refusal:
         with pytest.raises(RuntimeError, match=refusal):
             run_chain(on(case, target.device, dtype), target.backend, "tanh")
     else:
         check_low_precision(case, target.backend, dtype, "tanh", device=target.device)
-    check_launches(target, not refusal, "regs")
+    check_launches(target, not refusal, path)
+    return not refusal
 
 
 @pytest.mark.parametrize("rows", ["1", "4", "8"])
@@ -157,17 +164,8 @@ def test_tiled_path_float64(target, monkeypatch, rows, nonlinearity, kind, H):
 @pytest.mark.parametrize("kind", ["scalar", "rotational", "dense"])
 @pytest.mark.parametrize("H", [6, 64, 100, 128, 130])
 def test_tiled_path_low_precision(target, monkeypatch, rows, dtype, kind, H):
-    force_path(monkeypatch, "tiled")
-    monkeypatch.setenv("WCRNN_CUDA_ROWS", rows)
-    case = make_case(kind, 11, 13, H, lengths=True, seed=22)
-    refusal = cuda_path_refused("tiled", kind, H, dtype)
-    assert (refusal is None) == (kind != "dense" and H <= 128)
-    if refusal:
-        with pytest.raises(RuntimeError, match=refusal):
-            run_chain(on(case, target.device, dtype), target.backend, "tanh")
-    else:
-        check_low_precision(case, target.backend, dtype, "tanh", device=target.device)
-    check_launches(target, not refusal, "tiled")
+    ran = low_precision_on_path(target, monkeypatch, "tiled", rows, dtype, kind, H, seed=22)
+    assert ran == (kind != "dense" and H <= 128)
 
 
 @pytest.mark.parametrize("path", PATHS)

@@ -209,21 +209,30 @@ __global__ void __launch_bounds__(kThreads) chain_bwd_kernel(const BwdParams<S> 
 // shared-memory buffers each (XS words per row, zero past H); its own delta_t[j] is also kept in a register.
 // grad_out and a of step t-1 are loaded PF steps ahead. The same phases as the block path: phase A of step
 // T-1 as a prologue, then for t = T-1 .. 0 phase B of step t and phase A of step t-1, one barrier.
-template <class S, bool DENSE, int BT, int K>
-__global__ void __launch_bounds__(kRegsThreads) chain_bwd_regs_kernel(const BwdParams<S> p) {
+// KS > 0: the tiled register path, as in the forward (chain_fwd.cu) on W_hh^T: thread j = 4g + s keeps the tile of
+// columns 4g .. 4g+3 of W_hh, and a step's partial sums of (W_hh^T g_t) meet in shared memory before phase B.
+template <class S, bool DENSE, int BT, int K, int KS = 0>
+__global__ void __launch_bounds__(KS > 0 ? 128 : kRegsThreads) chain_bwd_regs_kernel(const BwdParams<S> p) {
   using A = S;
+  constexpr bool TILED = KS > 0;
   constexpr int PF = regs_prefetch<A>(BT, 2);
-  const RegsTile tile = regs_tile<BT, K>(p, DENSE);
+  const RegsTile tile = regs_tile<BT, TILED ? 4 * KS : K>(p, DENSE);
   const int H = tile.H, j = tile.unit, XS = tile.XS;
   const int64_t T = tile.T, BH = tile.BH, b0 = tile.b0;
   WCRNN_DYNAMIC_SMEM(smem);
   A* sg = reinterpret_cast<A*>(smem);  // [2][BT][XS] g rows, the half t & 1 holds g_t
   A* sd = sg + 2 * BT * XS;            // [2][BT][XS] delta rows, likewise
-  A* Wt = sd + 2 * BT * XS;            // [tail][H] the columns' words past K: Wt[(k - K) * H + j] = W[k, j]
+  A* Wt = sd + 2 * BT * XS;            // [tail][H] the columns' words past K: Wt[(k - K) * H + j] = W[k, j];
+                                       // tiled: [BT][4][P] partial sums
 
-  A w[K];  // w[k] = W_hh[k, j]
+  A w[TILED ? 1 : K];  // w[k] = W_hh[k, j]
   A rw[DENSE ? K : 1];
-  regs_load<K, DENSE, true>(p.w, p.res, H, j, tile.own, tile.tail, w, rw, Wt);
+  A wt[TILED ? 4 : 1][TILED ? KS : 1];  // the tiled path's tile
+  if constexpr (TILED) {
+    tiled_load<KS, true>(p.w, H, j >> 2, j & 3, wt);
+  } else {
+    regs_load<K, DENSE, true>(p.w, p.res, H, j, tile.own, tile.tail, w, rw, Wt);
+  }
   const A gam = tile.own ? p.gamma[j * p.gamma_step] : A(0);
   A res0 = A(0), res1 = A(0);
   if constexpr (!DENSE) {
@@ -288,14 +297,19 @@ __global__ void __launch_bounds__(kRegsThreads) chain_bwd_regs_kernel(const BwdP
       const A* G = sg + cur * BT * XS;
       const A* D = sd + cur * BT * XS;
       A mv[BT], mvR[BT];  // (W_hh^T g_t)[j], (R^T delta_t)[j] per row
-      regs_matvec<BT, K, DENSE>(w, rw, G, D, Wt, XS, tile.tail, H, j, tile.own, mv, mvR);
+      if constexpr (TILED) {
+        tiled_matvec<BT, KS>(wt, G, Wt, j >> 2, j & 3);
+        __syncthreads();  // every slice's partial sums stored; the epilogue adds its unit's (tiled_sum)
+      } else {
+        regs_matvec<BT, K, DENSE>(w, rw, G, D, Wt, XS, tile.tail, H, j, tile.own, mv, mvR);
+      }
 #pragma unroll
       for (int r = 0; r < BT; ++r) {
         if (tile.own && r < tile.rows) {
           const A d = dl[r];
-          const A rt = regs_residual<DENSE>(mvR[r], tile.rot, res0, res1, d, D + r * XS, j);
+          const A rt = regs_residual<DENSE>(TILED ? A(0) : mvR[r], tile.rot, res0, res1, d, D + r * XS, j);
           const bool valid = t < len[r];
-          const A carry = valid ? rt + mv[r] : d;  // dL/dx_{t-1}
+          const A carry = valid ? rt + (TILED ? tiled_sum<KS>(Wt, r, j) : mv[r]) : d;  // dL/dx_{t-1}
           if (t == 0) {
             p.dx0[(b0 + r) * H + j] = carry;
           } else {
@@ -304,154 +318,8 @@ __global__ void __launch_bounds__(kRegsThreads) chain_bwd_regs_kernel(const BwdP
         }
         load_ops(t - 1 - PF, q, r);  // this slot's next step: iteration n + PF needs step T-2-(n+PF)
       }
-      __syncthreads();  // g_{t-1}, delta_{t-1} complete before the next step reads them
-    }
-  }
-}
-
-// The tiled register path (chain_cuda.cuh, tiled_slots), the forward's tiled kernel (chain_fwd.cu) on the
-// transpose: thread i = 4 g + s of Hp = 4 KS threads keeps w[jj][4m + c] = W_hh[4(4m + s) + c, 4g + jj] (zero
-// past H), so its partial sums are those of (W_hh^T g_t) over its columns for units 4g .. 4g+3. They meet in
-// part[(r * 4 + s) * P + 4g + jj]; after a barrier thread i adds the four slices of unit i in slice order and
-// runs the register path's phase B of step t and phase A of step t-1 for unit i; a barrier.
-template <class S, int BT, int KS>
-__global__ void __launch_bounds__(128) chain_bwd_tiled_kernel(const BwdParams<S> p) {
-  using A = S;
-  constexpr int HP = 4 * KS;
-  constexpr int NQ = KS / 4;
-  constexpr int P = tiled_partial_stride(KS);
-  constexpr int NA = BT == 1 ? 2 : 1;
-  constexpr int PF = regs_prefetch<A>(BT, 2);
-  const int H = p.H, nonlin = p.nonlin;
-  const bool rot = p.res_kind == kResRot;
-  const int64_t T = p.T, BH = p.B * p.H;
-  const int j = static_cast<int>(threadIdx.x);  // the epilogue's unit
-  const int g = j >> 2, s = j & 3;              // the matvec's row group (units of W_hh^T) and column slice
-  const bool own = j < H;
-  const int64_t b0 = static_cast<int64_t>(blockIdx.x) * BT;
-  const int rows = static_cast<int>(min(static_cast<int64_t>(BT), p.B - b0));
-  WCRNN_DYNAMIC_SMEM(smem);
-  A* sg = reinterpret_cast<A*>(smem);  // [2][BT][HP] g rows, the half t & 1 holds g_t
-  A* sd = sg + 2 * BT * HP;            // [2][BT][HP] delta rows, likewise
-  A* part = sd + 2 * BT * HP;          // [BT][4][P] partial sums
-
-  A w[4][KS];
-#pragma unroll
-  for (int jj = 0; jj < 4; ++jj) {
-    const int unit = 4 * g + jj;
-#pragma unroll
-    for (int m = 0; m < NQ; ++m) {
-#pragma unroll
-      for (int c = 0; c < 4; ++c) {
-        const int k = 4 * (4 * m + s) + c;
-        w[jj][4 * m + c] = unit < H && k < H ? p.w[k * H + unit] : A(0);
-      }
-    }
-  }
-  const A gam = own ? p.gamma[j * p.gamma_step] : A(0);
-  A res0 = A(0), res1 = A(0);
-  if (own) {
-    res0 = p.res[j * p.res_step];
-    if (rot) res1 = p.res[H + (j ^ 1)];  // R^T d = res[0] * d + swap_pairs(res[1] * d)
-  }
-  for (int idx = j; idx < 4 * BT * HP; idx += HP) sg[idx] = A(0);
-  __syncthreads();
-
-  int64_t len[BT];
-  A dl[BT];  // delta_t[j] of each row
-#pragma unroll
-  for (int r = 0; r < BT; ++r) {
-    len[r] = p.lengths == nullptr || !(own && r < rows) ? T : p.lengths[b0 + r];
-    dl[r] = A(0);
-  }
-  auto phase_a = [&](int64_t t, int r, A carry, A go, A av) {
-    const bool valid = t < len[r];
-    const A delta = valid ? carry + go : carry;
-    const A gt = valid ? gam * phi_prime(av, nonlin) * delta : A(0);
-    const int64_t o = t * BH + (b0 + r) * H + j;
-    if (p.deltas != nullptr) p.deltas[o] = valid ? delta : A(0);
-    p.g[o] = gt;
-    const int half = static_cast<int>(t & 1);
-    sg[(half * BT + r) * HP + j] = gt;
-    sd[(half * BT + r) * HP + j] = delta;
-    dl[r] = delta;
-  };
-#pragma unroll
-  for (int r = 0; r < BT; ++r) {
-    if (own && r < rows) {
-      const int64_t o = (b0 + r) * H + j;
-      phase_a(T - 1, r, p.grad_hn[o], p.grad_out[(T - 1) * BH + o], p.a[(T - 1) * BH + o]);
-    }
-  }
-  A go[PF][BT], av[PF][BT];
-  auto load_ops = [&](int64_t st, int q, int r) {  // step st's operands into slot q; 0 before step 0
-    const bool live = own && r < rows && st >= 0;
-    const int64_t o = live ? st * BH + (b0 + r) * H + j : 0;
-    go[q][r] = live ? p.grad_out[o] : A(0);
-    av[q][r] = live ? p.a[o] : A(0);
-  };
-#pragma unroll
-  for (int q = 0; q < PF; ++q) {
-#pragma unroll
-    for (int r = 0; r < BT; ++r) load_ops(T - 2 - q, q, r);
-  }
-  __syncthreads();
-
-  for (int64_t n0 = 0; n0 < T; n0 += PF) {
-#pragma unroll
-    for (int q = 0; q < PF; ++q) {
-      const int64_t n = n0 + q;
-      if (n >= T) break;  // the same for every thread of the block
-      const int64_t t = T - 1 - n;
-      const int cur = static_cast<int>(t & 1);
-      const A* G = sg + cur * BT * HP;
-      const A* D = sd + cur * BT * HP;
-#pragma unroll
-      for (int r = 0; r < BT; ++r) {
-        A acc[4][NA];
-#pragma unroll
-        for (int jj = 0; jj < 4; ++jj) {
-#pragma unroll
-          for (int na = 0; na < NA; ++na) acc[jj][na] = A(0);
-        }
-#pragma unroll
-        for (int m = 0; m < NQ; ++m) {
-          A v[4];
-          lds4(G + r * HP + 4 * (4 * m + s), v);
-#pragma unroll
-          for (int jj = 0; jj < 4; ++jj) {
-#pragma unroll
-            for (int c = 0; c < 4; ++c) acc[jj][(m * 4 + c) % NA] += w[jj][4 * m + c] * v[c];
-          }
-        }
-        A sum[4];
-#pragma unroll
-        for (int jj = 0; jj < 4; ++jj) {
-          sum[jj] = acc[jj][0];
-#pragma unroll
-          for (int na = 1; na < NA; ++na) sum[jj] += acc[jj][na];
-        }
-        sts4(part + (r * 4 + s) * P + 4 * g, sum);
-      }
-      __syncthreads();  // every slice's partial sums stored
-#pragma unroll
-      for (int r = 0; r < BT; ++r) {
-        if (own && r < rows) {
-          const A* pr = part + r * 4 * P + j;
-          const A mv = ((pr[0] + pr[P]) + pr[2 * P]) + pr[3 * P];  // (W_hh^T g_t)[j]
-          const A d = dl[r];
-          const A rt = regs_residual<false>(A(0), rot, res0, res1, d, D + r * HP, j);
-          const bool valid = t < len[r];
-          const A carry = valid ? rt + mv : d;  // dL/dx_{t-1}
-          if (t == 0) {
-            p.dx0[(b0 + r) * H + j] = carry;
-          } else {
-            phase_a(t - 1, r, carry, go[q][r], av[q][r]);
-          }
-        }
-        load_ops(t - 1 - PF, q, r);  // this slot's next step: iteration n + PF needs step T-2-(n+PF)
-      }
-      __syncthreads();  // g_{t-1}, delta_{t-1} complete and the partial sums read before the next step
+      __syncthreads();  // g_{t-1}, delta_{t-1} complete before the next step reads them (tiled: and the partial
+                        // sums read before the next step overwrites them)
     }
   }
 }
@@ -473,7 +341,7 @@ struct Backward {
   }
   template <class S, bool D, int BT, bool GRID> static auto kernel() { return chain_bwd_kernel<S, D, BT, GRID>; }
   template <class S, bool D, int BT, int K> static auto regs_kernel() { return chain_bwd_regs_kernel<S, D, BT, K>; }
-  template <class S, int BT, int KS> static auto tiled_kernel() { return chain_bwd_tiled_kernel<S, BT, KS>; }
+  template <class S, int BT, int KS> static auto tiled_kernel() { return chain_bwd_regs_kernel<S, false, BT, 0, KS>; }
 };
 
 }  // namespace

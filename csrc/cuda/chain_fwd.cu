@@ -148,20 +148,30 @@ __global__ void __launch_bounds__(kThreads) chain_fwd_kernel(const FwdParams<S> 
 // the thread's own x_{t-1}[i] is also kept in a register. u_t of the thread's units is
 // loaded PF steps ahead (the time loop is unrolled by PF so that every prefetch slot is a fixed register).
 // Same step as the block path: a = u_t + W_hh x_{t-1}, x_t = R(x_{t-1}) + gamma * phi(a), masked by lengths.
-template <class S, bool DENSE, int BT, int K>
-__global__ void __launch_bounds__(kRegsThreads) chain_fwd_regs_kernel(const FwdParams<S> p) {
+// KS > 0: the tiled register path (chain_cuda.cuh tiled_slots; K unused, no dense form): thread i = 4g + s keeps
+// a 4 x KS tile of W_hh (tiled_load), a step first stores its partial sums (tiled_matvec), then after a barrier
+// adds unit i's (tiled_sum) and runs the same epilogue; the state rows are 4 KS words, the partial sums take
+// the place of the tail.
+template <class S, bool DENSE, int BT, int K, int KS = 0>
+__global__ void __launch_bounds__(KS > 0 ? 128 : kRegsThreads) chain_fwd_regs_kernel(const FwdParams<S> p) {
   using A = typename AccType<S>::type;
+  constexpr bool TILED = KS > 0;
   constexpr int PF = regs_prefetch<A>(BT, 1);
-  const RegsTile tile = regs_tile<BT, K>(p, DENSE);
+  const RegsTile tile = regs_tile<BT, TILED ? 4 * KS : K>(p, DENSE);
   const int H = tile.H, i = tile.unit, XS = tile.XS;
   const int64_t T = tile.T, BH = tile.BH, b0 = tile.b0;
   WCRNN_DYNAMIC_SMEM(smem);
   A* xs = reinterpret_cast<A*>(smem);  // [2][BT][XS] state rows
-  A* Wt = xs + 2 * BT * XS;            // [tail][H] the rows' words past K
+  A* Wt = xs + 2 * BT * XS;            // [tail][H] the rows' words past K; tiled: [BT][4][P] partial sums
 
-  A w[K];  // w[k] = W_hh[i, k]
+  A w[TILED ? 1 : K];  // w[k] = W_hh[i, k]
   A rw[DENSE ? K : 1];
-  regs_load<K, DENSE, false>(p.w, p.res, H, i, tile.own, tile.tail, w, rw, Wt);
+  A wt[TILED ? 4 : 1][TILED ? KS : 1];  // the tiled path's tile
+  if constexpr (TILED) {
+    tiled_load<KS, false>(p.w, H, i >> 2, i & 3, wt);
+  } else {
+    regs_load<K, DENSE, false>(p.w, p.res, H, i, tile.own, tile.tail, w, rw, Wt);
+  }
   const A gam = tile.own ? static_cast<A>(p.gamma[i * p.gamma_step]) : A(0);
   A res0 = A(0), res1 = A(0);
   if constexpr (!DENSE) {
@@ -202,13 +212,18 @@ __global__ void __launch_bounds__(kRegsThreads) chain_fwd_regs_kernel(const FwdP
       const A* X = xs + cur * BT * XS;
       A* Xn = xs + (cur ^ 1) * BT * XS;
       A mv[BT], mvR[BT];  // (W_hh x_{t-1})[i], (R x_{t-1})[i] per row
-      regs_matvec<BT, K, DENSE>(w, rw, X, X, Wt, XS, tile.tail, H, i, tile.own, mv, mvR);
+      if constexpr (TILED) {
+        tiled_matvec<BT, KS>(wt, X, Wt, i >> 2, i & 3);
+        __syncthreads();  // every slice's partial sums stored; the epilogue adds its unit's (tiled_sum)
+      } else {
+        regs_matvec<BT, K, DENSE>(w, rw, X, X, Wt, XS, tile.tail, H, i, tile.own, mv, mvR);
+      }
 #pragma unroll
       for (int r = 0; r < BT; ++r) {
         if (tile.own && r < tile.rows) {
-          const A a = up[q][r] + mv[r];
+          const A a = up[q][r] + (TILED ? tiled_sum<KS>(Wt, r, i) : mv[r]);
           const A xp = xo[r];
-          const A rx = regs_residual<DENSE>(mvR[r], tile.rot, res0, res1, xp, X + r * XS, i);
+          const A rx = regs_residual<DENSE>(TILED ? A(0) : mvR[r], tile.rot, res0, res1, xp, X + r * XS, i);
           const bool valid = t < len[r];
           const A x = valid ? rx + gam * phi(a, tile.nonlin) : xp;  // past the length the state is kept
           const int64_t o = (b0 + r) * H + i;
@@ -220,135 +235,8 @@ __global__ void __launch_bounds__(kRegsThreads) chain_fwd_regs_kernel(const FwdP
         }
         up[q][r] = load_u(t + PF, r);  // this slot's next step
       }
-      __syncthreads();  // x_t complete before the next step reads it; x_{t-1} read before it is overwritten
-      cur ^= 1;
-    }
-  }
-}
-
-// The tiled register path (chain_cuda.cuh, tiled_slots): thread t = 4 g + s of Hp = 4 KS threads keeps
-// w[j][4m + c] = W_hh[4g + j, 4(4m + s) + c] (zero past H), j < 4, m < KS / 4, c < 4. A step: each thread's partial
-// sums of rows 4g .. 4g+3 over its columns, for each batch row, into part[(r * 4 + s) * P + 4g + j] (P =
-// tiled_partial_stride); a barrier; thread t adds the four slices of unit t in slice order and runs the register
-// path's epilogue for unit t (own state x_{t-1}[t] in a register, x_t into the other state buffer); a barrier.
-// u_t is loaded PF steps ahead as on the register path.
-template <class S, int BT, int KS>
-__global__ void __launch_bounds__(128) chain_fwd_tiled_kernel(const FwdParams<S> p) {
-  using A = typename AccType<S>::type;
-  constexpr int HP = 4 * KS;            // threads, and words per state row
-  constexpr int NQ = KS / 4;            // state-row quads per slice
-  constexpr int P = tiled_partial_stride(KS);
-  constexpr int NA = BT == 1 ? 2 : 1;   // accumulators per (batch row, matrix row): 8 or 4 BT FMA chains
-  constexpr int PF = regs_prefetch<A>(BT, 1);
-  const int H = p.H, nonlin = p.nonlin;
-  const bool rot = p.res_kind == kResRot;
-  const int64_t T = p.T, BH = p.B * p.H;
-  const int i = static_cast<int>(threadIdx.x);  // the epilogue's unit
-  const int g = i >> 2, s = i & 3;              // the matvec's row group and column slice
-  const bool own = i < H;
-  const int64_t b0 = static_cast<int64_t>(blockIdx.x) * BT;
-  const int rows = static_cast<int>(min(static_cast<int64_t>(BT), p.B - b0));
-  WCRNN_DYNAMIC_SMEM(smem);
-  A* xs = reinterpret_cast<A*>(smem);  // [2][BT][HP] state rows, zero past H
-  A* part = xs + 2 * BT * HP;          // [BT][4][P] partial sums
-
-  A w[4][KS];
-#pragma unroll
-  for (int j = 0; j < 4; ++j) {
-    const int row = 4 * g + j;
-#pragma unroll
-    for (int m = 0; m < NQ; ++m) {
-#pragma unroll
-      for (int c = 0; c < 4; ++c) {
-        const int col = 4 * (4 * m + s) + c;
-        w[j][4 * m + c] = row < H && col < H ? static_cast<A>(p.w[row * H + col]) : A(0);
-      }
-    }
-  }
-  const A gam = own ? static_cast<A>(p.gamma[i * p.gamma_step]) : A(0);
-  A res0 = A(0), res1 = A(0);
-  if (own) {
-    res0 = static_cast<A>(p.res[i * p.res_step]);  // diagonal: R(x)[i] = res[i] x[i]
-    if (rot) res1 = static_cast<A>(p.res[H + i]);  // rotation: + res[1][i] x[i^1]
-  }
-  for (int idx = i; idx < 2 * BT * HP; idx += HP) xs[idx] = A(0);
-  __syncthreads();
-  int64_t len[BT];
-  A xo[BT];  // x_{t-1}[i] of each row
-#pragma unroll
-  for (int r = 0; r < BT; ++r) {
-    const bool live = own && r < rows;
-    len[r] = p.lengths == nullptr || !live ? T : p.lengths[b0 + r];
-    xo[r] = live ? static_cast<A>(p.x0[(b0 + r) * H + i]) : A(0);
-    if (live) xs[r * HP + i] = xo[r];
-  }
-  auto load_u = [&](int64_t t, int r) {  // u_t[b0 + r][i], 0 past T or for a row / unit not owned
-    return own && r < rows && t < T ? static_cast<A>(p.u[t * BH + (b0 + r) * H + i]) : A(0);
-  };
-  A up[PF][BT];
-#pragma unroll
-  for (int q = 0; q < PF; ++q) {
-#pragma unroll
-    for (int r = 0; r < BT; ++r) up[q][r] = load_u(q, r);
-  }
-  __syncthreads();
-
-  int cur = 0;  // xs[cur] holds x_{t-1}, the step writes x_t into xs[cur ^ 1]
-  for (int64_t t0 = 0; t0 < T; t0 += PF) {
-#pragma unroll
-    for (int q = 0; q < PF; ++q) {
-      const int64_t t = t0 + q;
-      if (t >= T) break;  // the same for every thread of the block
-      const A* X = xs + cur * BT * HP;
-      A* Xn = xs + (cur ^ 1) * BT * HP;
-#pragma unroll
-      for (int r = 0; r < BT; ++r) {
-        A acc[4][NA];
-#pragma unroll
-        for (int j = 0; j < 4; ++j) {
-#pragma unroll
-          for (int n = 0; n < NA; ++n) acc[j][n] = A(0);
-        }
-#pragma unroll
-        for (int m = 0; m < NQ; ++m) {
-          A v[4];
-          lds4(X + r * HP + 4 * (4 * m + s), v);
-#pragma unroll
-          for (int j = 0; j < 4; ++j) {
-#pragma unroll
-            for (int c = 0; c < 4; ++c) acc[j][(m * 4 + c) % NA] += w[j][4 * m + c] * v[c];
-          }
-        }
-        A sum[4];
-#pragma unroll
-        for (int j = 0; j < 4; ++j) {
-          sum[j] = acc[j][0];
-#pragma unroll
-          for (int n = 1; n < NA; ++n) sum[j] += acc[j][n];
-        }
-        sts4(part + (r * 4 + s) * P + 4 * g, sum);
-      }
-      __syncthreads();  // every slice's partial sums stored
-#pragma unroll
-      for (int r = 0; r < BT; ++r) {
-        if (own && r < rows) {
-          const A* pr = part + r * 4 * P + i;
-          const A mv = ((pr[0] + pr[P]) + pr[2 * P]) + pr[3 * P];
-          const A a = up[q][r] + mv;
-          const A xp = xo[r];
-          const A rx = regs_residual<false>(A(0), rot, res0, res1, xp, X + r * HP, i);
-          const bool valid = t < len[r];
-          const A x = valid ? rx + gam * phi(a, nonlin) : xp;  // past the length the state is kept
-          const int64_t o = (b0 + r) * H + i;
-          p.out[t * BH + o] = valid ? static_cast<S>(x) : static_cast<S>(A(0));
-          if (p.a_out != nullptr) p.a_out[t * BH + o] = valid ? static_cast<S>(a) : static_cast<S>(A(0));
-          if (t == T - 1) p.hn[o] = static_cast<S>(x);
-          Xn[r * HP + i] = x;
-          xo[r] = x;
-        }
-        up[q][r] = load_u(t + PF, r);  // this slot's next step
-      }
-      __syncthreads();  // x_t complete and the partial sums read before the next step
+      __syncthreads();  // x_t complete before the next step reads it; x_{t-1} (tiled: the partial sums) read before
+                        // it is overwritten
       cur ^= 1;
     }
   }
@@ -371,7 +259,7 @@ struct Forward {
   }
   template <class S, bool D, int BT, bool GRID> static auto kernel() { return chain_fwd_kernel<S, D, BT, GRID>; }
   template <class S, bool D, int BT, int K> static auto regs_kernel() { return chain_fwd_regs_kernel<S, D, BT, K>; }
-  template <class S, int BT, int KS> static auto tiled_kernel() { return chain_fwd_tiled_kernel<S, BT, KS>; }
+  template <class S, int BT, int KS> static auto tiled_kernel() { return chain_fwd_regs_kernel<S, false, BT, 0, KS>; }
 };
 
 }  // namespace

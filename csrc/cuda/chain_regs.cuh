@@ -144,6 +144,69 @@ __device__ __forceinline__ void regs_matvec(const A (&w)[K], const A (&rw)[DENSE
   }
 }
 
+// The tiled register path's matrix tile for thread 4g + s: w[j][4m + c] = M(4g + j, 4(4m + s) + c) for j < 4,
+// m < KS / 4, c < 4 (zero past H), M(u, k) = W_hh[u, k] (the forward's rows) or with COLUMN W_hh[k, u] (the
+// backward's columns).
+template <int KS, bool COLUMN, class S, class A>
+__device__ __forceinline__ void tiled_load(const S* W, int H, int g, int s, A (&w)[4][KS]) {
+#pragma unroll
+  for (int j = 0; j < 4; ++j) {
+    const int u = 4 * g + j;
+#pragma unroll
+    for (int m = 0; m < KS / 4; ++m) {
+#pragma unroll
+      for (int c = 0; c < 4; ++c) {
+        const int k = 4 * (4 * m + s) + c;
+        w[j][4 * m + c] = u < H && k < H ? static_cast<A>(W[COLUMN ? k * H + u : u * H + k]) : A(0);
+      }
+    }
+  }
+}
+
+// The tiled register path's matvec, up to the partial sums: for each of the BT rows of X (4 KS words each),
+// the thread's sums of rows 4g .. 4g+3 over its columns into part[(r * 4 + s) * P + 4g + j] (P =
+// tiled_partial_stride), one 4-word store per row. The caller's barrier must follow before tiled_sum.
+template <int BT, int KS, class A>
+__device__ __forceinline__ void tiled_matvec(const A (&w)[4][KS], const A* X, A* part, int g, int s) {
+  constexpr int NA = BT == 1 ? 2 : 1;  // accumulators per (batch row, matrix row): 8 or 4 BT FMA chains
+  constexpr int P = tiled_partial_stride(KS);
+#pragma unroll
+  for (int r = 0; r < BT; ++r) {
+    A acc[4][NA];
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+#pragma unroll
+      for (int n = 0; n < NA; ++n) acc[j][n] = A(0);
+    }
+#pragma unroll
+    for (int m = 0; m < KS / 4; ++m) {
+      A v[4];
+      lds4(X + r * 4 * KS + 4 * (4 * m + s), v);
+#pragma unroll
+      for (int j = 0; j < 4; ++j) {
+#pragma unroll
+        for (int c = 0; c < 4; ++c) acc[j][(m * 4 + c) % NA] += w[j][4 * m + c] * v[c];
+      }
+    }
+    A sum[4];
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+      sum[j] = acc[j][0];
+#pragma unroll
+      for (int n = 1; n < NA; ++n) sum[j] += acc[j][n];
+    }
+    sts4(part + (r * 4 + s) * P + 4 * g, sum);
+  }
+}
+
+// Unit u's sum of row r: its four slices' partial sums, in slice order.
+template <int KS, class A>
+__device__ __forceinline__ A tiled_sum(const A* part, int r, int u) {
+  constexpr int P = tiled_partial_stride(KS);
+  const A* pr = part + r * 4 * P + u;
+  return ((pr[0] + pr[P]) + pr[2 * P]) + pr[3 * P];
+}
+
 // What a thread of the register path works on: its unit (threadIdx.x) of the BT batch rows from b0, and the
 // sizes every step uses.
 struct RegsTile {
