@@ -452,6 +452,52 @@ def test_no_fallback_warning_when_the_compiled_backend_runs():
         FusedWCRNN(3, 4)(torch.randn(5, 2, 3))
 
 
+FIRST_CALLS_AT_ONCE = textwrap.dedent(r"""
+    import importlib.abc, sys, threading, time, torch
+    class Slow(importlib.abc.MetaPathFinder):  # the compiled backend's module takes 0.5 s to import
+        def find_spec(self, name, path, target=None):
+            if name == "wcrnn_kernels.backends.cpp":
+                time.sleep(0.5)
+            return None
+    sys.meta_path.insert(0, Slow())
+    from wcrnn_kernels import FusedWCRNN
+    from wcrnn_kernels.backends import _RESOLVED
+    torch.manual_seed(0)
+    m = FusedWCRNN(8, 16)
+    x = torch.randn(20, 3, 8)
+    out, errors = {}, []
+    def work(i):
+        try:
+            with torch.no_grad():
+                out[i] = m(x)[0]
+        except Exception as e:
+            errors.append(repr(e))
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    with torch.no_grad():
+        ref = m(x)[0]
+    print(errors, sum(not torch.equal(o, ref) for o in out.values()), len(out), sorted(set(_RESOLVED.values())))
+""")
+
+
+def test_first_calls_from_several_threads_at_once_wait_for_the_backends():
+    """An inference server's threads whose first calls come at once (a client test found it): the threads that
+    did not load the backends went on while the loading one was still importing them, and either failed with
+    KeyError('torch') or resolved "auto" to "torch" ("cpp" not registered yet), another backend's rounding
+    without a word. Here the cpp backend's module takes 0.5 s to import, so every thread's call comes while it
+    loads: all of them must run on cpp, bitwise equal to a later call."""
+    require_backend("cpp", dtype=torch.float32)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+        [os.path.dirname(os.path.dirname(os.path.abspath(wcrnn_kernels.__file__))), os.environ.get("PYTHONPATH", "")]))
+    proc = subprocess.run([sys.executable, "-c", FIRST_CALLS_AT_ONCE], capture_output=True, text=True, env=env,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.strip().splitlines()[-1] == "[] 0 6 ['cpp']", proc.stdout
+
+
 def _stub(name, available, supports=True):
     """A registry entry that reports `available` and runs (supports) any tensor or none; it never runs."""
     class Stub:

@@ -30,6 +30,8 @@ asking for it by name raises with that message.
 """
 from __future__ import annotations
 
+import threading
+
 from . import _registry
 from ._registry import (_AUTO_ORDER, _REGISTRY, _RESOLVED, BackendUnavailableError, available_backends,
                         backend_names, get_backend, register_backend, resolve_backend)
@@ -38,21 +40,34 @@ __all__ = ["BackendUnavailableError", "available_backends", "backend_names", "ge
            "resolve_backend", "_AUTO_ORDER", "_REGISTRY", "_RESOLVED"]
 
 _LOADED = False
+_LOAD_LOCK = threading.Lock()
+_LOADING_THREAD = None
 
 
 def _load_all() -> None:
-    # Imported lazily so that a broken optional backend can never break `import wcrnn_kernels`.
-    global _LOADED
-    if _LOADED:
+    # Imported lazily so that a broken optional backend can never break `import wcrnn_kernels`. Under a lock:
+    # threads whose first calls come at once wait until every backend has registered (a thread that went on
+    # while the loading thread was still importing found "torch" missing, or resolved "auto" to "torch" because
+    # "cpp" had not registered yet: another backend's rounding, without a word). The loading thread itself goes
+    # on while it loads (a backend module that asks the registry while it is imported).
+    global _LOADED, _LOADING_THREAD
+    if _LOADED or _LOADING_THREAD == threading.get_ident():
         return
-    _LOADED = True
-    from . import pytorch  # noqa: F401  (always present)
-    for mod in ("cpp", "triton_backend", "cuda"):
+    with _LOAD_LOCK:
+        if _LOADED:
+            return
+        _LOADING_THREAD = threading.get_ident()
         try:
-            __import__(f"{__name__}.{mod}")
-        except ModuleNotFoundError as e:
-            if e.name != f"{__name__}.{mod}":
-                raise
+            from . import pytorch  # noqa: F401  (always present)
+            for mod in ("cpp", "triton_backend", "cuda"):
+                try:
+                    __import__(f"{__name__}.{mod}")
+                except ModuleNotFoundError as e:
+                    if e.name != f"{__name__}.{mod}":
+                        raise
+        finally:
+            _LOADED = True  # as before: a backend module that raised is not imported again
+            _LOADING_THREAD = None
 
 
 _registry._loader = _load_all
