@@ -78,7 +78,7 @@ def _input_projection(inp: Tensor, w_ih: Tensor, bias: Optional[Tensor], width: 
     grad^T @ input, which CPU BLAS runs 2-7x slower at these widths. Measured with
     benchmarks/bench_projection.py at S4's T x B x H (2-core VM): the projection's forward and backward 2.3-2.6x
     faster in float32 at I = 2-8 (1.3x at 12), 1.1-1.3x in bfloat16, the same at I = 1 and I >= 16; a whole
-    float32 training step 1.02-1.14x (its controls at I = 1, 16, 32: 0.97-1.12). The copy (I x H words) and the
+    float32 training step 1.02-1.14x (its controls at I = 1, 16, 32: 0.97-1.03). The copy (I x H words) and the
     input made contiguous (a batch_first input is a transposed view) cost a call 2-3 us. Both are made with grad
     or without: with either missing, F.linear's grad and no-grad forms round differently (1 ulp), and a call's
     result must not depend on the mode."""
