@@ -75,13 +75,13 @@ def _input_projection(inp: Tensor, w_ih: Tensor, bias: Optional[Tensor], width: 
     size would be traced, and testing it would warn). On the CPU with 2 <= I <= 12 the weight is passed as a
     transposed view of a contiguous copy of w_ih^T (the same values): F.linear then multiplies by that copy as
     it is, and its backward computes the weight's gradient as input^T @ grad (an I x H product) instead of
-    grad^T @ input, which CPU BLAS runs 2-7x slower at these widths. Measured with
+    grad^T @ input, which CPU BLAS runs slower at these widths. Measured with
     benchmarks/bench_projection.py at S4's T x B x H (2-core VM): the projection's forward and backward 2.3-2.6x
     faster in float32 at I = 2-8 (1.3x at 12), 1.1-1.3x in bfloat16, the same at I = 1 and I >= 16; a whole
     float32 training step 1.02-1.14x (its controls at I = 1, 16, 32: 0.97-1.03). The copy (I x H words) and the
-    input made contiguous (a batch_first input is a transposed view) cost a call 2-3 us. Both are made with grad
-    or without: with either missing, F.linear's grad and no-grad forms round differently (1 ulp), and a call's
-    result must not depend on the mode."""
+    input made contiguous (a batch_first input is a transposed view) are one small op each per call. Both are
+    made with grad or without: with either missing, F.linear's grad and no-grad forms round differently (1 ulp),
+    and a call's result must not depend on the mode."""
     if inp.device.type == "cpu" and width in _SKINNY_INPUT:
         inp = inp.contiguous()
         w_ih = w_ih.t().contiguous().t()

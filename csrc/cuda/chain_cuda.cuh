@@ -444,13 +444,13 @@ inline int even_up(int64_t n) { return static_cast<int>(n + (n & 1)); }
 // regs_smem_of(BT) its shared memory. The tiled register path only when forced (WCRNN_CUDA_PATH=tiled): tiled.ks
 // is its KS for this H, dtype and residual form (0: it cannot run them).
 struct TiledInfo {
-  int ks = 0;
-  int buffers = 2;  // state buffers (Dir::kInfo.regs_buffers)
-  size_t acc_bytes = 0;
+  int ks;           // tiled_slots
+  int buffers;      // state buffers (Dir::kInfo.regs_buffers)
+  size_t acc_bytes;
 };
 template <class SmemOf, class RegsSmemOf>
 Plan plan_chain(const char* op, int64_t B, int H, const DeviceInfo& dev, SmemOf smem_of, int regs_k,
-                bool regs_auto, RegsSmemOf regs_smem_of, TiledInfo tiled = {}) {
+                bool regs_auto, RegsSmemOf regs_smem_of, TiledInfo tiled) {
   const PathChoice choice = path_from_env();
   const int env_rows = rows_from_env();
   const int env_groups = row_groups_from_env();
