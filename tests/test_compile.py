@@ -227,3 +227,55 @@ def test_compile_with_packed_input_breaks_the_graph_quietly(caplog):
     packed = pack_padded_sequence(torch.randn(4, 2, 3), torch.tensor([4, 2]))
     with pytest.raises(Exception, match="PackedSequence's layout has data-dependent sizes"):
         torch.compile(model, fullgraph=True, backend="aot_eager")(packed)
+
+
+def test_importing_and_running_the_package_does_not_import_dynamo():
+    """torch._dynamo costs about 0.9 s and 140 MB to import; a program that never compiles (every DataLoader
+    worker it spawns included) must not pay it for `import wcrnn_kernels` or for eager calls. A fresh process
+    imports the package and runs a module forward and backward, a PackedSequence (whose layout helper carries
+    the compile-disable marker) and the op, on the CPU."""
+    import subprocess
+    import sys
+    code = (
+        "import sys, torch\n"
+        "import wcrnn_kernels as w\n"
+        "assert 'torch._dynamo' not in sys.modules, 'on import'\n"
+        "from torch.nn.utils.rnn import pack_padded_sequence\n"
+        "m = w.FusedWCRNN(3, 8, num_layers=2, bidirectional=True)\n"
+        "out, h = m(torch.randn(5, 2, 3, requires_grad=True))\n"
+        "(out.sum() + h.sum()).backward()\n"
+        "p, _ = m(pack_padded_sequence(torch.randn(5, 3, 3), [5, 3, 2]))\n"
+        "w.wcrnn_chain(torch.randn(4, 2, 8), torch.zeros(2, 8), torch.randn(8, 8) / 8, 0, torch.tensor(0.9), torch.tensor(0.1))\n"
+        "w.available_backends()\n"
+        "assert 'torch._dynamo' not in sys.modules, 'on the calls'\n"
+        "print('clean')\n")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0 and res.stdout.strip().endswith("clean"), res.stdout + res.stderr
+
+
+def test_lazy_compile_markers_match_torchs_decorators():
+    """The markers of wcrnn_kernels._lazy_dynamo set what torch's own decorators set, under the names Dynamo
+    reads (so a torch that renames them fails here, not silently in a trace)."""
+    from wcrnn_kernels import _lazy_dynamo
+
+    def ours():
+        return 1
+
+    def theirs():
+        return 1
+
+    assert torch._dynamo.assume_constant_result(theirs) is theirs
+    assert _lazy_dynamo.assume_constant_result(ours) is ours
+    assert vars(ours) == vars(theirs) == {"_dynamo_marked_constant": True}
+
+    def plain():
+        return 1
+
+    reason = "a reason"
+    disabled = torch.compiler.disable(plain, reason=reason)
+    lazy = _lazy_dynamo.compiler_disable(reason)(plain)
+    for name in ("_torchdynamo_disable", "_torchdynamo_disable_msg"):
+        assert getattr(lazy, name) == getattr(disabled, name), name
+    assert lazy() == 1 and lazy.__name__ == "plain"
+    with pytest.raises(Exception, match="a reason"):  # the marker alone keeps a fullgraph trace out, with the reason
+        torch.compile(lambda x: lazy() + x, fullgraph=True, backend="eager")(torch.ones(1))

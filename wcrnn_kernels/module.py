@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence
 
+from ._lazy_dynamo import compiler_disable
 from .backends import backend_names, get_backend
 from .contract import check_layer_direction
 from .ops import _plain_eager_mode, _plain_tensors, run_chain
@@ -116,17 +117,8 @@ def _min_value(v) -> float:
     return float(v)
 
 
-def _compiler_disable(reason: str):
-    def wrap(fn):
-        try:
-            return torch.compiler.disable(fn, reason=reason)
-        except TypeError:  # a torch before `reason`
-            return torch.compiler.disable(fn)
-    return wrap
-
-
-@_compiler_disable("a PackedSequence's layout has data-dependent sizes (batch_sizes): torch.compile runs it "
-                   "eagerly, a graph break, so fullgraph=True cannot take packed input")
+@compiler_disable("a PackedSequence's layout has data-dependent sizes (batch_sizes): torch.compile runs it "
+                  "eagerly, a graph break, so fullgraph=True cannot take packed input")
 def _packed_layout(batch_sizes: Tensor, device: torch.device) -> tuple[int, int, Tensor, Tensor]:
     """T, B, the lengths (B,) and, for each packed row, its row in the padded time-major (T * B) layout, in the
     packed (length-sorted) batch order. Worked out on the CPU from batch_sizes (a CPU tensor) and moved once

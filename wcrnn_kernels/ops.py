@@ -21,6 +21,7 @@ import torch.autograd.forward_ad as _fwad
 from torch import Tensor
 from torch.utils._device import DeviceContext as _DeviceContext  # the mode torch.set_default_device installs
 
+from ._lazy_dynamo import assume_constant_result
 from ._warn import warn_at_caller
 from .backends import get_backend, resolve_backend
 from .backends.compiled import check_same_device
@@ -297,7 +298,7 @@ def _warn_reference_chain() -> None:
             "once per process.)")
 
 
-@torch._dynamo.assume_constant_result
+@assume_constant_result
 def _onnx_exporting() -> bool:
     # evaluated eagerly: Dynamo folds torch.onnx.is_in_onnx_export() to False when it traces for the exporter
     return torch.onnx.is_in_onnx_export()

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import torch
 
+from .._lazy_dynamo import assume_constant_result
 from .._warn import warn_at_caller
 
 # set by backends/__init__.py: imports every backend module (each registers itself) on first use
@@ -58,7 +59,7 @@ class BackendUnavailableError(RuntimeError):
 _RESOLVED: dict = {}
 
 
-@torch._dynamo.assume_constant_result
+@assume_constant_result
 def resolve_backend(name: str, device: torch.device, dtype: torch.dtype, hidden_size: int) -> str:
     """Turn "auto" into a concrete backend name, or check that a named backend can run these tensors.
 
