@@ -54,6 +54,9 @@ def layer_call(impl: str, mode: str, T: int, B: int, I: int, H: int, device, dty
     CUDA execution paths: "cuda:<path>" runs the cuda backend with ``WCRNN_CUDA_PATH=<path>`` ("block",
     "grid", "regs"), set around every call.
 
+    Without saved pre-activations: "<backend>+lean" runs FusedWCRNN(backend=<backend>,
+    save_preactivations=False) (the backward recomputes the input projection and a_t).
+
     The chain alone: "<backend>/chain" times the chain as the module's forward calls it (``ops.run_chain``,
     past the public op's checks, with the weights as the module passes them) on the layer's input projection,
     computed once beforehand: the layer's time less this is what the module adds around the chain (the
@@ -82,7 +85,8 @@ def layer_call(impl: str, mode: str, T: int, B: int, I: int, H: int, device, dty
     if impl == "nn.RNN":
         model = torch.nn.RNN(I, H, device=device, dtype=dtype)
     else:
-        model = FusedWCRNN(I, H, backend=impl, device=device, dtype=dtype)
+        backend, lean = (impl[:-len("+lean")], True) if impl.endswith("+lean") else (impl, False)
+        model = FusedWCRNN(I, H, backend=backend, device=device, dtype=dtype, save_preactivations=not lean)
     x = torch.randn(T, B, I, device=device, dtype=dtype, requires_grad=(mode != "forward"))
     g_out = torch.randn(T, B, H, device=device, dtype=dtype)
     g_h = torch.randn(1, B, H, device=device, dtype=dtype)

@@ -15,7 +15,9 @@ resident-set high-water mark (``echo 5 > /proc/self/clear_refs`` resets VmHWM, L
 current resident set, runs forward + backward once more and reads VmHWM. The reported peak is VmHWM minus
 the resident set just before: every byte the step touched on top of what was already live - PyTorch's
 allocator, oneDNN / MKL scratch, the kernels' own workspaces and first-touch of fresh pages alike. It also
-reports what autograd keeps alive between forward and backward (the resident set after forward, minus before).
+reports what autograd keeps alive between forward and backward (the resident set after forward, minus before:
+the output included), and, as an aside, the median time of 5 more forward + backward steps in the same process
+(f+b ms: one process, not interleaved, so a coarse figure; test_bench_wcrnn.py is the timing harness).
 
 Linux only (VmHWM / clear_refs). Numbers are MiB.
 """
@@ -26,11 +28,14 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from bench_config import SHAPES  # noqa: E402  (docs/design.md section 7)
 
-IMPLS = ("nn.RNN", "cpp", "torch", "reference")
+# "<backend>:lean": FusedWCRNN(backend=<backend>, save_preactivations=False), which keeps only each layer's output
+# from forward to backward and recomputes the pre-activations in the backward
+IMPLS = ("nn.RNN", "cpp", "torch", "reference", "cpp:lean", "torch:lean")
 
 
 def _status_kib(field: str) -> int:
@@ -55,7 +60,8 @@ def child(impl: str, shape: str, dtype_name: str) -> dict:
         model = torch.nn.RNN(I, H, dtype=dtype)
     else:
         from wcrnn_kernels import FusedWCRNN
-        model = FusedWCRNN(I, H, backend=impl, dtype=dtype)
+        backend, _, variant = impl.partition(":")
+        model = FusedWCRNN(I, H, backend=backend, dtype=dtype, save_preactivations=variant != "lean")
     x = torch.randn(T, B, I, dtype=dtype, requires_grad=True)
     g_out = torch.randn(T, B, H, dtype=dtype)
     g_h = torch.randn(1, B, H, dtype=dtype)
@@ -74,12 +80,18 @@ def child(impl: str, shape: str, dtype_name: str) -> dict:
     torch.autograd.backward([out, h], [g_out, g_h])
     del out, h
     peak = _status_kib("VmHWM")
+    times = []
+    for _ in range(5):
+        t0 = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - t0)
     import wcrnn_kernels
     return {"impl": impl, "shape": shape, "dtype": dtype_name, "package": os.path.dirname(wcrnn_kernels.__file__),
             "T": T, "B": B, "I": I, "H": H,
             "threads": torch.get_num_threads(), "peak_mib": (peak - before) / 1024,
             "retained_after_forward_mib": (after_fwd - before) / 1024,
-            "output_mib": T * B * H * torch.finfo(dtype).bits / 8 / 2 ** 20}
+            "output_mib": T * B * H * torch.finfo(dtype).bits / 8 / 2 ** 20,
+            "step_ms": sorted(times)[len(times) // 2] * 1e3}
 
 
 def measure(impl: str, shape: str, dtype_name: str) -> dict:
@@ -112,7 +124,8 @@ def main(argv=None):
     rows = []
     print(f"peak memory of forward+backward above the live set before it (MiB, {args.dtype}, median of "
           f"{args.repeats} fresh processes)")
-    print(f"{'shape':5} {'impl':10} {'peak MiB':>9} {'vs nn.RNN':>9} {'kept fwd->bwd':>13} {'(T,B,H) out MiB':>16}")
+    print(f"{'shape':5} {'impl':10} {'peak MiB':>9} {'vs nn.RNN':>9} {'kept fwd->bwd':>13} {'(T,B,H) out MiB':>16} "
+          f"{'f+b ms':>8}")
     for shape in args.shapes:
         base = None
         for impl in args.impls:
@@ -129,7 +142,7 @@ def main(argv=None):
                 base = med["peak_mib"]
             ratio = f"{med['peak_mib'] / base:9.2f}" if base else f"{'':9}"
             print(f"{shape:5} {impl:10} {med['peak_mib']:9.1f} {ratio} {med['retained_after_forward_mib']:13.1f} "
-                  f"{med['output_mib']:16.1f}", flush=True)
+                  f"{med['output_mib']:16.1f} {med['step_ms']:8.2f}", flush=True)
     if args.json:
         with open(args.json, "w") as fh:
             json.dump(rows, fh, indent=1)

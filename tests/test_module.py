@@ -120,13 +120,27 @@ def make_wcrnn(kind, I, H, backend, seed=0, **kw):
 def test_module_every_gradient_matches_reference(target, monkeypatch, kind, nonlinearity, lengths, T, B, H):
     """Output, h_n and the gradient of input, hx, W_ih, W_hh, both biases, learnable r/theta and gamma, on
     every target (helpers.TARGETS) against the reference module."""
+    check_every_gradient(target, monkeypatch, kind, nonlinearity, lengths, T, B, H)
+
+
+@pytest.mark.parametrize("lengths", [False, True], ids=["full", "packed"])
+@pytest.mark.parametrize("kind,nonlinearity", [("none", "tanh"), ("scalar", "tanh"), ("diagonal", "relu"),
+                                               ("rotational", "tanh"), ("dense", "tanh")])
+@pytest.mark.parametrize("T,B,H", [(1, 1, 1), (5, 3, 3), (3, 2, 130)])
+def test_module_without_saved_preactivations_every_gradient_matches_reference(target, monkeypatch, kind,
+                                                                               nonlinearity, lengths, T, B, H):
+    """save_preactivations=False (the backward recomputes the input projection and a_t): the same check."""
+    check_every_gradient(target, monkeypatch, kind, nonlinearity, lengths, T, B, H, save_preactivations=False)
+
+
+def check_every_gradient(target, monkeypatch, kind, nonlinearity, lengths, T, B, H, **module_kw):
     setup_target(target, monkeypatch)
     target.require(hidden_size=H)
     if kind == "rotational" and H % 2:
         H += 1
     kw = dict(num_layers=2, bidirectional=True, nonlinearity=nonlinearity)
     ref = make_wcrnn(kind, 3, H, "reference", **kw)
-    model = make_wcrnn(kind, 3, H, target.backend, **kw).to(target.device)
+    model = make_wcrnn(kind, 3, H, target.backend, **kw, **module_kw).to(target.device)
     model.load_state_dict(ref.state_dict())
     x = torch.randn(T, B, 3, dtype=F64, requires_grad=True)
     hx = 0.5 * torch.randn(4, B, H, dtype=F64)
@@ -313,3 +327,100 @@ def test_forward_and_backward_never_make_the_host_wait_for_the_gpu(target, monke
         step()
     finally:
         torch.cuda.set_sync_debug_mode(0)
+
+
+# ------------------------------------------------------------------------ save_preactivations=False
+def _big_saved_storages(model, x):
+    """Distinct storages of T x B x H elements or more that autograd saves for the backward of model(x)."""
+    T, B = x.shape[:2]
+    big = set()
+
+    def pack(t):
+        if t.numel() >= T * B * model.hidden_size:
+            big.add(t.untyped_storage().data_ptr())
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out, h = model(x)
+    return big, out, h
+
+
+@pytest.mark.parametrize("backend", ["cpp", "torch"])
+def test_without_saved_preactivations_only_the_outputs_are_kept(backend):
+    """Between forward and backward each layer keeps its output only (nn.RNN's activation memory on the CPU,
+    docs/design.md section 5), where by default it keeps its output and its pre-activations; the layers'
+    input projections save their input either way (for layer 1, layer 0's output: the same storage)."""
+    torch.manual_seed(0)
+    x = torch.randn(6, 3, 4, requires_grad=True)  # I < H: the input is no big storage
+    kept = {}
+    for save in (True, False):
+        m = FusedWCRNN(4, 8, num_layers=2, backend=backend, save_preactivations=save)
+        big, out, h = _big_saved_storages(m, x)
+        kept[save] = len(big)
+        assert out.untyped_storage().data_ptr() in big  # the last layer's output is among them
+        (out.sum() + h.sum()).backward()
+    assert kept == {True: 4, False: 2}
+
+
+def test_without_saved_preactivations_the_same_values_and_gradients(monkeypatch):
+    """Forward bitwise equal to the default (the same projection and chain); gradients equal to rounding (a is
+    recomputed by a GEMM, not taken from the chain's kernel), also in a second backward (retain_graph) and
+    with batch_first; under no_grad, torch.compile and jit tracing the default path runs (the result is the
+    same: only the memory differs)."""
+    torch.manual_seed(1)
+    kw = dict(num_layers=2, bidirectional=True, batch_first=True, residual="rotational", learn_residual=True,
+              learn_gamma=True, dtype=F64)
+    ref = FusedWCRNN(3, 6, **kw)
+    lean = FusedWCRNN(3, 6, save_preactivations=False, **kw)
+    lean.load_state_dict(ref.state_dict())
+    x = torch.randn(2, 9, 3, dtype=F64, requires_grad=True)
+    exp, act = ref(x), lean(x)
+    assert torch.equal(exp[0], act[0]) and torch.equal(exp[1], act[1])
+    ge = grads_of(ref, [x], exp)
+    for _ in range(2):  # grads_of retains the graph: the second backward recomputes from the same saved state
+        ga = grads_of(lean, [x], act)
+        assert_all_close(list(ga.values()), list(ge.values()), rtol=1e-12, names=list(ge))
+    with torch.no_grad():
+        assert torch.equal(lean(x)[0], exp[0])
+    compiled = torch.compile(lean, backend="aot_eager", fullgraph=True)
+    out, h = compiled(x)
+    torch.testing.assert_close(out, exp[0], rtol=1e-12, atol=1e-12)
+    assert_all_close(list(grads_of(lean, [x], (out, h)).values()), list(ge.values()), rtol=1e-10, names=list(ge))
+
+
+@pytest.mark.parametrize("case", ["autocast-bfloat16", "bfloat16-model"])
+def test_without_saved_preactivations_in_low_precision(case):
+    """Under CPU autocast and for a bfloat16 model: outputs bitwise equal to the default path, every gradient
+    in its tensor's dtype and equal to the default path's to low-precision rounding."""
+    torch.manual_seed(2)
+    dtype = torch.bfloat16 if case == "bfloat16-model" else torch.float32
+    kw = dict(num_layers=2, residual="diagonal", learn_residual=True, learn_gamma=True, gamma=0.3, dtype=dtype)
+    ref = FusedWCRNN(5, 16, **kw)
+    lean = FusedWCRNN(5, 16, save_preactivations=False, **kw)
+    lean.load_state_dict(ref.state_dict())
+    x = torch.randn(12, 4, 5, dtype=dtype, requires_grad=True)
+    grads = {}
+    for name, m in (("ref", ref), ("lean", lean)):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=case == "autocast-bfloat16"):
+            out, h = m(x)
+        assert out.dtype == torch.bfloat16
+        loss = out.float().square().sum() + h.float().sum()
+        params = [x] + list(m.parameters())
+        grads[name] = (out, h, torch.autograd.grad(loss, params))
+        assert [g.dtype for g in grads[name][2]] == [p.dtype for p in params]
+    assert torch.equal(grads["ref"][0], grads["lean"][0]) and torch.equal(grads["ref"][1], grads["lean"][1])
+    for a, b in zip(grads["lean"][2], grads["ref"][2]):
+        torch.testing.assert_close(a.float(), b.float(), rtol=2e-2, atol=2e-2 * b.float().abs().max().item())
+
+
+def test_save_preactivations_argument():
+    with pytest.raises(TypeError, match="save_preactivations: expected a bool"):
+        FusedWCRNN(3, 4, save_preactivations="no")
+    assert "save_preactivations=False" in repr(FusedWCRNN(3, 4, save_preactivations=False))
+    assert "save_preactivations" not in repr(FusedWCRNN(3, 4))
+    m = FusedWCRNN.from_rnn(nn.RNN(3, 4), save_preactivations=False)
+    assert m.save_preactivations is False
+    old = FusedWCRNN(3, 4)
+    del old.__dict__["save_preactivations"]  # a module pickled before the argument existed
+    assert old.save_preactivations is True
+    old(torch.randn(2, 1, 3))

@@ -21,8 +21,8 @@ from torch.nn.utils.rnn import PackedSequence
 from ._lazy_dynamo import compiler_disable
 from .backends import backend_names, get_backend
 from .contract import check_layer_direction
-from .ops import _plain_eager_mode, _plain_tensors, run_chain
-from .reference import wcrnn_layer_ref
+from .ops import _chain_bwd_impl, _chain_fwd_impl, _plain_eager_mode, _plain_tensors, run_chain
+from .reference import compute_dtype, wcrnn_layer_ref
 from .residual import NONLIN_CODES, NONLINEARITIES, RESIDUAL_KINDS, canonical_residual, check_residual_args
 
 
@@ -87,6 +87,86 @@ def _input_projection(inp: Tensor, w_ih: Tensor, bias: Optional[Tensor], width: 
         inp = inp.contiguous()
         w_ih = w_ih.t().contiguous().t()
     return F.linear(inp, w_ih, bias)
+
+
+def _lean_applies(inp: Tensor, x0: Tensor, cw: "ChainWeights") -> bool:
+    """Whether _LeanLayer takes this layer: plain tensors (no subclass), and something that requires grad."""
+    ts = (inp, x0, cw.w_ih, cw.bias, cw.w_hh, cw.res, cw.gamma)
+    return _plain_tensors(*ts) and any(t is not None and t.requires_grad for t in ts)
+
+
+def _preactivations(u: Tensor, x0: Tensor, out: Tensor, w_hh: Tensor) -> Tensor:
+    """a = u + [x0; out[:-1]] W_hh^T (T, B, H) in the compute dtype, into u's own buffer where u has that dtype
+    (the caller needs u no more), returned in u's dtype: the dtype the forward's chain saves a in. Past a row's
+    length the chain's own a is 0 and this one is not: no matter, g and delta are 0 there, and a is finite there
+    (the padded input and output are 0)."""
+    T, B, H = out.shape
+    cd = compute_dtype(out.dtype)
+    a = u if u.dtype == cd else u.to(cd)
+    a2, w_t = a.view(T * B, H), w_hh.to(cd).t()
+    a2[:B].addmm_(x0.to(cd), w_t)
+    if T > 1:
+        a2[B:].addmm_(out[:-1].reshape((T - 1) * B, H).to(cd), w_t)
+    return a if a.dtype == u.dtype else a.to(u.dtype)
+
+
+class _LeanLayer(torch.autograd.Function):
+    """One layer and direction, input projection and chain, keeping only its output for the backward
+    (``save_preactivations=False``): the backward recomputes u = _input_projection(inp) (under the same autocast)
+    and the pre-activations a_t = u_t + W_hh x_{t-1} (one GEMM over the saved states: docs/design.md section 5),
+    then runs the chain's own backward and F.linear's backward formulas, so every gradient is formed as on the
+    default path, from pre-activations equal to rounding.
+
+    Activation memory between forward and backward: the output (T x B x H) instead of the output and the
+    pre-activations; the layer's input is saved either way (F.linear saves it on the default path). Price: the
+    projection and one T*B x H x H GEMM again in the backward. Plain eager calls only (FusedWCRNN._run_layers)."""
+
+    @staticmethod
+    def forward(ctx, inp, w_ih, bias, x0, w_hh, res, gamma, lengths, width, res_kind, nonlin, backend, amp, sdt):
+        u = _input_projection(inp, w_ih, bias, width)  # under autocast (ambient): in the autocast dtype
+        if amp is not None:
+            with torch.autocast(inp.device.type, enabled=False):
+                u = u.to(sdt)
+                out, h_n, _ = _chain_fwd_impl(u, x0, w_hh, res, gamma, lengths, res_kind, nonlin, backend, False)
+        else:
+            out, h_n, _ = _chain_fwd_impl(u, x0, w_hh, res, gamma, lengths, res_kind, nonlin, backend, False)
+        ctx.set_materialize_grads(False)
+        ctx.save_for_backward(inp, w_ih, bias, x0, out, w_hh, res, gamma, lengths)
+        ctx.meta = (width, res_kind, nonlin, backend, amp, sdt)
+        return out, h_n
+
+    @staticmethod
+    def backward(ctx, grad_out, grad_hn):
+        inp, w_ih, bias, x0, out, w_hh, res, gamma, lengths = ctx.saved_tensors
+        width, res_kind, nonlin, backend, amp, sdt = ctx.meta
+        need = ctx.needs_input_grad
+        with torch.no_grad(), torch.autocast(inp.device.type, dtype=amp or torch.bfloat16, enabled=amp is not None):
+            u = _input_projection(inp, w_ih, bias, width)  # as the forward made it
+        pdt = u.dtype  # the projection's dtype (the autocast dtype under autocast)
+        if amp is not None:
+            u = u.to(sdt)
+        T, B, H = out.shape
+        a = _preactivations(u, x0, out, w_hh)
+        del u
+        grad_out = torch.zeros_like(out) if grad_out is None else grad_out.contiguous()
+        grad_hn = torch.zeros_like(x0) if grad_hn is None else grad_hn.contiguous()
+        g, gx0, gw, gres, ggamma = _chain_bwd_impl(grad_out, grad_hn, a, x0, out, w_hh, res, gamma, lengths,
+                                                   res_kind, nonlin, backend, need[4], need[5], need[6])
+        del a
+        # the projection's backward, as F.linear's (in its dtype; the weight's gradient of a narrow CPU input as
+        # input^T @ grad, see _input_projection), each gradient then in its tensor's dtype
+        gu = g.to(pdt).view(T * B, H)
+        grads = [None, None, None]
+        if need[0]:
+            grads[0] = gu.mm(w_ih.to(pdt)).view(inp.shape).to(inp.dtype)
+        if need[1]:
+            x2 = inp.reshape(T * B, width).to(pdt)
+            narrow = inp.device.type == "cpu" and width in _SKINNY_INPUT
+            grads[1] = (x2.t().mm(gu).t() if narrow else gu.t().mm(x2)).to(w_ih.dtype)
+        if need[2]:
+            grads[2] = gu.sum(0).to(bias.dtype)
+        return (grads[0], grads[1], grads[2], gx0 if need[3] else None, gw if need[4] else None,
+                gres if need[5] else None, ggamma if need[6] else None) + (None,) * 7
 
 
 def _show(v) -> str:
@@ -181,6 +261,14 @@ class FusedWCRNN(nn.Module):
         learn_residual, learn_gamma: make r/theta and gamma trainable ``nn.Parameter``s (default: buffers).
         backend: ``"auto"`` (fastest available for the tensors' device), ``"reference"``, ``"torch"``,
             ``"cpp"``, ``"triton"`` or ``"cuda"``. See ``wcrnn_kernels.available_backends()``.
+        save_preactivations: True (default): each layer and direction keeps its output and its
+            pre-activations a_t (T x B x H each) from forward to backward. False: only the output, as
+            ``nn.RNN`` keeps on the CPU; the backward recomputes the input projection and a_t (one GEMM over
+            the saved states, docs/design.md section 5), which costs backward time
+            (benchmarks/bench_memory.py measures both; README, Benchmarks). The same values; gradients equal
+            to rounding (the recomputed a_t is rounded as a GEMM rounds, not as the chain's kernel).
+            Plain eager calls only: under ``torch.compile``, ``torch.func``, tracing and export the layers
+            save a_t as by default.
 
     Parameter names and default initialisation are ``nn.RNN``'s. ``load_state_dict`` accepts an
     ``nn.RNN`` state_dict, also with ``strict=True``: the weights and biases come from it, and the residual
@@ -196,13 +284,16 @@ class FusedWCRNN(nn.Module):
     residual such as r = 0.999 is not rounded to bfloat16's 1.0.
     """
 
+    save_preactivations = True  # the default, also for a module pickled before the argument existed
+
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, nonlinearity: str = "tanh",
                  bias: bool = True, batch_first: bool = False, dropout: float = 0.0,
                  bidirectional: bool = False, residual: str = "scalar", r=None, gamma=_DEFAULT_GAMMA, theta=None,
                  learn_residual: bool = False, learn_gamma: bool = False, backend: str = "auto",
-                 device=None, dtype=None, proj_size=None):
+                 device=None, dtype=None, proj_size=None, save_preactivations: bool = True):
         super().__init__()
-        for name, v in (("bias", bias), ("batch_first", batch_first), ("bidirectional", bidirectional)):
+        for name, v in (("bias", bias), ("batch_first", batch_first), ("bidirectional", bidirectional),
+                        ("save_preactivations", save_preactivations)):
             # nn.RNN: a TypeError for bias and batch_first; it takes any bidirectional, where "False" (from a config
             # file or a command line) is truthy: refused too, an integer 0 / 1 allowed
             if not isinstance(v, bool) and not (name == "bidirectional" and isinstance(v, int) and v in (0, 1)):
@@ -275,6 +366,7 @@ class FusedWCRNN(nn.Module):
         self.learn_residual = bool(learn_residual)
         self.learn_gamma = bool(learn_gamma)
         self.backend = backend
+        self.save_preactivations = save_preactivations
         self.proj_size = 0  # nn.RNN compatibility
         num_dir = 2 if bidirectional else 1
         fk = {"device": device, "dtype": dtype}
@@ -582,6 +674,9 @@ class FusedWCRNN(nn.Module):
         # whether this call is plain eager code (ops.py's fast path) is worked out once for every layer.
         plain_mode = _plain_eager_mode()
         nonlin = NONLIN_CODES[self.nonlinearity]
+        # save_preactivations=False: each layer keeps only its output for the backward (_LeanLayer), in plain
+        # eager calls that can be differentiated
+        lean = not self.save_preactivations and plain_mode and torch.is_grad_enabled()
         for layer in range(self.num_layers):
             outs = []
             for d in range(num_dir):
@@ -596,12 +691,17 @@ class FusedWCRNN(nn.Module):
                 else:
                     cw = cws[layer * num_dir + d]
                     width = self.input_size if layer == 0 else self.hidden_size * num_dir
-                    u = _input_projection(inp, cw.w_ih, cw.bias, width)  # under autocast: in the autocast dtype
-                    if amp is None:
+                    if lean and _lean_applies(inp, x0, cw):
+                        out, h = _LeanLayer.apply(inp, cw.w_ih, cw.bias, x0.contiguous(), cw.w_hh.contiguous(),
+                                                  cw.res.contiguous(), cw.gamma.contiguous(), dev_lengths, width,
+                                                  cw.res_kind, nonlin, self.backend, amp, sdt)
+                    elif amp is None:
+                        u = _input_projection(inp, cw.w_ih, cw.bias, width)
                         plain = plain_mode and _plain_tensors(u, x0, cw.w_hh, cw.res, cw.gamma)
                         out, h = run_chain(u, x0, cw.w_hh, cw.res_kind, cw.res, cw.gamma, dev_lengths, nonlin,
                                            self.backend, plain)
                     else:
+                        u = _input_projection(inp, cw.w_ih, cw.bias, width)  # under autocast: the autocast dtype
                         with torch.autocast(x.device.type, enabled=False):
                             u = u.to(sdt)
                             plain = plain_mode and _plain_tensors(u, x0, cw.w_hh, cw.res, cw.gamma)
@@ -654,4 +754,6 @@ class FusedWCRNN(nn.Module):
         if self.learn_gamma:
             s += ", learn_gamma=True"
         s += f", backend={self.backend!r}"
+        if not self.save_preactivations:
+            s += ", save_preactivations=False"
         return s
