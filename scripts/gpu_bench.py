@@ -11,7 +11,8 @@ residual, scalar r = 1, gamma = 0.01: the same layer the pytest-benchmark harnes
 ``<backend>@<precision>`` (a backend under ``torch.set_float32_matmul_precision``; benchmarks/bench_config.py),
 ``cuda:<path>`` (the cuda backend on a forced path, e.g. ``cuda:block``; a path that cannot run the shape is
 recorded as refused), ``<backend>/chain`` (the chain alone on a precomputed input projection: what the layer
-costs beyond it is the module's). ``forward`` runs under
+costs beyond it is the module's), ``<backend>+lean`` (``save_preactivations=False``: the backward recomputes the
+input projection and the pre-activations). ``forward`` runs under
 no_grad; ``forward+backward`` backpropagates one upstream gradient into output and h_n with the input, the
 weights and the biases requiring grad. The Triton kernels run their default configurations here
 (WCRNN_TRITON_AUTOTUNE=0 unless the caller sets it), so every line costs at most two compiles; tier 3 runs
@@ -113,8 +114,8 @@ def build(impl, mode, shape, dtype, device, T_override=None):
 
 
 def backend_of(impl):
-    """The backend an implementation name runs: "cuda" for "cuda:block", "cuda/chain", "cuda@high"."""
-    return re.split(r"[@:/]", impl, maxsplit=1)[0]
+    """The backend an implementation name runs: "cuda" for "cuda:block", "cuda/chain", "cuda@high", "cuda+lean"."""
+    return re.split(r"[@:/+]", impl, maxsplit=1)[0]
 
 
 def predicted_refusal(e, impl, mode, dtype_name, H):

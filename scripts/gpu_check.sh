@@ -195,10 +195,13 @@ tier1() {
     # float32 against cuDNN's 0.17 ms and 0.44 us; this tells whether the gap is the call or the chain).
     # cuda:tiled: the tiled register path (opt-in, never measured before; refused at S3's H = 256), a
     # quarter of the register path's shared-memory reads per step: "auto" should take it where it is faster.
+    # cuda+lean: FusedWCRNN(save_preactivations=False), whose backward recomputes the input projection and the
+    # pre-activations (one GEMM): its price on the GPU (on the 2-core CPU 1.04-1.54x a training step).
     local rshapes=S1,S2,S3,S4
     [ "$DRY" = 1 ] && rshapes=S2
     run_or_fail cuda-paths 90 "$WORK/cuda-paths.log" $PY scripts/gpu_bench.py --out "$OUTDIR/bench.jsonl" \
-        --impls cuda:block,cuda:grid,cuda:tiled,cuda/chain --shapes "$rshapes" --tag cuda-paths "${DRYARG[@]}"
+        --impls cuda:block,cuda:grid,cuda:tiled,cuda/chain,cuda+lean --shapes "$rshapes" --tag cuda-paths \
+        "${DRYARG[@]}"
 }
 
 # Tier 1's diagnosis, run right after tier 1 (before tier 2: run 4's sanitizers left it no time): where a step's
@@ -345,15 +348,16 @@ import json, sys
 rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
 ms = {(r["dtype"], r["shape"], r["mode"], r["impl"]): r["median_ms"] for r in rows if r.get("status") == "ok"}
 host = {(r["dtype"], r["shape"], r["mode"], r["impl"]): r.get("host_ms") for r in rows if r.get("status") == "ok"}
-cuda = sorted({k[3] for k in ms if k[3].startswith("cuda") and not set(":/") & set(k[3])})  # or cuda-emulated
-keys = sorted({k[:3] for k in ms if k[3].startswith("cuda") and (":" in k[3] or "/" in k[3])})
+cuda = sorted({k[3] for k in ms if k[3].startswith("cuda") and not set(":/+") & set(k[3])})  # or cuda-emulated
+keys = sorted({k[:3] for k in ms if k[3].startswith("cuda") and set(":/+") & set(k[3])})
 if keys and cuda:
     c = cuda[0]
     print('CUDA paths: ms per call; "auto" = the cuda lines; best forced / auto > 1: "auto" took the faster path;')
     print('chain: the chain alone (cuda/chain), "auto" less it = what the module adds per call; host: ms until the')
-    print('call returned (work enqueued, not waited for): close to the call\'s ms, the call is bound by host time')
+    print('call returned (work enqueued, not waited for): close to the call\'s ms, the call is bound by host time;')
+    print('lean: save_preactivations=False (cuda+lean), not a path: outside best/auto')
     print(f"{'dtype':8} {'shape':5} {'mode':16} {'nn.RNN':>9} {'auto':>9} {'block':>9} {'grid':>9} {'tiled':>9} "
-          f"{'chain':>9} {'best/auto':>9} {'nnRNN/auto':>10} {'host RNN':>9} {'host auto':>9}")
+          f"{'chain':>9} {'best/auto':>9} {'nnRNN/auto':>10} {'host RNN':>9} {'host auto':>9} {'lean':>9}")
     for dt, sh, mo in keys:
         got = {p: ms.get((dt, sh, mo, f"{c}:{p}")) for p in ("block", "grid", "tiled")}
         auto, rnn = ms.get((dt, sh, mo, c)), ms.get((dt, sh, mo, "nn.RNN"))
@@ -362,7 +366,8 @@ if keys and cuda:
         r = lambda v, w, n: f"{v / w:{n}.2f}" if v and w else f"{'-':>{n}}"  # noqa: E731
         print(f"{dt:8} {sh:5} {mo:16} {f(rnn)} {f(auto)} {f(got['block'])} {f(got['grid'])} {f(got['tiled'])} "
               f"{f(ms.get((dt, sh, mo, c + '/chain')))} {r(min(forced) if forced else None, auto, 9)} "
-              f"{r(rnn, auto, 10)} {f(host.get((dt, sh, mo, 'nn.RNN')))} {f(host.get((dt, sh, mo, c)))}")
+              f"{r(rnn, auto, 10)} {f(host.get((dt, sh, mo, 'nn.RNN')))} {f(host.get((dt, sh, mo, c)))} "
+              f"{f(ms.get((dt, sh, mo, c + '+lean')))}")
 EOF
 fi
 grep -E "^(trace |    )" "$WORK/trace.log" 2>/dev/null | cut -c1-240 | head -120 >> "$SUMMARY"

@@ -67,6 +67,13 @@ def test_dry_run_passes_and_writes_every_file(dry_run):
     traced = [ln for ln in summary.splitlines() if ln.startswith("trace S")]
     assert len(traced) == 8, traced
     assert all("host" in ln and "busy" in ln and "CUDA graph replay" in ln for ln in traced), traced
+    # the CUDA paths table: S2 (the dry run's shape), both dtypes and modes, every column filled (every path
+    # runs S2), lean (save_preactivations=False) last
+    head = summary.splitlines().index(next(ln for ln in summary.splitlines() if ln.startswith("dtype ") and
+                                           "tiled" in ln and "lean" in ln))
+    table = [ln.split() for ln in summary.splitlines()[head + 1:head + 5]]
+    assert [(t[0], t[1]) for t in table] == [(d, "S2") for d in ("bfloat16",) * 2 + ("float32",) * 2], table
+    assert all(len(t) == 14 and "-" not in t[3:] for t in table), table
     print(f"dry run: {seconds:.0f} s\n{summary}")
 
 
@@ -118,7 +125,7 @@ def test_dry_run_benchmark_lines_and_sanitizer_cases(dry_run):
     assert {r["dtype"] for r in precision} == {"float32"}
     paths = [r for r in lines if r["tag"] == "cuda-paths"]
     assert {r["impl"] for r in paths} == {"cuda-emulated:block", "cuda-emulated:grid", "cuda-emulated:tiled",
-                                          "cuda-emulated/chain"}, paths
+                                          "cuda-emulated/chain", "cuda-emulated+lean"}, paths
     assert {r["dtype"] for r in paths} == {"float32", "bfloat16"}
     assert all(r["us_per_step"] > 0 for r in lines)
     san = (out / "sanitize.log").read_text()
