@@ -420,7 +420,40 @@ def test_save_preactivations_argument():
     assert "save_preactivations" not in repr(FusedWCRNN(3, 4))
     m = FusedWCRNN.from_rnn(nn.RNN(3, 4), save_preactivations=False)
     assert m.save_preactivations is False
+    with pytest.raises(TypeError, match="save_preactivations: expected a bool"):
+        m.save_preactivations = "False"  # set after construction: checked as the constructor checks it
+    m.save_preactivations = True
+    assert "save_preactivations" not in repr(m)
     old = FusedWCRNN(3, 4)
-    del old.__dict__["save_preactivations"]  # a module pickled before the argument existed
+    del old.__dict__["_save_preactivations"]  # a module pickled before the argument existed
     assert old.save_preactivations is True
     old(torch.randn(2, 1, 3))
+
+
+def test_without_saved_preactivations_create_graph_and_forward_mode(monkeypatch):
+    """Found by a client test: a first-order gradient with create_graph=True works as by default (and a
+    gradient of it is refused with the package's message, not autograd's about views made under no_grad);
+    forward-mode AD runs the reference chain as by default (the lean Function has no jvp)."""
+    import torch.autograd.forward_ad as fwad
+    from wcrnn_kernels import ops
+    monkeypatch.setattr(ops, "_REFERENCE_WARNED", [])  # said once per process: say it here
+    torch.manual_seed(3)
+    ref = FusedWCRNN(4, 8, num_layers=2, dtype=F64)
+    lean = FusedWCRNN(4, 8, num_layers=2, dtype=F64, save_preactivations=False)
+    lean.load_state_dict(ref.state_dict())
+    x = torch.randn(5, 2, 4, dtype=F64, requires_grad=True)
+    got = []
+    for m in (ref, lean):
+        out, h = m(x)
+        gs = torch.autograd.grad(out.square().sum() + h.sum(), [x] + list(m.parameters()), create_graph=True)
+        assert all(g.requires_grad for g in gs)
+        got.append(gs)
+        with pytest.raises(RuntimeError, match="double backward.*not implemented by the fused WCRNN kernels"):
+            gs[0].square().sum().backward()
+    assert_all_close(list(got[1]), list(got[0]), rtol=1e-12, names=[str(i) for i in range(len(got[0]))])
+    with pytest.warns(UserWarning, match="forward-mode AD"), fwad.dual_level():
+        tangents = []
+        for m in (ref, lean):
+            out, _ = m(fwad.make_dual(x.detach(), torch.ones_like(x)))
+            tangents.append(fwad.unpack_dual(out).tangent)
+    torch.testing.assert_close(tangents[1], tangents[0], rtol=1e-12, atol=1e-12)

@@ -14,6 +14,7 @@ import warnings
 from typing import NamedTuple, Optional
 
 import torch
+import torch.autograd.forward_ad as _fwad
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence
@@ -21,7 +22,7 @@ from torch.nn.utils.rnn import PackedSequence
 from ._lazy_dynamo import compiler_disable
 from .backends import backend_names, get_backend
 from .contract import check_layer_direction
-from .ops import _chain_bwd_impl, _chain_fwd_impl, _plain_eager_mode, _plain_tensors, run_chain
+from .ops import _chain_bwd, _chain_bwd_impl, _chain_fwd_impl, _plain_eager_mode, _plain_tensors, run_chain
 from .reference import compute_dtype, wcrnn_layer_ref
 from .residual import NONLIN_CODES, NONLINEARITIES, RESIDUAL_KINDS, canonical_residual, check_residual_args
 
@@ -140,18 +141,20 @@ class _LeanLayer(torch.autograd.Function):
         inp, w_ih, bias, x0, out, w_hh, res, gamma, lengths = ctx.saved_tensors
         width, res_kind, nonlin, backend, amp, sdt = ctx.meta
         need = ctx.needs_input_grad
-        with torch.no_grad(), torch.autocast(inp.device.type, dtype=amp or torch.bfloat16, enabled=amp is not None):
-            u = _input_projection(inp, w_ih, bias, width)  # as the forward made it
-        pdt = u.dtype  # the projection's dtype (the autocast dtype under autocast)
-        if amp is not None:
-            u = u.to(sdt)
         T, B, H = out.shape
-        a = _preactivations(u, x0, out, w_hh)
-        del u
+        with torch.no_grad():  # a, recomputed: no part of any graph, also under create_graph=True
+            with torch.autocast(inp.device.type, dtype=amp or torch.bfloat16, enabled=amp is not None):
+                u = _input_projection(inp, w_ih, bias, width)  # as the forward made it
+            pdt = u.dtype  # the projection's dtype (the autocast dtype under autocast)
+            a = _preactivations(u.to(sdt) if amp is not None else u, x0, out, w_hh)
+            del u
         grad_out = torch.zeros_like(out) if grad_out is None else grad_out.contiguous()
         grad_hn = torch.zeros_like(x0) if grad_hn is None else grad_hn.contiguous()
-        g, gx0, gw, gres, ggamma = _chain_bwd_impl(grad_out, grad_hn, a, x0, out, w_hh, res, gamma, lengths,
-                                                   res_kind, nonlin, backend, need[4], need[5], need[6])
+        # as ops._backward: under create_graph=True (grad mode on here) the backward op, which says plainly that
+        # a gradient of these gradients is not implemented when one is asked for
+        chain_bwd = _chain_bwd if torch.is_grad_enabled() else _chain_bwd_impl
+        g, gx0, gw, gres, ggamma = chain_bwd(grad_out, grad_hn, a, x0, out, w_hh, res, gamma, lengths, res_kind,
+                                             nonlin, backend, need[4], need[5], need[6])
         del a
         # the projection's backward, as F.linear's (in its dtype; the weight's gradient of a narrow CPU input as
         # input^T @ grad, see _input_projection), each gradient then in its tensor's dtype
@@ -267,8 +270,8 @@ class FusedWCRNN(nn.Module):
             the saved states, docs/design.md section 5), which costs backward time
             (benchmarks/bench_memory.py measures both; README, Benchmarks). The same values; gradients equal
             to rounding (the recomputed a_t is rounded as a GEMM rounds, not as the chain's kernel).
-            Plain eager calls only: under ``torch.compile``, ``torch.func``, tracing and export the layers
-            save a_t as by default.
+            Plain eager calls only: under ``torch.compile``, ``torch.func``, forward-mode AD, tracing and
+            export the layers save a_t as by default.
 
     Parameter names and default initialisation are ``nn.RNN``'s. ``load_state_dict`` accepts an
     ``nn.RNN`` state_dict, also with ``strict=True``: the weights and biases come from it, and the residual
@@ -284,7 +287,16 @@ class FusedWCRNN(nn.Module):
     residual such as r = 0.999 is not rounded to bfloat16's 1.0.
     """
 
-    save_preactivations = True  # the default, also for a module pickled before the argument existed
+    @property
+    def save_preactivations(self) -> bool:
+        # (a module pickled before the argument existed has no _save_preactivations: the default)
+        return self.__dict__.get("_save_preactivations", True)
+
+    @save_preactivations.setter
+    def save_preactivations(self, value: bool) -> None:
+        if not isinstance(value, bool):
+            raise TypeError(f"save_preactivations: expected a bool, got {type(value).__name__} {value!r}")
+        self.__dict__["_save_preactivations"] = value
 
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, nonlinearity: str = "tanh",
                  bias: bool = True, batch_first: bool = False, dropout: float = 0.0,
@@ -676,7 +688,8 @@ class FusedWCRNN(nn.Module):
         nonlin = NONLIN_CODES[self.nonlinearity]
         # save_preactivations=False: each layer keeps only its output for the backward (_LeanLayer), in plain
         # eager calls that can be differentiated
-        lean = not self.save_preactivations and plain_mode and torch.is_grad_enabled()
+        # (not under forward-mode AD, where run_chain runs the reference, which has its rules)
+        lean = not self.save_preactivations and plain_mode and torch.is_grad_enabled() and _fwad._current_level < 0
         for layer in range(self.num_layers):
             outs = []
             for d in range(num_dir):
