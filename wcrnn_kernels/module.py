@@ -119,12 +119,18 @@ class _LeanLayer(torch.autograd.Function):
     default path, from pre-activations equal to rounding.
 
     Activation memory between forward and backward: the output (T x B x H) instead of the output and the
-    pre-activations; the layer's input is saved either way (F.linear saves it on the default path). Price: the
-    projection and one T*B x H x H GEMM again in the backward. Plain eager calls only (FusedWCRNN._run_layers)."""
+    pre-activations; the layer's input is saved either way (F.linear saves it on the default path). With
+    `reverse` (the second direction) the Function takes the layer's input in time order and reverses it itself,
+    in the forward and again in the backward, so that it saves the input the first direction saves too, not a
+    reversed copy (which F.linear saves on the default path). Price: the projection (and the reversal) and one
+    T*B x H x H GEMM again in the backward. Plain eager calls only (FusedWCRNN._run_layers)."""
 
     @staticmethod
-    def forward(ctx, inp, w_ih, bias, x0, w_hh, res, gamma, lengths, width, res_kind, nonlin, backend, amp, sdt):
-        u = _input_projection(inp, w_ih, bias, width)  # under autocast (ambient): in the autocast dtype
+    def forward(ctx, inp, w_ih, bias, x0, w_hh, res, gamma, lengths, width, res_kind, nonlin, backend, amp, sdt,
+                reverse):
+        x = _reverse_time(inp, lengths) if reverse else inp
+        u = _input_projection(x, w_ih, bias, width)  # under autocast (ambient): in the autocast dtype
+        del x
         if amp is not None:
             with torch.autocast(inp.device.type, enabled=False):
                 u = u.to(sdt)
@@ -133,21 +139,24 @@ class _LeanLayer(torch.autograd.Function):
             out, h_n, _ = _chain_fwd_impl(u, x0, w_hh, res, gamma, lengths, res_kind, nonlin, backend, False)
         ctx.set_materialize_grads(False)
         ctx.save_for_backward(inp, w_ih, bias, x0, out, w_hh, res, gamma, lengths)
-        ctx.meta = (width, res_kind, nonlin, backend, amp, sdt)
+        ctx.meta = (width, res_kind, nonlin, backend, amp, sdt, reverse)
         return out, h_n
 
     @staticmethod
     def backward(ctx, grad_out, grad_hn):
         inp, w_ih, bias, x0, out, w_hh, res, gamma, lengths = ctx.saved_tensors
-        width, res_kind, nonlin, backend, amp, sdt = ctx.meta
+        width, res_kind, nonlin, backend, amp, sdt, reverse = ctx.meta
         need = ctx.needs_input_grad
         T, B, H = out.shape
         with torch.no_grad():  # a, recomputed: no part of any graph, also under create_graph=True
+            x = _reverse_time(inp, lengths) if reverse else inp
             with torch.autocast(inp.device.type, dtype=amp or torch.bfloat16, enabled=amp is not None):
-                u = _input_projection(inp, w_ih, bias, width)  # as the forward made it
+                u = _input_projection(x, w_ih, bias, width)  # as the forward made it
             pdt = u.dtype  # the projection's dtype (the autocast dtype under autocast)
             a = _preactivations(u.to(sdt) if amp is not None else u, x0, out, w_hh)
             del u
+            if not need[1]:
+                del x
         grad_out = torch.zeros_like(out) if grad_out is None else grad_out.contiguous()
         grad_hn = torch.zeros_like(x0) if grad_hn is None else grad_hn.contiguous()
         # as ops._backward: under create_graph=True (grad mode on here) the backward op, which says plainly that
@@ -162,14 +171,16 @@ class _LeanLayer(torch.autograd.Function):
         grads = [None, None, None]
         if need[0]:
             grads[0] = gu.mm(w_ih.to(pdt)).view(inp.shape).to(inp.dtype)
+            if reverse:  # the reversal is an involution, and a permutation: its own adjoint
+                grads[0] = _reverse_time(grads[0], lengths)
         if need[1]:
-            x2 = inp.reshape(T * B, width).to(pdt)
+            x2 = x.reshape(T * B, width).to(pdt)
             narrow = inp.device.type == "cpu" and width in _SKINNY_INPUT
             grads[1] = (x2.t().mm(gu).t() if narrow else gu.t().mm(x2)).to(w_ih.dtype)
         if need[2]:
             grads[2] = gu.sum(0).to(bias.dtype)
         return (grads[0], grads[1], grads[2], gx0 if need[3] else None, gw if need[4] else None,
-                gres if need[5] else None, ggamma if need[6] else None) + (None,) * 7
+                gres if need[5] else None, ggamma if need[6] else None) + (None,) * 8
 
 
 def _show(v) -> str:
@@ -693,33 +704,36 @@ class FusedWCRNN(nn.Module):
         for layer in range(self.num_layers):
             outs = []
             for d in range(num_dir):
-                inp = layer_in if d == 0 else _reverse_time(layer_in, dev_lengths)
                 x0 = hx[layer * num_dir + d]
-                if self.backend == "reference":
-                    if amp is None:
-                        out, h = self._reference_layer(inp, x0, layer, d, dev_lengths)
-                    else:  # the specification, in float32 throughout
-                        with torch.autocast(x.device.type, enabled=False):
-                            out, h = self._reference_layer(inp.to(sdt), x0, layer, d, dev_lengths)
+                cw = cws[layer * num_dir + d] if cws is not None else None
+                if lean and cw is not None and _lean_applies(layer_in, x0, cw):
+                    # the second direction reverses its input itself (_LeanLayer), so that it saves layer_in
+                    out, h = _LeanLayer.apply(layer_in, cw.w_ih, cw.bias, x0.contiguous(), cw.w_hh.contiguous(),
+                                              cw.res.contiguous(), cw.gamma.contiguous(), dev_lengths,
+                                              self.input_size if layer == 0 else self.hidden_size * num_dir,
+                                              cw.res_kind, nonlin, self.backend, amp, sdt, d == 1)
                 else:
-                    cw = cws[layer * num_dir + d]
-                    width = self.input_size if layer == 0 else self.hidden_size * num_dir
-                    if lean and _lean_applies(inp, x0, cw):
-                        out, h = _LeanLayer.apply(inp, cw.w_ih, cw.bias, x0.contiguous(), cw.w_hh.contiguous(),
-                                                  cw.res.contiguous(), cw.gamma.contiguous(), dev_lengths, width,
-                                                  cw.res_kind, nonlin, self.backend, amp, sdt)
-                    elif amp is None:
-                        u = _input_projection(inp, cw.w_ih, cw.bias, width)
-                        plain = plain_mode and _plain_tensors(u, x0, cw.w_hh, cw.res, cw.gamma)
-                        out, h = run_chain(u, x0, cw.w_hh, cw.res_kind, cw.res, cw.gamma, dev_lengths, nonlin,
-                                           self.backend, plain)
+                    inp = layer_in if d == 0 else _reverse_time(layer_in, dev_lengths)
+                    if self.backend == "reference":
+                        if amp is None:
+                            out, h = self._reference_layer(inp, x0, layer, d, dev_lengths)
+                        else:  # the specification, in float32 throughout
+                            with torch.autocast(x.device.type, enabled=False):
+                                out, h = self._reference_layer(inp.to(sdt), x0, layer, d, dev_lengths)
                     else:
-                        u = _input_projection(inp, cw.w_ih, cw.bias, width)  # under autocast: the autocast dtype
-                        with torch.autocast(x.device.type, enabled=False):
-                            u = u.to(sdt)
+                        width = self.input_size if layer == 0 else self.hidden_size * num_dir
+                        if amp is None:
+                            u = _input_projection(inp, cw.w_ih, cw.bias, width)
                             plain = plain_mode and _plain_tensors(u, x0, cw.w_hh, cw.res, cw.gamma)
-                            out, h = run_chain(u, x0, cw.w_hh, cw.res_kind, cw.res, cw.gamma, dev_lengths,
-                                               nonlin, self.backend, plain)
+                            out, h = run_chain(u, x0, cw.w_hh, cw.res_kind, cw.res, cw.gamma, dev_lengths, nonlin,
+                                               self.backend, plain)
+                        else:
+                            u = _input_projection(inp, cw.w_ih, cw.bias, width)  # under autocast: the autocast dtype
+                            with torch.autocast(x.device.type, enabled=False):
+                                u = u.to(sdt)
+                                plain = plain_mode and _plain_tensors(u, x0, cw.w_hh, cw.res, cw.gamma)
+                                out, h = run_chain(u, x0, cw.w_hh, cw.res_kind, cw.res, cw.gamma, dev_lengths,
+                                                   nonlin, self.backend, plain)
                 if amp is not None:
                     out, h = out.to(amp), h.to(amp)
                 outs.append(out if d == 0 else _reverse_time(out, dev_lengths))
