@@ -90,6 +90,26 @@ def _input_projection(inp: Tensor, w_ih: Tensor, bias: Optional[Tensor], width: 
     return F.linear(inp, w_ih, bias)
 
 
+def _reverses_projection(reverse: bool, width: int, hidden: int) -> bool:
+    """Whether the second direction (`reverse`) reverses its projection u rather than its input: where the input
+    is at least as wide as u (every layer after the first of a bidirectional model, width 2H). Then the
+    projection saves the layer's input, which the first direction's projection saves too, instead of a reversed
+    copy of it, and the reversal moves H words a row instead of `width`. (Reversal permutes the (t, b) rows;
+    a matrix product treats every row alike, so either order computes the same u.)"""
+    return reverse and width >= hidden
+
+
+def _direction_projection(inp: Tensor, w_ih: Tensor, bias: Optional[Tensor], width: int, reverse: bool,
+                          lengths: Optional[Tensor], hidden: int) -> Tensor:
+    """u of one direction from the layer's input in time order: reversed in time for the second direction
+    (`reverse`), on the cheaper side (_reverses_projection)."""
+    if not reverse:
+        return _input_projection(inp, w_ih, bias, width)
+    if _reverses_projection(reverse, width, hidden):
+        return _reverse_time(_input_projection(inp, w_ih, bias, width), lengths)
+    return _input_projection(_reverse_time(inp, lengths), w_ih, bias, width)
+
+
 def _lean_applies(inp: Tensor, x0: Tensor, cw: "ChainWeights") -> bool:
     """Whether _LeanLayer takes this layer: plain tensors (no subclass), and something that requires grad."""
     ts = (inp, x0, cw.w_ih, cw.bias, cw.w_hh, cw.res, cw.gamma)
@@ -120,17 +140,17 @@ class _LeanLayer(torch.autograd.Function):
 
     Activation memory between forward and backward: the output (T x B x H) instead of the output and the
     pre-activations; the layer's input is saved either way (F.linear saves it on the default path). With
-    `reverse` (the second direction) the Function takes the layer's input in time order and reverses it itself,
-    in the forward and again in the backward, so that it saves the input the first direction saves too, not a
-    reversed copy (which F.linear saves on the default path). Price: the projection (and the reversal) and one
-    T*B x H x H GEMM again in the backward. Plain eager calls only (FusedWCRNN._run_layers)."""
+    `reverse` (the second direction) the Function takes the layer's input in time order and reverses the input
+    or u itself (_direction_projection), in the forward and again in the backward, so that it saves the input
+    the first direction saves too, never a reversed copy (which F.linear saves on the default path where the
+    input is narrower than u). Price: the projection (and the reversal) and one T*B x H x H GEMM again in the
+    backward. Plain eager calls only (FusedWCRNN._run_layers)."""
 
     @staticmethod
     def forward(ctx, inp, w_ih, bias, x0, w_hh, res, gamma, lengths, width, res_kind, nonlin, backend, amp, sdt,
                 reverse):
-        x = _reverse_time(inp, lengths) if reverse else inp
-        u = _input_projection(x, w_ih, bias, width)  # under autocast (ambient): in the autocast dtype
-        del x
+        # under autocast (ambient): in the autocast dtype
+        u = _direction_projection(inp, w_ih, bias, width, reverse, lengths, x0.shape[-1])
         if amp is not None:
             with torch.autocast(inp.device.type, enabled=False):
                 u = u.to(sdt)
@@ -148,10 +168,13 @@ class _LeanLayer(torch.autograd.Function):
         width, res_kind, nonlin, backend, amp, sdt, reverse = ctx.meta
         need = ctx.needs_input_grad
         T, B, H = out.shape
+        rev_u = _reverses_projection(reverse, width, H)  # else the input is reversed (when `reverse`)
         with torch.no_grad():  # a, recomputed: no part of any graph, also under create_graph=True
-            x = _reverse_time(inp, lengths) if reverse else inp
+            x = _reverse_time(inp, lengths) if reverse and not rev_u else inp
             with torch.autocast(inp.device.type, dtype=amp or torch.bfloat16, enabled=amp is not None):
                 u = _input_projection(x, w_ih, bias, width)  # as the forward made it
+            if rev_u:
+                u = _reverse_time(u, lengths)
             pdt = u.dtype  # the projection's dtype (the autocast dtype under autocast)
             a = _preactivations(u.to(sdt) if amp is not None else u, x0, out, w_hh)
             del u
@@ -167,11 +190,13 @@ class _LeanLayer(torch.autograd.Function):
         del a
         # the projection's backward, as F.linear's (in its dtype; the weight's gradient of a narrow CPU input as
         # input^T @ grad, see _input_projection), each gradient then in its tensor's dtype
-        gu = g.to(pdt).view(T * B, H)
+        # (the reversal is a permutation of the (t, b) rows and an involution: its own adjoint)
+        gu = g.to(pdt)
+        gu = (_reverse_time(gu, lengths) if rev_u else gu).view(T * B, H)
         grads = [None, None, None]
         if need[0]:
             grads[0] = gu.mm(w_ih.to(pdt)).view(inp.shape).to(inp.dtype)
-            if reverse:  # the reversal is an involution, and a permutation: its own adjoint
+            if reverse and not rev_u:
                 grads[0] = _reverse_time(grads[0], lengths)
         if need[1]:
             x2 = x.reshape(T * B, width).to(pdt)
@@ -707,33 +732,33 @@ class FusedWCRNN(nn.Module):
                 x0 = hx[layer * num_dir + d]
                 cw = cws[layer * num_dir + d] if cws is not None else None
                 if lean and cw is not None and _lean_applies(layer_in, x0, cw):
-                    # the second direction reverses its input itself (_LeanLayer), so that it saves layer_in
+                    # the second direction reverses in time itself (_LeanLayer), so that it saves layer_in
                     out, h = _LeanLayer.apply(layer_in, cw.w_ih, cw.bias, x0.contiguous(), cw.w_hh.contiguous(),
                                               cw.res.contiguous(), cw.gamma.contiguous(), dev_lengths,
                                               self.input_size if layer == 0 else self.hidden_size * num_dir,
                                               cw.res_kind, nonlin, self.backend, amp, sdt, d == 1)
-                else:
+                elif self.backend == "reference":
                     inp = layer_in if d == 0 else _reverse_time(layer_in, dev_lengths)
-                    if self.backend == "reference":
-                        if amp is None:
-                            out, h = self._reference_layer(inp, x0, layer, d, dev_lengths)
-                        else:  # the specification, in float32 throughout
-                            with torch.autocast(x.device.type, enabled=False):
-                                out, h = self._reference_layer(inp.to(sdt), x0, layer, d, dev_lengths)
+                    if amp is None:
+                        out, h = self._reference_layer(inp, x0, layer, d, dev_lengths)
+                    else:  # the specification, in float32 throughout
+                        with torch.autocast(x.device.type, enabled=False):
+                            out, h = self._reference_layer(inp.to(sdt), x0, layer, d, dev_lengths)
+                else:
+                    width = self.input_size if layer == 0 else self.hidden_size * num_dir
+                    # under autocast: in the autocast dtype
+                    u = _direction_projection(layer_in, cw.w_ih, cw.bias, width, d == 1, dev_lengths,
+                                              self.hidden_size)
+                    if amp is None:
+                        plain = plain_mode and _plain_tensors(u, x0, cw.w_hh, cw.res, cw.gamma)
+                        out, h = run_chain(u, x0, cw.w_hh, cw.res_kind, cw.res, cw.gamma, dev_lengths, nonlin,
+                                           self.backend, plain)
                     else:
-                        width = self.input_size if layer == 0 else self.hidden_size * num_dir
-                        if amp is None:
-                            u = _input_projection(inp, cw.w_ih, cw.bias, width)
+                        with torch.autocast(x.device.type, enabled=False):
+                            u = u.to(sdt)
                             plain = plain_mode and _plain_tensors(u, x0, cw.w_hh, cw.res, cw.gamma)
-                            out, h = run_chain(u, x0, cw.w_hh, cw.res_kind, cw.res, cw.gamma, dev_lengths, nonlin,
-                                               self.backend, plain)
-                        else:
-                            u = _input_projection(inp, cw.w_ih, cw.bias, width)  # under autocast: the autocast dtype
-                            with torch.autocast(x.device.type, enabled=False):
-                                u = u.to(sdt)
-                                plain = plain_mode and _plain_tensors(u, x0, cw.w_hh, cw.res, cw.gamma)
-                                out, h = run_chain(u, x0, cw.w_hh, cw.res_kind, cw.res, cw.gamma, dev_lengths,
-                                                   nonlin, self.backend, plain)
+                            out, h = run_chain(u, x0, cw.w_hh, cw.res_kind, cw.res, cw.gamma, dev_lengths,
+                                               nonlin, self.backend, plain)
                 if amp is not None:
                     out, h = out.to(amp), h.to(amp)
                 outs.append(out if d == 0 else _reverse_time(out, dev_lengths))
