@@ -18,6 +18,11 @@ weights and the biases requiring grad. The Triton kernels run their default conf
 (WCRNN_TRITON_AUTOTUNE=0 unless the caller sets it), so every line costs at most two compiles; tier 3 runs
 the autotuned harness.
 
+Memory (forward+backward lines of nn.RNN and the plain backends, +lean included): after the timing, one more
+call split into its forward and backward, with the GPU allocator's counters: ``kept_mib`` (what the forward
+leaves allocated for the backward, the outputs included) and ``peak_mib`` (the most allocated at once), MiB
+above what was allocated before (memory_of).
+
 Timing (METHOD.md): two warm-up calls (compiles, cuDNN plans), then repeated calls, each bracketed by CUDA
 events, until 0.25 s or 40 calls (at least 5); the median is reported with the min and max. Inputs are random
 normal, never zeros. One JSON line per measurement is appended to --out as soon as it is taken (a metadata
@@ -130,6 +135,32 @@ def predicted_refusal(e, impl, mode, dtype_name, H):
     return any(is_refusal(e, path, "scalar", H, d) for d in dtypes)
 
 
+def memory_of(fn, device):
+    """(kept, peak) MiB of one forward+backward of a layer_call closure on the GPU, from torch's allocator: kept,
+    what the forward leaves allocated for the backward (activations, the outputs included); peak, the most
+    allocated at once during forward and backward; both above what was allocated before (the parameters, the
+    input, the upstream gradients, and the parameters' .grad from earlier calls). None for closures without
+    halves (the wrapped variants: cuda:<path>, @<precision>, /chain). On the CPU (dry run) the same steps with
+    the counters at 0, so that the plumbing runs."""
+    if not hasattr(fn, "forward"):
+        return None
+    cuda = device == "cuda"
+    allocated = torch.cuda.memory_allocated if cuda else (lambda: 0)
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
+    sync()
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+    before = allocated()
+    outs = fn.forward()
+    sync()
+    kept = allocated() - before
+    fn.backward(outs)
+    del outs
+    sync()
+    peak = (torch.cuda.max_memory_allocated() if cuda else 0) - before
+    return kept / 2 ** 20, peak / 2 ** 20
+
+
 def measure(fn, timer, min_reps, max_reps, budget_s):
     """(wall times, host times) of repeated calls, after two unmeasured ones."""
     timer(fn)
@@ -196,6 +227,9 @@ def main():
                         rec.update(status="ok", T=T, B=B, I=I, H=H, median_ms=med * 1e3, min_ms=min(times) * 1e3,
                                    max_ms=max(times) * 1e3, reps=len(times), us_per_step=med * 1e6 / T,
                                    tokens_per_s=T * B / med, host_ms=statistics.median(hosts) * 1e3)
+                        mem = memory_of(fn, device) if mode == "forward+backward" and not args.prewarm else None
+                        if mem is not None:
+                            rec.update(kept_mib=mem[0], peak_mib=mem[1])
                     except Exception as e:  # noqa: BLE001 - recorded, the sweep goes on
                         refused = predicted_refusal(e, impl, mode, dt_name, SHAPES[shape][3])
                         rec.update(status="refused" if refused else "error",
@@ -206,8 +240,9 @@ def main():
                         with open(args.out, "a") as f:
                             f.write(json.dumps(rec) + "\n")
                     if rec["status"] == "ok":
+                        mem = f", kept {rec['kept_mib']:.1f} MiB, peak {rec['peak_mib']:.1f} MiB" if "kept_mib" in rec else ""
                         print(f"{args.tag}{' ' if args.tag else ''}{dt_name:8} {shape} {rec['mode']:16} {impl:13} {rec['median_ms']:10.3f} ms "
-                              f"{rec['us_per_step']:8.2f} us/step, host {rec['host_ms']:.3f} ms ({rec['reps']} reps, {rec['seconds']} s)",
+                              f"{rec['us_per_step']:8.2f} us/step, host {rec['host_ms']:.3f} ms{mem} ({rec['reps']} reps, {rec['seconds']} s)",
                               flush=True)
                     else:
                         print(f"{dt_name:8} {shape} {rec['mode']:16} {impl:13} {rec['status'].upper()} {rec['message']}",

@@ -370,6 +370,23 @@ if keys and cuda:
               f"{f(ms.get((dt, sh, mo, c + '+lean')))}")
 EOF
 fi
+# GPU memory of a forward+backward (gpu_bench's memory_of): cuDNN, "auto" and save_preactivations=False
+if [ -f "$OUTDIR/bench.jsonl" ]; then
+    $PY - "$OUTDIR/bench.jsonl" >> "$SUMMARY" 2>&1 <<'EOF'
+import json, sys
+rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
+mem = {(r["dtype"], r["shape"], r["impl"]): (r["kept_mib"], r["peak_mib"]) for r in rows if "kept_mib" in r}
+cuda = sorted({k[2] for k in mem if k[2].startswith("cuda") and "+" not in k[2]})
+if mem and cuda:
+    impls = ["nn.RNN", cuda[0], cuda[0] + "+lean"]
+    print("GPU memory of one forward+backward, MiB above the live set before it: kept (after the forward, the")
+    print("outputs included) / peak; lean = save_preactivations=False")
+    print(f"{'dtype':8} {'shape':5} " + " ".join(f"{i[:17]:>17}" for i in impls))
+    for dt, sh in sorted({k[:2] for k in mem}):
+        cells = [mem.get((dt, sh, i)) for i in impls]
+        print(f"{dt:8} {sh:5} " + " ".join(f"{c[0]:8.1f}/{c[1]:8.1f}" if c else f"{'-':>17}" for c in cells))
+EOF
+fi
 grep -E "^(trace |    )" "$WORK/trace.log" 2>/dev/null | cut -c1-240 | head -120 >> "$SUMMARY"
 cat "$WORK"/fp32-precision.log "$WORK"/cuda-paths.log 2>/dev/null | grep -E "^(fp32-precision|cuda-paths) " >> "$SUMMARY"
 grep -E "chain_.*kernel|^ +(Duration|Registers Per Thread|Warp Cycles Per Issued Instruction|Issue Slots Busy|Compute \(SM\) Throughput|Mem Pipes Busy|Max Bandwidth) " \

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -74,6 +75,13 @@ def test_dry_run_passes_and_writes_every_file(dry_run):
     table = [ln.split() for ln in summary.splitlines()[head + 1:head + 5]]
     assert [(t[0], t[1]) for t in table] == [(d, "S2") for d in ("bfloat16",) * 2 + ("float32",) * 2], table
     assert all(len(t) == 14 and "-" not in t[3:] for t in table), table
+    # the GPU memory block (on the CPU the allocator's counters stand at 0): kept / peak of cuDNN, auto and
+    # lean (at S1-S4 only: the cuda-paths step) in both dtypes
+    lines = summary.splitlines()
+    head = lines.index(next(ln for ln in lines if ln.startswith("GPU memory of")))
+    mem = {tuple(ln.split()[:2]): re.findall(r"([\d.]+)/\s*([\d.]+)", ln) for ln in lines[head + 3:head + 7]}
+    assert set(mem) == {(d, s) for d in ("bfloat16", "float32") for s in ("S2", "G4")}, mem
+    assert all(len(v) == (3 if k[1] == "S2" else 2) and {x for c in v for x in c} == {"0.0"} for k, v in mem.items())
     print(f"dry run: {seconds:.0f} s\n{summary}")
 
 
