@@ -43,11 +43,14 @@ def test_compile_fullgraph_matches_eager(backend, residual):
         torch.testing.assert_close(g, e, rtol=1e-5, atol=1e-6, msg=lambda m: f"{n}: {m}")
 
 
-def test_compile_inductor_fullgraph():
-    """The default inductor backend too (it generates C++ for the rest of the graph on CPU)."""
+@pytest.mark.parametrize("save_preactivations", [True, False])
+def test_compile_inductor_fullgraph(save_preactivations):
+    """The default inductor backend too (it generates C++ for the rest of the graph on CPU); also with
+    save_preactivations=False (the lean layer op)."""
     torch._dynamo.reset()
     torch.manual_seed(1)
     model = Classifier("auto", "diagonal")
+    model.rnn.save_preactivations = save_preactivations
     x = torch.randn(2, 5, 3)
     eager_out = model(x)
     eager_grads = torch.autograd.grad(eager_out.sum(), list(model.parameters()))
@@ -71,6 +74,23 @@ def test_opcheck_on_the_custom_ops():
     torch.library.opcheck(_chain_fwd, args[:5] + (None, 1, 1, "torch", True))  # no lengths, relu
     nograd = tuple(t.detach() if isinstance(t, torch.Tensor) else t for t in args)
     torch.library.opcheck(_chain_fwd, nograd[:-1] + (False,))  # inference: nothing saved
+
+
+@pytest.mark.parametrize("reverse", [False, True])
+def test_opcheck_on_the_lean_layer_op(reverse):
+    """The same for save_preactivations=False's op (input projection and chain, recomputed in the backward): with
+    lengths and a rotational residual, the second direction's reversal, no bias, bfloat16 autocast."""
+    from wcrnn_kernels.module import _lean_fwd
+    torch.manual_seed(3)
+    T, B, I, H = 4, 3, 5, 6
+
+    def r(*shape):
+        return torch.randn(*shape, requires_grad=True)
+    args = (r(T, B, I), r(H, I), r(H), r(B, H), r(H, H), torch.rand(2, H, requires_grad=True),
+            torch.rand(H, requires_grad=True), torch.tensor([4, 1, 2]), I, 1, 0, "torch", None, reverse)
+    torch.library.opcheck(_lean_fwd, args)
+    torch.library.opcheck(_lean_fwd, args[:2] + (None,) + args[3:7] + (None, I, 1, 1, "cpp", None, reverse))
+    torch.library.opcheck(_lean_fwd, args[:12] + (torch.bfloat16, reverse))
 
 
 # ------------------------------------------------------------------------------------ the eager fast path

@@ -22,7 +22,7 @@ from torch.nn.utils.rnn import PackedSequence
 from ._lazy_dynamo import compiler_disable
 from .backends import backend_names, get_backend
 from .contract import check_layer_direction
-from .ops import _chain_bwd, _chain_bwd_impl, _chain_fwd_impl, _plain_eager_mode, _plain_tensors, run_chain
+from .ops import _chain_bwd_impl, _chain_fwd_impl, _no_double_backward, _plain_eager_mode, _plain_tensors, run_chain
 from .reference import compute_dtype, wcrnn_layer_ref
 from .residual import NONLIN_CODES, NONLINEARITIES, RESIDUAL_KINDS, canonical_residual, check_residual_args
 
@@ -110,10 +110,11 @@ def _direction_projection(inp: Tensor, w_ih: Tensor, bias: Optional[Tensor], wid
     return _input_projection(_reverse_time(inp, lengths), w_ih, bias, width)
 
 
-def _lean_applies(inp: Tensor, x0: Tensor, cw: "ChainWeights") -> bool:
-    """Whether _LeanLayer takes this layer: plain tensors (no subclass), and something that requires grad."""
+def _lean_applies(inp: Tensor, x0: Tensor, cw: "ChainWeights", plain: bool) -> bool:
+    """Whether a layer runs without saved pre-activations (the lean op): something requires grad, and in plain
+    eager code (`plain`: no trace or transform but, possibly, torch.compile's) no tensor subclass."""
     ts = (inp, x0, cw.w_ih, cw.bias, cw.w_hh, cw.res, cw.gamma)
-    return _plain_tensors(*ts) and any(t is not None and t.requires_grad for t in ts)
+    return (not plain or _plain_tensors(*ts)) and any(t is not None and t.requires_grad for t in ts)
 
 
 def _preactivations(u: Tensor, x0: Tensor, out: Tensor, w_hh: Tensor) -> Tensor:
@@ -131,81 +132,135 @@ def _preactivations(u: Tensor, x0: Tensor, out: Tensor, w_hh: Tensor) -> Tensor:
     return a if a.dtype == u.dtype else a.to(u.dtype)
 
 
-class _LeanLayer(torch.autograd.Function):
-    """One layer and direction, input projection and chain, keeping only its output for the backward
-    (``save_preactivations=False``): the backward recomputes u = _input_projection(inp) (under the same autocast)
-    and the pre-activations a_t = u_t + W_hh x_{t-1} (one GEMM over the saved states: docs/design.md section 5),
-    then runs the chain's own backward and F.linear's backward formulas, so every gradient is formed as on the
-    default path, from pre-activations equal to rounding.
+# ---------------------------------------------------------------- the layer without saved pre-activations
+# save_preactivations=False: one layer and direction, input projection and chain, keeping only its output for the
+# backward. The backward recomputes u (the same projection) and the pre-activations a_t = u_t + W_hh x_{t-1} (one
+# GEMM over the saved states: docs/design.md section 5), then runs the chain's own backward and F.linear's backward
+# formulas, so every gradient is formed as on the default path, from pre-activations equal to rounding.
+#
+# Activation memory between forward and backward: the output (T x B x H) instead of the output and a; the layer's
+# input is saved either way (F.linear saves it on the default path). With `reverse` (the second direction) the op
+# takes the layer's input in time order and reverses the input or u itself (_direction_projection), in the forward
+# and again in the backward, so that it saves the input the first direction saves too, never a reversed copy. Price:
+# the projection (and the reversal) and one T*B x H x H GEMM again in the backward.
+#
+# As the chain (ops.py): custom ops wcrnn_kernels::lean_layer_fwd / _bwd, which torch.compile keeps opaque (traced
+# as one op, the backward's recompute cannot be merged with the forward's projection and saved instead), and, for
+# plain eager calls, _LeanLayer, the same implementation and formula without the custom-op dispatch. `amp`: the
+# autocast dtype under autocast, which the op applies itself as autocast applies it to F.linear (float32 tensors
+# cast to it); the chain then runs in x0's dtype (float32).
 
-    Activation memory between forward and backward: the output (T x B x H) instead of the output and the
-    pre-activations; the layer's input is saved either way (F.linear saves it on the default path). With
-    `reverse` (the second direction) the Function takes the layer's input in time order and reverses the input
-    or u itself (_direction_projection), in the forward and again in the backward, so that it saves the input
-    the first direction saves too, never a reversed copy (which F.linear saves on the default path where the
-    input is narrower than u). Price: the projection (and the reversal) and one T*B x H x H GEMM again in the
-    backward. Plain eager calls only (FusedWCRNN._run_layers)."""
+def _lean_projection(inp: Tensor, w_ih: Tensor, bias: Optional[Tensor], width: int, reverse: bool,
+                     lengths: Optional[Tensor], hidden: int, amp: Optional[torch.dtype]) -> Tensor:
+    """_direction_projection as the default path computes it, under autocast (`amp`) too: in amp's dtype."""
+    if amp is not None:
+        def cast(t):
+            return t.to(amp) if t is not None and t.dtype == torch.float32 else t
+        inp, w_ih, bias = cast(inp), cast(w_ih), cast(bias)
+    with torch.autocast(inp.device.type, enabled=False):
+        return _direction_projection(inp, w_ih, bias, width, reverse, lengths, hidden)
 
-    @staticmethod
-    def forward(ctx, inp, w_ih, bias, x0, w_hh, res, gamma, lengths, width, res_kind, nonlin, backend, amp, sdt,
-                reverse):
-        # under autocast (ambient): in the autocast dtype
-        u = _direction_projection(inp, w_ih, bias, width, reverse, lengths, x0.shape[-1])
-        if amp is not None:
-            with torch.autocast(inp.device.type, enabled=False):
-                u = u.to(sdt)
-                out, h_n, _ = _chain_fwd_impl(u, x0, w_hh, res, gamma, lengths, res_kind, nonlin, backend, False)
-        else:
-            out, h_n, _ = _chain_fwd_impl(u, x0, w_hh, res, gamma, lengths, res_kind, nonlin, backend, False)
-        ctx.set_materialize_grads(False)
-        ctx.save_for_backward(inp, w_ih, bias, x0, out, w_hh, res, gamma, lengths)
-        ctx.meta = (width, res_kind, nonlin, backend, amp, sdt, reverse)
-        return out, h_n
 
-    @staticmethod
-    def backward(ctx, grad_out, grad_hn):
-        inp, w_ih, bias, x0, out, w_hh, res, gamma, lengths = ctx.saved_tensors
-        width, res_kind, nonlin, backend, amp, sdt, reverse = ctx.meta
-        need = ctx.needs_input_grad
-        T, B, H = out.shape
-        rev_u = _reverses_projection(reverse, width, H)  # else the input is reversed (when `reverse`)
-        with torch.no_grad():  # a, recomputed: no part of any graph, also under create_graph=True
-            x = _reverse_time(inp, lengths) if reverse and not rev_u else inp
-            with torch.autocast(inp.device.type, dtype=amp or torch.bfloat16, enabled=amp is not None):
-                u = _input_projection(x, w_ih, bias, width)  # as the forward made it
-            if rev_u:
-                u = _reverse_time(u, lengths)
-            pdt = u.dtype  # the projection's dtype (the autocast dtype under autocast)
-            a = _preactivations(u.to(sdt) if amp is not None else u, x0, out, w_hh)
-            del u
-            if not need[1]:
-                del x
-        grad_out = torch.zeros_like(out) if grad_out is None else grad_out.contiguous()
-        grad_hn = torch.zeros_like(x0) if grad_hn is None else grad_hn.contiguous()
-        # as ops._backward: under create_graph=True (grad mode on here) the backward op, which says plainly that
-        # a gradient of these gradients is not implemented when one is asked for
-        chain_bwd = _chain_bwd if torch.is_grad_enabled() else _chain_bwd_impl
-        g, gx0, gw, gres, ggamma = chain_bwd(grad_out, grad_hn, a, x0, out, w_hh, res, gamma, lengths, res_kind,
-                                             nonlin, backend, need[4], need[5], need[6])
+def _lean_fwd_impl(inp: Tensor, w_ih: Tensor, bias: Optional[Tensor], x0: Tensor, w_hh: Tensor, res: Tensor,
+                   gamma: Tensor, lengths: Optional[Tensor], width: int, res_kind: int, nonlin: int, backend: str,
+                   amp: Optional[torch.dtype], reverse: bool) -> tuple[Tensor, Tensor]:
+    u = _lean_projection(inp, w_ih, bias, width, reverse, lengths, x0.shape[-1], amp).to(x0.dtype)
+    with torch.autocast(inp.device.type, enabled=False):
+        out, h_n, _ = _chain_fwd_impl(u, x0, w_hh, res, gamma, lengths, res_kind, nonlin, backend, False)
+    return out, h_n
+
+
+def _lean_bwd_impl(grad_out: Tensor, grad_hn: Tensor, inp: Tensor, w_ih: Tensor, bias: Optional[Tensor], x0: Tensor,
+                   out: Tensor, w_hh: Tensor, res: Tensor, gamma: Tensor, lengths: Optional[Tensor], width: int,
+                   res_kind: int, nonlin: int, backend: str, amp: Optional[torch.dtype], reverse: bool,
+                   need: list[bool]) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """The gradients of inp, w_ih, bias, x0, w_hh, res, gamma (each an empty tensor where `need` says no)."""
+    T, B, H = out.shape
+    rev_u = _reverses_projection(reverse, width, H)  # else the input is reversed (when `reverse`)
+    with torch.no_grad():
+        x = _reverse_time(inp, lengths) if reverse and not rev_u else inp
+        u = _lean_projection(x, w_ih, bias, width, False, None, H, amp)  # as the forward made it
+        pdt = u.dtype  # the projection's dtype (the autocast dtype under autocast)
+        if rev_u:
+            u = _reverse_time(u, lengths)
+        a = _preactivations(u.to(x0.dtype), x0, out, w_hh)
+        del u
+        g, gx0, gw, gres, ggamma = _chain_bwd_impl(grad_out, grad_hn, a, x0, out, w_hh, res, gamma, lengths,
+                                                   res_kind, nonlin, backend, need[4], need[5], need[6])
         del a
         # the projection's backward, as F.linear's (in its dtype; the weight's gradient of a narrow CPU input as
-        # input^T @ grad, see _input_projection), each gradient then in its tensor's dtype
-        # (the reversal is a permutation of the (t, b) rows and an involution: its own adjoint)
+        # input^T @ grad, see _input_projection), each gradient then in its tensor's dtype. (The reversal is a
+        # permutation of the (t, b) rows and an involution: its own adjoint.)
         gu = g.to(pdt)
         gu = (_reverse_time(gu, lengths) if rev_u else gu).view(T * B, H)
-        grads = [None, None, None]
+        wp = w_ih.to(pdt)
+        g_inp, g_w_ih, g_bias = (out.new_empty((0,)) for _ in range(3))  # custom-op outputs never alias
         if need[0]:
-            grads[0] = gu.mm(w_ih.to(pdt)).view(inp.shape).to(inp.dtype)
+            g_inp = gu.mm(wp).view(inp.shape).to(inp.dtype)
             if reverse and not rev_u:
-                grads[0] = _reverse_time(grads[0], lengths)
+                g_inp = _reverse_time(g_inp, lengths)
         if need[1]:
             x2 = x.reshape(T * B, width).to(pdt)
             narrow = inp.device.type == "cpu" and width in _SKINNY_INPUT
-            grads[1] = (x2.t().mm(gu).t() if narrow else gu.t().mm(x2)).to(w_ih.dtype)
+            g_w_ih = (x2.t().mm(gu).t() if narrow else gu.t().mm(x2)).to(w_ih.dtype)
         if need[2]:
-            grads[2] = gu.sum(0).to(bias.dtype)
-        return (grads[0], grads[1], grads[2], gx0 if need[3] else None, gw if need[4] else None,
-                gres if need[5] else None, ggamma if need[6] else None) + (None,) * 8
+            g_bias = gu.sum(0).to(bias.dtype)
+    return (g_inp, g_w_ih, g_bias, gx0 if need[3] else out.new_empty((0,)), gw if need[4] else out.new_empty((0,)),
+            gres if need[5] else out.new_empty((0,)), ggamma if need[6] else out.new_empty((0,)))
+
+
+_lean_fwd = torch.library.custom_op("wcrnn_kernels::lean_layer_fwd", _lean_fwd_impl, mutates_args=())
+_lean_bwd = torch.library.custom_op("wcrnn_kernels::lean_layer_bwd", _lean_bwd_impl, mutates_args=())
+
+
+@_lean_fwd.register_fake
+def _lean_fwd_fake(inp, w_ih, bias, x0, w_hh, res, gamma, lengths, width, res_kind, nonlin, backend, amp, reverse):
+    T, B = inp.shape[:2]
+    return x0.new_empty((T, B, x0.shape[-1])), torch.empty_like(x0)
+
+
+@_lean_bwd.register_fake
+def _lean_bwd_fake(grad_out, grad_hn, inp, w_ih, bias, x0, out, w_hh, res, gamma, lengths, width, res_kind, nonlin,
+                   backend, amp, reverse, need):
+    like = (inp, w_ih, bias, x0, w_hh, res, gamma)
+    return tuple(torch.empty_like(t) if n else out.new_empty((0,)) for t, n in zip(like, need))
+
+
+def _lean_setup(ctx, inputs, output):
+    inp, w_ih, bias, x0, w_hh, res, gamma, lengths, *meta = inputs
+    ctx.set_materialize_grads(False)
+    ctx.save_for_backward(inp, w_ih, bias, x0, output[0], w_hh, res, gamma, lengths)
+    ctx.meta = tuple(meta)  # width, res_kind, nonlin, backend, amp, reverse
+
+
+def _lean_backward(ctx, grad_out, grad_hn):
+    inp, w_ih, bias, x0, out, w_hh, res, gamma, lengths = ctx.saved_tensors
+    need = [bool(n) for n in ctx.needs_input_grad[:7]]
+    grad_out = torch.zeros_like(out) if grad_out is None else grad_out.contiguous()
+    grad_hn = torch.zeros_like(x0) if grad_hn is None else grad_hn.contiguous()
+    # under create_graph=True (grad mode on here) the backward op, which says plainly that a gradient of these
+    # gradients is not implemented when one is asked for (as ops._backward)
+    bwd = _lean_bwd if torch.is_grad_enabled() else _lean_bwd_impl
+    grads = bwd(grad_out, grad_hn, inp, w_ih, bias, x0, out, w_hh, res, gamma, lengths, *ctx.meta, need)
+    return tuple(g if n else None for g, n in zip(grads, need)) + (None,) * 7
+
+
+torch.library.register_autograd("wcrnn_kernels::lean_layer_fwd", _lean_backward, setup_context=_lean_setup)
+torch.library.register_autograd("wcrnn_kernels::lean_layer_bwd", _no_double_backward,
+                                setup_context=lambda ctx, inputs, output: None)
+
+
+class _LeanLayer(torch.autograd.Function):
+    """The lean op's eager fast path (as ops._EagerChain for the chain): the same implementation, setup and
+    backward without the custom-op dispatch."""
+
+    @staticmethod
+    def forward(ctx, *inputs):
+        output = _lean_fwd_impl(*inputs)
+        _lean_setup(ctx, inputs, output)
+        return output
+
+    backward = staticmethod(_lean_backward)
 
 
 def _show(v) -> str:
@@ -306,8 +361,8 @@ class FusedWCRNN(nn.Module):
             the saved states, docs/design.md section 5), which costs backward time
             (benchmarks/bench_memory.py measures both; README, Benchmarks). The same values; gradients equal
             to rounding (the recomputed a_t is rounded as a GEMM rounds, not as the chain's kernel).
-            Plain eager calls only: under ``torch.compile``, ``torch.func``, forward-mode AD, tracing and
-            export the layers save a_t as by default.
+            In eager calls and under ``torch.compile``; under ``torch.func``, forward-mode AD, jit tracing
+            and export the layers save a_t as by default.
 
     Parameter names and default initialisation are ``nn.RNN``'s. ``load_state_dict`` accepts an
     ``nn.RNN`` state_dict, also with ``strict=True``: the weights and biases come from it, and the residual
@@ -722,21 +777,23 @@ class FusedWCRNN(nn.Module):
         # whether this call is plain eager code (ops.py's fast path) is worked out once for every layer.
         plain_mode = _plain_eager_mode()
         nonlin = NONLIN_CODES[self.nonlinearity]
-        # save_preactivations=False: each layer keeps only its output for the backward (_LeanLayer), in plain
-        # eager calls that can be differentiated
-        # (not under forward-mode AD, where run_chain runs the reference, which has its rules)
-        lean = not self.save_preactivations and plain_mode and torch.is_grad_enabled() and _fwad._current_level < 0
+        # save_preactivations=False: each layer keeps only its output for the backward (the lean op), where a
+        # backward can follow, in plain eager calls (_LeanLayer) and under torch.compile (the custom op); not under
+        # forward-mode AD (run_chain runs the reference, which has its rules), torch.func, tracing or export
+        compiling = not plain_mode and torch.compiler.is_compiling()
+        lean = not self.save_preactivations and (plain_mode or compiling) and torch.is_grad_enabled() and \
+            _fwad._current_level < 0
         for layer in range(self.num_layers):
             outs = []
             for d in range(num_dir):
                 x0 = hx[layer * num_dir + d]
                 cw = cws[layer * num_dir + d] if cws is not None else None
-                if lean and cw is not None and _lean_applies(layer_in, x0, cw):
-                    # the second direction reverses in time itself (_LeanLayer), so that it saves layer_in
-                    out, h = _LeanLayer.apply(layer_in, cw.w_ih, cw.bias, x0.contiguous(), cw.w_hh.contiguous(),
-                                              cw.res.contiguous(), cw.gamma.contiguous(), dev_lengths,
-                                              self.input_size if layer == 0 else self.hidden_size * num_dir,
-                                              cw.res_kind, nonlin, self.backend, amp, sdt, d == 1)
+                if lean and cw is not None and _lean_applies(layer_in, x0, cw, plain_mode):
+                    # the second direction reverses in time itself, so that it saves layer_in
+                    width = self.input_size if layer == 0 else self.hidden_size * num_dir
+                    out, h = (_LeanLayer.apply if plain_mode else _lean_fwd)(
+                        layer_in, cw.w_ih, cw.bias, x0.contiguous(), cw.w_hh.contiguous(), cw.res.contiguous(),
+                        cw.gamma.contiguous(), dev_lengths, width, cw.res_kind, nonlin, self.backend, amp, d == 1)
                 elif self.backend == "reference":
                     inp = layer_in if d == 0 else _reverse_time(layer_in, dev_lengths)
                     if amp is None:
