@@ -196,7 +196,7 @@ tier1() {
     # cuda:tiled: the tiled register path (opt-in, never measured before; refused at S3's H = 256), a
     # quarter of the register path's shared-memory reads per step: "auto" should take it where it is faster.
     # cuda+lean: FusedWCRNN(save_preactivations=False), whose backward recomputes the input projection and the
-    # pre-activations (one GEMM): its price on the GPU (on the 2-core CPU 1.04-1.54x a training step).
+    # pre-activations (one GEMM): its price on the GPU (on the 2-core CPU 1.2-1.5x a training step).
     local rshapes=S1,S2,S3,S4
     [ "$DRY" = 1 ] && rshapes=S2
     run_or_fail cuda-paths 90 "$WORK/cuda-paths.log" $PY scripts/gpu_bench.py --out "$OUTDIR/bench.jsonl" \
