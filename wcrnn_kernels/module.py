@@ -111,8 +111,8 @@ def _direction_projection(inp: Tensor, w_ih: Tensor, bias: Optional[Tensor], wid
 
 
 def _lean_applies(inp: Tensor, x0: Tensor, cw: "ChainWeights", plain: bool) -> bool:
-    """Whether a layer runs without saved pre-activations (the lean op): something requires grad, and in plain
-    eager code (`plain`: no trace or transform but, possibly, torch.compile's) no tensor subclass."""
+    """Whether a layer runs without saved pre-activations (the lean op): something requires grad, and, in a plain
+    eager call (`plain`; False under torch.compile), no argument is a tensor subclass."""
     ts = (inp, x0, cw.w_ih, cw.bias, cw.w_hh, cw.res, cw.gamma)
     return (not plain or _plain_tensors(*ts)) and any(t is not None and t.requires_grad for t in ts)
 
