@@ -52,6 +52,18 @@ def test_export_records_the_requested_backend_not_the_resolved_one():
     assert all("torch" in n.args for n in _chain_nodes(forced))     # a forced backend still wins
 
 
+def test_export_of_a_model_without_saved_preactivations_records_the_chain_op():
+    """torch.export traces the default path of save_preactivations=False (which applies to eager calls and
+    torch.compile): the graph holds the chain op, which the ONNX exporter translates, and no lean layer op."""
+    torch.manual_seed(0)
+    model = FusedWCRNN(4, 6, num_layers=2, bidirectional=True, save_preactivations=False)
+    x = torch.randn(5, 2, 4)
+    ep = _export(model, x)
+    assert len(_chain_nodes(ep)) == 4
+    assert not [n for n in ep.graph.nodes if "lean_layer" in str(n.target)]
+    torch.testing.assert_close(ep.module()(x), model(x), rtol=1e-6, atol=1e-6)
+
+
 def test_exported_program_runs_where_the_compiled_library_is_missing(monkeypatch):
     """Saved and loaded, the program resolves "auto" when it runs: with only the torch backend left (as on
     a machine without the C++ library) it runs that one, and gives the eager result."""
@@ -123,6 +135,8 @@ ONNX_CASES = {
                                         nonlinearity="relu"),
     "rotational-2layers-bidir": dict(residual="rotational", num_layers=2, bidirectional=True, gamma=0.2),
     "dense-batch-first": dict(residual="dense", r=0.3, gamma=0.3, batch_first=True),
+    # the exporters trace the default path (the lean layer op has no ONNX translation)
+    "no-saved-preactivations-bidir": dict(num_layers=2, bidirectional=True, gamma=0.2, save_preactivations=False),
 }
 
 

@@ -90,6 +90,11 @@ def _input_projection(inp: Tensor, w_ih: Tensor, bias: Optional[Tensor], width: 
     return F.linear(inp, w_ih, bias)
 
 
+# torch.export (which the ONNX exporter uses) traces the default path: the lean layer op has no ONNX translation.
+# (A torch without torch.compiler.is_exporting: the lean op in eager calls only.)
+_IS_EXPORTING = getattr(torch.compiler, "is_exporting", None)
+
+
 def _reverses_projection(reverse: bool, width: int, hidden: int) -> bool:
     """Whether the second direction (`reverse`) reverses its projection u rather than its input: where the input
     is at least as wide as u (every layer after the first of a bidirectional model, width 2H). Then the
@@ -780,7 +785,8 @@ class FusedWCRNN(nn.Module):
         # save_preactivations=False: each layer keeps only its output for the backward (the lean op), where a
         # backward can follow, in plain eager calls (_LeanLayer) and under torch.compile (the custom op); not under
         # forward-mode AD (run_chain runs the reference, which has its rules), torch.func, tracing or export
-        compiling = not plain_mode and torch.compiler.is_compiling()
+        compiling = not plain_mode and torch.compiler.is_compiling() and _IS_EXPORTING is not None and \
+            not _IS_EXPORTING()
         lean = not self.save_preactivations and (plain_mode or compiling) and torch.is_grad_enabled() and \
             _fwad._current_level < 0
         for layer in range(self.num_layers):
