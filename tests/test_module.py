@@ -330,9 +330,8 @@ def test_forward_and_backward_never_make_the_host_wait_for_the_gpu(target, monke
 
 
 # ------------------------------------------------------------------------ save_preactivations=False
-def _big_saved_storages(model, x, hidden=8):
+def _big_saved_storages(model, x, hidden=8, T=6, B=3):
     """Distinct storages of T x B x `hidden` elements or more that autograd saves for the backward of model(x)."""
-    T, B = x.shape[:2]
     big = set()
 
     def pack(t):
@@ -345,10 +344,10 @@ def _big_saved_storages(model, x, hidden=8):
     return big, out, h
 
 
-@pytest.mark.parametrize("compiled", [False, True], ids=["eager", "compiled"])
+@pytest.mark.parametrize("mode", ["eager", "packed", "compiled"])
 @pytest.mark.parametrize("bidirectional", [False, True], ids=["uni", "bi"])
 @pytest.mark.parametrize("backend", ["cpp", "torch"])
-def test_without_saved_preactivations_only_the_outputs_are_kept(backend, bidirectional, compiled):
+def test_without_saved_preactivations_only_the_outputs_are_kept(backend, bidirectional, mode):
     """Between forward and backward each layer keeps its output only (nn.RNN's activation memory on the CPU,
     docs/design.md section 5), where by default it keeps its output and its pre-activations; the layers'
     input projections save their input either way (for layer 1, layer 0's output: the same storage).
@@ -356,18 +355,22 @@ def test_without_saved_preactivations_only_the_outputs_are_kept(backend, bidirec
     directions' projections save (its second direction reverses u, not a copy of its input: 9); without, the
     outputs (4) and layer 1's input: 5. (Layer 0's second direction reverses its narrower input: a copy of
     T x B x I, under the threshold.) The same under torch.compile (fullgraph, AOT autograd): the lean op is a
-    custom op there, whose recompute AOT cannot merge with the forward's projection and save instead."""
+    custom op there, whose recompute AOT cannot merge with the forward's projection and save instead. The same
+    with a PackedSequence (lengths): the reversal in time of a projection u must keep no copy of u (a gather's
+    backward did; found by a client test)."""
     torch.manual_seed(0)
     x = torch.randn(6, 3, 4, requires_grad=True)  # I < H: the input is no big storage
     torch._dynamo.reset()  # (each module compiles afresh; the process's other compiles count to Dynamo's limit)
     kept = {}
     for save in (True, False):
         m = FusedWCRNN(4, 8, num_layers=2, backend=backend, save_preactivations=save, bidirectional=bidirectional)
-        run = torch.compile(m, backend="aot_eager", fullgraph=True) if compiled else m
-        big, out, h = _big_saved_storages(run, x)
+        run = torch.compile(m, backend="aot_eager", fullgraph=True) if mode == "compiled" else m
+        inp = pack_padded_sequence(x, torch.tensor([6, 2, 4]), enforce_sorted=False) if mode == "packed" else x
+        big, out, h = _big_saved_storages(run, inp)
         big.discard(x.untyped_storage().data_ptr())
+        out = out.data if mode == "packed" else out
         kept[save] = len(big)
-        if not bidirectional:
+        if not bidirectional and mode != "packed":
             assert out.untyped_storage().data_ptr() in big  # the last layer's output is among them
         (out.sum() + h.sum()).backward()
     assert kept == ({True: 9, False: 5} if bidirectional else {True: 4, False: 2})

@@ -58,14 +58,16 @@ class ChainWeights(NamedTuple):
 
 
 def _reverse_time(x: Tensor, lengths: Optional[Tensor]) -> Tensor:
-    """Reverse every sequence in time; with lengths, only each sequence's valid part (an involution)."""
+    """Reverse every sequence in time; with lengths, only each sequence's valid part (an involution). With
+    lengths, an index_select of the (T * B) rows, whose backward keeps the index only (gather's keeps its input
+    too: a T x B x H tensor more for the backward where x is a layer's projection)."""
     if lengths is None:
         return x.flip(0)
     T, B = x.shape[:2]
     t = torch.arange(T, device=x.device)[:, None]
     L = lengths.to(x.device)[None, :]
-    idx = torch.where(t < L, L - 1 - t, t)  # (T, B)
-    return x.gather(0, idx.unsqueeze(-1).expand_as(x))
+    rows = torch.where(t < L, L - 1 - t, t) * B + torch.arange(B, device=x.device)  # (T, B): source row of each
+    return x.reshape(T * B, *x.shape[2:]).index_select(0, rows.reshape(-1)).view(x.shape)
 
 
 # Input widths for which the CPU projection's weight gradient is computed as input^T @ grad (see below).
@@ -182,7 +184,8 @@ def _lean_bwd_impl(grad_out: Tensor, grad_hn: Tensor, inp: Tensor, w_ih: Tensor,
     """The gradients of inp, w_ih, bias, x0, w_hh, res, gamma (each an empty tensor where `need` says no)."""
     T, B, H = out.shape
     rev_u = _reverses_projection(reverse, width, H)  # else the input is reversed (when `reverse`)
-    with torch.no_grad():
+    # (autocast off: the chain's arithmetic is float32 under autocast, and _lean_projection applies amp itself)
+    with torch.no_grad(), torch.autocast(inp.device.type, enabled=False):
         x = _reverse_time(inp, lengths) if reverse and not rev_u else inp
         u = _lean_projection(x, w_ih, bias, width, False, None, H, amp)  # as the forward made it
         pdt = u.dtype  # the projection's dtype (the autocast dtype under autocast)
@@ -231,11 +234,12 @@ def _lean_bwd_fake(grad_out, grad_hn, inp, w_ih, bias, x0, out, w_hh, res, gamma
     return tuple(torch.empty_like(t) if n else out.new_empty((0,)) for t, n in zip(like, need))
 
 
-def _lean_setup(ctx, inputs, output):
+def _lean_setup(ctx, inputs, output, eager=False):
     inp, w_ih, bias, x0, w_hh, res, gamma, lengths, *meta = inputs
     ctx.set_materialize_grads(False)
     ctx.save_for_backward(inp, w_ih, bias, x0, output[0], w_hh, res, gamma, lengths)
     ctx.meta = tuple(meta)  # width, res_kind, nonlin, backend, amp, reverse
+    ctx.eager = eager
 
 
 def _lean_backward(ctx, grad_out, grad_hn):
@@ -243,9 +247,11 @@ def _lean_backward(ctx, grad_out, grad_hn):
     need = [bool(n) for n in ctx.needs_input_grad[:7]]
     grad_out = torch.zeros_like(out) if grad_out is None else grad_out.contiguous()
     grad_hn = torch.zeros_like(x0) if grad_hn is None else grad_hn.contiguous()
-    # under create_graph=True (grad mode on here) the backward op, which says plainly that a gradient of these
-    # gradients is not implemented when one is asked for (as ops._backward)
-    bwd = _lean_bwd if torch.is_grad_enabled() else _lean_bwd_impl
+    # As ops._backward: the implementation itself only from the eager fast path with grad mode off. Under
+    # create_graph=True (grad mode on here) the backward op, which says plainly that a gradient of these gradients
+    # is not implemented when one is asked for; under torch.compile the op, opaque to AOT autograd (traced into,
+    # the implementation ran under the forward's autocast state: W_hh's gradient in bfloat16).
+    bwd = _lean_bwd_impl if ctx.eager and not torch.is_grad_enabled() else _lean_bwd
     grads = bwd(grad_out, grad_hn, inp, w_ih, bias, x0, out, w_hh, res, gamma, lengths, *ctx.meta, need)
     return tuple(g if n else None for g, n in zip(grads, need)) + (None,) * 7
 
@@ -262,7 +268,7 @@ class _LeanLayer(torch.autograd.Function):
     @staticmethod
     def forward(ctx, *inputs):
         output = _lean_fwd_impl(*inputs)
-        _lean_setup(ctx, inputs, output)
+        _lean_setup(ctx, inputs, output, eager=True)
         return output
 
     backward = staticmethod(_lean_backward)
