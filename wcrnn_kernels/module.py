@@ -797,12 +797,12 @@ class FusedWCRNN(nn.Module):
             _fwad._current_level < 0
         for layer in range(self.num_layers):
             outs = []
+            width = self.input_size if layer == 0 else self.hidden_size * num_dir  # the layer's input width
             for d in range(num_dir):
                 x0 = hx[layer * num_dir + d]
                 cw = cws[layer * num_dir + d] if cws is not None else None
                 if lean and cw is not None and _lean_applies(layer_in, x0, cw, plain_mode):
                     # the second direction reverses in time itself, so that it saves layer_in
-                    width = self.input_size if layer == 0 else self.hidden_size * num_dir
                     out, h = (_LeanLayer.apply if plain_mode else _lean_fwd)(
                         layer_in, cw.w_ih, cw.bias, x0.contiguous(), cw.w_hh.contiguous(), cw.res.contiguous(),
                         cw.gamma.contiguous(), dev_lengths, width, cw.res_kind, nonlin, self.backend, amp, d == 1)
@@ -814,7 +814,6 @@ class FusedWCRNN(nn.Module):
                         with torch.autocast(x.device.type, enabled=False):
                             out, h = self._reference_layer(inp.to(sdt), x0, layer, d, dev_lengths)
                 else:
-                    width = self.input_size if layer == 0 else self.hidden_size * num_dir
                     # under autocast: in the autocast dtype
                     u = _direction_projection(layer_in, cw.w_ih, cw.bias, width, d == 1, dev_lengths,
                                               self.hidden_size)
