@@ -1,8 +1,25 @@
 """Fixtures shared by the test suite (importable helpers live in helpers.py)."""
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
+
 import pytest
 import torch
+
+# A fresh inductor cache for each test session (unless the caller names one), as CI's fresh machine has: a warm
+# cache from earlier runs reuses code compiled from an older fake kernel, and hid a stride mismatch that only a
+# cold compile met (test_compile.py's inductor test, lean layer, on CI).
+_OWN_INDUCTOR_CACHE = None
+if "TORCHINDUCTOR_CACHE_DIR" not in os.environ:
+    _OWN_INDUCTOR_CACHE = tempfile.mkdtemp(prefix="wcrnn-inductor-")
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = _OWN_INDUCTOR_CACHE
+
+
+def pytest_sessionfinish(session, exitstatus):
+    if _OWN_INDUCTOR_CACHE is not None:
+        shutil.rmtree(_OWN_INDUCTOR_CACHE, ignore_errors=True)
 
 
 @pytest.fixture

@@ -98,6 +98,32 @@ def test_compiled_lean_layer_under_autocast_keeps_the_chain_in_float32():
         torch.testing.assert_close(c, e, rtol=1e-6, atol=1e-7, msg=name)
 
 
+@pytest.mark.parametrize("save_preactivations", [True, False])
+@pytest.mark.parametrize("width", [3, 16])
+def test_compile_inductor_input_and_state_gradients(save_preactivations, width):
+    """Inductor checks every custom op's output strides against its fake kernel's (assert_size_stride): the
+    gradients of a batch_first input (a transposed view inside the module), of a non-contiguous h_0, and of W_ih
+    at a narrow input width (formed as a transposed product on the CPU) must come out as the fakes say. (CI's
+    cold compile met the last one: the fake followed w_ih's strides, the kernel returned a transposed tensor.)"""
+    torch._dynamo.reset()
+    torch.manual_seed(2)
+    rnn = FusedWCRNN(width, 8, num_layers=2, bidirectional=True, residual="rotational", gamma=0.3, batch_first=True,
+                     learn_residual=True, learn_gamma=True, save_preactivations=save_preactivations).double()
+    # float64: the compiled graph sums in other orders than eager, which in float32 moves a small gradient entry
+    # by 4e-5 relative; in float64 the same difference is ~1e-14, and a real error stands out at any tolerance
+    x = torch.randn(3, 6, width, dtype=torch.float64, requires_grad=True)
+    h0 = torch.randn(3, 4, 8, dtype=torch.float64).transpose(0, 1).requires_grad_()  # (L x D, B, H), not contiguous
+
+    def loss(fn):
+        out, h_n = fn(x, h0)
+        return torch.autograd.grad(out.square().sum() + h_n.sum(), [x, h0, *rnn.parameters()])
+    eager = loss(rnn)
+    compiled = loss(torch.compile(rnn, fullgraph=True))
+    names = ["input", "h_0"] + [n for n, _ in rnn.named_parameters()]
+    for n, c, e in zip(names, compiled, eager):
+        torch.testing.assert_close(c, e, rtol=1e-10, atol=1e-12, msg=lambda m: f"{n}: {m}")
+
+
 @pytest.mark.parametrize("reverse", [False, True])
 def test_opcheck_on_the_lean_layer_op(reverse):
     """The same for save_preactivations=False's op (input projection and chain, recomputed in the backward): with
@@ -113,6 +139,16 @@ def test_opcheck_on_the_lean_layer_op(reverse):
     torch.library.opcheck(_lean_fwd, args)
     torch.library.opcheck(_lean_fwd, args[:2] + (None,) + args[3:7] + (None, I, 1, 1, "cpp", None, reverse))
     torch.library.opcheck(_lean_fwd, args[:12] + (torch.bfloat16, reverse))
+    # the backward op itself: its outputs against its fake (inductor asserts their strides), at a narrow width
+    # (I = 5: the CPU's transposed weight-gradient product) and a wide one, with a transposed input (batch_first)
+    from wcrnn_kernels.module import _lean_bwd
+    for width, inp in ((I, torch.randn(B, T, I).transpose(0, 1)), (16, torch.randn(T, B, 16))):
+        w_ih = torch.randn(H, width)
+        fwd = tuple(t.detach() if isinstance(t, torch.Tensor) else t
+                    for t in (inp, w_ih) + args[2:8] + (width, 1, 0, "cpp", None, reverse))
+        out, h_n = _lean_fwd(*fwd)  # fwd: inp w_ih bias x0 w_hh res gamma lengths, then the 6 non-tensors
+        bwd = (torch.randn_like(out), torch.randn_like(h_n)) + fwd[:4] + (out,) + fwd[4:] + ([True] * 7,)
+        torch.library.opcheck(_lean_bwd, bwd, test_utils=("test_schema", "test_faketensor"))
 
 
 # ------------------------------------------------------------------------------------ the eager fast path

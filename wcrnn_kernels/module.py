@@ -213,8 +213,10 @@ def _lean_bwd_impl(grad_out: Tensor, grad_hn: Tensor, inp: Tensor, w_ih: Tensor,
             g_w_ih = (x2.t().mm(gu).t() if narrow else gu.t().mm(x2)).to(w_ih.dtype)
         if need[2]:
             g_bias = gu.sum(0).to(bias.dtype)
-    return (g_inp, g_w_ih, g_bias, gx0 if need[3] else out.new_empty((0,)), gw if need[4] else out.new_empty((0,)),
-            gres if need[5] else out.new_empty((0,)), ggamma if need[6] else out.new_empty((0,)))
+    # each gradient contiguous, as the fake says (the narrow weight gradient is a transposed product, an input's
+    # gradient is contiguous whatever the input's layout: the fake cannot follow either)
+    grads = (g_inp, g_w_ih, g_bias, gx0, gw, gres, ggamma)
+    return tuple(g.contiguous() if n else out.new_empty((0,)) for g, n in zip(grads, need))
 
 
 _lean_fwd = torch.library.custom_op("wcrnn_kernels::lean_layer_fwd", _lean_fwd_impl, mutates_args=())
@@ -231,7 +233,7 @@ def _lean_fwd_fake(inp, w_ih, bias, x0, w_hh, res, gamma, lengths, width, res_ki
 def _lean_bwd_fake(grad_out, grad_hn, inp, w_ih, bias, x0, out, w_hh, res, gamma, lengths, width, res_kind, nonlin,
                    backend, amp, reverse, need):
     like = (inp, w_ih, bias, x0, w_hh, res, gamma)
-    return tuple(torch.empty_like(t) if n else out.new_empty((0,)) for t, n in zip(like, need))
+    return tuple(t.new_empty(t.shape) if n else out.new_empty((0,)) for t, n in zip(like, need))  # contiguous
 
 
 def _lean_setup(ctx, inputs, output, eager=False):

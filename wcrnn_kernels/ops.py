@@ -104,7 +104,8 @@ _chain_bwd = torch.library.custom_op("wcrnn_kernels::chain_bwd", _chain_bwd_impl
 @_chain_fwd.register_fake
 def _chain_fwd_fake(u, x0, w_hh, res, gamma, lengths, res_kind, nonlin, backend, save_a):
     check_same_device("wcrnn_kernels::chain_fwd", "u x0 w_hh res gamma lengths", u, x0, w_hh, res, gamma, lengths)
-    return torch.empty_like(u), torch.empty_like(x0), (torch.empty_like(u) if save_a else u.new_empty(_EMPTY))
+    # contiguous, as every backend returns them (the backends take contiguous tensors, and the callers pass them)
+    return u.new_empty(u.shape), x0.new_empty(x0.shape), (u.new_empty(u.shape) if save_a else u.new_empty(_EMPTY))
 
 
 @_chain_bwd.register_fake
@@ -114,8 +115,8 @@ def _chain_bwd_fake(grad_out, grad_hn, a, x0, out, w_hh, res, gamma, lengths, re
                       grad_hn, x0, out, w_hh, res, gamma, lengths)
 
     def maybe(t, need):
-        return torch.empty_like(t) if need else a.new_empty(_EMPTY)
-    return (torch.empty_like(a), torch.empty_like(x0), maybe(w_hh, need_w), maybe(res, need_res),
+        return t.new_empty(t.shape) if need else a.new_empty(_EMPTY)  # contiguous, as the backends return them
+    return (a.new_empty(a.shape), x0.new_empty(x0.shape), maybe(w_hh, need_w), maybe(res, need_res),
             maybe(gamma, need_gamma))
 
 
