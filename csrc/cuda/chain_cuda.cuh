@@ -13,7 +13,8 @@
 //   (ld.global.cg), computes its own units, writes them back to L2 (st.global.cg), and the grid meets at
 //   one cooperative-groups grid barrier. The launch is cooperative, so every block is resident and the
 //   barrier cannot deadlock.
-// * register path (WCRNN_CUDA_PATH=regs, opt-in until measured on a GPU): like the block path one block per
+// * register path (WCRNN_CUDA_PATH=regs; "auto" takes it for float32, float16 and bfloat16 wherever it runs, see
+//   kAutoRegs, measured on an H200; float64 only when forced): like the block path one block per
 //   tile of BT rows, but one thread per unit i keeps row i of W_hh (and of a dense R) in K registers (beyond
 //   K words the row is read from shared memory), so a step reads mostly the state rows from shared memory
 //   (four words per instruction), u_t is loaded several steps ahead into registers, and a step needs one
