@@ -124,6 +124,30 @@ def test_compile_inductor_input_and_state_gradients(save_preactivations, width):
         torch.testing.assert_close(c, e, rtol=1e-10, atol=1e-12, msg=lambda m: f"{n}: {m}")
 
 
+@pytest.mark.parametrize("backend", ["torch", "cpp"])
+@pytest.mark.parametrize("kind", [0, 1, 2])
+def test_custom_op_outputs_are_contiguous_as_their_fakes_say(backend, kind):
+    """The package's ops on a transposed x0 / grad_hn (legal for a direct caller; the module passes contiguous
+    ones): every output contiguous, as the fakes say. The torch backend's h_n and dx0 kept x0's / grad_hn's layout
+    (elementwise ops keep it), the lean op's fake followed x0's."""
+    from wcrnn_kernels.module import _lean_fwd
+    from wcrnn_kernels.ops import _chain_bwd, _chain_fwd
+    torch.manual_seed(4)
+    T, B, H, I = 5, 3, 4, 3
+    res = (torch.rand(H), torch.rand(2, H), torch.randn(H, H) * 0.3)[kind]
+    w, gamma, x0_t = torch.randn(H, H) * 0.3, torch.rand(H), torch.randn(H, B).t()
+    checks = ("test_schema", "test_faketensor")
+    for lengths in (None, torch.tensor([5, 2, 4])):
+        torch.library.opcheck(_chain_fwd, (torch.randn(T, B, H), x0_t, w, res, gamma, lengths, kind, 0, backend,
+                                           True), test_utils=checks)
+        out, _, a = _chain_fwd(torch.randn(T, B, H), x0_t.contiguous(), w, res, gamma, lengths, kind, 0, backend,
+                               True)
+        torch.library.opcheck(_chain_bwd, (torch.randn(T, B, H), torch.randn(H, B).t(), a, x0_t, out, w, res, gamma,
+                                           lengths, kind, 0, backend, True, True, True), test_utils=checks)
+        torch.library.opcheck(_lean_fwd, (torch.randn(T, B, I), torch.randn(H, I), None, x0_t, w, res, gamma, lengths,
+                                          I, kind, 0, backend, None, False), test_utils=checks)
+
+
 @pytest.mark.parametrize("reverse", [False, True])
 def test_opcheck_on_the_lean_layer_op(reverse):
     """The same for save_preactivations=False's op (input projection and chain, recomputed in the backward): with

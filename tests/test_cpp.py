@@ -339,6 +339,24 @@ def test_opcheck_and_fake_tensors():
         torch.library.opcheck(torch.ops.wcrnn_C.chain_bwd.default, args)
 
 
+def _transposed(t):
+    """The same values in a transposed layout (the first two dimensions' strides swapped)."""
+    return t.transpose(0, 1).contiguous().transpose(0, 1)
+
+
+@pytest.mark.parametrize("save", [False, True])
+def test_fake_outputs_are_contiguous_as_the_library_allocates_them(save):
+    """The library's outputs are contiguous whatever its inputs' layout (new_outputs); the fakes said the inputs'
+    layout (empty_like), which inductor asserts (assert_size_stride) against the real strides."""
+    u, x0, w, res, gamma, *_ = _args(T=5, B=3)
+    torch.library.opcheck(torch.ops.wcrnn_C.chain_fwd.default,
+                          (_transposed(u), _transposed(x0), w, res, gamma, None, 0, 0, save),
+                          test_utils=("test_schema", "test_faketensor"))
+    torch.library.opcheck(torch.ops.wcrnn_C.chain_bwd.default,
+                          (torch.randn_like(u), _transposed(torch.randn_like(x0)), _transposed(u), w, res, gamma,
+                           None, 0, 0, save), test_utils=("test_schema", "test_faketensor"))
+
+
 def test_ops_trace_under_torch_compile():
     """A graph that calls the wcrnn_C ops directly compiles with fullgraph=True and matches eager."""
     torch._dynamo.reset()

@@ -64,6 +64,51 @@ def test_export_of_a_model_without_saved_preactivations_records_the_chain_op():
     torch.testing.assert_close(ep.module()(x), model(x), rtol=1e-6, atol=1e-6)
 
 
+@pytest.mark.parametrize("save_preactivations", [True, False])
+def test_program_exported_under_no_grad_backpropagates_as_nn_rnns(save_preactivations):
+    """A program exported under torch.no_grad records the forward that saves no pre-activations (save_a is a
+    constant of the graph); run later with grad, its backward recomputes them (one GEMM) instead of refusing, as
+    nn.RNN's exported program backpropagates. Every gradient as eager's, in float64, with lengths too."""
+    torch.manual_seed(5)
+    model = FusedWCRNN(5, 4, num_layers=2, bidirectional=True, batch_first=True, residual="rotational",
+                       learn_residual=True, learn_gamma=True, save_preactivations=save_preactivations).double()
+    x, h0 = torch.randn(3, 6, 5, dtype=torch.float64), torch.randn(4, 3, 4, dtype=torch.float64)
+    with torch.no_grad():
+        ep = torch.export.export(model, (x, h0))
+    assert not any(n.args[-1] for n in _chain_nodes(ep))  # the forwards that save nothing
+    x.requires_grad_(True)
+    h0.requires_grad_(True)
+
+    def grads(fn):
+        out, h_n = fn(x, h0)
+        return torch.autograd.grad(out.square().sum() + h_n.sum(), [x, h0, *model.parameters()])
+    names = ["input", "h_0"] + [n for n, _ in model.named_parameters()]
+    for n, got, want in zip(names, grads(ep.module()), grads(model)):
+        torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12, msg=lambda m: f"{n}: {m}")
+
+
+def test_chain_op_backward_without_saved_preactivations_matches_with_them():
+    """The chain op with save_a=False under autograd (what such an exported program runs): its backward
+    recomputes a from u; the same gradients as with save_a=True, lengths included, and u left as it was."""
+    from wcrnn_kernels.ops import _chain_fwd
+    torch.manual_seed(6)
+    T, B, H = 6, 3, 4
+    base = [torch.randn(T, B, H, dtype=torch.float64), torch.randn(B, H, dtype=torch.float64),
+            torch.randn(H, H, dtype=torch.float64) * 0.3, torch.rand(2, H, dtype=torch.float64),
+            torch.rand(H, dtype=torch.float64)]
+    go = torch.randn(T, B, H, dtype=torch.float64)
+    for lengths in (None, torch.tensor([6, 2, 4])):
+        result = []
+        for save_a in (True, False):
+            ts = [t.clone().requires_grad_() for t in base]
+            u_before = ts[0].detach().clone()
+            out, h_n, _ = _chain_fwd(*ts, lengths, 1, 0, "auto", save_a)
+            result.append(torch.autograd.grad((out * go).sum() + h_n.sum(), ts))
+            assert torch.equal(ts[0].detach(), u_before)
+        for g_saved, g_recomputed in zip(*result):
+            torch.testing.assert_close(g_recomputed, g_saved, rtol=1e-12, atol=1e-13)
+
+
 def test_exported_program_runs_where_the_compiled_library_is_missing(monkeypatch):
     """Saved and loaded, the program resolves "auto" when it runs: with only the torch backend left (as on
     a machine without the C++ library) it runs that one, and gives the eager result."""

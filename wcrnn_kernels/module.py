@@ -22,7 +22,8 @@ from torch.nn.utils.rnn import PackedSequence
 from ._lazy_dynamo import compiler_disable
 from .backends import backend_names, get_backend
 from .contract import check_layer_direction
-from .ops import _chain_bwd_impl, _chain_fwd_impl, _no_double_backward, _plain_eager_mode, _plain_tensors, run_chain
+from .ops import (_chain_bwd_impl, _chain_fwd_impl, _no_double_backward, _plain_eager_mode, _plain_tensors,
+                  _preactivations, run_chain)
 from .reference import compute_dtype, wcrnn_layer_ref
 from .residual import NONLIN_CODES, NONLINEARITIES, RESIDUAL_KINDS, canonical_residual, check_residual_args
 
@@ -124,21 +125,6 @@ def _lean_applies(inp: Tensor, x0: Tensor, cw: "ChainWeights", plain: bool) -> b
     return (not plain or _plain_tensors(*ts)) and any(t is not None and t.requires_grad for t in ts)
 
 
-def _preactivations(u: Tensor, x0: Tensor, out: Tensor, w_hh: Tensor) -> Tensor:
-    """a = u + [x0; out[:-1]] W_hh^T (T, B, H) in the compute dtype, into u's own buffer where u has that dtype
-    (the caller needs u no more), returned in u's dtype: the dtype the forward's chain saves a in. Past a row's
-    length the chain's own a is 0 and this one is not: no matter, g and delta are 0 there, and a is finite there
-    (the padded input and output are 0)."""
-    T, B, H = out.shape
-    cd = compute_dtype(out.dtype)
-    a = u if u.dtype == cd else u.to(cd)
-    a2, w_t = a.view(T * B, H), w_hh.to(cd).t()
-    a2[:B].addmm_(x0.to(cd), w_t)
-    if T > 1:
-        a2[B:].addmm_(out[:-1].reshape((T - 1) * B, H).to(cd), w_t)
-    return a if a.dtype == u.dtype else a.to(u.dtype)
-
-
 # ---------------------------------------------------------------- the layer without saved pre-activations
 # save_preactivations=False: one layer and direction, input projection and chain, keeping only its output for the
 # backward. The backward recomputes u (the same projection) and the pre-activations a_t = u_t + W_hh x_{t-1} (one
@@ -226,7 +212,7 @@ _lean_bwd = torch.library.custom_op("wcrnn_kernels::lean_layer_bwd", _lean_bwd_i
 @_lean_fwd.register_fake
 def _lean_fwd_fake(inp, w_ih, bias, x0, w_hh, res, gamma, lengths, width, res_kind, nonlin, backend, amp, reverse):
     T, B = inp.shape[:2]
-    return x0.new_empty((T, B, x0.shape[-1])), torch.empty_like(x0)
+    return x0.new_empty((T, B, x0.shape[-1])), x0.new_empty(x0.shape)  # contiguous, as the chain's outputs
 
 
 @_lean_bwd.register_fake

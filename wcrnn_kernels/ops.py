@@ -97,6 +97,21 @@ def _chain_bwd_impl(grad_out: Tensor, grad_hn: Tensor, a: Tensor, x0: Tensor, ou
     return back(g, a), back(dx0, x0), grad_w, grad_res, grad_gamma
 
 
+def _preactivations(u: Tensor, x0: Tensor, out: Tensor, w_hh: Tensor, in_place: bool = True) -> Tensor:
+    """a = u + [x0; out[:-1]] W_hh^T (T, B, H) in the compute dtype (one GEMM), what the forward's chain saves
+    with save_a, returned in u's dtype as the chain saves it. With `in_place` into u's own buffer where u has
+    that dtype (the caller needs u no more). Past a row's length the chain's own a is 0 and this one need not
+    be: no matter, g and delta are 0 there (and the layer's padded input and output are 0, so a is finite)."""
+    T, B, H = out.shape
+    cd = compute_dtype(out.dtype)
+    a = (u if in_place else u.clone()) if u.dtype == cd else u.to(cd)
+    a2, w_t = a.view(T * B, H), w_hh.to(cd).t()
+    a2[:B].addmm_(x0.to(cd), w_t)
+    if T > 1:
+        a2[B:].addmm_(out[:-1].reshape((T - 1) * B, H).to(cd), w_t)
+    return a if a.dtype == u.dtype else a.to(u.dtype)
+
+
 _chain_fwd = torch.library.custom_op("wcrnn_kernels::chain_fwd", _chain_fwd_impl, mutates_args=())
 _chain_bwd = torch.library.custom_op("wcrnn_kernels::chain_bwd", _chain_bwd_impl, mutates_args=())
 
@@ -125,7 +140,9 @@ def _setup_context(ctx, inputs, output, eager=False):
     out, _, a = output
     ctx.mark_non_differentiable(a)
     ctx.set_materialize_grads(False)  # an unused output's gradient arrives as None, not a zero tensor
-    ctx.save_for_backward(a, x0, out, w_hh, res, gamma, lengths)
+    # without save_a (a forward recorded for a backward all the same: a program exported under no_grad, run
+    # with grad) u instead, from which the backward recomputes a
+    ctx.save_for_backward(a if save_a else u, x0, out, w_hh, res, gamma, lengths)
     ctx.meta = (res_kind, nonlin, backend, save_a, eager)
 
 
@@ -136,9 +153,9 @@ def _backward(ctx, grad_out, grad_hn, _grad_a):
     # create_graph=True (grad mode on here), where the op records that it has no double backward and says so
     # when one is asked for.
     chain_bwd = _chain_bwd_impl if eager and not torch.is_grad_enabled() else _chain_bwd
-    if not save_a:
-        raise RuntimeError("wcrnn_kernels::chain_fwd: backward called on a forward that ran without saving the "
-                           "pre-activations (save_a=False: no input required grad, or grad mode was off)")
+    if not save_a:  # `a` is u (see _setup_context): a = u + [x0; out[:-1]] W_hh^T, one GEMM
+        with torch.no_grad():
+            a = _preactivations(a, x0, out, w_hh, in_place=False)
     need = ctx.needs_input_grad
     grad_out = torch.zeros_like(out) if grad_out is None else grad_out.contiguous()
     grad_hn = torch.zeros_like(x0) if grad_hn is None else grad_hn.contiguous()

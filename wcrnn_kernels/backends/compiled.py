@@ -45,15 +45,16 @@ def register_fakes(namespace: str = "wcrnn_C") -> None:
     def _chain_fwd_fake(u, x0, w_hh, res, gamma, lengths, res_kind, nonlin, save_a):
         torch._check(u.dim() == 3, lambda: f"{namespace}::chain_fwd: u: expected (T, B, H), got {tuple(u.shape)}")
         check_same_device(f"{namespace}::chain_fwd", "u x0 w_hh res gamma lengths", u, x0, w_hh, res, gamma, lengths)
-        return torch.empty_like(u), torch.empty_like(x0), (torch.empty_like(u) if save_a else u.new_empty((0,)))
+        # contiguous, whatever the inputs' layout: the library allocates its outputs so (new_outputs)
+        return u.new_empty(u.shape), x0.new_empty(x0.shape), (u.new_empty(u.shape) if save_a else u.new_empty((0,)))
 
     @torch.library.register_fake(f"{namespace}::chain_bwd")
     def _chain_bwd_fake(grad_out, grad_hn, a, w_hh, res, gamma, lengths, res_kind, nonlin, need_delta):
         torch._check(a.dim() == 3, lambda: f"{namespace}::chain_bwd: a: expected (T, B, H), got {tuple(a.shape)}")
         check_same_device(f"{namespace}::chain_bwd", "a grad_out grad_hn w_hh res gamma lengths", a, grad_out,
                           grad_hn, w_hh, res, gamma, lengths)
-        delta = torch.empty_like(a) if need_delta else a.new_empty((0,))
-        return torch.empty_like(a), torch.empty_like(grad_hn), delta
+        delta = a.new_empty(a.shape) if need_delta else a.new_empty((0,))
+        return a.new_empty(a.shape), grad_hn.new_empty(grad_hn.shape), delta  # contiguous, as the library's
 
 
 class WcrnnCOps:

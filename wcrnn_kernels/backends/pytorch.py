@@ -52,7 +52,10 @@ class TorchBackend:
                 out[t] = torch.where(valid[t], x, 0.0)
                 if save_a:
                     a_all[t] = torch.where(valid[t], a, 0.0)
-        return out, x.to(u.dtype), a_all
+        h_n = x.to(u.dtype)
+        if h_n is x0 or not h_n.is_contiguous():  # contiguous, as the op's fake says; never x0 itself (T = 0)
+            h_n = h_n.clone(memory_format=torch.contiguous_format)
+        return out, h_n, a_all
 
     def chain_bwd(self, grad_out, grad_hn, a, w_hh, res_kind, res, gamma, lengths, nonlin, need_delta):
         T, B, H = a.shape
@@ -78,7 +81,7 @@ class TorchBackend:
             g[t] = g_t
             if need_delta:
                 deltas[t] = d_t
-        return g, delta.to(a.dtype), deltas
+        return g, delta.to(a.dtype).contiguous(), deltas  # contiguous whatever grad_hn's layout (the fake's)
 
 
 register_backend(TorchBackend())
