@@ -1,6 +1,7 @@
 """torch.compile(fullgraph=True) runs a model that uses FusedWCRNN, forward and backward, as eager does."""
 from __future__ import annotations
 
+import copy
 import warnings
 
 import pytest
@@ -80,7 +81,6 @@ def test_compiled_lean_layer_under_autocast_keeps_the_chain_in_float32():
     """save_preactivations=False compiled under CPU bfloat16 autocast: every gradient equal to the eager lean
     layer's, whose chain backward runs in float32. (Found by a client test: the backward's implementation, traced
     by AOT autograd under the forward's autocast state, formed W_hh's gradient in bfloat16, 1e-3 off.)"""
-    import copy
     torch._dynamo.reset()
     torch.manual_seed(0)
     base = FusedWCRNN(6, 32, residual="none", gamma=1.0, save_preactivations=False)
@@ -146,6 +146,37 @@ def test_custom_op_outputs_are_contiguous_as_their_fakes_say(backend, kind):
                                            lengths, kind, 0, backend, True, True, True), test_utils=checks)
         torch.library.opcheck(_lean_fwd, (torch.randn(T, B, I), torch.randn(H, I), None, x0_t, w, res, gamma, lengths,
                                           I, kind, 0, backend, None, False), test_utils=checks)
+
+
+@pytest.mark.parametrize("backend", ["inductor", "aot_eager"])
+@pytest.mark.parametrize("save_preactivations", [True, False])
+def test_compiled_bias_gradients_are_separate_tensors_and_accumulate(backend, save_preactivations):
+    """From a client test: compiled, bias_ih's and bias_hh's .grad were one tensor (a compiled backward of
+    b_ih + b_hh returns one tensor for both), so a second backward without zero_grad counted each bias gradient
+    3x and clip_grad_norm_ scaled them twice. Now: separate tensors, two backwards give twice one backward's
+    gradients for every parameter, and clipping matches eager."""
+    torch._dynamo.reset()
+    torch.manual_seed(7)
+    base = FusedWCRNN(3, 8, num_layers=2, bidirectional=True, residual="diagonal", learn_residual=True,
+                      save_preactivations=save_preactivations).double()
+    x = torch.randn(6, 4, 3, dtype=torch.float64)
+    eager = copy.deepcopy(base)
+    eager(x)[0].square().sum().backward()
+    once = {n: p.grad.clone() for n, p in eager.named_parameters()}
+    compiled = torch.compile(base, backend=backend, fullgraph=True)
+    for _ in range(2):
+        compiled(x)[0].square().sum().backward()
+    for layer in range(2):
+        for sfx in ("", "_reverse"):
+            b_ih, b_hh = getattr(base, f"bias_ih_l{layer}{sfx}"), getattr(base, f"bias_hh_l{layer}{sfx}")
+            assert b_ih.grad.data_ptr() != b_hh.grad.data_ptr()
+    for n, p in base.named_parameters():
+        torch.testing.assert_close(p.grad, 2 * once[n], rtol=1e-10, atol=1e-12, msg=lambda m: f"{n}: {m}")
+    eager(x)[0].square().sum().backward()  # eager's gradients now two backwards' too
+    torch.nn.utils.clip_grad_norm_(base.parameters(), 0.25)
+    torch.nn.utils.clip_grad_norm_(eager.parameters(), 0.25)
+    for (n, p), q in zip(base.named_parameters(), eager.parameters()):
+        torch.testing.assert_close(p.grad, q.grad, rtol=1e-10, atol=1e-12, msg=lambda m: f"{n}: {m}")
 
 
 @pytest.mark.parametrize("reverse", [False, True])

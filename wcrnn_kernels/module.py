@@ -335,6 +335,28 @@ class _DefaultGamma(float):
 _DEFAULT_GAMMA = _DefaultGamma(0.01)
 
 
+class _BiasSum(torch.autograd.Function):
+    """b_ih + b_hh whose backward gives each bias a gradient tensor of its own."""
+    @staticmethod
+    def forward(ctx, b_ih, b_hh):
+        return b_ih + b_hh
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad, grad.clone()
+
+
+def _sum_biases(b_ih: Tensor, b_hh: Tensor) -> Tensor:
+    """b_ih + b_hh; under torch.compile through _BiasSum. A compiled backward of a plain sum returns one tensor as
+    both biases' gradient (torch 2.13, any module: F.linear(x, w, b1 + b2) does it), autograd then stores that one
+    tensor as both .grad, and every later in-place update of one (gradient accumulation over micro-batches, which
+    then counted a bias's gradient 3x over two backwards; clip_grad_norm_ scaling both) changes the other. A
+    clone of H words in the backward gives each its own; eager autograd already does (a plain sum there)."""
+    if torch.compiler.is_compiling():
+        return _BiasSum.apply(b_ih, b_hh)
+    return b_ih + b_hh
+
+
 class FusedWCRNN(nn.Module):
     r"""Weakly coupled residual RNN with ``torch.nn.RNN``'s interface.
 
@@ -637,7 +659,7 @@ class FusedWCRNN(nn.Module):
         # checked indices. `for_kernels`: res and gamma as the chain op takes them, a scalar r or gamma left 0-d
         # (the op broadcasts it): at T = 1 every torch op made here is a noticeable part of a call
         w_ih, w_hh, b_ih, b_hh, r, theta, gamma = self._layer_state(layer, direction)
-        bias = b_ih + b_hh if self.bias else None
+        bias = _sum_biases(b_ih, b_hh) if self.bias else None
         res_kind, res = canonical_residual(self.residual, self.hidden_size, 0.0 if r is None else r, theta,
                                            dtype=w_hh.dtype, device=w_hh.device, keep_scalar=for_kernels)
         if not for_kernels and gamma.dim() == 0:  # the chain op takes a 0-d gamma (and makes both contiguous)
