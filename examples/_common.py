@@ -52,6 +52,12 @@ def write_json(out: str, meta: dict, results, **extra) -> str:
     return path
 
 
+def default_out(filename: str, quick: bool) -> str:
+    """Where an example writes by default: examples/results/<filename> (the committed results the README shows),
+    or with --quick examples/results/quick/<filename> (git-ignored), so that a smoke run never replaces them."""
+    return os.path.join(HERE, "results", "quick", filename) if quick else os.path.join(HERE, "results", filename)
+
+
 def save(out: str, meta: dict, results, plot) -> None:
     """The end of an experiment: the numbers as JSON beside `out`, then the figure (`plot()` writes `out`)."""
     write_json(out, meta, results)

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
 import time
 
 import torch
@@ -49,8 +48,11 @@ def parse_args(argv=None):
     _common.add_threads_argument(p)
     p.add_argument("--backend", default="auto")
     p.add_argument("--quick", action="store_true", help="tiny run for CI (T = 30, H = 16, 40 steps)")
-    p.add_argument("--out", default=os.path.join(HERE, "results", "adding_problem.png"), help="PNG path")
+    p.add_argument("--out", default=None, help="PNG path (default examples/results/adding_problem.png; with "
+                   "--quick examples/results/quick/)")
     a = p.parse_args(argv)
+    if a.out is None:
+        a.out = _common.default_out("adding_problem.png", a.quick)
     if a.quick:
         a.T, a.hidden, a.max_steps, a.eval_every, a.r, a.seeds = 30, 16, 40, 20, "0.95,1.0,1.01", 1
     a.r_values = [float(v) for v in a.r.split(",")]

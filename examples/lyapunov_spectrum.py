@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
 import time
 
 import torch
@@ -39,8 +38,11 @@ def parse_args(argv=None):
     p.add_argument("--backend", default="auto", help="FusedWCRNN backend for the state trajectory")
     _common.add_threads_argument(p)
     p.add_argument("--quick", action="store_true", help="tiny run for CI (H = 32, T = 300)")
-    p.add_argument("--out", default=os.path.join(HERE, "results", "lyapunov_spectrum.png"), help="PNG path")
+    p.add_argument("--out", default=None, help="PNG path (default examples/results/lyapunov_spectrum.png; with "
+                   "--quick examples/results/quick/)")
     a = p.parse_args(argv)
+    if a.out is None:
+        a.out = _common.default_out("lyapunov_spectrum.png", a.quick)
     if a.quick:
         a.hidden, a.steps, a.warmup, a.batch = 32, 300, 50, 2
     return a

@@ -13,7 +13,6 @@ performance (50 % test accuracy) and the wall time, and plots the learning curve
 from __future__ import annotations
 
 import argparse
-import os
 import time
 
 import torch
@@ -44,13 +43,14 @@ def parse_args(argv=None):
     p.add_argument("--backend", default="auto")
     p.add_argument("--train-limit", type=int, default=0, help="use only the first N training sequences")
     p.add_argument("--quick", action="store_true", help="tiny run for CI: 1 epoch on 320 sequences, H = 16")
-    p.add_argument("--out", default=None, help="PNG path (default examples/results/sequential_digits[_permuted].png)")
+    p.add_argument("--out", default=None, help="PNG path (default examples/results/sequential_digits[_permuted].png; "
+                   "with --quick examples/results/quick/)")
     a = p.parse_args(argv)
     if a.quick:
         a.r, a.hidden, a.epochs, a.train_limit = "1.0", 16, 1, 320
     a.r_values = [float(v) for v in a.r.split(",")]
     if a.out is None:
-        a.out = os.path.join(HERE, "results", "sequential_digits" + ("_permuted" if a.permuted else "") + ".png")
+        a.out = _common.default_out("sequential_digits" + ("_permuted" if a.permuted else "") + ".png", a.quick)
     return a
 
 

@@ -126,10 +126,13 @@ def main():
     p.add_argument("--lr", type=float, default=5.0)
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--quick", action="store_true", help="20,000 tokens (a smoke run for the tests)")
-    p.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results",
-                                                 "stateful_lm.json"),
-                   help="JSON path: the results table (this example makes no plot, unlike the others' PNG)")
+    p.add_argument("--out", default=None,
+                   help="JSON path: the results table (this example makes no plot, unlike the others' PNG); default "
+                   "examples/results/stateful_lm.json, with --quick examples/results/quick/")
     args = p.parse_args()
+    if args.out is None:
+        args.out = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "quick" if args.quick else "",
+                                "stateful_lm.json")  # as _common.default_out: a smoke run keeps off the results
     if args.quick:
         args.tokens = 20_000
     if args.threads:

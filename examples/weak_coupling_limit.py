@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
 import time
 
 import torch
@@ -71,7 +70,7 @@ def gamma_where_prediction_holds(row, gammas, tol=0.01):
     return best
 
 
-def main(argv=None):
+def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--T", type=int, default=3000, help="steps of the QR method")
     p.add_argument("--warmup", type=int, default=1000)
@@ -79,10 +78,18 @@ def main(argv=None):
     p.add_argument("--gammas", default="1e-1,1e-2,1e-3,1e-4,1e-5,1e-6,1e-7,1e-8,1e-9,1e-10")
     _common.add_threads_argument(p)
     p.add_argument("--quick", action="store_true", help="tiny run for CI")
-    p.add_argument("--out", default=os.path.join(HERE, "results", "weak_coupling_limit.png"))
+    p.add_argument("--out", default=None, help="PNG path (default examples/results/weak_coupling_limit.png; "
+                   "with --quick examples/results/quick/)")
     a = p.parse_args(argv)
+    if a.out is None:
+        a.out = _common.default_out("weak_coupling_limit.png", a.quick)
     if a.quick:
         a.T, a.warmup, a.gammas = 400, 100, "1e-1,1e-3,1e-6"
+    return a
+
+
+def main(argv=None):
+    a = parse_args(argv)
     _common.apply_threads(a)
     gammas = [float(v) for v in a.gammas.split(",")]
     t0 = time.perf_counter()

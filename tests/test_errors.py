@@ -59,8 +59,12 @@ def test_forward_errors():
         m(torch.zeros(3, 3), torch.zeros(2, 1, 4))
     with pytest.raises(ValueError, match="hx: for batched 3-D input, hx should also be 3-D"):
         m(torch.zeros(3, 2, 3), torch.zeros(2, 4))
-    with pytest.raises(ValueError, match=r"input: dtype torch.float64 does not match .*torch.float32"):
+    with pytest.raises(ValueError, match=r"input: dtype torch.float64 does not match .*torch.float32.*"
+                                         r"or the model with model.to\(torch.float64\)"):
         m(torch.zeros(3, 2, 3, dtype=torch.float64))
+    # an integer input: the fix is the input's conversion alone (model.to(torch.int64) cannot convert a model)
+    with pytest.raises(ValueError, match=r"input: dtype torch.int64 does not match .*input.to\(torch.float32\)$"):
+        m(torch.zeros(3, 2, 3, dtype=torch.int64))
     with pytest.raises(ValueError, match="hx: dtype torch.float64 does not match the input's dtype"):
         m(torch.zeros(3, 2, 3), torch.zeros(2, 2, 4, dtype=torch.float64))
     with pytest.raises(TypeError, match="input: expected a tensor or a PackedSequence"):

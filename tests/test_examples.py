@@ -116,3 +116,26 @@ def test_sweep_runner_appends_and_resumes(tmp_path):
     ids = [r["id"] for r in second]
     assert len(second) == 3 and len(set(ids)) == 3  # resumed: one new run, none repeated
     assert {r["id"] for r in first} <= set(ids)
+
+
+@pytest.mark.parametrize("script,name", [("lyapunov_spectrum.py", "lyapunov_spectrum.png"),
+                                         ("adding_problem.py", "adding_problem.png"),
+                                         ("weak_coupling_limit.py", "weak_coupling_limit.png"),
+                                         ("sequential_digits.py", "sequential_digits.png")])
+def test_quick_runs_write_beside_the_committed_results_not_over_them(script, name):
+    """From a client test: `--quick` overwrote examples/results/, the committed figures the README shows, with a
+    tiny run's. Its default is now examples/results/quick/ (git-ignored); a full run's default is unchanged."""
+    import importlib.util
+    sys.path.insert(0, EXAMPLES)
+    try:
+        spec = importlib.util.spec_from_file_location(script[:-3], os.path.join(EXAMPLES, script))
+        mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)
+    finally:
+        sys.path.remove(EXAMPLES)
+    results = os.path.join(EXAMPLES, "results")
+    assert os.path.abspath(mod.parse_args(["--quick"]).out) == os.path.abspath(os.path.join(results, "quick", name))
+    assert os.path.abspath(mod.parse_args([]).out) == os.path.abspath(os.path.join(results, name))
+    with open(os.path.join(ROOT, ".gitignore")) as f:
+        assert "examples/results/quick/" in f.read().split()
+

@@ -24,7 +24,7 @@ from .backends import backend_names, get_backend
 from .contract import check_layer_direction
 from .ops import (_chain_bwd_impl, _chain_fwd_impl, _no_double_backward, _plain_eager_mode, _plain_tensors,
                   _preactivations, run_chain)
-from .reference import compute_dtype, wcrnn_layer_ref
+from .reference import wcrnn_layer_ref
 from .residual import NONLIN_CODES, NONLINEARITIES, RESIDUAL_KINDS, canonical_residual, check_residual_args
 
 
@@ -704,8 +704,9 @@ class FusedWCRNN(nn.Module):
                              f"got {x.shape[-1]}")
         if x.dtype != w.dtype and not (amp is not None and x.dtype == amp):
             also = f" or, under autocast, {amp}" if amp is not None else ""
+            model = f" or the model with model.to({x.dtype})" if x.is_floating_point() else ""  # (floats only)
             raise ValueError(f"input: dtype {x.dtype} does not match the module's parameters ({w.dtype}{also}); "
-                             f"convert the input with input.to({w.dtype}) or the model with model.to({x.dtype})")
+                             f"convert the input with input.to({w.dtype}){model}")
         if x.device != w.device:
             raise ValueError(f"input: on {x.device} but the module's parameters are on {w.device}")
         if hx is None:
