@@ -29,8 +29,6 @@ from wcrnn_kernels import init, tasks  # noqa: E402
 from wcrnn_kernels.dynamics import lyapunov_spectrum  # noqa: E402
 from wcrnn_kernels.module import FusedWCRNN  # noqa: E402
 
-HERE = _common.HERE
-
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -24,8 +24,6 @@ from wcrnn_kernels import init, tasks  # noqa: E402
 from wcrnn_kernels.dynamics import lyapunov_spectrum, residual_log_spectrum  # noqa: E402
 from wcrnn_kernels.module import FusedWCRNN  # noqa: E402
 
-HERE = _common.HERE
-
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

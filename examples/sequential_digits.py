@@ -24,7 +24,6 @@ import _common  # noqa: E402  (examples/_common.py: a source checkout's package 
 from wcrnn_kernels import init, tasks  # noqa: E402
 from wcrnn_kernels.module import FusedWCRNN  # noqa: E402
 
-HERE = _common.HERE
 MP_ACCURACY = 0.5  # the paper's minimal performance on MNIST
 
 

@@ -28,7 +28,6 @@ import _common  # noqa: E402  (examples/_common.py: a source checkout's package 
 from wcrnn_kernels import dynamics, init, tasks  # noqa: E402
 from wcrnn_kernels.residual import RES_DENSE  # noqa: E402
 
-HERE = _common.HERE
 F64 = torch.float64
 
 
